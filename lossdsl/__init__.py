@@ -1,0 +1,27 @@
+"""lossdsl: loss functions written as formulas, compiled to fused Numba kernels.
+
+    import lossdsl
+    huber = lossdsl.load("huber", delta=0.5)
+    value, grad = huber.value_and_grad(pred, target)
+"""
+from __future__ import annotations
+
+from . import catalogue as _catalogue
+from .compiler import __version__, compile_spec, load
+from .errors import (LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError, SpecSyntaxError,
+                     SpecTypeError, UnknownLossError)
+from .runtime import Loss
+
+
+def compile(source: str | bytes, name: str | None = None, **params) -> Loss:  # noqa: A001 - the public verb
+    """Compile a loss from spec text (the last loss in it, or the one called `name`)."""
+    return compile_spec(source, name, "<string>", params)
+
+
+def catalogue() -> list[str]:
+    """Names of the built-in losses."""
+    return _catalogue.names()
+
+
+__all__ = ["load", "compile", "catalogue", "Loss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",
+           "SpecTypeError", "LossParameterError", "LossInputError", "UnknownLossError", "__version__"]

@@ -1,0 +1,96 @@
+"""The on-disk cache of generated kernel modules.
+
+A module is stored under a key made from everything that shapes its code, so a
+second process that loads the same loss skips SymPy and code generation; Numba's
+own cache (`cache=True`, in `__pycache__` beside the module) then skips the
+machine-code compile. Writes go to a temporary file that is renamed into place,
+so concurrent compiles never leave a half-written module; each module ends with a
+checksum line, and a module that fails it (or fails to import) is rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+_CHECKSUM = re.compile(r"\n# sha256 ([0-9a-f]{64})\n\Z")
+
+
+def cache_dir() -> Path:
+    """`$LOSSDSL_CACHE_DIR`, else the platform's user cache folder + /lossdsl."""
+    override = os.environ.get("LOSSDSL_CACHE_DIR")
+    if override:
+        return Path(override)
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lossdsl"
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def module_path(name: str, key: str) -> Path:
+    return cache_dir() / f"{name}_{key[:24]}.py"
+
+
+def load(name: str, key: str, build: Callable[[], str]) -> ModuleType:
+    """The module stored under `key`, built with `build()` (its source text) when absent or damaged."""
+    path = module_path(name, key)
+    if _intact(path):
+        try:
+            return _import(path)
+        except Exception:  # a module that no longer imports is rebuilt, not trusted
+            pass
+    write_module(path, build())
+    return _import(path)
+
+
+def write_module(path: Path, source: str) -> None:
+    """Write `source` plus its checksum atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = source.rstrip("\n") + "\n"
+    text += f"\n# sha256 {hashlib.sha256(text.encode()).hexdigest()}\n"
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _intact(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    match = _CHECKSUM.search(text)
+    return bool(match) and hashlib.sha256(text[:match.start()].encode()).hexdigest() == match.group(1)
+
+
+def _import(path: Path) -> ModuleType:
+    # Registered in sys.modules: Numba's cache finds a kernel's globals by importing its module's name.
+    module_name = f"_lossdsl_{path.stem}"
+    if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(path):
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module

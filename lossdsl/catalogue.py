@@ -1,0 +1,52 @@
+"""The built-in losses: one `specs/<name>.loss` file each, found by listing the folder."""
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+
+from . import ir
+from .errors import UnknownLossError
+from .parse import parse
+from .resources import specs_dir
+
+
+@functools.lru_cache(maxsize=None)
+def _index() -> dict[str, tuple[ir.LossDef, str]]:
+    """Every catalogue name and alias → (its LossDef, the text of its file)."""
+    index: dict[str, tuple[ir.LossDef, str]] = {}
+    for path in sorted(specs_dir().glob("*.loss")):
+        text = path.read_text(encoding="utf-8")
+        for loss in parse(text, _display_path(path)):
+            for name in (loss.name, *loss.aliases):
+                index[name] = (loss, text)
+    return index
+
+
+def _display_path(path: Path) -> str:
+    return f"specs/{path.name}"
+
+
+def names() -> list[str]:
+    """The canonical names of the built-in losses (aliases excluded), sorted."""
+    return sorted({loss.name for loss, _ in _index().values()})
+
+
+def aliases() -> dict[str, str]:
+    """alias → canonical name."""
+    return {name: loss.name for name, (loss, _) in _index().items() if name != loss.name}
+
+
+def find(name: str) -> ir.LossDef | None:
+    entry = _index().get(name)
+    return entry[0] if entry else None
+
+
+def get(name: str) -> tuple[ir.LossDef, str]:
+    """The LossDef and its file's text; unknown names get close suggestions."""
+    entry = _index().get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, list(_index()), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `lossdsl list` shows the catalogue"
+        raise UnknownLossError(f"no loss named {name!r} in the catalogue{hint}")
+    return entry

@@ -1,0 +1,1 @@
+"""Code generation: one shared printer, one kernel skeleton per target."""

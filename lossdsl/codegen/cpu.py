@@ -1,0 +1,119 @@
+"""Stage 4 (CPU): a `KernelPlan` → the source of a Python module of Numba kernels.
+
+The module has two kernels, both parallel over elements (`prange`):
+- `loss_value(inputs…, params…, weight, scale, out)`: the weighted sum of the loss
+  elements (accumulated in float64), also stored per element when `out` has room;
+- `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
+  in one pass over memory.
+Reduction and weighting are runtime arguments, so one compiled kernel serves
+"none", "sum", "mean" and the per-sample form, weighted or not. An empty `weight`
+array means unweighted; an empty `out` means no per-element output.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ir
+from ..symbolic import KernelPlan, safe_name
+from .printer import NumbaPrinter
+
+# Reassociation lets the float64 sum vectorise; nnan/ninf are left out on purpose:
+# log clamps and inf guards in the catalogue depend on IEEE infinities and NaN.
+FASTMATH = '{"contract", "reassoc"}'
+
+_FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
+
+
+def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
+    """The complete module source; `header` is a comment block (origin, cache key)."""
+    printer = NumbaPrinter()
+    value_kernel = _value_kernel(plan, printer)
+    fused_kernel = _fused_kernel(plan, printer)
+    helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
+                      for _, source in sorted(printer.helpers.items()))
+    return (f"{header}\n{_formula_comment(plan)}\nimport math\n\nimport numba\nimport numpy as np\n\n"
+            f"F = {_FLOAT_TYPES[np.dtype(dtype)]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n"
+            f"{value_kernel}\n\n{fused_kernel}")
+
+
+def _formula_comment(plan: KernelPlan) -> str:
+    """The spec's formula, printed from the IR (never copied from the spec text)."""
+    loss = plan.loss
+    lines = [f"# loss {loss.name}({', '.join(i.name for i in loss.inputs)}) wrt {', '.join(loss.wrt)}"]
+    for name, value in sorted(loss.static_values.items()):
+        lines.append(f"#     {name} = {ir.format_expr(ir.Bool(value) if isinstance(value, bool) else ir.Str(value))}")
+    lines += [f"#     {local.name} = {ir.format_expr(local.expr)}" for local in loss.locals]
+    return "\n".join(lines) + "\n"
+
+
+def _signature(plan: KernelPlan) -> tuple[list[str], list[str]]:
+    """Kernel arguments for the inputs and numeric parameters, and the prologue that types the parameters."""
+    inputs = [f"_{safe_name(i.name)}" for i in plan.loss.inputs]
+    params = [f"_{p.name}" for p in plan.params]
+    prologue = [f"{p.name} = F(_{p.name})" for p in plan.params]
+    return inputs + params, prologue
+
+
+def _body(printer: NumbaPrinter, steps, indent: str) -> list[str]:
+    return [f"{indent}{temp} = {printer.doprint(expr)}" for temp, expr in steps]
+
+
+def _loop_head(plan: KernelPlan) -> list[str]:
+    return [f"        {safe_name(i.name)} = _{safe_name(i.name)}[_i]" for i in plan.loss.inputs]
+
+
+def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
+    args, prologue = _signature(plan)
+    first = f"_{safe_name(plan.loss.inputs[0].name)}"
+    lines = [
+        "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
+        f"def loss_value({', '.join(args + ['_weight', '_scale', '_out'])}):",
+        '    """Weighted sum of the loss elements; each one is also stored in _out when it has room."""',
+        *[f"    {line}" for line in prologue],
+        "    _s = F(_scale)",
+        f"    _n = {first}.size",
+        "    _weighted = _weight.size == _n",
+        "    _elementwise = _out.size == _n",
+        "    _total = 0.0",
+        "    for _i in numba.prange(_n):",
+        *_loop_head(plan),
+        *_body(printer, plan.value_steps, "        "),
+        f"        _loss = {printer.doprint(plan.value_result)} * (_s * _weight[_i] if _weighted else _s)",
+        "        if _elementwise:",
+        "            _out[_i] = _loss",
+        "        _total += _loss",
+        "    return _total",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
+    args, prologue = _signature(plan)
+    grads = [f"_grad_{safe_name(name)}" for name in plan.loss.wrt]
+    first = f"_{safe_name(plan.loss.inputs[0].name)}"
+    value, *gradients = plan.fused_results
+    lines = [
+        "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
+        f"def loss_value_and_grad({', '.join(args + ['_weight', '_scale', '_gscale', '_out'] + grads)}):",
+        '    """loss_value, and each gradient times weight and _gscale, in one pass."""',
+        *[f"    {line}" for line in prologue],
+        "    _s = F(_scale)",
+        "    _gs = F(_gscale)",
+        f"    _n = {first}.size",
+        "    _weighted = _weight.size == _n",
+        "    _elementwise = _out.size == _n",
+        "    _total = 0.0",
+        "    for _i in numba.prange(_n):",
+        *_loop_head(plan),
+        *_body(printer, plan.fused_steps, "        "),
+        "        _w = _s * _weight[_i] if _weighted else _s",
+        f"        _loss = {printer.doprint(value)} * _w",
+        "        if _elementwise:",
+        "            _out[_i] = _loss",
+        "        _total += _loss",
+        "        _gw = _w * _gs",
+        *[f"        {g}[_i] = {printer.doprint(expr)} * _gw" for g, expr in zip(grads, gradients)],
+        "    return _total",
+    ]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,296 @@
+"""The DSL's functions: one table row each.
+
+A row says everything every stage needs: the name and arity the resolver checks,
+how to build the SymPy expression (a SymPy function, or a small `Function`
+subclass below whose `fdiff` states PyTorch's convention at kinks), the Numba
+code the printer emits (an expression template, or a helper function whose
+source is emitted into the generated module), the interval the gradient checker
+samples from, and a line of documentation for README and `lossdsl show`.
+
+Adding a function = adding a row (plus a class here when SymPy lacks one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+# --- SymPy functions with PyTorch's derivative conventions -------------------
+
+
+class _Real(sympy.Function):
+    """A real-valued function of real arguments (no automatic evaluation)."""
+
+    def _eval_is_real(self):
+        return True
+
+
+def _step(cond) -> sympy.Expr:
+    return sympy.Piecewise((sympy.S.One, cond), (sympy.S.Zero, True))
+
+
+class sign(_Real):
+    """sign(x) with sign(0) = 0; its derivative is 0 everywhere (no Dirac delta)."""
+
+    nargs = 1
+    numba = "_sign({0})"
+    helper = """
+def _sign(x):
+    return F(1.0) if x > 0 else F(-1.0) if x < 0 else x * F(0.0)
+"""
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+
+class absolute(_Real):
+    """|x|; d|x|/dx = sign(x), so 0 at x = 0 (PyTorch's abs backward)."""
+
+    nargs = 1
+    numba = "abs({0})"
+
+    def fdiff(self, argindex=1):
+        return sign(self.args[0])
+
+
+class relu(_Real):
+    """max(x, 0) with relu'(0) = 0 (PyTorch)."""
+
+    nargs = 1
+    numba = "_relu({0})"
+    helper = """
+def _relu(x):
+    return F(0.0) if x <= 0 else x
+"""
+
+    def fdiff(self, argindex=1):
+        return _step(self.args[0] > 0)
+
+
+class maximum(_Real):
+    """Binary max; at a tie each side gets half the gradient (torch.maximum)."""
+
+    nargs = 2
+    numba = "_maximum({0}, {1})"
+    helper = """
+def _maximum(a, b):
+    return a if a > b or a != a else b
+"""
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else self.args[::-1]
+        return sympy.Piecewise((sympy.S.One, a > b), (sympy.S.Half, sympy.Eq(a, b)), (sympy.S.Zero, True))
+
+
+class minimum(_Real):
+    """Binary min; at a tie each side gets half the gradient (torch.minimum)."""
+
+    nargs = 2
+    numba = "_minimum({0}, {1})"
+    helper = """
+def _minimum(a, b):
+    return a if a < b or a != a else b
+"""
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else self.args[::-1]
+        return sympy.Piecewise((sympy.S.One, a < b), (sympy.S.Half, sympy.Eq(a, b)), (sympy.S.Zero, True))
+
+
+class clamp(_Real):
+    """min(max(x, lo), hi); the gradient passes on the closed interval [lo, hi] (torch.clamp)."""
+
+    nargs = 3
+    numba = "_clamp({0}, {1}, {2})"
+    helper = """
+def _clamp(x, lo, hi):
+    y = lo if x < lo else x
+    return hi if y > hi else y
+"""
+
+    def fdiff(self, argindex=1):
+        x, lo, hi = self.args
+        if argindex == 1:
+            return _step(sympy.And(x >= lo, x <= hi))
+        if argindex == 2:
+            return _step(x < lo)
+        return _step(x > hi)
+
+
+class sigmoid(_Real):
+    """1 / (1 + exp(-x)), evaluated on the side where exp cannot overflow."""
+
+    nargs = 1
+    numba = "_sigmoid({0})"
+    helper = """
+def _sigmoid(x):
+    if x >= 0:
+        return F(1.0) / (F(1.0) + math.exp(-x))
+    z = math.exp(x)
+    return z / (F(1.0) + z)
+"""
+
+    def fdiff(self, argindex=1):
+        x = self.args[0]
+        return sigmoid(x) * sigmoid(-x)
+
+
+class softplus(_Real):
+    """log(1 + exp(x)), computed without overflow."""
+
+    nargs = 1
+    numba = "_softplus({0})"
+    helper = """
+def _softplus(x):
+    return (x if x > 0 else F(0.0)) + math.log1p(math.exp(-abs(x)))
+"""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+
+class log_sigmoid(_Real):
+    """log(sigmoid(x)) = -softplus(-x), computed without overflow."""
+
+    nargs = 1
+    numba = "_log_sigmoid({0})"
+    helper = """
+def _log_sigmoid(x):
+    return (x if x < 0 else F(0.0)) - math.log1p(math.exp(-abs(x)))
+"""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(-self.args[0])
+
+
+class log_cosh(_Real):
+    """log(cosh(x)) = |x| + log1p(exp(-2|x|)) - log 2, finite for large |x|."""
+
+    nargs = 1
+    numba = "_log_cosh({0})"
+    helper = """
+def _log_cosh(x):
+    a = abs(x)
+    return a + math.log1p(math.exp(F(-2.0) * a)) - F(0.6931471805599453)
+"""
+
+    def fdiff(self, argindex=1):
+        return sympy.tanh(self.args[0])
+
+
+class xlogy(_Real):
+    """x*log(y), defined as 0 where x = 0 (torch.xlogy)."""
+
+    nargs = 2
+    numba = "_xlogy({0}, {1})"
+    helper = """
+def _xlogy(x, y):
+    return F(0.0) if x == 0 and y == y else x * math.log(y)
+"""
+
+    def fdiff(self, argindex=1):
+        x, y = self.args
+        if argindex == 1:
+            return sympy.Piecewise((sympy.S.Zero, sympy.Eq(x, 0)), (sympy.log(y), True))
+        return x / y
+
+
+class log_clamped(_Real):
+    """log(x) clamped below at -100, PyTorch's BCELoss convention.
+
+    Its derivative is 1/max(x, 1e-12), which is what PyTorch's BCE backward
+    computes, so p = 0 and p = 1 give large but finite gradients.
+    """
+
+    nargs = 1
+    numba = "_log_clamped({0})"
+    helper = """
+def _log_clamped(x):
+    v = math.log(x)
+    return F(-100.0) if v < F(-100.0) else v
+"""
+
+    def fdiff(self, argindex=1):
+        return 1 / maximum(self.args[0], sympy.Float(1e-12))
+
+
+class detach(_Real):
+    """The value of x with a zero derivative (a stop-gradient, like torch's .detach())."""
+
+    nargs = 1
+    numba = "{0}"
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+
+class power(_Real):
+    """x^e for a non-constant exponent, with torch.pow's derivative conventions.
+
+    SymPy would write d/dx x^e as e*x^e/x, which is 0/0 at x = 0; PyTorch uses
+    e*x^(e-1), and 0 when e = 0. For e, the derivative is x^e*log(x), taken as 0
+    where x = 0 and e >= 0.
+    """
+
+    nargs = 2
+    numba = "math.pow({0}, {1})"
+
+    def fdiff(self, argindex=1):
+        x, e = self.args
+        if argindex == 1:
+            return sympy.Piecewise((sympy.S.Zero, sympy.Eq(e, 0)), (e * power(x, e - 1), True))
+        return sympy.Piecewise((sympy.S.Zero, sympy.And(sympy.Eq(x, 0), e >= 0)), (power(x, e) * sympy.log(x), True))
+
+
+def make_power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
+    """`^`: SymPy's own Pow for a numeric exponent (it simplifies well), `power` otherwise."""
+    return base ** exponent if exponent.is_Number else power(base, exponent)
+
+
+# --- the table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    arity: int
+    build: Callable[..., sympy.Expr]
+    doc: str
+    domain: tuple[float, float] = (-3.0, 3.0)  # where `check` samples arguments
+    condition_args: tuple[int, ...] = ()  # argument positions that take a condition, not a number
+
+
+def _where(cond, a, b):
+    return sympy.Piecewise((a, cond), (b, True))
+
+
+FUNCTIONS: dict[str, Function] = {f.name: f for f in [
+    Function("abs", 1, absolute, "|x|; derivative sign(x), 0 at 0"),
+    Function("sqrt", 1, sympy.sqrt, "square root", (0.1, 4.0)),
+    Function("exp", 1, sympy.exp, "e^x"),
+    Function("log", 1, sympy.log, "natural logarithm", (0.1, 4.0)),
+    Function("log1p", 1, log1p, "log(1 + x), accurate for small x", (-0.9, 3.0)),
+    Function("expm1", 1, expm1, "exp(x) - 1, accurate for small x"),
+    Function("pow", 2, make_power, "x^y (same as x^y)", (0.1, 3.0)),
+    Function("min", 2, minimum, "smaller of two; a tie splits the gradient (torch.minimum)"),
+    Function("max", 2, maximum, "larger of two; a tie splits the gradient (torch.maximum)"),
+    Function("clamp", 3, clamp, "clamp(x, lo, hi); gradient 1 on [lo, hi] (torch.clamp); lo/hi may be ±inf"),
+    Function("sign", 1, sign, "-1, 0 or 1; derivative 0"),
+    Function("relu", 1, relu, "max(x, 0); relu'(0) = 0"),
+    Function("sigmoid", 1, sigmoid, "1 / (1 + exp(-x)), stable for large |x|"),
+    Function("log_sigmoid", 1, log_sigmoid, "log(sigmoid(x)) = -softplus(-x), stable"),
+    Function("softplus", 1, softplus, "log(1 + exp(x)), stable"),
+    Function("tanh", 1, sympy.tanh, "hyperbolic tangent"),
+    Function("cosh", 1, sympy.cosh, "hyperbolic cosine"),
+    Function("log_cosh", 1, log_cosh, "log(cosh(x)), stable for large |x|"),
+    Function("xlogy", 2, xlogy, "x*log(y), 0 where x = 0 (torch.xlogy)", (0.1, 3.0)),
+    Function("lgamma", 1, sympy.loggamma, "log|Gamma(x)|", (0.5, 5.0)),
+    Function("log_clamped", 1, log_clamped, "max(log(x), -100); derivative 1/max(x, 1e-12) (PyTorch BCE)",
+             (0.05, 0.95)),
+    Function("detach", 1, detach, "x, with derivative 0 (stop-gradient)"),
+    Function("where", 3, _where, "where(c, a, b) = a if c else b", condition_args=(0,)),
+]}
+
+CONSTANTS: dict[str, float] = {"pi": 3.141592653589793, "e": 2.718281828459045, "inf": float("inf")}

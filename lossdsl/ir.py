@@ -1,0 +1,240 @@
+"""The typed IR between the parser and the symbolic stage.
+
+Frozen dataclasses, so a spec's IR can be hashed and compared, and its `repr`
+is a canonical text for cache keys. Every node carries the (line, column) of
+the spec text it came from, so later stages can point at the source. `format_expr`
+prints an expression back as DSL text (used for the comments in generated code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Pos:
+    line: int
+    column: int
+
+
+NOWHERE = Pos(0, 0)
+
+
+@dataclass(frozen=True)
+class Num:
+    value: float
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Bool:
+    value: bool
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    args: tuple["Expr", ...]
+    kwargs: tuple[tuple[str, "Expr"], ...] = ()
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class BinOp:
+    """Arithmetic (`+ - * / ^`) and boolean (`and`, `or`) binary operators."""
+
+    op: str
+    left: "Expr"
+    right: "Expr"
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class UnaryOp:
+    op: str  # "-" or "not"
+    operand: "Expr"
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Compare:
+    """A comparison chain: `0 <= q <= 1` has ops ("<=", "<=") and three operands."""
+
+    ops: tuple[str, ...]
+    operands: tuple["Expr", ...]
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Member:
+    """`x in (a, b, ...)`: used in parameter constraints."""
+
+    value: "Expr"
+    options: tuple["Expr", ...]
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class IfElse:
+    cond: "Expr"
+    then: "Expr"
+    orelse: "Expr"
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Gather:
+    """`x[y]`: the entry of x's named axis that label y selects (axis losses)."""
+
+    array: "Expr"
+    index: "Expr"
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+Expr = Union[Num, Str, Bool, Name, Call, BinOp, UnaryOp, Compare, Member, IfElse, Gather]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where an input's values come from: an interval or a finite set."""
+
+    low: float = float("-inf")
+    high: float = float("inf")
+    low_open: bool = True
+    high_open: bool = True
+    choices: tuple[float, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "{" + ", ".join(_num(c) for c in self.choices) + "}"
+        return f"{'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+
+    @property
+    def unbounded(self) -> bool:
+        return self.choices is None and self.low == float("-inf") and self.high == float("inf")
+
+
+REAL = Domain()
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    domain: Domain = REAL
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Expr
+    constraint: Expr | None = None
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class Local:
+    name: str
+    expr: Expr
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+@dataclass(frozen=True)
+class LossDef:
+    """One `loss` block exactly as written (names not yet resolved)."""
+
+    name: str
+    inputs: tuple[Input, ...]
+    wrt: tuple[str, ...]
+    params: tuple[Param, ...]
+    locals: tuple[Local, ...]
+    doc: str
+    aliases: tuple[str, ...]
+    file: str = field(default="<string>", compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False)
+
+
+# --- printing an expression back as DSL text --------------------------------
+
+_PRECEDENCE = {"if": 1, "or": 2, "and": 3, "not": 4, "cmp": 5, "+": 6, "-": 6, "*": 7, "/": 7, "neg": 8, "^": 9}
+
+
+def _num(value: float) -> str:
+    if value == float("inf"):
+        return "inf"
+    if value == float("-inf"):
+        return "-inf"
+    return repr(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+def format_expr(expr: Expr, parent: int = 0) -> str:
+    """DSL text of `expr`, parenthesised only where precedence needs it."""
+
+    def wrap(text: str, prec: int) -> str:
+        return f"({text})" if prec < parent else text
+
+    if isinstance(expr, Num):
+        return _num(expr.value)
+    if isinstance(expr, Str):
+        return '"' + expr.value + '"'
+    if isinstance(expr, Bool):
+        return "true" if expr.value else "false"
+    if isinstance(expr, Name):
+        return expr.id
+    if isinstance(expr, Call):
+        parts = [format_expr(a) for a in expr.args] + [f"{k}={format_expr(v)}" for k, v in expr.kwargs]
+        return f"{expr.func}({', '.join(parts)})"
+    if isinstance(expr, Gather):
+        return f"{format_expr(expr.array, 10)}[{format_expr(expr.index)}]"
+    if isinstance(expr, UnaryOp):
+        if expr.op == "not":
+            return wrap("not " + format_expr(expr.operand, 4), 4)
+        return wrap("-" + format_expr(expr.operand, 8), 8)
+    if isinstance(expr, BinOp):
+        prec = _PRECEDENCE[expr.op]
+        if expr.op == "^":  # right-associative
+            return wrap(f"{format_expr(expr.left, prec + 1)}^{format_expr(expr.right, prec)}", prec)
+        return wrap(f"{format_expr(expr.left, prec)} {expr.op} {format_expr(expr.right, prec + 1)}", prec)
+    if isinstance(expr, Compare):
+        text = format_expr(expr.operands[0], 6)
+        for op, operand in zip(expr.ops, expr.operands[1:]):
+            text += f" {op} {format_expr(operand, 6)}"
+        return wrap(text, 5)
+    if isinstance(expr, Member):
+        return wrap(f"{format_expr(expr.value, 6)} in ({', '.join(format_expr(o) for o in expr.options)})", 5)
+    if isinstance(expr, IfElse):
+        text = f"{format_expr(expr.then, 2)} if {format_expr(expr.cond, 2)} else {format_expr(expr.orelse, 1)}"
+        return wrap(text, 1)
+    raise TypeError(f"not an IR expression: {expr!r}")
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    """The direct sub-expressions of a node, for generic walks."""
+    if isinstance(expr, Call):
+        return expr.args + tuple(v for _, v in expr.kwargs)
+    if isinstance(expr, BinOp):
+        return (expr.left, expr.right)
+    if isinstance(expr, UnaryOp):
+        return (expr.operand,)
+    if isinstance(expr, Compare):
+        return expr.operands
+    if isinstance(expr, Member):
+        return (expr.value,) + expr.options
+    if isinstance(expr, IfElse):
+        return (expr.cond, expr.then, expr.orelse)
+    if isinstance(expr, Gather):
+        return (expr.array, expr.index)
+    return ()

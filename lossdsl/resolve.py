@@ -1,0 +1,385 @@
+"""Stage 2: check a parsed loss and resolve its names into a self-contained IR.
+
+Here every name is bound (input, parameter, earlier local, constant), every call
+is checked against the function table or inlined from another loss (composition),
+parameter values are validated against their constraints, and parameters that
+choose between formulas (booleans, strings) are folded into the IR, so the
+symbolic stage sees only numbers, inputs and numeric parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from . import ir
+from .errors import LossParameterError, LossSpecError, SpecNameError, SpecTypeError
+from .functions import CONSTANTS, FUNCTIONS
+
+Value = float | bool | str
+Lookup = Callable[[str], "ir.LossDef | None"]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str
+    kind: str  # "number" (a runtime argument) or "bool" / "str" (chooses the formula)
+    default: Value
+    constraint: ir.Expr | None
+    file: str
+    pos: ir.Pos
+
+    @property
+    def static(self) -> bool:
+        return self.kind != "number"
+
+
+@dataclass(frozen=True)
+class ResolvedLoss:
+    """A loss whose IR refers only to its inputs, numeric parameters and earlier locals."""
+
+    name: str
+    inputs: tuple[ir.Input, ...]
+    wrt: tuple[str, ...]
+    params: tuple[ParamInfo, ...]
+    values: tuple[tuple[str, Value], ...]  # the chosen value of every parameter
+    locals: tuple[ir.Local, ...]  # the last one is the loss of one element
+    doc: str
+    aliases: tuple[str, ...]
+    file: str
+
+    @property
+    def numeric_params(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params if not p.static)
+
+    @property
+    def static_values(self) -> dict[str, Value]:
+        statics = {p.name for p in self.params if p.static}
+        return {k: v for k, v in self.values if k in statics}
+
+    def cache_text(self) -> str:
+        """A canonical text of everything that shapes the generated code (numeric values excluded)."""
+        return repr((self.name, self.inputs, self.wrt, self.locals, sorted(self.static_values.items()),
+                     self.numeric_params))
+
+
+def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name: None,
+            source: str | None = None) -> ResolvedLoss:
+    """Check `loss`, bind its names, apply parameter `overrides`, inline called losses."""
+    return _Resolver(lookup, source).top(loss, dict(overrides or {}))
+
+
+def check_values(params: tuple[ParamInfo, ...], overrides: Mapping[str, Value], loss_name: str) -> dict[str, Value]:
+    """Parameter values after `overrides`, each of the right kind and within its constraint."""
+    values = {p.name: p.default for p in params}
+    known = {p.name: p for p in params}
+    for name, value in overrides.items():
+        if name not in known:
+            hint = f"; its parameters are {', '.join(known)}" if known else "; it has no parameters"
+            raise LossParameterError(f"{loss_name} has no parameter {name!r}{hint}")
+        values[name] = _coerce(known[name], value, loss_name)
+    for p in params:
+        if p.constraint is not None and _evaluate(p.constraint, values, p.file) is not True:
+            raise LossParameterError(f"{loss_name}: {p.name}={values[p.name]!r} breaks its constraint "
+                                     f"`{ir.format_expr(p.constraint)}` ({p.file}:{p.pos.line})")
+    return values
+
+
+def _coerce(param: ParamInfo, value, loss_name: str) -> Value:
+    kind = "bool" if isinstance(value, bool) else "str" if isinstance(value, str) else "number"
+    if kind == "number":
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise LossParameterError(f"{loss_name}: {param.name} must be a {param.kind}, got {value!r}") from None
+    if kind != param.kind:
+        raise LossParameterError(f"{loss_name}: {param.name} must be a {param.kind}, got {value!r}")
+    return value
+
+
+# --- evaluating constant expressions (parameter defaults and constraints) -----
+
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": operator.pow}
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
+            "!=": operator.ne}
+
+
+def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
+    """Evaluate a constant expression over parameter values, with no access to Python."""
+
+    def fail(message: str):
+        raise SpecTypeError(message, file, expr.pos.line, expr.pos.column)
+
+    if isinstance(expr, (ir.Num, ir.Str, ir.Bool)):
+        return expr.value
+    if isinstance(expr, ir.Name):
+        if expr.id in env:
+            return env[expr.id]
+        if expr.id in CONSTANTS:
+            return CONSTANTS[expr.id]
+        fail(f"`{expr.id}` is not a parameter or constant here")
+    if isinstance(expr, ir.UnaryOp):
+        value = _evaluate(expr.operand, env, file)
+        return (not value) if expr.op == "not" else -value
+    if isinstance(expr, ir.BinOp):
+        left = _evaluate(expr.left, env, file)
+        if expr.op in ("and", "or"):
+            if expr.op == "and":
+                return left and _evaluate(expr.right, env, file)
+            return left or _evaluate(expr.right, env, file)
+        right = _evaluate(expr.right, env, file)
+        try:
+            return float(_ARITHMETIC[expr.op](left, right))
+        except (ZeroDivisionError, OverflowError, TypeError):
+            fail(f"cannot evaluate `{ir.format_expr(expr)}`")
+    if isinstance(expr, ir.Compare):
+        values = [_evaluate(o, env, file) for o in expr.operands]
+        try:
+            return all(_COMPARE[op](a, b) for op, a, b in zip(expr.ops, values, values[1:]))
+        except TypeError:
+            fail(f"cannot compare in `{ir.format_expr(expr)}`")
+    if isinstance(expr, ir.Member):
+        return _evaluate(expr.value, env, file) in [_evaluate(o, env, file) for o in expr.options]
+    if isinstance(expr, ir.IfElse):
+        branch = expr.then if _evaluate(expr.cond, env, file) else expr.orelse
+        return _evaluate(branch, env, file)
+    fail(f"`{ir.format_expr(expr)}` is not a constant expression")
+
+
+# --- the resolver -------------------------------------------------------------
+
+
+def map_children(expr: ir.Expr, fn: Callable[[ir.Expr], ir.Expr]) -> ir.Expr:
+    """A copy of `expr` with `fn` applied to each direct sub-expression."""
+    if isinstance(expr, ir.Call):
+        return dataclasses.replace(expr, args=tuple(fn(a) for a in expr.args),
+                                   kwargs=tuple((k, fn(v)) for k, v in expr.kwargs))
+    if isinstance(expr, ir.BinOp):
+        return dataclasses.replace(expr, left=fn(expr.left), right=fn(expr.right))
+    if isinstance(expr, ir.UnaryOp):
+        return dataclasses.replace(expr, operand=fn(expr.operand))
+    if isinstance(expr, ir.Compare):
+        return dataclasses.replace(expr, operands=tuple(fn(o) for o in expr.operands))
+    if isinstance(expr, ir.Member):
+        return dataclasses.replace(expr, value=fn(expr.value), options=tuple(fn(o) for o in expr.options))
+    if isinstance(expr, ir.IfElse):
+        return dataclasses.replace(expr, cond=fn(expr.cond), then=fn(expr.then), orelse=fn(expr.orelse))
+    if isinstance(expr, ir.Gather):
+        return dataclasses.replace(expr, array=fn(expr.array), index=fn(expr.index))
+    return expr
+
+
+def substitute(expr: ir.Expr, mapping: Mapping[str, ir.Expr]) -> ir.Expr:
+    if isinstance(expr, ir.Name):
+        return mapping.get(expr.id, expr)
+    return map_children(expr, lambda e: substitute(e, mapping))
+
+
+_LITERALS = (ir.Num, ir.Bool, ir.Str)
+
+
+class _Resolver:
+    def __init__(self, lookup: Lookup, source: str | None):
+        self.lookup = lookup
+        self.source = source
+        self.stack: list[str] = []
+
+    def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
+        return cls(message, file, pos.line, pos.column, self.source if self.stack[:1] == self.stack else None)
+
+    # The loss being compiled: inputs and numeric parameters stay symbolic.
+    def top(self, loss: ir.LossDef, overrides: dict[str, Value]) -> ResolvedLoss:
+        self.stack = [loss.name]
+        params = self.params(loss)
+        values = check_values(params, overrides, loss.name)
+        scope: dict[str, ir.Expr] = {i.name: ir.Name(i.name) for i in loss.inputs}
+        for p in params:
+            scope[p.name] = ir.Name(p.name) if not p.static else _literal(values[p.name])
+        locals_ = self.body(loss, scope, keep_locals=True)
+        return ResolvedLoss(loss.name, loss.inputs, self.wrt(loss), params, tuple(values.items()), tuple(locals_),
+                            loss.doc, loss.aliases, loss.file)
+
+    def params(self, loss: ir.LossDef) -> tuple[ParamInfo, ...]:
+        self.check_names(loss)
+        infos = []
+        for p in loss.params:
+            default = _evaluate(p.default, {}, loss.file)
+            kind = "bool" if isinstance(default, bool) else "str" if isinstance(default, str) else "number"
+            infos.append(ParamInfo(p.name, kind, default, p.constraint, loss.file, p.pos))
+        defaults = {i.name: i.default for i in infos}
+        for info in infos:  # a default that breaks its own constraint is a bug in the spec
+            if info.constraint is not None and _evaluate(info.constraint, defaults, loss.file) is not True:
+                raise self.error(SpecTypeError, f"the default of {info.name} breaks its constraint", loss.file,
+                                 info.pos)
+        return tuple(infos)
+
+    def wrt(self, loss: ir.LossDef) -> tuple[str, ...]:
+        names = {i.name for i in loss.inputs}
+        for name in loss.wrt:
+            if name not in names:
+                raise self.error(SpecNameError, f"`wrt {name}`: {loss.name} has no input {name}", loss.file, loss.pos)
+        return loss.wrt or (loss.inputs[0].name,)
+
+    def check_names(self, loss: ir.LossDef) -> None:
+        seen: dict[str, str] = {}
+        entries = ([(i.name, "input", i.pos) for i in loss.inputs] + [(p.name, "parameter", p.pos) for p in loss.params]
+                   + [(lo.name, "local", lo.pos) for lo in loss.locals])
+        for name, what, pos in entries:
+            if name in seen:
+                raise self.error(SpecNameError, f"duplicate name `{name}` (already a {seen[name]})", loss.file, pos)
+            if name in FUNCTIONS or name in CONSTANTS:
+                raise self.error(SpecNameError, f"`{name}` is a built-in name; choose another", loss.file, pos)
+            seen[name] = what
+        if not loss.locals or loss.locals[-1].name != loss.name:
+            raise self.error(SpecNameError, f"the last line of loss {loss.name} must be `{loss.name} = ...`",
+                             loss.file, loss.locals[-1].pos if loss.locals else loss.pos)
+
+    def body(self, loss: ir.LossDef, scope: dict[str, ir.Expr], keep_locals: bool) -> list[ir.Local]:
+        """Resolve each local in order; `keep_locals` leaves references to earlier locals as names."""
+        resolved: list[ir.Local] = []
+        scope = dict(scope)
+        for local in loss.locals:
+            expr = self.expr(local.expr, scope, loss)
+            if self.kind(expr, loss) != "number":
+                raise self.error(SpecTypeError, f"`{local.name}` must be a number, not a condition", loss.file,
+                                 local.pos)
+            resolved.append(ir.Local(local.name, expr, local.pos))
+            scope[local.name] = ir.Name(local.name) if keep_locals else expr
+        return resolved
+
+    def expr(self, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        if isinstance(expr, ir.Name):
+            if expr.id in scope:
+                return scope[expr.id]
+            if expr.id in CONSTANTS:
+                return ir.Num(CONSTANTS[expr.id], expr.pos)
+            raise self.error(SpecNameError, f"undefined name `{expr.id}`", loss.file, expr.pos)
+        if isinstance(expr, ir.Gather):
+            raise self.error(SpecTypeError, "`x[y]` gathers along a named axis; this loss declares none",
+                             loss.file, expr.pos)
+        if isinstance(expr, ir.Call):
+            return self.call(expr, scope, loss)
+        return _fold(map_children(expr, lambda e: self.expr(e, scope, loss)))
+
+    def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        args = tuple(self.expr(a, scope, loss) for a in call.args)
+        kwargs = tuple((k, self.expr(v, scope, loss)) for k, v in call.kwargs)
+        function = FUNCTIONS.get(call.func)
+        if function is not None:
+            if kwargs:
+                raise self.error(SpecTypeError, f"{call.func}() takes no keyword arguments", loss.file, call.pos)
+            if len(args) != function.arity:
+                raise self.error(SpecTypeError, f"{call.func}() takes {function.arity} argument"
+                                 f"{'s' if function.arity != 1 else ''}, got {len(args)}", loss.file, call.pos)
+            for index, arg in enumerate(args):
+                wanted = "bool" if index in function.condition_args else "number"
+                if self.kind(arg, loss) != wanted:
+                    what = "a condition" if wanted == "bool" else "a number"
+                    raise self.error(SpecTypeError, f"argument {index + 1} of {call.func}() must be {what}",
+                                     loss.file, call.pos)
+            if call.func == "where" and isinstance(args[0], ir.Bool):
+                return args[1] if args[0].value else args[2]
+            return ir.Call(call.func, args, (), call.pos)
+        callee = self.lookup(call.func) if call.func != loss.name else None
+        if callee is None:
+            raise self.error(SpecNameError, f"unknown function or loss `{call.func}`", loss.file, call.pos)
+        return self.inline(callee, args, dict(kwargs), loss, call.pos)
+
+    def inline(self, callee: ir.LossDef, args, kwargs: dict[str, ir.Expr], caller: ir.LossDef, pos) -> ir.Expr:
+        """The called loss's element formula, with the caller's arguments in place of its inputs."""
+        if callee.name in self.stack:
+            raise self.error(SpecNameError, f"losses call each other in a cycle: {' -> '.join(self.stack)} -> "
+                             f"{callee.name}", caller.file, pos)
+        if len(args) != len(callee.inputs):
+            raise self.error(SpecTypeError, f"{callee.name}() takes {len(callee.inputs)} inputs "
+                             f"({', '.join(i.name for i in callee.inputs)}), got {len(args)}", caller.file, pos)
+        self.stack.append(callee.name)
+        params = self.params(callee)
+        scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
+        literal_overrides: dict[str, Value] = {}
+        for name, value in kwargs.items():
+            info = next((p for p in params if p.name == name), None)
+            if info is None:
+                raise self.error(SpecNameError, f"{callee.name} has no parameter {name!r}", caller.file, pos)
+            if info.static and not isinstance(value, _LITERALS):
+                raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
+                                 caller.file, pos)
+            if isinstance(value, _LITERALS):
+                literal_overrides[name] = value.value
+        try:
+            values = check_values(params, literal_overrides, callee.name)
+        except LossParameterError as exc:
+            raise self.error(SpecTypeError, str(exc), caller.file, pos) from None
+        for p in params:
+            scope[p.name] = kwargs.get(p.name, _literal(values[p.name]))
+        locals_ = self.body(callee, scope, keep_locals=False)
+        self.stack.pop()
+        return locals_[-1].expr
+
+    def kind(self, expr: ir.Expr, loss: ir.LossDef) -> str:
+        """"number", "bool" or "str"; raises where an operator gets the wrong kind."""
+        def need(sub: ir.Expr, wanted: str, what: str) -> None:
+            if self.kind(sub, loss) != wanted:
+                raise self.error(SpecTypeError, f"{what} needs {'a condition' if wanted == 'bool' else 'a number'}: "
+                                 f"`{ir.format_expr(sub)}`", loss.file, sub.pos)
+
+        if isinstance(expr, ir.Num):
+            return "number"
+        if isinstance(expr, ir.Bool):
+            return "bool"
+        if isinstance(expr, ir.Str):
+            raise self.error(SpecTypeError, "a string can only be compared with a parameter that chooses a formula",
+                             loss.file, expr.pos)
+        if isinstance(expr, (ir.Name, ir.Call)):
+            return "number"
+        if isinstance(expr, ir.UnaryOp):
+            wanted = "bool" if expr.op == "not" else "number"
+            need(expr.operand, wanted, f"`{expr.op}`")
+            return wanted
+        if isinstance(expr, ir.BinOp):
+            wanted = "bool" if expr.op in ("and", "or") else "number"
+            need(expr.left, wanted, f"`{expr.op}`")
+            need(expr.right, wanted, f"`{expr.op}`")
+            return wanted
+        if isinstance(expr, ir.Compare):
+            for operand in expr.operands:
+                need(operand, "number", "a comparison")
+            return "bool"
+        if isinstance(expr, ir.IfElse):
+            need(expr.cond, "bool", "`if`")
+            then, orelse = self.kind(expr.then, loss), self.kind(expr.orelse, loss)
+            if then != orelse:
+                raise self.error(SpecTypeError, "both branches of `if` must be numbers", loss.file, expr.pos)
+            return then
+        if isinstance(expr, ir.Member):
+            raise self.error(SpecTypeError, "`in` only tests parameters that choose a formula", loss.file, expr.pos)
+        raise self.error(SpecTypeError, f"unsupported expression `{ir.format_expr(expr)}`", loss.file, expr.pos)
+
+
+def _literal(value: Value) -> ir.Expr:
+    if isinstance(value, bool):
+        return ir.Bool(value)
+    if isinstance(value, str):
+        return ir.Str(value)
+    return ir.Num(float(value))
+
+
+def _fold(expr: ir.Expr) -> ir.Expr:
+    """Evaluate the parts of `expr` that involve only constants of formula-choosing parameters."""
+    if isinstance(expr, ir.IfElse) and isinstance(expr.cond, ir.Bool):
+        return expr.then if expr.cond.value else expr.orelse
+    if isinstance(expr, ir.BinOp) and expr.op in ("and", "or"):
+        for side, other in ((expr.left, expr.right), (expr.right, expr.left)):
+            if isinstance(side, ir.Bool):
+                decisive = side.value is (expr.op == "or")
+                return ir.Bool(side.value, expr.pos) if decisive else other
+        return expr
+    if isinstance(expr, ir.UnaryOp) and expr.op == "not" and isinstance(expr.operand, ir.Bool):
+        return ir.Bool(not expr.operand.value, expr.pos)
+    if isinstance(expr, (ir.Compare, ir.Member)) and all(isinstance(c, _LITERALS) for c in ir.children(expr)):
+        return ir.Bool(bool(_evaluate(expr, {}, "<fold>")), expr.pos)
+    if isinstance(expr, ir.UnaryOp) and expr.op == "-" and isinstance(expr.operand, ir.Num):
+        return ir.Num(-expr.operand.value, expr.pos)
+    return expr
+

@@ -1,0 +1,25 @@
+"""Where the grammar and the catalogue's spec files live.
+
+In a wheel they are package data under `lossdsl/_data/`; in a source checkout
+(or an editable install) they are the top-level `grammar/` and `specs/` folders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _data_dir(name: str) -> Path:
+    for candidate in (_PACKAGE / "_data" / name, _PACKAGE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"lossdsl's {name}/ folder is missing from this installation")
+
+
+def grammar_file() -> Path:
+    return _data_dir("grammar") / "loss.lark"
+
+
+def specs_dir() -> Path:
+    return _data_dir("specs")

@@ -1,0 +1,122 @@
+"""Stability rewrites: named rules that replace unstable patterns by stable forms.
+
+Each rule looks at one SymPy node and returns a replacement or None. `stabilize`
+applies the rules bottom-up until nothing changes. The symbolic stage runs it
+before differentiation (on what the spec author wrote) and after it (derivatives
+bring back sigmoids and exponentials). Every rule has a row in
+tests/test_rewrites.py that checks both the form and the values at extreme inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+from .functions import log_cosh, log_sigmoid, sigmoid, softplus
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    why: str
+    apply: Callable[[sympy.Expr], sympy.Expr | None]
+
+
+def _one_plus(expr: sympy.Expr) -> sympy.Expr | None:
+    """`rest` when expr is 1 + rest, else None."""
+    if isinstance(expr, sympy.Add) and sympy.S.One in expr.args:
+        return sympy.Add(*[a for a in expr.args if a is not sympy.S.One]) if len(expr.args) > 1 else None
+    return None
+
+
+def _log_of_sigmoid(expr):
+    if isinstance(expr, sympy.log) and isinstance(expr.args[0], sigmoid):
+        return log_sigmoid(expr.args[0].args[0])
+    return None
+
+
+def _log_one_minus_sigmoid(expr):
+    if isinstance(expr, sympy.log):
+        rest = _one_plus(expr.args[0])
+        if rest is not None:
+            coeff, term = rest.as_coeff_Mul()
+            if coeff == -1 and isinstance(term, sigmoid):
+                return log_sigmoid(-term.args[0])
+    return None
+
+
+def _log_one_plus_exp(expr):
+    if isinstance(expr, sympy.log):
+        rest = _one_plus(expr.args[0])
+        if isinstance(rest, sympy.exp):
+            return softplus(rest.args[0])
+    return None
+
+
+def _log_one_plus(expr):
+    if isinstance(expr, sympy.log):
+        rest = _one_plus(expr.args[0])
+        if rest is not None:
+            return log1p(rest)
+    return None
+
+
+def _exp_minus_one(expr):
+    if isinstance(expr, sympy.Add) and sympy.S.NegativeOne in expr.args:
+        rest = [a for a in expr.args if a is not sympy.S.NegativeOne]
+        if len(rest) == 1 and isinstance(rest[0], sympy.exp):
+            return expm1(rest[0].args[0])
+    return None
+
+
+def _one_minus_sigmoid(expr):
+    if isinstance(expr, sympy.Add) and len(expr.args) == 2 and sympy.S.One in expr.args:
+        other = expr.args[0] if expr.args[1] is sympy.S.One else expr.args[1]
+        coeff, term = other.as_coeff_Mul()
+        if coeff == -1 and isinstance(term, sigmoid):
+            return sigmoid(-term.args[0])
+    return None
+
+
+def _log_of_cosh(expr):
+    if isinstance(expr, sympy.log) and isinstance(expr.args[0], sympy.cosh):
+        return log_cosh(expr.args[0].args[0])
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("log_sigmoid", "log(sigmoid(x)) → log_sigmoid(x): log of a sigmoid that underflows to 0 is -inf, "
+         "log_sigmoid(x) = min(x,0) - log1p(exp(-|x|)) is exact (PyTensor's logsigm_to_softplus).", _log_of_sigmoid),
+    Rule("log_one_minus_sigmoid", "log(1 - sigmoid(x)) → log_sigmoid(-x): 1 - sigmoid(x) rounds to 0 for x > 17 "
+         "(float64).", _log_one_minus_sigmoid),
+    Rule("softplus", "log(1 + exp(x)) → softplus(x): exp overflows for x > 709 (88 in float32).", _log_one_plus_exp),
+    Rule("log1p", "log(1 + x) → log1p(x): 1 + x loses the digits of a small x.", _log_one_plus),
+    Rule("expm1", "exp(x) - 1 → expm1(x): cancellation for small x.", _exp_minus_one),
+    Rule("one_minus_sigmoid", "1 - sigmoid(x) → sigmoid(-x): cancellation when sigmoid(x) is near 1.",
+         _one_minus_sigmoid),
+    Rule("log_cosh", "log(cosh(x)) → log_cosh(x): cosh overflows for |x| > 710.", _log_of_cosh),
+)
+
+
+def stabilize(expr: sympy.Expr, rules: tuple[Rule, ...] = RULES) -> sympy.Expr:
+    """Apply `rules` bottom-up until the expression stops changing."""
+    for _ in range(10):
+        new = _rewrite(expr, rules)
+        if new == expr:
+            return new
+        expr = new
+    return expr
+
+
+def _rewrite(expr, rules):
+    if expr.args and not isinstance(expr, (sympy.Symbol, sympy.Number)):
+        args = tuple(_rewrite(a, rules) for a in expr.args)
+        if args != expr.args:
+            expr = expr.func(*args)
+    for rule in rules:
+        replacement = rule.apply(expr)
+        if replacement is not None:
+            return replacement
+    return expr

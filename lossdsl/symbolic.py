@@ -1,0 +1,134 @@
+"""Stage 3: resolved IR → SymPy → stable forms → derivatives → simplified, CSE'd plan.
+
+SymPy expressions are built node by node from the IR (never from text). Every
+symbol is real. The result is a `KernelPlan`: target-neutral formulas that the
+code generators print, with common subexpressions shared between the loss and
+all its gradients (that is what makes the kernel fused).
+"""
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+
+import sympy
+
+from . import ir
+from .functions import FUNCTIONS, make_power
+from .resolve import ResolvedLoss
+from .rewrites import stabilize
+
+# Names the generated module itself uses; a spec name equal to one gets a trailing "_".
+_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "range", "FASTMATH"}
+
+
+def safe_name(name: str) -> str:
+    return name + "_" if name in _TAKEN else name
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything a code generator needs, independent of the target."""
+
+    loss: ResolvedLoss
+    inputs: tuple[sympy.Symbol, ...]
+    params: tuple[sympy.Symbol, ...]  # numeric parameters: runtime arguments of the kernels
+    value: sympy.Expr  # the loss of one element
+    grads: tuple[sympy.Expr, ...]  # d value / d input, for each `wrt` input
+    value_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # CSE of the value alone
+    value_result: sympy.Expr
+    fused_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # CSE shared by value and gradients
+    fused_results: tuple[sympy.Expr, ...]  # value, then one gradient per `wrt` input
+
+
+_RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
+
+
+def _number(value: float) -> sympy.Expr:
+    if value == float("inf"):
+        return sympy.oo
+    if value == float("-inf"):
+        return -sympy.oo
+    return sympy.Integer(int(value)) if float(value).is_integer() else sympy.Rational(repr(value))
+
+
+def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
+    """Build the SymPy expression of a resolved IR expression."""
+    if isinstance(expr, ir.Num):
+        return _number(expr.value)
+    if isinstance(expr, ir.Bool):
+        return sympy.true if expr.value else sympy.false
+    if isinstance(expr, ir.Name):
+        return env[expr.id]
+    if isinstance(expr, ir.Call):
+        return FUNCTIONS[expr.func].build(*[to_sympy(a, env) for a in expr.args])
+    if isinstance(expr, ir.UnaryOp):
+        operand = to_sympy(expr.operand, env)
+        return sympy.Not(operand) if expr.op == "not" else -operand
+    if isinstance(expr, ir.BinOp):
+        left, right = to_sympy(expr.left, env), to_sympy(expr.right, env)
+        if expr.op == "and":
+            return sympy.And(left, right)
+        if expr.op == "or":
+            return sympy.Or(left, right)
+        if expr.op == "^":
+            return make_power(left, right)
+        return {"+": sympy.Add, "-": lambda a, b: a - b, "*": sympy.Mul, "/": lambda a, b: a / b}[expr.op](left, right)
+    if isinstance(expr, ir.Compare):
+        operands = [to_sympy(o, env) for o in expr.operands]
+        return sympy.And(*[_RELATIONS[op](a, b) for op, a, b in zip(expr.ops, operands, operands[1:])])
+    if isinstance(expr, ir.IfElse):
+        return sympy.Piecewise((to_sympy(expr.then, env), to_sympy(expr.cond, env)),
+                               (to_sympy(expr.orelse, env), True))
+    raise TypeError(f"cannot build SymPy for {expr!r}")
+
+
+def formulas(loss: ResolvedLoss) -> tuple[dict[str, sympy.Expr], dict[str, sympy.Expr], sympy.Expr]:
+    """(symbols of inputs and numeric params, SymPy value of each local, the loss element)."""
+    symbols = {name: sympy.Symbol(safe_name(name), real=True)
+               for name in [i.name for i in loss.inputs] + list(loss.numeric_params)}
+    env: dict[str, sympy.Expr] = dict(symbols)
+    local_values: dict[str, sympy.Expr] = {}
+    for local in loss.locals:
+        env[local.name] = local_values[local.name] = to_sympy(local.expr, env)
+    return symbols, local_values, stabilize(local_values[loss.name])
+
+
+def derive(loss: ResolvedLoss) -> KernelPlan:
+    """The loss element, its stabilised and simplified gradients, and their shared CSE."""
+    symbols, local_values, value = formulas(loss)
+    grads = tuple(simplify(stabilize(sympy.diff(value, symbols[name]))) for name in loss.wrt)
+    names = {expr: safe_name(name) for name, expr in local_values.items() if name != loss.name}
+    value_steps, (value_result,) = _cse([value], names)
+    fused_steps, fused_results = _cse([value, *grads], names)
+    return KernelPlan(loss, tuple(symbols[i.name] for i in loss.inputs),
+                      tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
+                      fused_steps, tuple(fused_results))
+
+
+def simplify(expr: sympy.Expr) -> sympy.Expr:
+    """A cheap, meaning-preserving simplification: the shortest of a few candidate forms.
+
+    `sympy.simplify` is avoided: it is slow on piecewise expressions and may cancel
+    x/x, which changes the value where x is 0 or inf.
+    """
+    candidates = [expr]
+    for transform in (sympy.factor_terms, lambda e: sympy.factor_terms(sympy.expand(e, deep=False))):
+        try:
+            candidates.append(transform(expr))
+        except (TypeError, ValueError, NotImplementedError):
+            continue
+    return min(candidates, key=sympy.count_ops)
+
+
+def _cse(exprs: list[sympy.Expr], local_names: dict[sympy.Expr, str]):
+    """Joint CSE; temporaries that equal a spec local are named after it, the rest `_t<n>`."""
+    steps, results = sympy.cse(exprs, symbols=sympy.numbered_symbols("_t"), order="canonical")
+    expanded: dict[sympy.Symbol, sympy.Expr] = {}
+    renames: dict[sympy.Symbol, sympy.Symbol] = {}
+    for temp, definition in steps:
+        expanded[temp] = full = definition.xreplace(expanded)
+        name = local_names.get(full)
+        if name is not None and name not in {r.name for r in renames.values()}:
+            renames[temp] = sympy.Symbol(name, real=True)
+    steps = tuple((renames.get(t, t), d.xreplace(renames)) for t, d in steps)
+    return steps, [r.xreplace(renames) for r in results]

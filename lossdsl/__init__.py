@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from . import catalogue as _catalogue
+from . import registry
 from .compiler import __version__, compile_spec, load
 from .errors import (LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError, SpecSyntaxError,
                      SpecTypeError, UnknownLossError)
@@ -20,7 +20,7 @@ def compile(source: str | bytes, name: str | None = None, **params) -> Loss:  # 
 
 def catalogue() -> list[str]:
     """Names of the built-in losses."""
-    return _catalogue.names()
+    return registry.names()
 
 
 __all__ = ["load", "compile", "catalogue", "Loss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",

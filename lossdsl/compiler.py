@@ -13,7 +13,7 @@ from typing import Mapping
 import numba
 import numpy as np
 
-from . import cache, catalogue, ir
+from . import cache, ir, registry
 from .codegen import cpu
 from .errors import UnknownLossError
 from .parse import parse
@@ -29,7 +29,7 @@ def compile_spec(text: str | bytes, name: str | None = None, file: str = "<strin
     losses = parse(text, file)                                       # 1. Lark → IR
     loss = _choose(losses, name, file)
     local = {d.name: d for d in losses} | {a: d for d in losses for a in d.aliases}
-    lookup = lambda called: local.get(called) or catalogue.find(called)  # noqa: E731 - composition
+    lookup = lambda called: local.get(called) or registry.find(called)  # noqa: E731 - composition
     source = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     resolved = resolve(loss, params, lookup, source)                 # 2. names, params, inlining
     return Loss(resolved, Backend(resolved))                         # 3-5. SymPy, codegen, Numba: lazily, per dtype
@@ -90,5 +90,5 @@ def load(name_or_path: str | Path, **params: Value) -> Loss:
         if not path.is_file():
             raise UnknownLossError(f"no spec file {str(path)!r}")
         return compile_spec(path.read_bytes(), None, str(path), params)
-    loss, text = catalogue.get(str(name_or_path))
+    loss, text = registry.get(str(name_or_path))
     return compile_spec(text, loss.name, loss.file, params)

@@ -228,7 +228,7 @@ class _Resolver:
         for name, what, pos in entries:
             if name in seen:
                 raise self.error(SpecNameError, f"duplicate name `{name}` (already a {seen[name]})", loss.file, pos)
-            if name in FUNCTIONS or name in CONSTANTS:
+            if (name in FUNCTIONS and name != loss.name) or name in CONSTANTS:  # calls and names are apart
                 raise self.error(SpecNameError, f"`{name}` is a built-in name; choose another", loss.file, pos)
             seen[name] = what
         if not loss.locals or loss.locals[-1].name != loss.name:

@@ -11,6 +11,7 @@ import keyword
 from dataclasses import dataclass
 
 import sympy
+from sympy.printing.str import StrPrinter
 
 from . import ir
 from .functions import FUNCTIONS, make_power
@@ -38,6 +39,7 @@ class KernelPlan:
     value_result: sympy.Expr
     fused_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # CSE shared by value and gradients
     fused_results: tuple[sympy.Expr, ...]  # value, then one gradient per `wrt` input
+    local_values: tuple[tuple[str, sympy.Expr], ...]  # the spec's own locals, for display
 
 
 _RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
@@ -102,7 +104,8 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
     fused_steps, fused_results = _cse([value, *grads], names)
     return KernelPlan(loss, tuple(symbols[i.name] for i in loss.inputs),
                       tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
-                      fused_steps, tuple(fused_results))
+                      fused_steps, tuple(fused_results),
+                      tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom))
 
 
 def simplify(expr: sympy.Expr) -> sympy.Expr:
@@ -132,3 +135,58 @@ def _cse(exprs: list[sympy.Expr], local_names: dict[sympy.Expr, str]):
             renames[temp] = sympy.Symbol(name, real=True)
     steps = tuple((renames.get(t, t), d.xreplace(renames)) for t, d in steps)
     return steps, [r.xreplace(renames) for r in results]
+
+
+# --- formulas as people read them (`lossdsl show`, Loss.gradient_formula_text) ---
+
+_DSL_NAMES = {"absolute": "abs", "maximum": "max", "minimum": "min", "loggamma": "lgamma"}
+
+
+class _FormulaPrinter(StrPrinter):
+    """SymPy → DSL-like text: `^` for powers, `a if c else b`, the DSL's function names."""
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name == "power":
+            return self._print(sympy.Pow(*expr.args, evaluate=False))
+        return f"{_DSL_NAMES.get(name, name)}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_polygamma(self, expr):
+        order, x = expr.args
+        return f"digamma({self._print(x)})" if order == 0 else f"polygamma({order}, {self._print(x)})"
+
+    def _print_Pow(self, expr, rational=False):
+        text = super()._print_Pow(expr, rational)
+        return text.replace("**", "^")
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last, _) = expr.args
+        text = self._print(last)
+        for value, cond in reversed(pieces):
+            text = f"({self._print(value)} if {self._print(cond)} else {text})"
+        return text
+
+    def _print_Relational(self, expr):
+        return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"
+
+    def _print_And(self, expr):
+        return " and ".join(self.parenthesize(a, 100) for a in expr.args)
+
+    def _print_Or(self, expr):
+        return " or ".join(self.parenthesize(a, 100) for a in expr.args)
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Infinity(self, expr):
+        return "inf"
+
+    def _print_NegativeInfinity(self, expr):
+        return "-inf"
+
+
+def to_text(expr: sympy.Expr, local_values: tuple[tuple[str, sympy.Expr], ...] = ()) -> str:
+    """A formula in the DSL's own notation, written with the spec's locals where they occur."""
+    for name, value in reversed(local_values):
+        expr = expr.xreplace({value: sympy.Symbol(name, real=True)})
+    return _FormulaPrinter().doprint(expr)

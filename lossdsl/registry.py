@@ -1,4 +1,4 @@
-"""The built-in losses: one `specs/<name>.loss` file each, found by listing the folder."""
+"""The built-in catalogue: one `specs/<name>.loss` file per loss, found by listing the folder."""
 from __future__ import annotations
 
 import difflib

@@ -251,7 +251,8 @@ class _Resolver:
     def expr(self, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         if isinstance(expr, ir.Name):
             if expr.id in scope:
-                return scope[expr.id]
+                bound = scope[expr.id]  # a plain name or constant keeps the position it is used at
+                return dataclasses.replace(bound, pos=expr.pos) if isinstance(bound, (ir.Name, *_LITERALS)) else bound
             if expr.id in CONSTANTS:
                 return ir.Num(CONSTANTS[expr.id], expr.pos)
             raise self.error(SpecNameError, f"undefined name `{expr.id}`", loss.file, expr.pos)

@@ -193,7 +193,8 @@ def _xlogy(x, y):
     def fdiff(self, argindex=1):
         x, y = self.args
         if argindex == 1:
-            return sympy.Piecewise((sympy.S.Zero, sympy.Eq(x, 0)), (sympy.log(y), True))
+            # torch.xlogy's backward: log(y), but 0 where x = 0 and y <= 0 (where log(y) is not finite)
+            return sympy.Piecewise((sympy.S.Zero, sympy.And(sympy.Eq(x, 0), y <= 0)), (sympy.log(y), True))
         return x / y
 
 

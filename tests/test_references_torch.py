@@ -342,9 +342,7 @@ def test_soft_margin_builtin_overflows_where_reference_is_finite():
 
 def test_gaussian_nll_var_clamp_has_no_gradient_effect():
     x, t, v = np.array([1.0, 1.0]), np.array([0.0, 0.0]), np.array([1e-8, 0.0])
-    _, (gx, gv) = _torch_grad(TORCH["gaussian_nll"], x, v, t, n_grad=2,
-                              ) if False else _torch_eval(
-        TORCH["gaussian_nll"], REFERENCES["gaussian_nll"], (x, t, v), {})
+    _, (gx, gv) = _torch_eval(TORCH["gaussian_nll"], REFERENCES["gaussian_nll"], (x, t, v), {})
     expected_gv = 0.5 * (1 / 1e-6 - 1 / 1e-12)
     np.testing.assert_allclose(gv, [expected_gv] * 2, rtol=1e-12)
     np.testing.assert_allclose(gx, [1e6] * 2, rtol=1e-12)
@@ -377,3 +375,14 @@ def test_focal_tutorial_figures(p, y, expected):
     assert round(mean, 4) == expected
     t_mean = float(_focal_tutorial(_t(p), _t(y), alpha=0.75, gamma=2.0).mean())
     assert t_mean == pytest.approx(mean, rel=1e-12)
+
+
+def test_log_cosh_accurate_near_zero_and_finite_far_out():
+    # series log cosh d = d^2/2 - d^4/12 + ...; the naive log(cosh(d)) loses
+    # relative accuracy here (and torch's does too), so pin it separately.
+    ref = REFERENCES["log_cosh"]
+    d = np.array([1e-8, -1e-5, 1e-3])
+    np.testing.assert_allclose(ref.value(d, np.zeros(3)), d**2 / 2 - d**4 / 12, rtol=1e-12)
+    far = np.array([1e4, -1e4, 1e300])
+    np.testing.assert_allclose(ref.value(far, np.zeros(3)), np.abs(far) - math.log(2.0), rtol=1e-15)
+    np.testing.assert_array_equal(ref.grads(far, np.zeros(3))[0], [1.0, -1.0, 1.0])

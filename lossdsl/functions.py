@@ -217,6 +217,33 @@ def _log_clamped(x):
         return 1 / maximum(self.args[0], sympy.Float(1e-12))
 
 
+class bce_clamped(_Real):
+    """PyTorch's binary cross-entropy of probability p against target y, as one primitive.
+
+    Value -(y*max(log p, -100) + (1 - y)*max(log(1 - p), -100)). PyTorch's backward is
+    (p - y)/max(p*(1 - p), 1e-12), not the derivative of the clamped logs: the two differ
+    only where p(1 - p) < 1e-12, e.g. a perfect prediction p = y = 0 gets 0 rather than 1.
+    Taking it whole keeps that convention. d/dy = max(log(1 - p), -100) - max(log p, -100).
+    """
+
+    nargs = 2
+    numba = "_bce_clamped({0}, {1})"
+    helper = """
+def _bce_clamped(p, y):
+    log_p = math.log(p)
+    log_q = math.log(F(1.0) - p)
+    log_p = F(-100.0) if log_p < F(-100.0) else log_p
+    log_q = F(-100.0) if log_q < F(-100.0) else log_q
+    return -(y * log_p + (F(1.0) - y) * log_q)
+"""
+
+    def fdiff(self, argindex=1):
+        p, y = self.args
+        if argindex == 1:
+            return (p - y) / maximum(p * (1 - p), sympy.Float(1e-12))
+        return log_clamped(1 - p) - log_clamped(p)
+
+
 class detach(_Real):
     """The value of x with a zero derivative (a stop-gradient, like torch's .detach())."""
 
@@ -290,6 +317,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("lgamma", 1, sympy.loggamma, "log|Gamma(x)|", (0.5, 5.0)),
     Function("log_clamped", 1, log_clamped, "max(log(x), -100); derivative 1/max(x, 1e-12) (PyTorch BCE)",
              (0.05, 0.95)),
+    Function("bce_clamped", 2, bce_clamped, "PyTorch's BCE of probability x against target y, logs clamped at -100; "
+             "d/dx = (x - y)/max(x(1 - x), 1e-12) as PyTorch", (0.05, 0.95)),
     Function("detach", 1, detach, "x, with derivative 0 (stop-gradient)"),
     Function("where", 3, _where, "where(c, a, b) = a if c else b", condition_args=(0,)),
 ]}

@@ -10,7 +10,8 @@ kink / clamp conventions noted below.
 Conventions shared by several entries:
 
 * ``clog(x) = max(log x, -100)`` (PyTorch's clamped log in
-  ``binary_cross_entropy``), with derivative taken as ``1 / max(x, 1e-12)``.
+  ``binary_cross_entropy``); BCE's gradient is PyTorch's backward,
+  ``(p - y) / max(p (1 - p), 1e-12)``.
 * ``d/db b**g`` is ``g * b**(g - 1)``, taken as exactly 0 when ``g == 0``
   (the convention of ``torch.pow``'s backward).
 * ``relu`` has derivative 0 at 0 (``torch.relu``); ``clamp_min(., 0)``, used
@@ -74,11 +75,6 @@ def _clog1m(p: np.ndarray) -> np.ndarray:
     """max(log(1 - p), -100), accurate for small p."""
     with np.errstate(divide="ignore"):
         return np.maximum(np.log1p(-p), _LOG_FLOOR)
-
-
-def _dclog(x: np.ndarray) -> np.ndarray:
-    """Derivative convention of the clamped log: 1 / max(x, 1e-12)."""
-    return 1.0 / np.maximum(x, _GRAD_EPS)
 
 
 def _pow(b: np.ndarray, g: float) -> np.ndarray:
@@ -221,9 +217,9 @@ def bce_value(p, y):
 
 
 def bce_grads(p, y):
-    # catalogue form: -(y L(p) + (1-y) L(1-p)), dL/dx = 1 / max(x, 1e-12)
+    # PyTorch's BCE backward: (p - y) / max(p (1 - p), 1e-12); 0 for a perfect prediction
     p, y = _f(p), _f(y)
-    return (-y * _dclog(p) + (1.0 - y) * _dclog(1.0 - p),)
+    return ((p - y) / np.maximum(p * (1.0 - p), _GRAD_EPS),)
 
 
 def _sample_prob_soft(rng, shape):
@@ -266,14 +262,14 @@ def focal_value(p, y, *, alpha=0.25, gamma=2.0):
 
 
 def focal_grads(p, y, *, alpha=0.25, gamma=2.0):
+    # the tutorial's form alpha_t (1 - p_t)^gamma bce(p, y), differentiated by the product rule
     p, y = _f(p), _f(y)
-    # y == 1: -alpha (1-p)^g clog(p)
-    pos = -alpha * (_prod0(-_dpow(1.0 - p, gamma), _clog(p))
-                    + _pow(1.0 - p, gamma) * _dclog(p))
-    # y == 0: -(1-alpha) p^g clog(1-p), d/dp clog(1-p) = -1/max(1-p, eps)
-    neg = -(1.0 - alpha) * (_prod0(_dpow(p, gamma), _clog1m(p))
-                            - _pow(p, gamma) * _dclog(1.0 - p))
-    return (np.where(y == 1, pos, neg),)
+    positive = y == 1
+    alpha_t = np.where(positive, alpha, 1.0 - alpha)
+    base = np.where(positive, 1.0 - p, p)  # 1 - p_t
+    dbase = np.where(positive, -1.0, 1.0)
+    (dbce,) = bce_grads(p, y)
+    return (alpha_t * (_prod0(_dpow(base, gamma) * dbase, bce_value(p, y)) + _pow(base, gamma) * dbce),)
 
 
 def _sample_prob_hard(rng, shape):

@@ -113,20 +113,6 @@ TORCH_STABLE = {
 }
 
 
-def _known_grad_deviation(key, inputs, params):
-    """Edge points where PyTorch's gradient convention is known to differ.
-
-    bce: the catalogue's -y/max(p,eps) + (1-y)/max(1-p,eps) gives 1 at
-    (p, y) = (0, 0) and -1 at (1, 1); torch's (p - y)/max(p(1-p), eps) gives 0.
-    focal with gamma == 0 inherits the same difference (for gamma > 0 the
-    factor (1 - p_t)**gamma = 0 makes both 0).
-    """
-    if key == "bce" or (key == "focal" and params.get("gamma", 2.0) == 0):
-        p, y = inputs
-        return ((p == 0) & (y == 0)) | ((p == 1) & (y == 1))
-    return np.zeros(np.shape(inputs[0]), dtype=bool)
-
-
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
@@ -260,9 +246,8 @@ def test_matches_torch_edges(key, params):
         # ... and elsewhere torch must be finite at every edge point.
         assert finite.all(), f"torch not finite at {[a[~finite] for a in arrays]}"
     np.testing.assert_allclose(value[finite], t_value[finite], rtol=rtol, atol=ATOL)
-    ok = finite & ~_known_grad_deviation(key, arrays, params)
     for name, g, tg in zip(ref.wrt, grads, t_grads):
-        np.testing.assert_allclose(g[ok], tg[ok], rtol=rtol, atol=ATOL, err_msg=f"d/d{name}")
+        np.testing.assert_allclose(g[finite], tg[finite], rtol=rtol, atol=ATOL, err_msg=f"d/d{name}")
 
 
 # ---------------------------------------------------------------------------
@@ -290,8 +275,8 @@ def test_bce_edge_convention():
     np.testing.assert_array_equal(g[:2], [-1e12, 1e12])
     np.testing.assert_allclose(tg[:2], g[:2], rtol=1e-8)
     assert np.all(np.sign(tg[:2]) == np.sign(g[:2]))
-    # correctly classified end points: catalogue form gives 1 / -1, torch 0
-    np.testing.assert_array_equal(g[2:], [1.0, -1.0])
+    # perfect predictions at the end points: 0, as in torch
+    np.testing.assert_array_equal(g[2:], [0.0, 0.0])
     np.testing.assert_array_equal(tg[2:], [0.0, 0.0])
 
 

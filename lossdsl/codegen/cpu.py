@@ -78,7 +78,7 @@ def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
         "    for _i in numba.prange(_n):",
         *_loop_head(plan),
         *_body(printer, plan.value_steps, "        "),
-        f"        _loss = {printer.doprint(plan.value_result)} * (_s * _weight[_i] if _weighted else _s)",
+        f"        _loss = ({printer.doprint(plan.value_result)}) * (_s * _weight[_i] if _weighted else _s)",
         "        if _elementwise:",
         "            _out[_i] = _loss",
         "        _total += _loss",
@@ -107,12 +107,12 @@ def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
         *_loop_head(plan),
         *_body(printer, plan.fused_steps, "        "),
         "        _w = _s * _weight[_i] if _weighted else _s",
-        f"        _loss = {printer.doprint(value)} * _w",
+        f"        _loss = ({printer.doprint(value)}) * _w",
         "        if _elementwise:",
         "            _out[_i] = _loss",
         "        _total += _loss",
         "        _gw = _w * _gs",
-        *[f"        {g}[_i] = {printer.doprint(expr)} * _gw" for g, expr in zip(grads, gradients)],
+        *[f"        {g}[_i] = ({printer.doprint(expr)}) * _gw" for g, expr in zip(grads, gradients)],
         "    return _total",
     ]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+"""Stability rewrites: each rule's form, and its values at extreme inputs against mpmath."""
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p
+
+import lossdsl
+from lossdsl.functions import log_cosh, log_sigmoid, sigmoid, softplus
+from lossdsl.rewrites import RULES, stabilize
+
+x = sympy.Symbol("x", real=True)
+
+# rule name → (unstable input form, expected stable form, DSL text, mpmath reference, extreme points)
+CASES = {
+    "log_sigmoid": (sympy.log(sigmoid(x)), log_sigmoid(x), "log(sigmoid(x))",
+                    lambda v: -mpmath.log1p(mpmath.exp(-v)), [-1000.0, -40.0, 0.0, 40.0, 1000.0]),
+    "log_one_minus_sigmoid": (sympy.log(1 - sigmoid(x)), log_sigmoid(-x), "log(1 - sigmoid(x))",
+                              lambda v: -mpmath.log1p(mpmath.exp(v)), [-1000.0, -40.0, 0.0, 40.0, 1000.0]),
+    "softplus": (sympy.log(1 + sympy.exp(x)), softplus(x), "log(1 + exp(x))",
+                 lambda v: mpmath.log1p(mpmath.exp(v)), [-1000.0, -40.0, 0.0, 40.0, 1000.0]),
+    "log1p": (sympy.log(1 + x), log1p(x), "log(1 + x)", lambda v: mpmath.log1p(v), [1e-300, 1e-12, 1e-5, 3.0]),
+    "expm1": (sympy.exp(x) - 1, expm1(x), "exp(x) - 1", lambda v: mpmath.expm1(v), [-1e-12, 1e-300, 1e-8, 2.0]),
+    "one_minus_sigmoid": (1 - sigmoid(x), sigmoid(-x), "1 - sigmoid(x)",
+                          lambda v: 1 / (1 + mpmath.exp(v)), [-50.0, 0.0, 40.0, 700.0]),
+    "log_cosh": (sympy.log(sympy.cosh(x)), log_cosh(x), "log(cosh(x))",
+                 lambda v: mpmath.log(mpmath.cosh(v)), [-1000.0, -3.0, 0.5, 800.0]),
+}
+
+
+def test_every_rule_has_a_case():
+    assert {r.name for r in RULES} == set(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rule_form(name):
+    unstable, stable, *_ = CASES[name]
+    assert stabilize(unstable) == stable
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rule_values_and_gradients_at_extremes(name):
+    _, _, text, reference, points = CASES[name]
+    loss = lossdsl.compile(f"loss t(x)\n    t = {text}\n")
+    values, grads = loss.value_and_grad(np.array(points), reduction="none")
+    mpmath.mp.dps = 50
+    for point, value, grad in zip(points, values, grads):
+        expected = float(reference(mpmath.mpf(point)))
+        expected_grad = float(mpmath.diff(reference, mpmath.mpf(point)))
+        assert value == pytest.approx(expected, rel=1e-14, abs=1e-300), (name, point)
+        assert math.isfinite(grad) and grad == pytest.approx(expected_grad, rel=1e-9, abs=1e-300), (name, point)

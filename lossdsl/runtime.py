@@ -212,6 +212,6 @@ def _check_domain(loss_name: str, spec_input, array: np.ndarray) -> None:
         ok = low_ok & high_ok
     if not ok.all():
         index = np.unravel_index(int(np.argmin(ok)), array.shape) if array.ndim else ()
-        value = array[index] if array.ndim else array.item()
+        value = array[index].item() if array.ndim else array.item()
         raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
                              f"found {value!r} at index {tuple(int(i) for i in index)}")

@@ -48,9 +48,9 @@ def _formula_comment(plan: KernelPlan) -> str:
 
 def _signature(plan: KernelPlan) -> tuple[list[str], list[str]]:
     """Kernel arguments for the inputs and numeric parameters, and the prologue that types the parameters."""
-    inputs = [f"_{safe_name(i.name)}" for i in plan.loss.inputs]
-    params = [f"_{p.name}" for p in plan.params]
-    prologue = [f"{p.name} = F(_{p.name})" for p in plan.params]
+    inputs = [f"__{safe_name(i.name)}" for i in plan.loss.inputs]
+    params = [f"__{p.name}" for p in plan.params]
+    prologue = [f"{p.name} = F(__{p.name})" for p in plan.params]
     return inputs + params, prologue
 
 
@@ -59,61 +59,61 @@ def _body(printer: NumbaPrinter, steps, indent: str) -> list[str]:
 
 
 def _loop_head(plan: KernelPlan) -> list[str]:
-    return [f"        {safe_name(i.name)} = _{safe_name(i.name)}[_i]" for i in plan.loss.inputs]
+    return [f"        {safe_name(i.name)} = __{safe_name(i.name)}[__i]" for i in plan.loss.inputs]
 
 
 def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     args, prologue = _signature(plan)
-    first = f"_{safe_name(plan.loss.inputs[0].name)}"
+    first = f"__{safe_name(plan.loss.inputs[0].name)}"
     lines = [
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
-        f"def loss_value({', '.join(args + ['_weight', '_scale', '_out'])}):",
-        '    """Weighted sum of the loss elements; each one is also stored in _out when it has room."""',
+        f"def loss_value({', '.join(args + ['__weight', '__scale', '__out'])}):",
+        '    """Weighted sum of the loss elements; each one is also stored in __out when it has room."""',
         *[f"    {line}" for line in prologue],
-        "    _s = F(_scale)",
-        f"    _n = {first}.size",
-        "    _weighted = _weight.size == _n",
-        "    _elementwise = _out.size == _n",
-        "    _total = 0.0",
-        "    for _i in numba.prange(_n):",
+        "    __s = F(__scale)",
+        f"    __n = {first}.size",
+        "    __weighted = __weight.size == __n",
+        "    __elementwise = __out.size == __n",
+        "    __total = 0.0",
+        "    for __i in numba.prange(__n):",
         *_loop_head(plan),
         *_body(printer, plan.value_steps, "        "),
-        f"        _loss = ({printer.doprint(plan.value_result)}) * (_s * _weight[_i] if _weighted else _s)",
-        "        if _elementwise:",
-        "            _out[_i] = _loss",
-        "        _total += _loss",
-        "    return _total",
+        f"        __loss = ({printer.doprint(plan.value_result)}) * (__s * __weight[__i] if __weighted else __s)",
+        "        if __elementwise:",
+        "            __out[__i] = __loss",
+        "        __total += __loss",
+        "    return __total",
     ]
     return "\n".join(lines) + "\n"
 
 
 def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     args, prologue = _signature(plan)
-    grads = [f"_grad_{safe_name(name)}" for name in plan.loss.wrt]
-    first = f"_{safe_name(plan.loss.inputs[0].name)}"
+    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt]
+    first = f"__{safe_name(plan.loss.inputs[0].name)}"
     value, *gradients = plan.fused_results
     lines = [
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
-        f"def loss_value_and_grad({', '.join(args + ['_weight', '_scale', '_gscale', '_out'] + grads)}):",
-        '    """loss_value, and each gradient times weight and _gscale, in one pass."""',
+        f"def loss_value_and_grad({', '.join(args + ['__weight', '__scale', '__gscale', '__out'] + grads)}):",
+        '    """loss_value, and each gradient times weight and __gscale, in one pass."""',
         *[f"    {line}" for line in prologue],
-        "    _s = F(_scale)",
-        "    _gs = F(_gscale)",
-        f"    _n = {first}.size",
-        "    _weighted = _weight.size == _n",
-        "    _elementwise = _out.size == _n",
-        "    _total = 0.0",
-        "    for _i in numba.prange(_n):",
+        "    __s = F(__scale)",
+        "    __gs = F(__gscale)",
+        f"    __n = {first}.size",
+        "    __weighted = __weight.size == __n",
+        "    __elementwise = __out.size == __n",
+        "    __total = 0.0",
+        "    for __i in numba.prange(__n):",
         *_loop_head(plan),
         *_body(printer, plan.fused_steps, "        "),
-        "        _w = _s * _weight[_i] if _weighted else _s",
-        f"        _loss = ({printer.doprint(value)}) * _w",
-        "        if _elementwise:",
-        "            _out[_i] = _loss",
-        "        _total += _loss",
-        "        _gw = _w * _gs",
-        *[f"        {g}[_i] = ({printer.doprint(expr)}) * _gw" for g, expr in zip(grads, gradients)],
-        "    return _total",
+        "        __w = __s * __weight[__i] if __weighted else __s",
+        f"        __loss = ({printer.doprint(value)}) * __w",
+        "        if __elementwise:",
+        "            __out[__i] = __loss",
+        "        __total += __loss",
+        "        __gw = __w * __gs",
+        *[f"        {g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)],
+        "    return __total",
     ]
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,169 @@
+"""The Loss object: validation, dtypes, shapes, weights, reductions, inf/NaN behaviour."""
+import math
+
+import numpy as np
+import pytest
+
+import lossdsl
+from lossdsl.errors import LossInputError
+
+
+@pytest.fixture(scope="module")
+def huber(load_loss):
+    return load_loss("huber")
+
+
+def test_wrong_number_of_inputs(huber):
+    with pytest.raises(LossInputError, match=r"huber takes 2 inputs \(pred, target\); got 3"):
+        huber(np.zeros(3), np.zeros(3), np.zeros(3))
+
+
+def test_shapes_that_do_not_broadcast_are_named(huber):
+    with pytest.raises(LossInputError, match=r"pred \(3, 4\), target \(3, 5\)"):
+        huber(np.zeros((3, 4)), np.zeros((3, 5)))
+
+
+def test_broadcast_target_and_unbroadcast_gradient(load_loss, huber):
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(4, 3)), rng.normal(size=3)
+    v, g = huber.value_and_grad(pred, target, reduction="sum")
+    v_full, g_full = huber.value_and_grad(pred, np.broadcast_to(target, (4, 3)).copy(), reduction="sum")
+    assert v == pytest.approx(v_full) and g.shape == (4, 3)
+    np.testing.assert_allclose(g, g_full)
+    gauss = load_loss("gaussian_nll")
+    var = rng.uniform(0.5, 2.0, size=(4, 1))
+    _, (g_input, g_var) = gauss.value_and_grad(pred, pred * 0.5, var, reduction="sum")
+    _, (_, g_var_full) = gauss.value_and_grad(pred, pred * 0.5, np.repeat(var, 3, axis=1), reduction="sum")
+    assert g_var.shape == (4, 1)
+    np.testing.assert_allclose(g_var, g_var_full.sum(axis=1, keepdims=True))
+
+
+def test_dtypes(huber, load_loss):
+    x32 = np.linspace(-2, 2, 11, dtype=np.float32)
+    v, g = huber.value_and_grad(x32, np.zeros(11, np.float32))
+    assert v.dtype == np.float32 and g.dtype == np.float32
+    v, g = huber.value_and_grad(np.arange(5), np.arange(5)[::-1])  # integers become float64
+    assert v.dtype == np.float64 and g.dtype == np.float64
+    labels = np.array([1, 0, 1], np.int64)  # integer labels are accepted
+    assert load_loss("bce_with_logits")(np.array([2.0, -1.0, 0.5], np.float32), labels).dtype == np.float32
+    with pytest.raises(LossInputError, match="float32 or float64"):
+        huber(np.zeros(3, np.float16), np.zeros(3))
+    with pytest.raises(LossInputError, match="must hold numbers"):
+        huber(np.zeros(3), np.array(["a", "b", "c"]))
+
+
+def test_reductions_and_batch_form(huber):
+    rng = np.random.default_rng(1)
+    pred, target = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
+    d = np.abs(pred - target)
+    elements = np.where(d < 1, 0.5 * d**2, d - 0.5)
+    np.testing.assert_allclose(huber(pred, target, reduction="batch"), elements.mean(axis=(1, 2)))
+    np.testing.assert_allclose(huber(pred, target, reduction="batch", batch_axis=1), elements.mean(axis=(0, 2)))
+    np.testing.assert_allclose(huber(pred, target, reduction="none"), elements)
+    with pytest.raises(LossInputError, match="reduction must be one of"):
+        huber(pred, target, reduction="avg")
+    with pytest.raises(LossInputError, match="batch axis"):
+        huber(np.float64(1.0), np.float64(0.0), reduction="batch")
+
+
+def test_weights(huber):
+    pred, target = np.array([[0.0, 3.0], [1.0, -1.0]]), np.zeros((2, 2))
+    elements = np.array([[0.0, 2.5], [0.5, 0.5]])
+    sw = np.array([[2.0], [4.0]])
+    assert huber(pred, target, weight=2.0, sample_weight=sw, reduction="sum") == pytest.approx((2 * sw * elements).sum())
+    assert huber(pred, target, sample_weight=sw) == pytest.approx((sw * elements).mean())  # mean over elements
+    with pytest.raises(LossInputError, match="does not broadcast"):
+        huber(pred, target, sample_weight=np.ones((3, 1)))
+    with pytest.raises(LossInputError, match="does not broadcast"):
+        huber(pred, target, sample_weight=np.ones((2, 2, 2)))  # may not enlarge the loss
+    with pytest.raises(LossInputError, match="scalar"):
+        huber(pred, target, weight=np.ones(2))
+
+
+def test_domains_are_checked(load_loss):
+    bce = load_loss("bce")
+    with pytest.raises(LossInputError, match=r"p must lie in \[0, 1\]; found 1.5 at index \(1,\)"):
+        bce(np.array([0.5, 1.5]), np.array([1.0, 0.0]))
+    focal = load_loss("focal")
+    with pytest.raises(LossInputError, match=r"y must lie in \{0, 1\}"):
+        focal(np.array([0.5, 0.5]), np.array([1.0, 0.5]))
+    unchecked = lossdsl.load("focal")
+    unchecked.check_domains = False
+    assert np.isfinite(unchecked(np.array([0.5, 0.5]), np.array([1.0, 0.5])))
+
+
+def test_empty_scalar_and_non_contiguous_inputs(huber):
+    assert math.isnan(huber(np.zeros(0), np.zeros(0)))
+    assert huber(np.zeros(0), np.zeros(0), reduction="sum") == 0.0
+    assert huber(np.zeros(0), np.zeros(0), reduction="none").shape == (0,)
+    assert huber(np.float64(3.0), np.float64(0.0)) == pytest.approx(2.5)
+    x = np.random.default_rng(2).normal(size=(5, 4))
+    np.testing.assert_allclose(huber.grad(x.T, np.zeros((4, 5)), reduction="none"), huber.grad(x.T.copy(), np.zeros((4, 5)), reduction="none"))
+
+
+def test_inf_and_nan_semantics_survive_fastmath():
+    probe = lossdsl.compile("loss probe(x, y, k)\n    probe = log(x) + (x - y) if k == 0 else (1 if x != y else 0)\n")
+    x = np.array([0.0, np.inf, np.nan, 1.0, np.nan, 2.0])
+    y = np.array([0.0, np.inf, 1.0, 1.0, np.nan, 2.0])
+    k = np.array([0, 0, 0, 0, 1, 1])
+    values = probe(x, y, k, reduction="none")
+    assert values[0] == -np.inf           # log(0) stays -inf
+    assert np.isnan(values[1])            # inf - inf is NaN
+    assert np.isnan(values[2]) and values[3] == 0.0
+    assert values[4] == 1.0 and values[5] == 0.0  # NaN != NaN is still true (no nnan flag)
+
+
+def test_nan_propagates(huber, load_loss):
+    v, g = huber.value_and_grad(np.array([np.nan, 1.0]), np.zeros(2), reduction="none")
+    assert np.isnan(v[0]) and np.isnan(g[0]) and v[1] == 0.5
+
+
+def test_several_wrt_inputs_give_a_tuple(load_loss):
+    ranking = load_loss("margin_ranking", margin=0.5)
+    v, (g1, g2) = ranking.value_and_grad(np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([1.0, 1.0]),
+                                         reduction="sum")
+    assert v == pytest.approx(1.5)  # max(0, -1 + 0.5) + max(0, 1 + 0.5)
+    np.testing.assert_array_equal(g1, [0.0, -1.0])
+    np.testing.assert_array_equal(g2, [0.0, 1.0])
+
+
+def test_description_and_source(load_loss):
+    focal = load_loss("focal")
+    assert set(focal.gradient_formula) == {"p"}
+    assert focal.inputs == ("p", "y") and focal.wrt == ("p",)
+    source = focal.source()
+    assert "# loss focal(p, y) wrt p" in source and "def loss_value_and_grad(" in source
+    assert "F = np.float64" in source and "F = np.float32" in focal.source("cpu", "float32")
+    compile(source, "generated", "exec")  # the module is valid Python
+    with pytest.raises(ValueError, match="unknown target"):
+        focal.source("tpu")
+    assert repr(focal) == "<lossdsl.Loss focal(p, y, alpha=0.25, gamma=2.0)>"
+
+
+def test_with_params_reuses_kernels(huber):
+    wide = huber.with_params(delta=3.0)
+    assert wide.params["delta"] == 3.0 and wide._backend is huber._backend
+    assert wide(np.array([2.0]), np.array([0.0])) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="breaks its constraint"):
+        huber.with_params(delta=0.0)
+
+
+def test_compile_picks_the_last_or_the_named_loss(tmp_path):
+    text = "loss double(x)\n    double = 2*x\nloss quad(x)\n    quad = double(double(x))\n"
+    assert lossdsl.compile(text)(np.array([1.0]), reduction="sum") == 4.0
+    assert lossdsl.compile(text, "double")(np.array([1.0]), reduction="sum") == 2.0
+    path = tmp_path / "mine.loss"
+    path.write_text(text)
+    assert lossdsl.load(str(path)).name == "quad"
+
+
+def test_spec_names_never_collide_with_generated_names():
+    # inputs named like the kernel's own variables, Python keywords, module names and CSE temporaries
+    spec = "loss c(weight, out, n, i, t0, F, math, lambda) wrt weight, lambda\n" \
+           "    c = exp(weight)*out + n*i - t0*F*math + lambda^2 + exp(weight)\n"
+    loss = lossdsl.compile(spec)
+    args = [np.array([0.5]), np.array([2.0]), np.array([3.0]), np.array([4.0]), np.array([1.0]), np.array([2.0]),
+            np.array([3.0]), np.array([1.5])]
+    value, (g_weight, g_lambda) = loss.value_and_grad(*args, reduction="sum")
+    assert value == pytest.approx(3 * math.exp(0.5) + 12 - 6 + 2.25)
+    assert g_weight[0] == pytest.approx(3 * math.exp(0.5)) and g_lambda[0] == pytest.approx(3.0)

@@ -124,8 +124,8 @@ def simplify(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _cse(exprs: list[sympy.Expr], local_names: dict[sympy.Expr, str]):
-    """Joint CSE; temporaries that equal a spec local are named after it, the rest `_t<n>`."""
-    steps, results = sympy.cse(exprs, symbols=sympy.numbered_symbols("_t"), order="canonical")
+    """Joint CSE; temporaries that equal a spec local are named after it, the rest `_<n>`."""
+    steps, results = sympy.cse(exprs, symbols=sympy.numbered_symbols("_"), order="canonical")
     expanded: dict[sympy.Symbol, sympy.Expr] = {}
     renames: dict[sympy.Symbol, sympy.Symbol] = {}
     for temp, definition in steps:

@@ -45,6 +45,7 @@ REFERENCE = {  # independent NumPy definitions of each function of (x, y, z)
     "xlogy": lambda x, y, z: x * np.log(y),
     "lgamma": lambda x, y, z: _lgamma(x),
     "log_clamped": lambda x, y, z: np.maximum(np.log(x), -100.0),
+    "bce_clamped": lambda x, y, z: -(y * np.maximum(np.log(x), -100.0) + (1 - y) * np.maximum(np.log1p(-x), -100.0)),
     "detach": lambda x, y, z: x,
     "where": lambda x, y, z: np.where(x < y, x * z, y),
 }
@@ -114,6 +115,9 @@ def _at(under_test, name, x, y=1.0, z=1.0):
     ("softplus", (1000.0,), 1000.0, (1.0, 0.0, 0.0)),
     ("log_cosh", (1000.0,), 1000.0 - math.log(2.0), (1.0, 0.0, 0.0)),
     ("detach", (3.0,), 3.0, (0.0, 0.0, 0.0)),
+    ("bce_clamped", (0.0, 1.0), 100.0, (-1e12, 100.0, 0.0)),  # PyTorch: (p - y)/max(p(1 - p), 1e-12)
+    ("bce_clamped", (0.0, 0.0), 0.0, (0.0, 100.0, 0.0)),      # a perfect prediction has gradient 0
+    ("bce_clamped", (1.0, 1.0), 0.0, (0.0, -100.0, 0.0)),
 ])
 def test_conventions_at_kinks_and_extremes(under_test, name, point, value, grads):
     got_value, got_grads = _at(under_test, name, *point)

@@ -5,7 +5,10 @@ The module has two kernels, both parallel over elements (`prange`):
   elements (accumulated in float64), also stored per element when `out` has room;
 - `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
   in one pass over memory.
-Reduction and weighting are runtime arguments, so one compiled kernel serves
+Names: the spec's own names are used bare, input arrays and parameter arguments are
+`_name_`, CSE temporaries `_0, _1, ...`, and the skeleton's variables `__name`, so no
+spec can collide with generated code, even after Numba's parfor lowering doubles every
+underscore (`_n` would become `__n`). Reduction and weighting are runtime arguments, so one compiled kernel serves
 "none", "sum", "mean" and the per-sample form, weighted or not. An empty `weight`
 array means unweighted; an empty `out` means no per-element output.
 """
@@ -48,9 +51,9 @@ def _formula_comment(plan: KernelPlan) -> str:
 
 def _signature(plan: KernelPlan) -> tuple[list[str], list[str]]:
     """Kernel arguments for the inputs and numeric parameters, and the prologue that types the parameters."""
-    inputs = [f"__{safe_name(i.name)}" for i in plan.loss.inputs]
-    params = [f"__{p.name}" for p in plan.params]
-    prologue = [f"{p.name} = F(__{p.name})" for p in plan.params]
+    inputs = [f"_{safe_name(i.name)}_" for i in plan.loss.inputs]
+    params = [f"_{p.name}_" for p in plan.params]
+    prologue = [f"{p.name} = F(_{p.name}_)" for p in plan.params]
     return inputs + params, prologue
 
 
@@ -59,12 +62,12 @@ def _body(printer: NumbaPrinter, steps, indent: str) -> list[str]:
 
 
 def _loop_head(plan: KernelPlan) -> list[str]:
-    return [f"        {safe_name(i.name)} = __{safe_name(i.name)}[__i]" for i in plan.loss.inputs]
+    return [f"        {safe_name(i.name)} = _{safe_name(i.name)}_[__i]" for i in plan.loss.inputs]
 
 
 def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     args, prologue = _signature(plan)
-    first = f"__{safe_name(plan.loss.inputs[0].name)}"
+    first = f"_{safe_name(plan.loss.inputs[0].name)}_"
     lines = [
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
         f"def loss_value({', '.join(args + ['__weight', '__scale', '__out'])}):",
@@ -90,7 +93,7 @@ def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
 def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     args, prologue = _signature(plan)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt]
-    first = f"__{safe_name(plan.loss.inputs[0].name)}"
+    first = f"_{safe_name(plan.loss.inputs[0].name)}_"
     value, *gradients = plan.fused_results
     lines = [
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",

@@ -1,0 +1,101 @@
+"""The on-disk cache: reuse across processes, atomic writes, damaged files rebuilt."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import lossdsl
+from lossdsl import cache, compiler
+
+SPEC = "loss cached_sq(x, y)\n    param k = 2.0\n    cached_sq = k*(x - y)^2\n"
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _run(code: str, cache_dir) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOSSDSL_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_location_follows_the_environment(cache_dir):
+    assert cache.cache_dir() == cache_dir
+
+
+def test_a_second_process_skips_sympy_and_codegen(cache_dir):
+    first = _run(f"""
+        import numpy as np, lossdsl
+        print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
+    """, cache_dir)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "8.0"
+    second = _run(f"""
+        import numpy as np, lossdsl, lossdsl.symbolic, lossdsl.codegen.cpu
+        def refuse(*args, **kwargs):
+            raise AssertionError("derived again")
+        lossdsl.symbolic.derive = lossdsl.codegen.cpu.generate = refuse
+        print(lossdsl.compile({SPEC!r}, k=3.0)(np.array([3.0]), np.array([1.0]), reduction="sum"))
+    """, cache_dir)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "12.0"
+    assert list(cache_dir.glob("__pycache__/*.nbi")), "Numba's machine-code cache was not written"
+
+
+def test_keys_separate_what_changes_the_code(cache_dir):
+    poisson = [lossdsl.load("poisson_nll", **p)._resolved for p in ({}, {"eps": 1e-3}, {"full": True})]
+    keys = [compiler.kernel_key(r, np.dtype(np.float64)) for r in poisson]
+    assert keys[0] == keys[1]  # numeric parameters are runtime arguments
+    assert keys[0] != keys[2]  # a formula-choosing parameter changes the code
+    assert keys[0] != compiler.kernel_key(poisson[0], np.dtype(np.float32))
+
+
+def test_writes_are_atomic_and_checked(cache_dir):
+    path = cache_dir / "demo_0.py"
+    cache.write_module(path, "VALUE = 1\n")
+    assert path.read_text().splitlines()[-1].startswith("# sha256 ")
+    assert [p.name for p in cache_dir.iterdir()] == ["demo_0.py"]  # no temporary file left behind
+    module = cache.load("demo", "0" * 64, lambda: "VALUE = 2\n")
+    assert module.VALUE == 2  # demo_0 is not the file for this key: built fresh
+
+
+@pytest.mark.parametrize("damage", [
+    lambda text: text.replace("loss_value", "loss_valve", 1),  # edited: checksum fails
+    lambda text: text[: len(text) // 2],                          # truncated
+    lambda text: "\x00\xff garbage",
+])
+def test_a_damaged_module_is_rebuilt(cache_dir, damage):
+    loss = lossdsl.compile(SPEC)
+    resolved = loss._resolved
+    key = compiler.kernel_key(resolved, np.dtype(np.float64))
+    path = cache.module_path(resolved.name, key)
+    loss(np.array([1.0]), np.array([0.0]))
+    good = path.read_text()
+    path.write_text(damage(good), errors="surrogateescape")
+    assert not cache._intact(path)
+    sys.modules.pop(f"_lossdsl_{path.stem}", None)
+    rebuilt = compiler.Backend(resolved).module(np.dtype(np.float64))
+    assert path.read_text() == good and cache._intact(path)
+    out = np.empty(0)
+    assert rebuilt.loss_value(np.array([3.0]), np.array([1.0]), 2.0, np.empty(0), 1.0, out) == 8.0
+
+
+def test_two_processes_compiling_at_once(cache_dir):
+    code = f"""
+        import numpy as np, lossdsl
+        print(lossdsl.compile({SPEC!r})(np.array([2.0]), np.array([0.0]), reduction="sum"))
+    """
+    env = {**os.environ, "LOSSDSL_CACHE_DIR": str(cache_dir)}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert [out.strip() for out, _ in results] == ["8.0", "8.0"]
+    modules = list(cache_dir.glob("cached_sq_*.py"))
+    assert len(modules) == 1 and cache._intact(modules[0])

@@ -41,28 +41,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import sympy
-
-    from .symbolic import to_text
-
     loss = _load(args)
     print(f"loss {loss.name}({', '.join(loss.inputs)}) wrt {', '.join(loss.wrt)}")
     if loss.params:
         print("params: " + ", ".join(f"{k}={v!r}" for k, v in loss.params.items()))
     if loss.doc:
         print("\n" + loss.doc + "\n")
-    plan = loss._backend.plan()
-    shown = [name for name, _ in plan.local_values]
-    if args.latex:
-        render = sympy.latex
-    else:
-        render = lambda expr: to_text(expr, plan.local_values)  # noqa: E731
-        for name, value in plan.local_values:
-            print(f"{name} = {to_text(value, plan.local_values[:shown.index(name)])}")
-    print(f"{loss.name} = {render(loss.formula)}")
-    if args.grad:
-        for name, expr in loss.gradient_formula.items():
-            print(f"d{loss.name}/d{name} = {render(expr)}")
+    lines = loss.explain(latex=args.latex).splitlines()
+    print("\n".join(lines if args.grad else [line for line in lines if not line.startswith(f"d{loss.name}/d")]))
     if args.source or args.grad:
         source = loss.source("cpu", args.dtype)
         if not args.source:  # --grad alone: the fused kernel, where the gradient is computed

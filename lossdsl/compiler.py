@@ -54,6 +54,10 @@ class Backend:
     def plan(self):
         return _plan(self.resolved.cache_text(), self.resolved)       # 3. SymPy: derive, stabilise, CSE
 
+    def explain(self, latex: bool = False) -> str:
+        from .symbolic import explain
+        return explain(self.plan(), latex)
+
 
 @functools.lru_cache(maxsize=256)
 def _plan(cache_text: str, resolved: ResolvedLoss):

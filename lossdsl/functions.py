@@ -23,8 +23,16 @@ from sympy.codegen.cfunctions import expm1, log1p
 class _Real(sympy.Function):
     """A real-valued function of real arguments (no automatic evaluation)."""
 
+    dsl_name: str | None = None  # the DSL's name, where the class needs another one
+
     def _eval_is_real(self):
         return True
+
+    def _latex(self, printer, exp=None):
+        args = ", ".join(printer._print(a) for a in self.args)
+        name = (self.dsl_name or type(self).__name__).replace("_", r"\_")
+        text = rf"\operatorname{{{name}}}\left({args}\right)"
+        return rf"{text}^{{{exp}}}" if exp else text
 
 
 def _step(cond) -> sympy.Expr:
@@ -49,7 +57,12 @@ class absolute(_Real):
     """|x|; d|x|/dx = sign(x), so 0 at x = 0 (PyTorch's abs backward)."""
 
     nargs = 1
+    dsl_name = "abs"
     numba = "abs({0})"
+
+    def _latex(self, printer, exp=None):
+        text = rf"\left|{printer._print(self.args[0])}\right|"
+        return rf"{text}^{{{exp}}}" if exp else text
 
     def fdiff(self, argindex=1):
         return sign(self.args[0])
@@ -73,6 +86,7 @@ class maximum(_Real):
     """Binary max; at a tie each side gets half the gradient (torch.maximum)."""
 
     nargs = 2
+    dsl_name = "max"
     numba = "_maximum({0}, {1})"
     helper = """
 def _maximum(a, b):
@@ -88,6 +102,7 @@ class minimum(_Real):
     """Binary min; at a tie each side gets half the gradient (torch.minimum)."""
 
     nargs = 2
+    dsl_name = "min"
     numba = "_minimum({0}, {1})"
     helper = """
 def _minimum(a, b):
@@ -264,6 +279,10 @@ class power(_Real):
 
     nargs = 2
     numba = "math.pow({0}, {1})"
+
+    def _latex(self, printer, exp=None):
+        text = printer._print(sympy.Pow(*self.args, evaluate=False))
+        return rf"\left({text}\right)^{{{exp}}}" if exp else text
 
     def fdiff(self, argindex=1):
         x, e = self.args

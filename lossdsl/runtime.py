@@ -21,6 +21,7 @@ class _Backend(Protocol):
     def module(self, dtype: np.dtype) -> Any: ...
     def source(self, dtype: np.dtype = ...) -> str: ...
     def plan(self) -> Any: ...
+    def explain(self, latex: bool = False) -> str: ...
 
 
 class Loss:
@@ -63,6 +64,10 @@ class Loss:
         """{input name: SymPy expression of d(loss element)/d(input)} for each `wrt` input."""
         plan = self._backend.plan()
         return dict(zip(self.wrt, plan.grads))
+
+    def explain(self, latex: bool = False) -> str:
+        """The spec's locals, the loss and its derived gradient(s), in the DSL's notation (or LaTeX)."""
+        return self._backend.explain(latex)
 
     def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
         """The generated Numba module, as Python source."""

@@ -139,7 +139,6 @@ def _cse(exprs: list[sympy.Expr], local_names: dict[sympy.Expr, str]):
 
 # --- formulas as people read them (`lossdsl show`, Loss.gradient_formula_text) ---
 
-_DSL_NAMES = {"absolute": "abs", "maximum": "max", "minimum": "min", "loggamma": "lgamma"}
 
 
 class _FormulaPrinter(StrPrinter):
@@ -149,7 +148,8 @@ class _FormulaPrinter(StrPrinter):
         name = type(expr).__name__
         if name == "power":
             return self._print(sympy.Pow(*expr.args, evaluate=False))
-        return f"{_DSL_NAMES.get(name, name)}({', '.join(self._print(a) for a in expr.args)})"
+        name = getattr(expr, "dsl_name", None) or ("lgamma" if name == "loggamma" else name)
+        return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_polygamma(self, expr):
         order, x = expr.args
@@ -190,3 +190,17 @@ def to_text(expr: sympy.Expr, local_values: tuple[tuple[str, sympy.Expr], ...] =
     for name, value in reversed(local_values):
         expr = expr.xreplace({value: sympy.Symbol(name, real=True)})
     return _FormulaPrinter().doprint(expr)
+
+
+def explain(plan: KernelPlan, latex: bool = False) -> str:
+    """The spec's locals, the loss and its derived gradients, one per line, as `lossdsl show` prints them."""
+    loss = plan.loss
+    if latex:
+        lines = [f"{loss.name} = {sympy.latex(plan.value)}"]
+        lines += [f"d{loss.name}/d{name} = {sympy.latex(grad)}" for name, grad in zip(loss.wrt, plan.grads)]
+        return "\n".join(lines)
+    lines = [f"{name} = {to_text(value, plan.local_values[:index])}"
+             for index, (name, value) in enumerate(plan.local_values)]
+    lines.append(f"{loss.name} = {to_text(plan.value, plan.local_values)}")
+    lines += [f"d{loss.name}/d{name} = {to_text(grad, plan.local_values)}" for name, grad in zip(loss.wrt, plan.grads)]
+    return "\n".join(lines)

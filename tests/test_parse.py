@@ -1,4 +1,6 @@
 """Stage 1: the grammar and the parser's errors."""
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -6,19 +8,13 @@ from hypothesis import strategies as st
 from lossdsl import ir
 from lossdsl.errors import LossSpecError, SpecSyntaxError
 from lossdsl.parse import parse
+from lossdsl.resolve import resolve
 
-FOCAL = """
-# the design card's example, as written
-loss focal(p, y)
-    "Focal loss on probabilities (Lin et al. 2017): down-weights easy examples."
-    param alpha = 0.25   where 0 <= alpha <= 1
-    param gamma = 2.0    where gamma >= 0
-    focal = -alpha*(1-p)^gamma*log(p) if y==1 else -(1-alpha)*p^gamma*log(1-p)
-"""
+FOCAL = (Path(__file__).parents[1] / "examples" / "focal_design_card.loss").read_text()
 
 
 def test_design_card_example_parses_into_its_parts():
-    (loss,) = parse(FOCAL, "focal.loss")
+    (loss,) = parse(FOCAL, "focal_design_card.loss")
     assert loss.name == "focal" and [i.name for i in loss.inputs] == ["p", "y"]
     assert loss.doc.startswith("Focal loss on probabilities")
     assert [p.name for p in loss.params] == ["alpha", "gamma"]
@@ -26,6 +22,7 @@ def test_design_card_example_parses_into_its_parts():
     body = loss.locals[-1].expr
     assert isinstance(body, ir.IfElse) and body.cond == ir.Compare(("==",), (ir.Name("y"), ir.Num(1)))
     assert loss.locals[-1].pos == ir.Pos(7, 5)
+    assert "focal = -alpha*(1-p)^gamma*log(p) if y==1 else -(1-alpha)*p^gamma*log(1-p)" in FOCAL
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -106,7 +103,11 @@ def test_error_shows_the_line_with_a_caret():
                                    "param", "1.5", "where", "<=", '"doc"', "[", "]", "{", "}", "in", "-"]),
                   max_size=30).map("".join))
 def test_random_text_raises_only_lossspecerror(text):
+    """Parsing and resolving arbitrary text either works or raises LossSpecError, nothing else."""
     try:
-        parse(text)
+        losses = parse(text)
+        table = {loss.name: loss for loss in losses}
+        for loss in losses:
+            resolve(loss, {}, table.get, text if isinstance(text, str) else None)
     except LossSpecError:
         pass

@@ -1,16 +1,14 @@
 """Figures printed in the tutorials this project started from (shared/seeds)."""
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import lossdsl
 
-FOCAL_AS_WRITTEN = """
-loss focal(p, y)
-    "Focal loss on probabilities (Lin et al. 2017): down-weights easy examples."
-    param alpha = 0.25   where 0 <= alpha <= 1
-    param gamma = 2.0    where gamma >= 0
-    focal = -alpha*(1-p)^gamma*log(p) if y==1 else -(1-alpha)*p^gamma*log(1-p)
-"""
+EXAMPLES = Path(__file__).parents[1] / "examples"
+FOCAL_AS_WRITTEN = (EXAMPLES / "focal_design_card.loss").read_text()
 
 
 def test_mindspore_l1_example(load_loss):
@@ -58,3 +56,9 @@ def test_design_card_focal_matches_the_catalogue_inside_the_interval(load_loss):
     catalogue = load_loss("focal")
     for a, b in zip(as_written.value_and_grad(p, y, reduction="none"), catalogue.value_and_grad(p, y, reduction="none")):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_custom_loss_example_runs(capsys):
+    runpy.run_path(str(EXAMPLES / "custom_loss.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "hard samples: loss 0.0866" in out and "easy samples: loss 0.0005" in out and "dfocal/dp = " in out

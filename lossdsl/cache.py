@@ -56,6 +56,18 @@ def load(name: str, key: str, build: Callable[[], str]) -> ModuleType:
     return _import(path)
 
 
+def discard_machine_code(name: str, key: str) -> None:
+    """Forget a module's imported copy and Numba's cached machine code for it (kept: its source).
+
+    Numba trusts its cache files; a damaged one fails when a kernel is first called
+    (an UnpicklingError or EOFError), and the caller then discards and retries once.
+    """
+    path = module_path(name, key)
+    sys.modules.pop(f"_lossdsl_{path.stem}", None)
+    for stale in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
+        stale.unlink(missing_ok=True)
+
+
 def write_module(path: Path, source: str) -> None:
     """Write `source` plus its checksum atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,11 @@ class Backend:
     def __init__(self, resolved: ResolvedLoss):
         self.resolved = resolved
 
-    def module(self, dtype: np.dtype) -> ModuleType:
+    def module(self, dtype: np.dtype, fresh: bool = False) -> ModuleType:
+        """The kernel module for `dtype`; `fresh` first discards Numba's cached machine code for it."""
         key = kernel_key(self.resolved, dtype)
+        if fresh:
+            cache.discard_machine_code(self.resolved.name, key)
         return cache.load(self.resolved.name, key, lambda: self.source(dtype, key))
 
     def source(self, dtype: np.dtype = np.dtype(np.float64), key: str | None = None) -> str:

@@ -7,6 +7,7 @@ module per float dtype on first use.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +19,7 @@ REDUCTIONS = ("none", "sum", "mean", "batch")
 
 
 class _Backend(Protocol):
-    def module(self, dtype: np.dtype) -> Any: ...
+    def module(self, dtype: np.dtype, fresh: bool = False) -> Any: ...
     def source(self, dtype: np.dtype = ...) -> str: ...
     def plan(self) -> Any: ...
     def explain(self, latex: bool = False) -> str: ...
@@ -88,26 +89,31 @@ class Loss:
     def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
                  batch_axis: int = 0):
         call = self._prepare(inputs, reduction, weight, sample_weight, batch_axis)
-        module = self._backend.module(call.dtype)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
-        total = module.loss_value(*call.arrays, *self._param_args, call.weights, call.scale, out)
+        total = self._run(call.dtype, "loss_value", *call.arrays, *self._param_args, call.weights, call.scale, out)
         return call.reduce(total, out)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
                        batch_axis: int = 0):
         """(value, gradient) from one fused pass; with several `wrt` inputs, a tuple of gradients."""
         call = self._prepare(inputs, reduction, weight, sample_weight, batch_axis)
-        module = self._backend.module(call.dtype)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
         grads = [np.empty(call.size, call.dtype) for _ in self.wrt]
-        total = module.loss_value_and_grad(*call.arrays, *self._param_args, call.weights, call.scale,
-                                           call.grad_scale, out, *grads)
+        total = self._run(call.dtype, "loss_value_and_grad", *call.arrays, *self._param_args, call.weights,
+                          call.scale, call.grad_scale, out, *grads)
         shaped = tuple(call.unbroadcast(name, g) for name, g in zip(self.wrt, grads))
         return call.reduce(total, out), (shaped[0] if len(shaped) == 1 else shaped)
 
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]
+
+    def _run(self, dtype: np.dtype, kernel: str, *args):
+        """Call a kernel; if Numba's on-disk cache for it is damaged, discard it and retry once."""
+        try:
+            return getattr(self._backend.module(dtype), kernel)(*args)
+        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+            return getattr(self._backend.module(dtype, fresh=True), kernel)(*args)
 
     def _prepare(self, inputs, reduction, weight, sample_weight, batch_axis) -> "_Call":
         if reduction not in REDUCTIONS:

@@ -99,3 +99,21 @@ def test_two_processes_compiling_at_once(cache_dir):
     assert [out.strip() for out, _ in results] == ["8.0", "8.0"]
     modules = list(cache_dir.glob("cached_sq_*.py"))
     assert len(modules) == 1 and cache._intact(modules[0])
+
+
+def test_damaged_numba_cache_files_are_discarded(cache_dir):
+    first = _run(f"""
+        import numpy as np, lossdsl
+        print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
+    """, cache_dir)
+    assert first.returncode == 0, first.stderr
+    machine_code = list(cache_dir.glob("__pycache__/cached_sq_*"))
+    assert machine_code
+    for path in machine_code:
+        path.write_bytes(path.read_bytes()[:40])  # truncated pickles
+    second = _run(f"""
+        import numpy as np, lossdsl
+        print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
+    """, cache_dir)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "8.0"

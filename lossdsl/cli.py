@@ -52,7 +52,7 @@ def cmd_show(args) -> int:
     if args.source or args.grad:
         source = loss.source("cpu", args.dtype)
         if not args.source:  # --grad alone: the fused kernel, where the gradient is computed
-            source = source[source.index("@numba.njit(parallel=True", source.index("def loss_value(")):]
+            source = source[source.rindex("# loss ", 0, source.index("def loss_value_and_grad(")):]
         print("\n" + source)
     return 0
 

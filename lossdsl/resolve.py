@@ -186,7 +186,8 @@ class _Resolver:
         self.stack: list[str] = []
 
     def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
-        return cls(message, file, pos.line, pos.column, self.source if self.stack[:1] == self.stack else None)
+        in_top_loss = len(self.stack) <= 1  # the source text shown is the top loss's; inlined ones live elsewhere
+        return cls(message, file, pos.line, pos.column, self.source if in_top_loss else None)
 
     # The loss being compiled: inputs and numeric parameters stay symbolic.
     def top(self, loss: ir.LossDef, overrides: dict[str, Value]) -> ResolvedLoss:

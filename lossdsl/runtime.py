@@ -1,8 +1,8 @@
 """Stage 5: the `Loss` object users call — validation, weighting, reductions, dispatch.
 
-It never imports Lark or SymPy: kernels, their source and formulas come from a
-backend the compiler hands in, which builds (or loads from the cache) one kernel
-module per float dtype on first use.
+It does no symbolic or code-generation work itself: kernels, their source and
+formulas come from a backend the compiler hands in, which builds (or loads from
+the on-disk cache) one kernel module per float dtype on first use.
 """
 from __future__ import annotations
 
@@ -148,8 +148,9 @@ class Loss:
             weights = _flat(sw, shape, dtype)
         if weight is not None and not np.isscalar(weight):
             raise LossInputError(f"{self.name}: weight must be a scalar; use sample_weight for arrays")
-        if reduction == "batch" and len(shape) == 0:
-            raise LossInputError(f"{self.name}: reduction='batch' needs inputs with a batch axis")
+        if reduction == "batch" and not -len(shape) <= batch_axis < len(shape):
+            raise LossInputError(f"{self.name}: reduction='batch' needs a batch axis; batch_axis={batch_axis} "
+                                 f"is not an axis of the loss shape {shape}")
         return _Call(self, [_flat(a, shape, dtype) for a in arrays], arrays, shape, dtype, weights,
                      1.0 if weight is None else float(weight), reduction, batch_axis)
 

@@ -64,6 +64,8 @@ def test_reductions_and_batch_form(huber):
         huber(pred, target, reduction="avg")
     with pytest.raises(LossInputError, match="batch axis"):
         huber(np.float64(1.0), np.float64(0.0), reduction="batch")
+    with pytest.raises(LossInputError, match="batch_axis=3"):
+        huber(pred, target, reduction="batch", batch_axis=3)
 
 
 def test_weights(huber):

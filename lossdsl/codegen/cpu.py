@@ -34,7 +34,7 @@ def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
     fused_kernel = _fused_kernel(plan, printer)
     helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
                       for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n{_formula_comment(plan)}\nimport math\n\nimport numba\nimport numpy as np\n\n"
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n"
             f"F = {_FLOAT_TYPES[np.dtype(dtype)]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n"
             f"{value_kernel}\n\n{fused_kernel}")
 
@@ -46,7 +46,7 @@ def _formula_comment(plan: KernelPlan) -> str:
     for name, value in sorted(loss.static_values.items()):
         lines.append(f"#     {name} = {ir.format_expr(ir.Bool(value) if isinstance(value, bool) else ir.Str(value))}")
     lines += [f"#     {local.name} = {ir.format_expr(local.expr)}" for local in loss.locals]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def _signature(plan: KernelPlan) -> tuple[list[str], list[str]]:
@@ -69,6 +69,7 @@ def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     args, prologue = _signature(plan)
     first = f"_{safe_name(plan.loss.inputs[0].name)}_"
     lines = [
+        _formula_comment(plan),
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
         f"def loss_value({', '.join(args + ['__weight', '__scale', '__out'])}):",
         '    """Weighted sum of the loss elements; each one is also stored in __out when it has room."""',
@@ -96,6 +97,7 @@ def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
     first = f"_{safe_name(plan.loss.inputs[0].name)}_"
     value, *gradients = plan.fused_results
     lines = [
+        _formula_comment(plan),
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
         f"def loss_value_and_grad({', '.join(args + ['__weight', '__scale', '__gscale', '__out'] + grads)}):",
         '    """loss_value, and each gradient times weight and __gscale, in one pass."""',

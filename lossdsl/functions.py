@@ -67,6 +67,12 @@ class absolute(_Real):
     def fdiff(self, argindex=1):
         return sign(self.args[0])
 
+    @classmethod
+    def eval(cls, x):
+        if x.could_extract_minus_sign():  # |-x| = |x|, so CSE sees one value
+            return cls(-x)
+        return None
+
 
 class relu(_Real):
     """max(x, 0) with relu'(0) = 0 (PyTorch)."""

@@ -14,7 +14,7 @@ from typing import Callable
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .functions import log_cosh, log_sigmoid, sigmoid, softplus
+from .functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,53 @@ def _rewrite(expr, rules):
         if replacement is not None:
             return replacement
     return expr
+
+
+# --- lowering: stable primitives as expressions of shared pieces ------------------
+#
+# sigmoid, log_sigmoid and softplus of x and of -x all need exp(-|x|) and
+# log1p(exp(-|x|)); written as opaque helpers each would call exp and log1p again
+# (bce_with_logits' value and gradient use four of them). Lowered to these shared
+# pieces just before CSE, the kernel computes each piece once. The forms are the
+# helpers' own, so values (and NaN propagation) are unchanged.
+
+def _abs_exp(x):
+    return sympy.exp(-absolute(x))
+
+
+def _lower_sigmoid(expr):
+    if isinstance(expr, sigmoid):
+        x = expr.args[0]
+        z = _abs_exp(x)
+        return sympy.Piecewise((1 / (1 + z), x >= 0), (z / (1 + z), True))
+    return None
+
+
+def _lower_log_sigmoid(expr):
+    if isinstance(expr, log_sigmoid):
+        x = expr.args[0]
+        return minimum(x, 0) - log1p(_abs_exp(x))
+    return None
+
+
+def _lower_softplus(expr):
+    if isinstance(expr, softplus):
+        x = expr.args[0]
+        return relu(x) + log1p(_abs_exp(x))
+    return None
+
+
+def _lower_log_cosh(expr):
+    if isinstance(expr, log_cosh):
+        x = expr.args[0]
+        return absolute(x) + log1p(sympy.exp(-2 * absolute(x))) - sympy.log(2)
+    return None
+
+
+LOWERINGS: tuple[Rule, ...] = (
+    Rule("lower_sigmoid", "sigmoid(x) → 1/(1+z) or z/(1+z) with z = exp(-|x|), shared with its neighbours.",
+         _lower_sigmoid),
+    Rule("lower_log_sigmoid", "log_sigmoid(x) → min(x, 0) - log1p(exp(-|x|)).", _lower_log_sigmoid),
+    Rule("lower_softplus", "softplus(x) → relu(x) + log1p(exp(-|x|)).", _lower_softplus),
+    Rule("lower_log_cosh", "log_cosh(x) → |x| + log1p(exp(-2|x|)) - log 2.", _lower_log_cosh),
+)

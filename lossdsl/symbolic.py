@@ -16,7 +16,7 @@ from sympy.printing.str import StrPrinter
 from . import ir
 from .functions import FUNCTIONS, make_power
 from .resolve import ResolvedLoss
-from .rewrites import stabilize
+from .rewrites import LOWERINGS, stabilize
 
 # Names the generated module itself uses; a spec name equal to one gets a trailing "_".
 _TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "range", "FASTMATH"}
@@ -100,8 +100,8 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
     symbols, local_values, value = formulas(loss)
     grads = tuple(simplify(stabilize(sympy.diff(value, symbols[name]))) for name in loss.wrt)
     names = {expr: safe_name(name) for name, expr in local_values.items() if name != loss.name}
-    value_steps, (value_result,) = _cse([value], names)
-    fused_steps, fused_results = _cse([value, *grads], names)
+    value_steps, (value_result,) = _cse([stabilize(value, LOWERINGS)], names)
+    fused_steps, fused_results = _cse([stabilize(e, LOWERINGS) for e in (value, *grads)], names)
     return KernelPlan(loss, tuple(symbols[i.name] for i in loss.inputs),
                       tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),

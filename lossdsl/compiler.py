@@ -40,13 +40,17 @@ class Backend:
 
     def __init__(self, resolved: ResolvedLoss):
         self.resolved = resolved
+        self._modules: dict[np.dtype, ModuleType] = {}  # so a call costs no hashing or file access
 
     def module(self, dtype: np.dtype, fresh: bool = False) -> ModuleType:
         """The kernel module for `dtype`; `fresh` first discards Numba's cached machine code for it."""
-        key = kernel_key(self.resolved, dtype)
-        if fresh:
-            cache.discard_machine_code(self.resolved.name, key)
-        return cache.load(self.resolved.name, key, lambda: self.source(dtype, key))
+        dtype = np.dtype(dtype)
+        if fresh or dtype not in self._modules:
+            key = kernel_key(self.resolved, dtype)
+            if fresh:
+                cache.discard_machine_code(self.resolved.name, key)
+            self._modules[dtype] = cache.load(self.resolved.name, key, lambda: self.source(dtype, key))
+        return self._modules[dtype]
 
     def source(self, dtype: np.dtype = np.dtype(np.float64), key: str | None = None) -> str:
         key = key or kernel_key(self.resolved, dtype)

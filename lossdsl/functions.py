@@ -144,14 +144,7 @@ class sigmoid(_Real):
     """1 / (1 + exp(-x)), evaluated on the side where exp cannot overflow."""
 
     nargs = 1
-    numba = "_sigmoid({0})"
-    helper = """
-def _sigmoid(x):
-    if x >= 0:
-        return F(1.0) / (F(1.0) + math.exp(-x))
-    z = math.exp(x)
-    return z / (F(1.0) + z)
-"""
+    # no Numba template: rewrites.LOWERINGS turns it into shared exp(-|x|) pieces before printing
 
     def fdiff(self, argindex=1):
         x = self.args[0]
@@ -162,11 +155,7 @@ class softplus(_Real):
     """log(1 + exp(x)), computed without overflow."""
 
     nargs = 1
-    numba = "_softplus({0})"
-    helper = """
-def _softplus(x):
-    return (x if x > 0 else F(0.0)) + math.log1p(math.exp(-abs(x)))
-"""
+    # no Numba template: rewrites.LOWERINGS turns it into shared exp(-|x|) pieces before printing
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -176,11 +165,7 @@ class log_sigmoid(_Real):
     """log(sigmoid(x)) = -softplus(-x), computed without overflow."""
 
     nargs = 1
-    numba = "_log_sigmoid({0})"
-    helper = """
-def _log_sigmoid(x):
-    return (x if x < 0 else F(0.0)) - math.log1p(math.exp(-abs(x)))
-"""
+    # no Numba template: rewrites.LOWERINGS turns it into shared exp(-|x|) pieces before printing
 
     def fdiff(self, argindex=1):
         return sigmoid(-self.args[0])
@@ -190,12 +175,7 @@ class log_cosh(_Real):
     """log(cosh(x)) = |x| + log1p(exp(-2|x|)) - log 2, finite for large |x|."""
 
     nargs = 1
-    numba = "_log_cosh({0})"
-    helper = """
-def _log_cosh(x):
-    a = abs(x)
-    return a + math.log1p(math.exp(F(-2.0) * a)) - F(0.6931471805599453)
-"""
+    # no Numba template: rewrites.LOWERINGS turns it into shared exp(-|x|) pieces before printing
 
     def fdiff(self, argindex=1):
         return sympy.tanh(self.args[0])

@@ -88,6 +88,7 @@ class Loss:
     # --- evaluation ---
     def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
                  batch_axis: int = 0):
+        """The loss, reduced as asked; runs the value-only kernel."""
         call = self._prepare(inputs, reduction, weight, sample_weight, batch_axis)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
         total = self._run(call.dtype, "loss_value", *call.arrays, *self._param_args, call.weights, call.scale, out)

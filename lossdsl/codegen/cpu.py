@@ -30,8 +30,8 @@ _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.fl
 def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
     """The complete module source; `header` is a comment block (origin, cache key)."""
     printer = NumbaPrinter()
-    value_kernel = _value_kernel(plan, printer)
-    fused_kernel = _fused_kernel(plan, printer)
+    value_kernel = _kernel(plan, printer, with_grads=False)
+    fused_kernel = _kernel(plan, printer, with_grads=True)
     helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
                       for _, source in sorted(printer.helpers.items()))
     return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n"
@@ -65,60 +65,38 @@ def _loop_head(plan: KernelPlan) -> list[str]:
     return [f"        {safe_name(i.name)} = _{safe_name(i.name)}_[__i]" for i in plan.loss.inputs]
 
 
-def _value_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
+def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
+    """`loss_value`, or with `with_grads` the fused `loss_value_and_grad`: one skeleton for both."""
     args, prologue = _signature(plan)
-    first = f"_{safe_name(plan.loss.inputs[0].name)}_"
+    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+    steps, (value, *gradients) = ((plan.fused_steps, plan.fused_results) if with_grads
+                                  else (plan.value_steps, (plan.value_result,)))
+    name, extra, doc = (("loss_value_and_grad", ["__gscale"], "loss_value, and each gradient times weight and "
+                         "__gscale, in one pass.") if with_grads else
+                        ("loss_value", [], "Weighted sum of the loss elements; each one is also stored in __out "
+                         "when it has room."))
     lines = [
         _formula_comment(plan),
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
-        f"def loss_value({', '.join(args + ['__weight', '__scale', '__out'])}):",
-        '    """Weighted sum of the loss elements; each one is also stored in __out when it has room."""',
+        f"def {name}({', '.join(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
+        f'    """{doc}"""',
         *[f"    {line}" for line in prologue],
         "    __s = F(__scale)",
-        f"    __n = {first}.size",
+        *(["    __gs = F(__gscale)"] if with_grads else []),
+        f"    __n = _{safe_name(plan.loss.inputs[0].name)}_.size",
         "    __weighted = __weight.size == __n",
         "    __elementwise = __out.size == __n",
         "    __total = 0.0",
         "    for __i in numba.prange(__n):",
         *_loop_head(plan),
-        *_body(printer, plan.value_steps, "        "),
-        f"        __loss = ({printer.doprint(plan.value_result)}) * (__s * __weight[__i] if __weighted else __s)",
-        "        if __elementwise:",
-        "            __out[__i] = __loss",
-        "        __total += __loss",
-        "    return __total",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _fused_kernel(plan: KernelPlan, printer: NumbaPrinter) -> str:
-    args, prologue = _signature(plan)
-    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt]
-    first = f"_{safe_name(plan.loss.inputs[0].name)}_"
-    value, *gradients = plan.fused_results
-    lines = [
-        _formula_comment(plan),
-        "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
-        f"def loss_value_and_grad({', '.join(args + ['__weight', '__scale', '__gscale', '__out'] + grads)}):",
-        '    """loss_value, and each gradient times weight and __gscale, in one pass."""',
-        *[f"    {line}" for line in prologue],
-        "    __s = F(__scale)",
-        "    __gs = F(__gscale)",
-        f"    __n = {first}.size",
-        "    __weighted = __weight.size == __n",
-        "    __elementwise = __out.size == __n",
-        "    __total = 0.0",
-        "    for __i in numba.prange(__n):",
-        *_loop_head(plan),
-        *_body(printer, plan.fused_steps, "        "),
+        *_body(printer, steps, "        "),
         "        __w = __s * __weight[__i] if __weighted else __s",
         f"        __loss = ({printer.doprint(value)}) * __w",
         "        if __elementwise:",
         "            __out[__i] = __loss",
         "        __total += __loss",
-        "        __gw = __w * __gs",
+        *(["        __gw = __w * __gs"] if with_grads else []),
         *[f"        {g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)],
         "    return __total",
     ]
     return "\n".join(lines) + "\n"
-

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except LossError as exc:
         print(f"lossdsl: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lossdsl show … | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from .errors import (LossError, LossInputError, LossParameterError, LossSpecErro
 from .runtime import Loss
 
 
-def compile(source: str | bytes, name: str | None = None, **params) -> Loss:  # noqa: A001 - the public verb
+def compile(source: str | bytes, name: str | None = None, /, **params) -> Loss:  # noqa: A001 - the public verb
     """Compile a loss from spec text (the last loss in it, or the one called `name`)."""
     return compile_spec(source, name, "<string>", params)
 

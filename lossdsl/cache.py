@@ -70,7 +70,7 @@ def discard_machine_code(name: str, key: str) -> None:
 
 def write_module(path: Path, source: str) -> None:
     """Write `source` plus its checksum atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: its modules are executed on load
     text = source.rstrip("\n") + "\n"
     text += f"\n# sha256 {hashlib.sha256(text.encode()).hexdigest()}\n"
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")

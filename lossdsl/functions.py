@@ -291,7 +291,7 @@ class Function:
     arity: int
     build: Callable[..., sympy.Expr]
     doc: str
-    domain: tuple[float, float] = (-3.0, 3.0)  # where `check` samples arguments
+    domain: tuple[float, float] = (-3.0, 3.0)  # where tests/test_functions.py samples the first argument
     condition_args: tuple[int, ...] = ()  # argument positions that take a condition, not a number
 
 

@@ -23,25 +23,25 @@ NOWHERE = Pos(0, 0)
 @dataclass(frozen=True)
 class Num:
     value: float
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Str:
     value: str
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Bool:
     value: bool
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Name:
     id: str
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Call:
     func: str
     args: tuple["Expr", ...]
     kwargs: tuple[tuple[str, "Expr"], ...] = ()
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,14 @@ class BinOp:
     op: str
     left: "Expr"
     right: "Expr"
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class UnaryOp:
     op: str  # "-" or "not"
     operand: "Expr"
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Compare:
 
     ops: tuple[str, ...]
     operands: tuple["Expr", ...]
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Member:
 
     value: "Expr"
     options: tuple["Expr", ...]
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class IfElse:
     cond: "Expr"
     then: "Expr"
     orelse: "Expr"
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Gather:
 
     array: "Expr"
     index: "Expr"
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 Expr = Union[Num, Str, Bool, Name, Call, BinOp, UnaryOp, Compare, Member, IfElse, Gather]
@@ -134,7 +134,7 @@ REAL = Domain()
 class Input:
     name: str
     domain: Domain = REAL
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -142,14 +142,14 @@ class Param:
     name: str
     default: Expr
     constraint: Expr | None = None
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Local:
     name: str
     expr: Expr
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ class LossDef:
     doc: str
     aliases: tuple[str, ...]
     file: str = field(default="<string>", compare=False)
-    pos: Pos = field(default=NOWHERE, compare=False)
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
 # --- printing an expression back as DSL text --------------------------------

@@ -34,22 +34,26 @@ def parse(text: str | bytes, file: str = "<string>") -> tuple[ir.LossDef, ...]:
     """Parse spec text into one `LossDef` per `loss` block."""
     if isinstance(text, bytes):
         try:
-            text = text.decode("utf-8")
+            text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise SpecSyntaxError(f"spec is not UTF-8 text (bad byte at offset {exc.start})", file, 1, 1) from None
+    text = text.removeprefix("\ufeff")
     if not text.strip() or not re.search(r"^\s*loss\b", text, re.MULTILINE):
         line, column = _first_content(text)
         raise SpecSyntaxError("a spec needs at least one `loss NAME(inputs)` block", file, line, column, text)
     try:
         tree = _parser().parse(text + "\n")
+        return _ToIR(file).transform(tree)
     except lark.exceptions.UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
-    try:
-        return _ToIR(file).transform(tree)
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, SpecSyntaxError):
             raise SpecSyntaxError(exc.orig_exc.message, file, exc.orig_exc.line, exc.orig_exc.column, text) from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise SpecSyntaxError("expression nested too deeply", file, 1, 1) from None
         raise
+    except RecursionError:
+        raise SpecSyntaxError("expression nested too deeply", file, 1, 1) from None
 
 
 def _first_content(text: str) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 
 from . import ir
-from .errors import UnknownLossError
+from .errors import SpecNameError, UnknownLossError
 from .parse import parse
 from .resources import specs_dir
 
@@ -19,6 +19,9 @@ def _index() -> dict[str, tuple[ir.LossDef, str]]:
         text = path.read_text(encoding="utf-8")
         for loss in parse(text, _display_path(path)):
             for name in (loss.name, *loss.aliases):
+                if name in index:
+                    raise SpecNameError(f"catalogue name {name!r} is also defined in {index[name][0].file}",
+                                        loss.file, loss.pos.line, loss.pos.column)
                 index[name] = (loss, text)
     return index
 

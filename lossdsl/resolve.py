@@ -18,7 +18,7 @@ from .errors import LossParameterError, LossSpecError, SpecNameError, SpecTypeEr
 from .functions import CONSTANTS, FUNCTIONS
 
 Value = float | bool | str
-Lookup = Callable[[str], "ir.LossDef | None"]
+Lookup = Callable[[str, str], "ir.LossDef | None"]  # (called name, file of the caller) → its definition
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ResolvedLoss:
                      self.numeric_params))
 
 
-def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name: None,
+def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name, file: None,
             source: str | None = None) -> ResolvedLoss:
     """Check `loss`, bind its names, apply parameter `overrides`, inline called losses."""
     return _Resolver(lookup, source).top(loss, dict(overrides or {}))
@@ -121,7 +121,11 @@ def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
         fail(f"`{expr.id}` is not a parameter or constant here")
     if isinstance(expr, ir.UnaryOp):
         value = _evaluate(expr.operand, env, file)
-        return (not value) if expr.op == "not" else -value
+        if expr.op == "not":
+            return not value
+        if not isinstance(value, float):
+            fail(f"cannot negate `{ir.format_expr(expr.operand)}`")
+        return -value
     if isinstance(expr, ir.BinOp):
         left = _evaluate(expr.left, env, file)
         if expr.op in ("and", "or"):
@@ -130,9 +134,12 @@ def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
             return left or _evaluate(expr.right, env, file)
         right = _evaluate(expr.right, env, file)
         try:
-            return float(_ARITHMETIC[expr.op](left, right))
-        except (ZeroDivisionError, OverflowError, TypeError):
-            fail(f"cannot evaluate `{ir.format_expr(expr)}`")
+            result = float(_ARITHMETIC[expr.op](left, right))
+        except (ZeroDivisionError, OverflowError, TypeError, ValueError):
+            result = float("nan")
+        if result != result or isinstance(left, (bool, str)) or isinstance(right, (bool, str)):
+            fail(f"`{ir.format_expr(expr)}` has no numeric value")
+        return result
     if isinstance(expr, ir.Compare):
         values = [_evaluate(o, env, file) for o in expr.operands]
         try:
@@ -170,12 +177,6 @@ def map_children(expr: ir.Expr, fn: Callable[[ir.Expr], ir.Expr]) -> ir.Expr:
     return expr
 
 
-def substitute(expr: ir.Expr, mapping: Mapping[str, ir.Expr]) -> ir.Expr:
-    if isinstance(expr, ir.Name):
-        return mapping.get(expr.id, expr)
-    return map_children(expr, lambda e: substitute(e, mapping))
-
-
 _LITERALS = (ir.Num, ir.Bool, ir.Str)
 
 
@@ -184,6 +185,7 @@ class _Resolver:
         self.lookup = lookup
         self.source = source
         self.stack: list[str] = []
+        self.values: dict[str, Value] = {}
 
     def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
         in_top_loss = len(self.stack) <= 1  # the source text shown is the top loss's; inlined ones live elsewhere
@@ -194,6 +196,7 @@ class _Resolver:
         self.stack = [loss.name]
         params = self.params(loss)
         values = check_values(params, overrides, loss.name)
+        self.values = values  # to check the constraints of called losses' parameters
         scope: dict[str, ir.Expr] = {i.name: ir.Name(i.name) for i in loss.inputs}
         for p in params:
             scope[p.name] = ir.Name(p.name) if not p.static else _literal(values[p.name])
@@ -217,9 +220,11 @@ class _Resolver:
 
     def wrt(self, loss: ir.LossDef) -> tuple[str, ...]:
         names = {i.name for i in loss.inputs}
-        for name in loss.wrt:
+        for index, name in enumerate(loss.wrt):
             if name not in names:
                 raise self.error(SpecNameError, f"`wrt {name}`: {loss.name} has no input {name}", loss.file, loss.pos)
+            if name in loss.wrt[:index]:
+                raise self.error(SpecNameError, f"`wrt` names {name} twice", loss.file, loss.pos)
         return loss.wrt or (loss.inputs[0].name,)
 
     def check_names(self, loss: ir.LossDef) -> None:
@@ -262,7 +267,7 @@ class _Resolver:
                              loss.file, expr.pos)
         if isinstance(expr, ir.Call):
             return self.call(expr, scope, loss)
-        return _fold(map_children(expr, lambda e: self.expr(e, scope, loss)))
+        return _fold(map_children(expr, lambda e: self.expr(e, scope, loss)), loss.file)
 
     def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         args = tuple(self.expr(a, scope, loss) for a in call.args)
@@ -283,7 +288,9 @@ class _Resolver:
             if call.func == "where" and isinstance(args[0], ir.Bool):
                 return args[1] if args[0].value else args[2]
             return ir.Call(call.func, args, (), call.pos)
-        callee = self.lookup(call.func) if call.func != loss.name else None
+        if call.func == loss.name:
+            raise self.error(SpecNameError, f"loss {loss.name} calls itself", loss.file, call.pos)
+        callee = self.lookup(call.func, loss.file)
         if callee is None:
             raise self.error(SpecNameError, f"unknown function or loss `{call.func}`", loss.file, call.pos)
         return self.inline(callee, args, dict(kwargs), loss, call.pos)
@@ -307,8 +314,11 @@ class _Resolver:
             if info.static and not isinstance(value, _LITERALS):
                 raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
                                  caller.file, pos)
-            if isinstance(value, _LITERALS):
-                literal_overrides[name] = value.value
+            try:  # a value made of constants and the top loss's parameters is checked against the constraint
+                literal_overrides[name] = value.value if isinstance(value, _LITERALS) else _evaluate(
+                    value, self.values, caller.file)
+            except SpecTypeError:
+                pass  # it depends on the inputs: no single value to check
         try:
             values = check_values(params, literal_overrides, callee.name)
         except LossParameterError as exc:
@@ -367,7 +377,7 @@ def _literal(value: Value) -> ir.Expr:
     return ir.Num(float(value))
 
 
-def _fold(expr: ir.Expr) -> ir.Expr:
+def _fold(expr: ir.Expr, file: str) -> ir.Expr:
     """Evaluate the parts of `expr` that involve only constants of formula-choosing parameters."""
     if isinstance(expr, ir.IfElse) and isinstance(expr.cond, ir.Bool):
         return expr.then if expr.cond.value else expr.orelse
@@ -380,7 +390,7 @@ def _fold(expr: ir.Expr) -> ir.Expr:
     if isinstance(expr, ir.UnaryOp) and expr.op == "not" and isinstance(expr.operand, ir.Bool):
         return ir.Bool(not expr.operand.value, expr.pos)
     if isinstance(expr, (ir.Compare, ir.Member)) and all(isinstance(c, _LITERALS) for c in ir.children(expr)):
-        return ir.Bool(bool(_evaluate(expr, {}, "<fold>")), expr.pos)
+        return ir.Bool(bool(_evaluate(expr, {}, file)), expr.pos)
     if isinstance(expr, ir.UnaryOp) and expr.op == "-" and isinstance(expr.operand, ir.Num):
         return ir.Num(-expr.operand.value, expr.pos)
     return expr

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import LossInputError
+from .errors import LossInputError, LossParameterError
 from .resolve import ResolvedLoss, check_values
 
 REDUCTIONS = ("none", "sum", "mean", "batch")
@@ -80,7 +80,7 @@ class Loss:
         """The same loss with other parameter values (numeric ones reuse the compiled kernels)."""
         values = check_values(self._resolved.params, {**self._values, **params}, self.name)
         if any(values[p.name] != self._values[p.name] for p in self._resolved.params if p.static):
-            raise ValueError("parameters that choose the formula need lossdsl.load(name, **params)")
+            raise LossParameterError("parameters that choose the formula need lossdsl.load(name, **params)")
         clone = Loss(dataclasses.replace(self._resolved, values=tuple(values.items())), self._backend)
         clone.check_domains = self.check_domains
         return clone
@@ -113,7 +113,7 @@ class Loss:
         """Call a kernel; if Numba's on-disk cache for it is damaged, discard it and retry once."""
         try:
             return getattr(self._backend.module(dtype), kernel)(*args)
-        except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+        except (EOFError, pickle.UnpicklingError):
             return getattr(self._backend.module(dtype, fresh=True), kernel)(*args)
 
     def _prepare(self, inputs, reduction, weight, sample_weight, batch_axis) -> "_Call":
@@ -123,7 +123,10 @@ class Loss:
         if len(inputs) != len(names):
             raise LossInputError(f"{self.name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
                                  f"({', '.join(names)}); got {len(inputs)}")
-        arrays = [np.asarray(a) for a in inputs]
+        try:
+            arrays = [np.asarray(a) for a in inputs]
+        except ValueError as exc:  # e.g. ragged nested lists
+            raise LossInputError(f"{self.name}: inputs must be arrays of numbers ({exc})") from None
         dtype = _float_dtype([a for n, a in zip(names, arrays) if n in self.wrt], self.wrt)
         for name, array in zip(names, arrays):
             if array.dtype.kind not in "biuf":
@@ -133,9 +136,10 @@ class Loss:
         except ValueError:
             shapes = ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrays))
             raise LossInputError(f"{self.name}: input shapes do not match or broadcast: {shapes}") from None
+        flat = [_flat(a, shape, dtype) for a in arrays]
         if self.check_domains:
-            for spec_input, array in zip(self._resolved.inputs, arrays):
-                _check_domain(self.name, spec_input, array)
+            for spec_input, array in zip(self._resolved.inputs, flat):
+                _check_domain(self.name, spec_input, array, shape)
         weights = np.empty(0, dtype)
         if sample_weight is not None:
             sw = np.asarray(sample_weight)
@@ -147,13 +151,13 @@ class Loss:
                 raise LossInputError(f"{self.name}: sample_weight of shape {sw.shape} (dtype {sw.dtype}) does not "
                                      f"broadcast to the loss shape {shape}")
             weights = _flat(sw, shape, dtype)
-        if weight is not None and not np.isscalar(weight):
-            raise LossInputError(f"{self.name}: weight must be a scalar; use sample_weight for arrays")
+        scale = 1.0 if weight is None else _scalar_weight(self.name, weight)
+        if not isinstance(batch_axis, (int, np.integer)):
+            raise LossInputError(f"{self.name}: batch_axis must be an integer; got {batch_axis!r}")
         if reduction == "batch" and not -len(shape) <= batch_axis < len(shape):
             raise LossInputError(f"{self.name}: reduction='batch' needs a batch axis; batch_axis={batch_axis} "
                                  f"is not an axis of the loss shape {shape}")
-        return _Call(self, [_flat(a, shape, dtype) for a in arrays], arrays, shape, dtype, weights,
-                     1.0 if weight is None else float(weight), reduction, batch_axis)
+        return _Call(self, flat, arrays, shape, dtype, weights, scale, reduction, batch_axis)
 
 
 class _Call:
@@ -213,18 +217,26 @@ def _flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
 
 
-def _check_domain(loss_name: str, spec_input, array: np.ndarray) -> None:
+def _scalar_weight(loss_name: str, weight) -> float:
+    array = np.asarray(weight)
+    if array.ndim != 0 or array.dtype.kind not in "biuf":
+        raise LossInputError(f"{loss_name}: weight must be a real scalar; got {weight!r} (use sample_weight for arrays)")
+    return float(array)
+
+
+def _check_domain(loss_name: str, spec_input, flat: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Values of one input (flattened, in the kernel's dtype) against the domain its spec declares."""
     domain = spec_input.domain
-    if domain.unbounded or array.size == 0:
+    if domain.unbounded or flat.size == 0:
         return
+    as_dtype = flat.dtype.type  # bounds in the input's own precision: float32 0.1 lies in [0, 0.1]
     if domain.choices is not None:
-        ok = np.isin(array, domain.choices)
+        ok = np.isin(flat, np.array(domain.choices, flat.dtype))
     else:
-        low_ok = array > domain.low if domain.low_open else array >= domain.low
-        high_ok = array < domain.high if domain.high_open else array <= domain.high
-        ok = low_ok & high_ok
+        low, high = as_dtype(domain.low), as_dtype(domain.high)
+        ok = (flat > low if domain.low_open else flat >= low) & (flat < high if domain.high_open else flat <= high)
     if not ok.all():
-        index = np.unravel_index(int(np.argmin(ok)), array.shape) if array.ndim else ()
-        value = array[index].item() if array.ndim else array.item()
+        position = int(np.argmin(ok))
+        index = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
         raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
-                             f"found {value!r} at index {tuple(int(i) for i in index)}")
+                             f"found {flat[position].item()!r} at index {index}")

@@ -14,16 +14,18 @@ import sympy
 from sympy.printing.str import StrPrinter
 
 from . import ir
-from .functions import FUNCTIONS, make_power
+from .errors import SpecTypeError
+from .functions import FUNCTIONS, absolute, make_power, sign
 from .resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
 
 # Names the generated module itself uses; a spec name equal to one gets a trailing "_".
-_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "range", "FASTMATH"}
+_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "FASTMATH"}
 
 
 def safe_name(name: str) -> str:
-    return name + "_" if name in _TAKEN else name
+    """A spec name as an identifier of generated code; one-to-one (`np` → `np_`, `np_` → `np__`)."""
+    return name + "_" if name in _TAKEN or name.endswith("_") else name
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,31 @@ def formulas(loss: ResolvedLoss) -> tuple[dict[str, sympy.Expr], dict[str, sympy
     env: dict[str, sympy.Expr] = dict(symbols)
     local_values: dict[str, sympy.Expr] = {}
     for local in loss.locals:
-        env[local.name] = local_values[local.name] = to_sympy(local.expr, env)
+        try:
+            value = to_sympy(local.expr, env)
+        except TypeError as exc:  # SymPy refuses, e.g. comparing a non-real constant
+            raise SpecTypeError(f"`{local.name}`: {exc}", loss.file, local.pos.line, local.pos.column) from None
+        env[local.name] = local_values[local.name] = _checked(_ours(value), loss, local)
     return symbols, local_values, stabilize(local_values[loss.name])
+
+
+def _ours(expr: sympy.Expr) -> sympy.Expr:
+    """SymPy's own Abs and sign (its simplifier makes sqrt(x^2) into Abs(x)) as lossdsl's, with their conventions."""
+    return expr.replace(sympy.Abs, absolute).replace(sympy.sign, sign)
+
+
+def _checked(expr: sympy.Expr, loss: ResolvedLoss, local) -> sympy.Expr:
+    """Reject constants with no real value (log(-1), x/0, inf - inf) where they are written."""
+    if expr.has(sympy.zoo, sympy.nan, sympy.I):
+        raise SpecTypeError(f"`{local.name}` contains a constant with no real value (such as log(-1), x/0 or "
+                            "inf - inf)", loss.file, local.pos.line, local.pos.column)
+    return expr
 
 
 def derive(loss: ResolvedLoss) -> KernelPlan:
     """The loss element, its stabilised and simplified gradients, and their shared CSE."""
     symbols, local_values, value = formulas(loss)
-    grads = tuple(simplify(stabilize(sympy.diff(value, symbols[name]))) for name in loss.wrt)
+    grads = tuple(simplify(stabilize(_ours(sympy.diff(value, symbols[name])))) for name in loss.wrt)
     names = {expr: safe_name(name) for name, expr in local_values.items() if name != loss.name}
     value_steps, (value_result,) = _cse([stabilize(value, LOWERINGS)], names)
     fused_steps, fused_results = _cse([stabilize(e, LOWERINGS) for e in (value, *grads)], names)

@@ -1,4 +1,5 @@
 """Stage 2: names, parameters, constraints, composition."""
+import numpy as np
 import pytest
 
 import lossdsl
@@ -11,7 +12,7 @@ from lossdsl.resolve import resolve
 def resolved(text, **overrides):
     losses = parse(text)
     table = {d.name: d for d in losses}
-    return resolve(losses[-1], overrides, lambda n: table.get(n) or registry.find(n), text)
+    return resolve(losses[-1], overrides, lambda n, file: table.get(n) or registry.find(n), text)
 
 
 @pytest.mark.parametrize("text, cls, line, column, words", [
@@ -29,7 +30,7 @@ def resolved(text, **overrides):
     ("loss t(x) wrt y\n    t = x\n", SpecNameError, 1, 6, "no input y"),
     ("loss t(x)\n    param a = 2 where a < 1\n    t = x\n", SpecTypeError, 2, 11, "default of a breaks"),
     ("loss t(x)\n    param a = b\n    t = x\n", SpecTypeError, 2, 15, "not a parameter or constant"),
-    ("loss t(x)\n    t = t(x)\n", SpecNameError, 2, 9, "unknown function or loss `t`"),
+    ("loss t(x)\n    t = t(x)\n", SpecNameError, 2, 9, "calls itself"),
     ('loss t(x)\n    t = x + "s"\n', SpecTypeError, 2, 13, "string"),
     ("loss t(x)\n    t = where(x, x, x)\n", SpecTypeError, 2, 9, "must be a condition"),
 ])
@@ -90,3 +91,51 @@ def test_parameter_kinds_and_string_choices():
     with pytest.raises(LossParameterError, match="must be a bool"):
         lossdsl.load("poisson_nll", full=1.0)
     assert lossdsl.load("poisson_nll", full=True).params["full"] is True
+
+
+def test_called_losses_resolve_names_in_their_own_file():
+    # a user's own bce_with_logits must not replace the one the catalogue's sigmoid_focal calls
+    text = "loss bce_with_logits(x, y)\n    bce_with_logits = 0*x\nloss my(x, y)\n    my = sigmoid_focal(x, y)\n"
+    losses = parse(text, "mine.loss")
+    table = {d.name: d for d in losses}
+    lookup = lambda n, file: (table.get(n) if file == "mine.loss" else None) or registry.find(n)  # noqa: E731
+    assert "log(sigmoid(x))" in ir.format_expr(resolve(losses[-1], {}, lookup, text).locals[-1].expr)
+
+
+def test_constraints_of_called_losses_see_computed_values():
+    with pytest.raises(SpecTypeError, match="breaks its constraint"):
+        resolved("loss t(x, y)\n    t = huber(x, y, delta=0-1)\n")
+    with pytest.raises(SpecTypeError, match="breaks its constraint"):
+        resolved("loss t(x, y)\n    param k = 1\n    t = huber(x, y, delta=k-2)\n")
+    resolved("loss t(x, y)\n    t = huber(x, y, delta=abs(y) + 1)\n")  # depends on the inputs: checked nowhere
+
+
+@pytest.mark.parametrize("text, words", [
+    ("loss a(x)\n    a = x\nloss a(y)\n    a = y\n", "defined twice"),
+    ('loss t(x)\n    param s = "a\\rb"\n    t = x\n', "unexpected character"),
+    ("loss t(x)\n    param a = inf - inf\n    t = x\n", "no numeric value"),
+    ("loss t(x)\n    t = x + log(-1)\n", "no real value"),
+    ("loss t(x)\n    t = x/0\n", "no real value"),
+    ("loss t(x)\n    t = x if sqrt(-1) > 0 else 0\n", "non-real"),
+    ("loss t(x)\n    t = t(x)\n", "calls itself"),
+    ("loss t(x)\n    t = x + " + "+".join(["x"] * 800) + "\n", "nested too deeply"),
+])
+def test_more_spec_errors(text, words):
+    with pytest.raises(LossSpecError, match=words):
+        lossdsl.compile(text).formula
+
+
+def test_generated_names_are_one_to_one():
+    value = lossdsl.compile("loss f(np, np_)\n    f = np - np_\n")(np.array([3.0]), np.array([1.0]), reduction="sum")
+    assert value == 2.0
+
+
+def test_string_parameters_are_escaped_in_generated_code():
+    loss = lossdsl.compile('loss f(x)\n    param mode = "a\\nimport os\\n#" where mode != ""\n    f = x*x\n')
+    source = loss.source()
+    assert "import os\n" not in source.replace("import os\\n", "") and "mode = 'a\\nimport os\\n#'" in source
+
+
+def test_byte_order_mark_is_accepted():
+    assert lossdsl.compile(b"\xef\xbb\xbfloss f(x)\n    f = x\n".decode("utf-8")).name == "f"
+    assert lossdsl.compile(b"\xef\xbb\xbfloss f(x)\n    f = x\n").name == "f"

@@ -169,3 +169,20 @@ def test_spec_names_never_collide_with_generated_names():
     value, (g_weight, g_lambda) = loss.value_and_grad(*args, reduction="sum")
     assert value == pytest.approx(3 * math.exp(0.5) + 12 - 6 + 2.25)
     assert g_weight[0] == pytest.approx(3 * math.exp(0.5)) and g_lambda[0] == pytest.approx(3.0)
+
+
+def test_bad_call_arguments_get_clear_errors(huber):
+    x = np.zeros(3)
+    for kwargs, words in [({"weight": "a"}, "weight must be a real scalar"), ({"weight": 1j}, "real scalar"),
+                          ({"batch_axis": 1.5, "reduction": "batch"}, "batch_axis must be an integer")]:
+        with pytest.raises(LossInputError, match=words):
+            huber(x, x, **kwargs)
+    with pytest.raises(LossInputError, match="arrays of numbers"):
+        huber([[1.0, 2.0], [3.0]], x)
+    assert huber(x + 1, x, weight=np.array(2.0)) == pytest.approx(1.0)  # a 0-d array is a scalar
+
+
+def test_domains_use_the_input_precision():
+    loss = lossdsl.compile("loss small(p in [0, 0.1], k in {0.1, 0.3})\n    small = p*k\n")
+    value = loss(np.array([0.1], np.float32), np.array([0.3], np.float32))
+    assert value == pytest.approx(0.03, rel=1e-6)

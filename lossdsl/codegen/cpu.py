@@ -44,7 +44,7 @@ def _formula_comment(plan: KernelPlan) -> str:
     loss = plan.loss
     lines = [f"# loss {loss.name}({', '.join(i.name for i in loss.inputs)}) wrt {', '.join(loss.wrt)}"]
     for name, value in sorted(loss.static_values.items()):
-        lines.append(f"#     {name} = {ir.format_expr(ir.Bool(value) if isinstance(value, bool) else ir.Str(value))}")
+        lines.append(f"#     {name} = {'true' if value is True else 'false' if value is False else ascii(value)}")
     lines += [f"#     {local.name} = {ir.format_expr(local.expr)}" for local in loss.locals]
     return "\n".join(lines)
 

@@ -54,6 +54,9 @@ class NumbaPrinter(PythonCodePrinter):
         super().__init__({"fully_qualified_modules": False, "strict": True})
         self.helpers: dict[str, str] = {}
 
+    def _print_Symbol(self, expr):
+        return expr.name  # plan symbols are already safe identifiers; SymPy would rename some
+
     def _print(self, expr, **kwargs):
         # lossdsl's own functions first: SymPy's printer has methods for some of their names (sign)
         if getattr(type(expr), "numba", None) is not None:

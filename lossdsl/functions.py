@@ -88,36 +88,41 @@ def _relu(x):
         return _step(self.args[0] > 0)
 
 
-class maximum(_Real):
-    """Binary max; at a tie each side gets half the gradient (torch.maximum)."""
+class _TieSplitting(_Real):
+    """max or min of two; at a tie each side gets half the gradient (torch.maximum, torch.minimum).
+
+    Subclasses set `_wins(a, b)`: the condition under which `a` is the result.
+    """
 
     nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args if argindex == 1 else self.args[::-1]
+        return sympy.Piecewise((sympy.S.One, self._wins(a, b)), (sympy.S.Half, sympy.Eq(a, b)), (sympy.S.Zero, True))
+
+
+class maximum(_TieSplitting):
+    """Binary max; NaN propagates."""
+
     dsl_name = "max"
     numba = "_maximum({0}, {1})"
     helper = """
 def _maximum(a, b):
     return a if a > b or a != a else b
 """
-
-    def fdiff(self, argindex=1):
-        a, b = self.args if argindex == 1 else self.args[::-1]
-        return sympy.Piecewise((sympy.S.One, a > b), (sympy.S.Half, sympy.Eq(a, b)), (sympy.S.Zero, True))
+    _wins = staticmethod(lambda a, b: a > b)
 
 
-class minimum(_Real):
-    """Binary min; at a tie each side gets half the gradient (torch.minimum)."""
+class minimum(_TieSplitting):
+    """Binary min; NaN propagates."""
 
-    nargs = 2
     dsl_name = "min"
     numba = "_minimum({0}, {1})"
     helper = """
 def _minimum(a, b):
     return a if a < b or a != a else b
 """
-
-    def fdiff(self, argindex=1):
-        a, b = self.args if argindex == 1 else self.args[::-1]
-        return sympy.Piecewise((sympy.S.One, a < b), (sympy.S.Half, sympy.Eq(a, b)), (sympy.S.Zero, True))
+    _wins = staticmethod(lambda a, b: a < b)
 
 
 class clamp(_Real):

@@ -220,7 +220,8 @@ def _flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
 def _scalar_weight(loss_name: str, weight) -> float:
     array = np.asarray(weight)
     if array.ndim != 0 or array.dtype.kind not in "biuf":
-        raise LossInputError(f"{loss_name}: weight must be a real scalar; got {weight!r} (use sample_weight for arrays)")
+        raise LossInputError(f"{loss_name}: weight must be a real scalar; got {weight!r} "
+                             "(use sample_weight for arrays)")
     return float(array)
 
 

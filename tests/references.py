@@ -33,8 +33,10 @@ class Reference:
     name: str                           # catalogue name of the loss
     inputs: tuple[str, ...]             # input names in call order
     wrt: tuple[str, ...]                # inputs differentiated
-    sample: Callable[[np.random.Generator, tuple[int, ...]], tuple[np.ndarray, ...]]  # valid float64 inputs of the given shape, in call order
-    value: Callable[..., np.ndarray]    # value(*inputs, **params) -> per-element loss (same shape, unreduced, unweighted)
+    # valid float64 inputs of the given shape, in call order
+    sample: Callable[[np.random.Generator, tuple[int, ...]], tuple[np.ndarray, ...]]
+    # value(*inputs, **params) -> per-element loss (same shape, unreduced, unweighted)
+    value: Callable[..., np.ndarray]
     grads: Callable[..., tuple[np.ndarray, ...]]  # grads(*inputs, **params) -> tuple, one array per wrt input
     params: tuple[dict, ...] = ({},)    # parameter settings to test: first is {} (defaults), then non-default settings
     edges: Callable[[], tuple[np.ndarray, ...]] | None = None  # optional 1-D float64 edge inputs, in call order

@@ -72,7 +72,8 @@ def test_weights(huber):
     pred, target = np.array([[0.0, 3.0], [1.0, -1.0]]), np.zeros((2, 2))
     elements = np.array([[0.0, 2.5], [0.5, 0.5]])
     sw = np.array([[2.0], [4.0]])
-    assert huber(pred, target, weight=2.0, sample_weight=sw, reduction="sum") == pytest.approx((2 * sw * elements).sum())
+    weighted_sum = huber(pred, target, weight=2.0, sample_weight=sw, reduction="sum")
+    assert weighted_sum == pytest.approx((2 * sw * elements).sum())
     assert huber(pred, target, sample_weight=sw) == pytest.approx((sw * elements).mean())  # mean over elements
     with pytest.raises(LossInputError, match="does not broadcast"):
         huber(pred, target, sample_weight=np.ones((3, 1)))
@@ -100,7 +101,8 @@ def test_empty_scalar_and_non_contiguous_inputs(huber):
     assert huber(np.zeros(0), np.zeros(0), reduction="none").shape == (0,)
     assert huber(np.float64(3.0), np.float64(0.0)) == pytest.approx(2.5)
     x = np.random.default_rng(2).normal(size=(5, 4))
-    np.testing.assert_allclose(huber.grad(x.T, np.zeros((4, 5)), reduction="none"), huber.grad(x.T.copy(), np.zeros((4, 5)), reduction="none"))
+    np.testing.assert_allclose(huber.grad(x.T, np.zeros((4, 5)), reduction="none"),
+                               huber.grad(x.T.copy(), np.zeros((4, 5)), reduction="none"))
 
 
 def test_inf_and_nan_semantics_survive_fastmath():

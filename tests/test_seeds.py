@@ -54,7 +54,8 @@ def test_design_card_focal_matches_the_catalogue_inside_the_interval(load_loss):
     p, y = rng.uniform(0.01, 0.99, 200), rng.integers(0, 2, 200).astype(np.float64)
     as_written = lossdsl.compile(FOCAL_AS_WRITTEN)
     catalogue = load_loss("focal")
-    for a, b in zip(as_written.value_and_grad(p, y, reduction="none"), catalogue.value_and_grad(p, y, reduction="none")):
+    written = as_written.value_and_grad(p, y, reduction="none")
+    for a, b in zip(written, catalogue.value_and_grad(p, y, reduction="none")):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 

@@ -48,6 +48,8 @@ class ResolvedLoss:
     doc: str
     aliases: tuple[str, ...]
     file: str
+    # parameters of called losses set from this loss's parameters: (callee, its parameter, value, callee's values)
+    passed_on: tuple[tuple[str, ParamInfo, ir.Expr, tuple[tuple[str, Value], ...]], ...] = ()
 
     @property
     def numeric_params(self) -> tuple[str, ...]:
@@ -70,8 +72,10 @@ def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, look
     return _Resolver(lookup, source).top(loss, dict(overrides or {}))
 
 
-def check_values(params: tuple[ParamInfo, ...], overrides: Mapping[str, Value], loss_name: str) -> dict[str, Value]:
-    """Parameter values after `overrides`, each of the right kind and within its constraint."""
+def check_values(params: tuple[ParamInfo, ...], overrides: Mapping[str, Value], loss_name: str,
+                 passed_on: tuple = ()) -> dict[str, Value]:
+    """Parameter values after `overrides`, each of the right kind and within its constraint,
+    and so are the values they give to parameters of called losses (`passed_on`)."""
     values = {p.name: p.default for p in params}
     known = {p.name: p for p in params}
     for name, value in overrides.items():
@@ -83,6 +87,12 @@ def check_values(params: tuple[ParamInfo, ...], overrides: Mapping[str, Value], 
         if p.constraint is not None and _evaluate(p.constraint, values, p.file) is not True:
             raise LossParameterError(f"{loss_name}: {p.name}={values[p.name]!r} breaks its constraint "
                                      f"`{ir.format_expr(p.constraint)}` ({p.file}:{p.pos.line})")
+    for callee, info, expr, callee_values in passed_on:
+        env = {**dict(callee_values), info.name: _evaluate(expr, values, info.file)}
+        if _evaluate(info.constraint, env, info.file) is not True:
+            raise LossParameterError(f"{loss_name}: passes {info.name}={env[info.name]!r} to {callee}, which "
+                                     f"breaks its constraint `{ir.format_expr(info.constraint)}` "
+                                     f"({info.file}:{info.pos.line})")
     return values
 
 
@@ -186,6 +196,7 @@ class _Resolver:
         self.source = source
         self.stack: list[str] = []
         self.values: dict[str, Value] = {}
+        self.passed_on: list = []
 
     def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
         in_top_loss = len(self.stack) <= 1  # the source text shown is the top loss's; inlined ones live elsewhere
@@ -201,8 +212,9 @@ class _Resolver:
         for p in params:
             scope[p.name] = ir.Name(p.name) if not p.static else _literal(values[p.name])
         locals_ = self.body(loss, scope, keep_locals=True)
+        check_values(params, overrides, loss.name, tuple(self.passed_on))
         return ResolvedLoss(loss.name, loss.inputs, self.wrt(loss), params, tuple(values.items()), tuple(locals_),
-                            loss.doc, loss.aliases, loss.file)
+                            loss.doc, loss.aliases, loss.file, tuple(self.passed_on))
 
     def params(self, loss: ir.LossDef) -> tuple[ParamInfo, ...]:
         self.check_names(loss)
@@ -306,7 +318,8 @@ class _Resolver:
         self.stack.append(callee.name)
         params = self.params(callee)
         scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
-        literal_overrides: dict[str, Value] = {}
+        constants: dict[str, Value] = {}  # values the spec fixes: checked now, a bad one is the spec's fault
+        computed: list[ParamInfo] = []  # values made from the top loss's parameters: checked on every change
         for name, value in kwargs.items():
             info = next((p for p in params if p.name == name), None)
             if info is None:
@@ -314,15 +327,20 @@ class _Resolver:
             if info.static and not isinstance(value, _LITERALS):
                 raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
                                  caller.file, pos)
-            try:  # a value made of constants and the top loss's parameters is checked against the constraint
-                literal_overrides[name] = value.value if isinstance(value, _LITERALS) else _evaluate(
-                    value, self.values, caller.file)
+            if not _mentions_names(value):
+                constants[name] = value.value if isinstance(value, _LITERALS) else _evaluate(value, {}, caller.file)
+                continue
+            try:
+                _evaluate(value, self.values, caller.file)
             except SpecTypeError:
-                pass  # it depends on the inputs: no single value to check
+                continue  # it depends on the inputs: there is no single value to check
+            if info.constraint is not None:
+                computed.append(info)
         try:
-            values = check_values(params, literal_overrides, callee.name)
+            values = check_values(params, constants, callee.name)
         except LossParameterError as exc:
             raise self.error(SpecTypeError, str(exc), caller.file, pos) from None
+        self.passed_on += [(callee.name, info, kwargs[info.name], tuple(values.items())) for info in computed]
         for p in params:
             scope[p.name] = kwargs.get(p.name, _literal(values[p.name]))
         locals_ = self.body(callee, scope, keep_locals=False)
@@ -375,6 +393,10 @@ def _literal(value: Value) -> ir.Expr:
     if isinstance(value, str):
         return ir.Str(value)
     return ir.Num(float(value))
+
+
+def _mentions_names(expr: ir.Expr) -> bool:
+    return isinstance(expr, ir.Name) or any(_mentions_names(child) for child in ir.children(expr))
 
 
 def _fold(expr: ir.Expr, file: str) -> ir.Expr:

@@ -78,7 +78,7 @@ class Loss:
 
     def with_params(self, **params) -> "Loss":
         """The same loss with other parameter values (numeric ones reuse the compiled kernels)."""
-        values = check_values(self._resolved.params, {**self._values, **params}, self.name)
+        values = check_values(self._resolved.params, {**self._values, **params}, self.name, self._resolved.passed_on)
         if any(values[p.name] != self._values[p.name] for p in self._resolved.params if p.static):
             raise LossParameterError("parameters that choose the formula need lossdsl.load(name, **params)")
         clone = Loss(dataclasses.replace(self._resolved, values=tuple(values.items())), self._backend)

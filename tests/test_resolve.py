@@ -105,7 +105,7 @@ def test_called_losses_resolve_names_in_their_own_file():
 def test_constraints_of_called_losses_see_computed_values():
     with pytest.raises(SpecTypeError, match="breaks its constraint"):
         resolved("loss t(x, y)\n    t = huber(x, y, delta=0-1)\n")
-    with pytest.raises(SpecTypeError, match="breaks its constraint"):
+    with pytest.raises(LossParameterError, match="passes delta=-1.0 to huber"):
         resolved("loss t(x, y)\n    param k = 1\n    t = huber(x, y, delta=k-2)\n")
     resolved("loss t(x, y)\n    t = huber(x, y, delta=abs(y) + 1)\n")  # depends on the inputs: checked nowhere
 
@@ -139,3 +139,12 @@ def test_string_parameters_are_escaped_in_generated_code():
 def test_byte_order_mark_is_accepted():
     assert lossdsl.compile(b"\xef\xbb\xbfloss f(x)\n    f = x\n".decode("utf-8")).name == "f"
     assert lossdsl.compile(b"\xef\xbb\xbfloss f(x)\n    f = x\n").name == "f"
+
+
+def test_with_params_rechecks_values_passed_to_called_losses():
+    loss = lossdsl.compile("loss t(x, y)\n    param k = 2\n    t = huber(x, y, delta=k - 1)\n")
+    assert loss.with_params(k=3.0).params["k"] == 3.0
+    with pytest.raises(LossParameterError, match="passes delta=-1.0 to huber"):
+        loss.with_params(k=0.0)
+    with pytest.raises(LossParameterError, match="passes delta=-1.0 to huber"):
+        lossdsl.compile("loss t(x, y)\n    param k = 2\n    t = huber(x, y, delta=k - 1)\n", k=0.0)

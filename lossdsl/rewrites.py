@@ -14,7 +14,7 @@ from typing import Callable
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus
+from .sympy_functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from sympy.printing.str import StrPrinter
 
 from . import ir
 from .errors import SpecTypeError
-from .functions import FUNCTIONS, absolute, make_power, sign
+from .functions import FUNCTIONS
 from .resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
+from .sympy_functions import absolute, make_power, sign
 
 # Names the generated module itself uses; a spec name equal to one gets a trailing "_".
 _TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "FASTMATH"}
@@ -64,7 +65,7 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
     if isinstance(expr, ir.Name):
         return env[expr.id]
     if isinstance(expr, ir.Call):
-        return FUNCTIONS[expr.func].build(*[to_sympy(a, env) for a in expr.args])
+        return FUNCTIONS[expr.func].builder()(*[to_sympy(a, env) for a in expr.args])
     if isinstance(expr, ir.UnaryOp):
         operand = to_sympy(expr.operand, env)
         return sympy.Not(operand) if expr.op == "not" else -operand

@@ -8,7 +8,7 @@ import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 import lossdsl
-from lossdsl.functions import log_cosh, log_sigmoid, sigmoid, softplus
+from lossdsl.sympy_functions import log_cosh, log_sigmoid, sigmoid, softplus
 from lossdsl.rewrites import RULES, stabilize
 
 x = sympy.Symbol("x", real=True)

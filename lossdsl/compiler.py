@@ -15,7 +15,7 @@ import numpy as np
 
 from . import cache, ir, registry
 from .errors import SpecNameError, SpecTypeError, UnknownLossError
-from .parse import parse
+from .parse import decode, parse
 from .resolve import ResolvedLoss, Value, resolve
 from .runtime import Loss
 
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 def compile_spec(text: str | bytes, name: str | None = None, file: str = "<string>",
                  params: Mapping[str, Value] | None = None) -> Loss:
     """Compile the loss `name` (default: the last one) of spec `text` into a callable `Loss`."""
+    text = decode(text, file)
     losses = parse(text, file)                                       # 1. Lark → IR
     loss = _choose(losses, name, file)
     local = _names_in_file(losses)
@@ -32,9 +33,8 @@ def compile_spec(text: str | bytes, name: str | None = None, file: str = "<strin
     def lookup(called: str, from_file: str):  # composition: a loss's own file first, then the catalogue
         return (local.get(called) if from_file == file else None) or registry.find(called)
 
-    source = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     try:
-        resolved = resolve(loss, params, lookup, source)             # 2. names, params, inlining
+        resolved = resolve(loss, params, lookup, text)               # 2. names, params, inlining
     except RecursionError:
         raise SpecTypeError("expression nested too deeply", file, loss.pos.line, loss.pos.column) from None
     return Loss(resolved, Backend(resolved))                         # 3-5. SymPy, codegen, Numba: lazily, per dtype

@@ -30,14 +30,19 @@ def _parser() -> lark.Lark:
                      maybe_placeholders=False)
 
 
-def parse(text: str | bytes, file: str = "<string>") -> tuple[ir.LossDef, ...]:
-    """Parse spec text into one `LossDef` per `loss` block."""
+def decode(text: str | bytes, file: str = "<string>") -> str:
+    """Spec text as a string: UTF-8, a byte-order mark dropped."""
     if isinstance(text, bytes):
         try:
-            text = text.decode("utf-8-sig")
+            text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SpecSyntaxError(f"spec is not UTF-8 text (bad byte at offset {exc.start})", file, 1, 1) from None
-    text = text.removeprefix("\ufeff")
+    return text.removeprefix("\ufeff")
+
+
+def parse(text: str | bytes, file: str = "<string>") -> tuple[ir.LossDef, ...]:
+    """Parse spec text into one `LossDef` per `loss` block."""
+    text = decode(text, file)
     if not text.strip() or not re.search(r"^\s*loss\b", text, re.MULTILINE):
         line, column = _first_content(text)
         raise SpecSyntaxError("a spec needs at least one `loss NAME(inputs)` block", file, line, column, text)

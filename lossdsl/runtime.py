@@ -164,7 +164,7 @@ class _Call:
     """One call's prepared arrays and how to turn the kernel's outputs into the result."""
 
     def __init__(self, loss: Loss, arrays, originals, shape, dtype, weights, scale, reduction, batch_axis):
-        self.loss, self.arrays, self.originals = loss, arrays, dict(zip(loss.inputs, originals))
+        self.arrays, self.originals = arrays, dict(zip(loss.inputs, originals))
         self.shape, self.dtype, self.weights, self.scale = shape, dtype, weights, scale
         self.reduction, self.size = reduction, int(np.prod(shape, dtype=np.int64))
         self.elementwise = reduction in ("none", "batch")

@@ -34,7 +34,6 @@ class KernelPlan:
     """Everything a code generator needs, independent of the target."""
 
     loss: ResolvedLoss
-    inputs: tuple[sympy.Symbol, ...]
     params: tuple[sympy.Symbol, ...]  # numeric parameters: runtime arguments of the kernels
     value: sympy.Expr  # the loss of one element
     grads: tuple[sympy.Expr, ...]  # d value / d input, for each `wrt` input
@@ -119,11 +118,11 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
     """The loss element, its stabilised and simplified gradients, and their shared CSE."""
     symbols, local_values, value = formulas(loss)
     grads = tuple(simplify(stabilize(_ours(sympy.diff(value, symbols[name])))) for name in loss.wrt)
-    names = {expr: safe_name(name) for name, expr in local_values.items() if name != loss.name}
+    # a temporary equal to a spec local (in the lowered form the kernel computes) takes the local's name
+    names = {stabilize(expr, LOWERINGS): safe_name(name) for name, expr in local_values.items() if name != loss.name}
     value_steps, (value_result,) = _cse([stabilize(value, LOWERINGS)], names)
     fused_steps, fused_results = _cse([stabilize(e, LOWERINGS) for e in (value, *grads)], names)
-    return KernelPlan(loss, tuple(symbols[i.name] for i in loss.inputs),
-                      tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
+    return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
                       tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom))
 

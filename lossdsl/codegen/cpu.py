@@ -5,12 +5,14 @@ The module has two kernels, both parallel over elements (`prange`):
   elements (accumulated in float64), also stored per element when `out` has room;
 - `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
   in one pass over memory.
+Reduction and weighting are runtime arguments, so one compiled kernel serves "none",
+"sum", "mean" and the per-sample form, weighted or not. An empty `weight` array means
+unweighted; an empty `out` means no per-element output.
+
 Names: the spec's own names are used bare, input arrays and parameter arguments are
 `_name_`, CSE temporaries `_0, _1, ...`, and the skeleton's variables `__name`, so no
 spec can collide with generated code, even after Numba's parfor lowering doubles every
-underscore (`_n` would become `__n`). Reduction and weighting are runtime arguments, so one compiled kernel serves
-"none", "sum", "mean" and the per-sample form, weighted or not. An empty `weight`
-array means unweighted; an empty `out` means no per-element output.
+underscore (`_n` would become `__n`).
 """
 from __future__ import annotations
 

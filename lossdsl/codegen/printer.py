@@ -48,8 +48,6 @@ class UnsupportedExpression(TypeError):
 class NumbaPrinter(PythonCodePrinter):
     """Prints plan expressions as Numba-compatible Python; collects the helpers they need."""
 
-    printmethod = "_numbacode"
-
     def __init__(self):
         super().__init__({"fully_qualified_modules": False, "strict": True})
         self.helpers: dict[str, str] = {}

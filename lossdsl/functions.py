@@ -62,4 +62,15 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("where", 3, "where", "where(c, a, b) = a if c else b", condition_args=(0,)),
 ]}
 
+# Reductions over a named axis: `op(body, axis)`; norm also takes its order p (default 2).
+# Their derivatives are the compiler's (symbolic.py), so they are not SymPy functions.
+REDUCTIONS: dict[str, str] = {
+    "sum": "sum over the axis",
+    "mean": "sum / length of the axis",
+    "max": "largest entry; ties share the gradient equally (torch.amax)",
+    "min": "smallest entry; ties share the gradient equally (torch.amin)",
+    "logsumexp": "log(sum(exp(x))), computed stably; gradient softmax(x)",
+    "norm": "p-norm (sum(|x|^p))^(1/p), p = 2 unless given; gradient 0 where the norm is 0 (torch.norm)",
+}
+
 CONSTANTS: dict[str, float] = {"pi": 3.141592653589793, "e": 2.718281828459045, "inf": float("inf")}

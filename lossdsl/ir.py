@@ -104,7 +104,24 @@ class Gather:
     pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
-Expr = Union[Num, Str, Bool, Name, Call, BinOp, UnaryOp, Compare, Member, IfElse, Gather]
+@dataclass(frozen=True)
+class Reduce:
+    """A reduction over a named axis: `sum(x*w, c)`; `order` is the p of `norm(x, c, p)`.
+
+    Built by the resolver from a call whose second argument is an axis name. It stays
+    a node of its own through every stage (never unrolled into loops before code
+    generation), so a later stage can split it, e.g. into a local partial sum and an
+    all-reduce when the axis is sharded across processes.
+    """
+
+    op: str  # a key of lossdsl.functions.REDUCTIONS
+    body: "Expr"
+    axis: str
+    order: "Expr | None" = None
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
+
+
+Expr = Union[Num, Str, Bool, Name, Call, BinOp, UnaryOp, Compare, Member, IfElse, Gather, Reduce]
 
 
 @dataclass(frozen=True)
@@ -132,8 +149,13 @@ REAL = Domain()
 
 @dataclass(frozen=True)
 class Input:
+    """An input; `axis` names its axis for losses over an axis (`logits[c]`), and an input
+    with a `default` may be left out of a call (`weight[c] = 1`)."""
+
     name: str
     domain: Domain = REAL
+    axis: str | None = None
+    default: float | None = None
     pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
@@ -165,6 +187,9 @@ class LossDef:
     aliases: tuple[str, ...]
     file: str = field(default="<string>", compare=False)
     pos: Pos = field(default=NOWHERE, compare=False, repr=False)
+    axis_position: tuple[str, int] | None = None  # `axis c = 1`: where axis c is when a call does not say
+    ignore: Expr | None = None  # `ignore if y == ignore_index`: such rows contribute nothing
+    mean_weight: Expr | None = None  # `mean weighted by weight[y]`: what reduction="mean" divides by
 
 
 # --- printing an expression back as DSL text --------------------------------
@@ -199,6 +224,9 @@ def format_expr(expr: Expr, parent: int = 0) -> str:
         return f"{expr.func}({', '.join(parts)})"
     if isinstance(expr, Gather):
         return f"{format_expr(expr.array, 10)}[{format_expr(expr.index)}]"
+    if isinstance(expr, Reduce):
+        order = f", {format_expr(expr.order)}" if expr.order is not None else ""
+        return f"{expr.op}({format_expr(expr.body)}, {expr.axis}{order})"
     if isinstance(expr, UnaryOp):
         if expr.op == "not":
             return wrap("not " + format_expr(expr.operand, 4), 4)
@@ -237,4 +265,6 @@ def children(expr: Expr) -> tuple[Expr, ...]:
         return (expr.cond, expr.then, expr.orelse)
     if isinstance(expr, Gather):
         return (expr.array, expr.index)
+    if isinstance(expr, Reduce):
+        return (expr.body,) if expr.order is None else (expr.body, expr.order)
     return ()

@@ -114,8 +114,14 @@ class _ToIR(Transformer):
         name, inputs, *rest = items
         wrt = rest.pop(0) if rest and isinstance(rest[0], _Wrt) else _Wrt(())
         doc, aliases, params, locals_ = [], [], [], []
+        axis_rules: dict[str, object] = {}
         for statement in rest:
-            if isinstance(statement, _Doc):
+            if isinstance(statement, _AxisRule):
+                if statement.kind in axis_rules:
+                    raise SpecSyntaxError(f"a loss takes one `{statement.text}` line", self.file,
+                                          statement.pos.line, statement.pos.column)
+                axis_rules[statement.kind] = statement.value
+            elif isinstance(statement, _Doc):
                 doc.append(statement.text)
             elif isinstance(statement, _Aliases):
                 aliases.extend(statement.names)
@@ -124,14 +130,32 @@ class _ToIR(Transformer):
             else:
                 locals_.append(statement)
         return ir.LossDef(str(name), tuple(inputs), wrt.names, tuple(params), tuple(locals_), "\n".join(doc),
-                          tuple(aliases), self.file, _pos(name))
+                          tuple(aliases), self.file, _pos(name), **axis_rules)
 
     def inputs(self, meta, items):
         return items
 
     def input(self, meta, items):
-        name = items[0]
-        return ir.Input(str(name), items[1] if len(items) > 1 else ir.REAL, _pos(name))
+        name, *rest = items
+        axis = next((str(i.children[0]) for i in rest if isinstance(i, lark.Tree)), None)
+        domain = next((i for i in rest if isinstance(i, ir.Domain)), ir.REAL)
+        default = next((i.value for i in rest if isinstance(i, _Default)), None)
+        return ir.Input(str(name), domain, axis, default, _pos(name))
+
+    def default(self, meta, items):
+        return _Default(items[0])
+
+    def axis_position(self, meta, items):
+        name, position = items
+        if not float(position).is_integer():
+            raise SpecSyntaxError("an axis position is a whole number", self.file, meta.line, meta.column)
+        return _AxisRule("axis_position", (str(name), int(position)), "axis", _pos(meta))
+
+    def ignore(self, meta, items):
+        return _AxisRule("ignore", items[0], "ignore if", _pos(meta))
+
+    def mean_weight(self, meta, items):
+        return _AxisRule("mean_weight", items[0], "mean weighted by", _pos(meta))
 
     def _interval(self, meta, items, low_open, high_open):
         (low, high), = items
@@ -272,6 +296,18 @@ class _Doc:
 class _Aliases:
     def __init__(self, names: tuple[str, ...]):
         self.names = names
+
+
+class _Default:
+    def __init__(self, value: float):
+        self.value = value
+
+
+class _AxisRule:
+    """A statement about rows of an axis loss: `axis c = 1`, `ignore if ...`, `mean weighted by ...`."""
+
+    def __init__(self, kind: str, value, text: str, pos: ir.Pos):
+        self.kind, self.value, self.text, self.pos = kind, value, text, pos
 
 
 class _Keyword:

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 from . import ir
 from .errors import LossParameterError, LossSpecError, SpecNameError, SpecTypeError
-from .functions import CONSTANTS, FUNCTIONS
+from .functions import CONSTANTS, FUNCTIONS, REDUCTIONS
 
 Value = float | bool | str
 Lookup = Callable[[str, str], "ir.LossDef | None"]  # (called name, file of the caller) → its definition
@@ -50,6 +50,12 @@ class ResolvedLoss:
     file: str
     # parameters of called losses set from this loss's parameters: (callee, its parameter, value, callee's values)
     passed_on: tuple[tuple[str, ParamInfo, ir.Expr, tuple[tuple[str, Value], ...]], ...] = ()
+    # losses over an axis (None/empty for elementwise losses)
+    axis: str | None = None  # the named axis of its inputs
+    axis_position: int | None = None  # where that axis is when a call does not say (None: the last)
+    labels: tuple[str, ...] = ()  # inputs used as gather indices: integers in [0, axis length)
+    ignore: ir.Expr | None = None  # rows where this holds contribute nothing
+    mean_weight: ir.Expr | None = None  # reduction="mean" divides by its sum over the rows not ignored
 
     @property
     def numeric_params(self) -> tuple[str, ...]:
@@ -63,7 +69,7 @@ class ResolvedLoss:
     def cache_text(self) -> str:
         """A canonical text of everything that shapes the generated code (numeric values excluded)."""
         return repr((self.name, self.inputs, self.wrt, self.locals, sorted(self.static_values.items()),
-                     self.numeric_params))
+                     self.numeric_params, self.axis, self.labels, self.ignore, self.mean_weight))
 
 
 def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name, file: None,
@@ -184,6 +190,8 @@ def map_children(expr: ir.Expr, fn: Callable[[ir.Expr], ir.Expr]) -> ir.Expr:
         return dataclasses.replace(expr, cond=fn(expr.cond), then=fn(expr.then), orelse=fn(expr.orelse))
     if isinstance(expr, ir.Gather):
         return dataclasses.replace(expr, array=fn(expr.array), index=fn(expr.index))
+    if isinstance(expr, ir.Reduce):
+        return dataclasses.replace(expr, body=fn(expr.body), order=None if expr.order is None else fn(expr.order))
     return expr
 
 
@@ -197,6 +205,12 @@ class _Resolver:
         self.stack: list[str] = []
         self.values: dict[str, Value] = {}
         self.passed_on: list = []
+        self.axis: str | None = None  # the top loss's named axis
+        self.labels: list[str] = []
+        self.axis_locals: set[str] = set()  # locals of the top loss that vary along the axis
+        self.row_inputs: set[str] = set()
+        self.axis_inputs: set[str] = set()
+        self.wrt_names: tuple[str, ...] = ()
 
     def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
         in_top_loss = len(self.stack) <= 1  # the source text shown is the top loss's; inlined ones live elsewhere
@@ -208,13 +222,70 @@ class _Resolver:
         params = self.params(loss)
         values = check_values(params, overrides, loss.name)
         self.values = values  # to check the constraints of called losses' parameters
+        self.axis = self.check_axis(loss)
+        self.row_inputs = {i.name for i in loss.inputs if i.axis is None}
+        self.axis_inputs = {i.name for i in loss.inputs if i.axis is not None}
+        self.wrt_names = self.wrt(loss)
         scope: dict[str, ir.Expr] = {i.name: ir.Name(i.name) for i in loss.inputs}
+        if self.axis:
+            scope[self.axis] = ir.Name(self.axis)
         for p in params:
             scope[p.name] = ir.Name(p.name) if not p.static else _literal(values[p.name])
         locals_ = self.body(loss, scope, keep_locals=True)
+        if self.varies(locals_[-1].expr):
+            raise self.error(SpecTypeError, f"the loss must have one value per row: reduce over {self.axis} "
+                             f"(e.g. sum(..., {self.axis})) or gather (x[y])", loss.file, locals_[-1].pos)
+        wrt = self.wrt_names
+        rules = {}
+        for rule in ("ignore", "mean_weight"):
+            expr = getattr(loss, rule)
+            if expr is not None:
+                rules[rule] = self.row_rule(rule, expr, scope, loss)
         check_values(params, overrides, loss.name, tuple(self.passed_on))
-        return ResolvedLoss(loss.name, loss.inputs, self.wrt(loss), params, tuple(values.items()), tuple(locals_),
-                            loss.doc, loss.aliases, loss.file, tuple(self.passed_on))
+        position = loss.axis_position[1] if loss.axis_position else None
+        return ResolvedLoss(loss.name, loss.inputs, wrt, params, tuple(values.items()), tuple(locals_),
+                            loss.doc, loss.aliases, loss.file, tuple(self.passed_on), self.axis, position,
+                            tuple(dict.fromkeys(self.labels)), **rules)
+
+    def check_axis(self, loss: ir.LossDef) -> str | None:
+        """The loss's named axis (one per loss), checked against `axis c = k` and optional inputs."""
+        axes = list(dict.fromkeys(i.axis for i in loss.inputs if i.axis))
+        if len(axes) > 1:
+            second = next(i for i in loss.inputs if i.axis == axes[1])
+            raise self.error(SpecTypeError, f"a loss has one named axis; {second.name}[{axes[1]}] differs from "
+                             f"[{axes[0]}]", loss.file, second.pos)
+        optional = False
+        for i in loss.inputs:
+            if i.default is None and optional:
+                raise self.error(SpecTypeError, f"input {i.name} needs a default: it follows one that has one",
+                                 loss.file, i.pos)
+            optional = optional or i.default is not None
+        axis = axes[0] if axes else None
+        if loss.axis_position is not None and loss.axis_position[0] != axis:
+            raise self.error(SpecNameError, f"`axis {loss.axis_position[0]} = ...` names no axis of {loss.name}'s "
+                             "inputs", loss.file, loss.pos)
+        if axis is None and (loss.ignore is not None or loss.mean_weight is not None):
+            raise self.error(SpecTypeError, "`ignore if` and `mean weighted by` are for losses over a named axis",
+                             loss.file, (loss.ignore or loss.mean_weight).pos)
+        return axis
+
+    def row_rule(self, rule: str, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        """`ignore if ...` (a condition) or `mean weighted by ...` (a number), one value per row."""
+        resolved = self.expr(expr, scope, loss)
+        wanted = "bool" if rule == "ignore" else "number"
+        if self.kind(resolved, loss) != wanted or self.varies(resolved):
+            what = "a condition" if wanted == "bool" else "a number"
+            raise self.error(SpecTypeError, f"`{ir.format_expr(expr)}` must be {what} with one value per row "
+                             "(reduce or gather what varies along the axis)", loss.file, expr.pos)
+        return resolved
+
+    def varies(self, expr: ir.Expr) -> bool:
+        """Whether a resolved expression varies along the named axis (outside reductions and gathers)."""
+        if isinstance(expr, (ir.Reduce, ir.Gather)):
+            return False
+        if isinstance(expr, ir.Name):
+            return expr.id == self.axis or expr.id in self.axis_locals or expr.id in self.axis_inputs
+        return any(self.varies(child) for child in ir.children(expr))
 
     def params(self, loss: ir.LossDef) -> tuple[ParamInfo, ...]:
         self.check_names(loss)
@@ -237,16 +308,25 @@ class _Resolver:
                 raise self.error(SpecNameError, f"`wrt {name}`: {loss.name} has no input {name}", loss.file, loss.pos)
             if name in loss.wrt[:index]:
                 raise self.error(SpecNameError, f"`wrt` names {name} twice", loss.file, loss.pos)
-        return loss.wrt or (loss.inputs[0].name,)
+        wrt = loss.wrt or (loss.inputs[0].name,)
+        axis_inputs = {i.name for i in loss.inputs if i.axis}
+        for name in wrt:
+            if axis_inputs and name not in axis_inputs:
+                raise self.error(SpecTypeError, f"`wrt {name}`: a loss over an axis is differentiated with respect "
+                                 "to inputs that have the axis", loss.file, loss.pos)
+        return wrt
 
     def check_names(self, loss: ir.LossDef) -> None:
         seen: dict[str, str] = {}
         entries = ([(i.name, "input", i.pos) for i in loss.inputs] + [(p.name, "parameter", p.pos) for p in loss.params]
                    + [(lo.name, "local", lo.pos) for lo in loss.locals])
+        axis = next((i for i in loss.inputs if i.axis), None)
+        if axis is not None:
+            entries.insert(0, (axis.axis, "axis", axis.pos))
         for name, what, pos in entries:
             if name in seen:
                 raise self.error(SpecNameError, f"duplicate name `{name}` (already a {seen[name]})", loss.file, pos)
-            if (name in FUNCTIONS and name != loss.name) or name in CONSTANTS:  # calls and names are apart
+            if (name in FUNCTIONS and name != loss.name) or name in CONSTANTS or name in REDUCTIONS:
                 raise self.error(SpecNameError, f"`{name}` is a built-in name; choose another", loss.file, pos)
             seen[name] = what
         if not loss.locals or loss.locals[-1].name != loss.name:
@@ -263,6 +343,8 @@ class _Resolver:
                 raise self.error(SpecTypeError, f"`{local.name}` must be a number, not a condition", loss.file,
                                  local.pos)
             resolved.append(ir.Local(local.name, expr, local.pos))
+            if keep_locals and self.varies(expr):
+                self.axis_locals.add(local.name)
             scope[local.name] = ir.Name(local.name) if keep_locals else expr
         return resolved
 
@@ -275,13 +357,53 @@ class _Resolver:
                 return ir.Num(CONSTANTS[expr.id], expr.pos)
             raise self.error(SpecNameError, f"undefined name `{expr.id}`", loss.file, expr.pos)
         if isinstance(expr, ir.Gather):
-            raise self.error(SpecTypeError, "`x[y]` gathers along a named axis; this loss declares none",
-                             loss.file, expr.pos)
+            return self.gather(expr, scope, loss)
         if isinstance(expr, ir.Call):
             return self.call(expr, scope, loss)
         return _fold(map_children(expr, lambda e: self.expr(e, scope, loss)), loss.file)
 
+    def gather(self, gather: ir.Gather, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        """`x[y]`: x varies along the axis, y is an integer label input (one per row)."""
+        if self.axis is None:
+            raise self.error(SpecTypeError, "`x[y]` gathers along a named axis; this loss declares none "
+                             "(declare one on an input: logits[c])", loss.file, gather.pos)
+        array = self.expr(gather.array, scope, loss)
+        if not self.varies(array):
+            raise self.error(SpecTypeError, f"`{ir.format_expr(gather.array)}` does not vary along {self.axis}: "
+                             "there is nothing to gather", loss.file, gather.pos)
+        index = self.expr(gather.index, scope, loss)
+        if not (isinstance(index, ir.Name) and index.id in self.row_inputs and index.id not in self.wrt_names):
+            raise self.error(SpecTypeError, f"the index in `{ir.format_expr(gather)}` must be an input that holds "
+                             f"integer labels, one per row (without the axis {self.axis})", loss.file, gather.pos)
+        self.labels.append(index.id)
+        return ir.Gather(array, index, gather.pos)
+
+    def reduce(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        """`sum(body, c)`, ... and `norm(body, c, p)`: a reduction over the named axis."""
+        most = 3 if call.func == "norm" else 2
+        if call.kwargs or not 2 <= len(call.args) <= most:
+            usage = f"{call.func}(x, axis{', p' if call.func == 'norm' else ''})"
+            raise self.error(SpecTypeError, f"{call.func}() reduces over a named axis: {usage}", loss.file, call.pos)
+        if self.axis is None:
+            raise self.error(SpecTypeError, f"{call.func}() reduces over a named axis; this loss declares none "
+                             "(declare one on an input: logits[c])", loss.file, call.pos)
+        axis = call.args[1]
+        if not isinstance(axis, ir.Name) or scope.get(axis.id) != ir.Name(self.axis):
+            raise self.error(SpecTypeError, f"the second argument of {call.func}() must name the axis it reduces "
+                             f"over ({self.axis})", loss.file, axis.pos)
+        body = self.expr(call.args[0], scope, loss)
+        order = self.expr(call.args[2], scope, loss) if len(call.args) == 3 else None
+        for part in (body, order):
+            if part is not None and self.kind(part, loss) != "number":
+                raise self.error(SpecTypeError, f"{call.func}() reduces numbers, not conditions", loss.file, call.pos)
+        if order is not None and self.varies(order):
+            raise self.error(SpecTypeError, "the order p of norm() must be the same along the axis", loss.file,
+                             call.pos)
+        return ir.Reduce(call.func, body, self.axis, order, call.pos)
+
     def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        if call.func in REDUCTIONS:
+            return self.reduce(call, scope, loss)
         args = tuple(self.expr(a, scope, loss) for a in call.args)
         kwargs = tuple((k, self.expr(v, scope, loss)) for k, v in call.kwargs)
         function = FUNCTIONS.get(call.func)
@@ -312,12 +434,21 @@ class _Resolver:
         if callee.name in self.stack:
             raise self.error(SpecNameError, f"losses call each other in a cycle: {' -> '.join(self.stack)} -> "
                              f"{callee.name}", caller.file, pos)
-        if len(args) != len(callee.inputs):
-            raise self.error(SpecTypeError, f"{callee.name}() takes {len(callee.inputs)} inputs "
+        required = sum(i.default is None for i in callee.inputs)
+        if not required <= len(args) <= len(callee.inputs):
+            count = str(required) if required == len(callee.inputs) else f"{required} to {len(callee.inputs)}"
+            raise self.error(SpecTypeError, f"{callee.name}() takes {count} inputs "
                              f"({', '.join(i.name for i in callee.inputs)}), got {len(args)}", caller.file, pos)
         self.stack.append(callee.name)
         params = self.params(callee)
+        args = args + tuple(ir.Num(i.default) for i in callee.inputs[len(args):])
         scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
+        callee_axis = next((i.axis for i in callee.inputs if i.axis), None)
+        if callee_axis is not None:
+            if self.axis is None:
+                raise self.error(SpecTypeError, f"{callee.name} is a loss over an axis; {caller.name} declares none",
+                                 caller.file, pos)
+            scope[callee_axis] = ir.Name(self.axis)
         constants: dict[str, Value] = {}  # values the spec fixes: checked now, a bad one is the spec's fault
         computed: list[ParamInfo] = []  # values made from the top loss's parameters: checked on every change
         for name, value in kwargs.items():
@@ -361,7 +492,7 @@ class _Resolver:
         if isinstance(expr, ir.Str):
             raise self.error(SpecTypeError, "a string can only be compared with a parameter that chooses a formula",
                              loss.file, expr.pos)
-        if isinstance(expr, (ir.Name, ir.Call)):
+        if isinstance(expr, (ir.Name, ir.Call, ir.Reduce, ir.Gather)):
             return "number"
         if isinstance(expr, ir.UnaryOp):
             wanted = "bool" if expr.op == "not" else "number"

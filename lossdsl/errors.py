@@ -44,6 +44,10 @@ class LossInputError(LossError, ValueError):
     """Arrays a loss cannot take: wrong count, shapes, dtypes or values outside the domain."""
 
 
+class LossLabelError(LossInputError, IndexError):
+    """A label is outside the axis it indexes (raised before any kernel reads with it)."""
+
+
 class UnknownLossError(LossError, LookupError):
     """A name that is neither in the catalogue nor a spec file."""
 

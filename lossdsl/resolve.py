@@ -378,6 +378,11 @@ class _Resolver:
         self.labels.append(index.id)
         return ir.Gather(array, index, gather.pos)
 
+    def names_axis(self, call: ir.Call, scope: dict[str, ir.Expr]) -> bool:
+        """Whether the call's second argument is the axis: max(x, c) reduces, max(0, x) does not."""
+        return (len(call.args) >= 2 and isinstance(call.args[1], ir.Name) and self.axis is not None
+                and scope.get(call.args[1].id) == ir.Name(self.axis))
+
     def reduce(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`sum(body, c)`, ... and `norm(body, c, p)`: a reduction over the named axis."""
         most = 3 if call.func == "norm" else 2
@@ -402,7 +407,7 @@ class _Resolver:
         return ir.Reduce(call.func, body, self.axis, order, call.pos)
 
     def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
-        if call.func in REDUCTIONS:
+        if call.func in REDUCTIONS and (call.func not in FUNCTIONS or self.names_axis(call, scope)):
             return self.reduce(call, scope, loss)
         args = tuple(self.expr(a, scope, loss) for a in call.args)
         kwargs = tuple((k, self.expr(v, scope, loss)) for k, v in call.kwargs)

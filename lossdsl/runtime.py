@@ -13,9 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import LossInputError, LossParameterError
+from .layout import Call, RowCall, check_domain, flat, float_dtype, unbroadcast
 from .resolve import ResolvedLoss, check_values
-
-REDUCTIONS = ("none", "sum", "mean", "batch")
 
 
 class _Backend(Protocol):
@@ -28,8 +27,14 @@ class _Backend(Protocol):
 class Loss:
     """A compiled loss. Call it for the value; `value_and_grad` for value and gradient in one pass.
 
-    Reductions: "mean" (default), "sum", "none" (one value per element), and "batch"
-    (MXNet Gluon's per-sample form: the mean over every axis but `batch_axis`).
+    Reductions: "mean" (default), "sum", "none" (one value per element), "batch"
+    (MXNet Gluon's per-sample form: the mean over every axis but `batch_axis`) and
+    "batchmean" (the sum divided by the length of `batch_axis`, PyTorch's KL divergence).
+    A loss over a named axis has one value per row (the input's shape without the axis);
+    the axis is the spec's `axis c = k` position, else the last, unless the call passes
+    `axis=` (an int, or a tuple of adjacent axes taken as one). Its "mean" divides by the
+    spec's `mean weighted by` sum over rows not ignored, where it has one (PyTorch's
+    class-weighted mean).
     `weight` (a scalar) and `sample_weight` (broadcastable to the loss elements)
     multiply each element before the reduction; "mean" still divides by the number
     of elements (PyTorch's and MXNet's convention), not by the sum of weights.
@@ -87,157 +92,107 @@ class Loss:
 
     # --- evaluation ---
     def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                 batch_axis: int = 0):
+                 batch_axis: int = 0, axis=None, **named_inputs):
         """The loss, reduced as asked; runs the value-only kernel."""
-        call = self._prepare(inputs, reduction, weight, sample_weight, batch_axis)
+        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
-        total = self._run(call.dtype, "loss_value", *call.arrays, *self._param_args, call.weights, call.scale, out)
+        total = self._run(call, "loss_value", *call.head, *self._param_args, call.weights, call.scale, out)
         return call.reduce(total, out)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                       batch_axis: int = 0):
+                       batch_axis: int = 0, axis=None, **named_inputs):
         """(value, gradient) from one fused pass; with several `wrt` inputs, a tuple of gradients."""
-        call = self._prepare(inputs, reduction, weight, sample_weight, batch_axis)
+        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
-        grads = [np.empty(call.size, call.dtype) for _ in self.wrt]
-        total = self._run(call.dtype, "loss_value_and_grad", *call.arrays, *self._param_args, call.weights,
-                          call.scale, call.grad_scale, out, *grads)
-        shaped = tuple(call.unbroadcast(name, g) for name, g in zip(self.wrt, grads))
+        grads = [np.empty(call.grad_size, call.dtype) for _ in self.wrt]
+        total = self._run(call, "loss_value_and_grad", *call.head, *self._param_args, call.weights, call.scale,
+                          call.grad_scale, out, *grads)
+        shaped = tuple(call.unbroadcast(name, g, call.originals[name]) for name, g in zip(self.wrt, grads))
         return call.reduce(total, out), (shaped[0] if len(shaped) == 1 else shaped)
 
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]
 
-    def _run(self, dtype: np.dtype, kernel: str, *args):
+    def _run(self, call, kernel: str, *args):
         """Call a kernel; if Numba's on-disk cache for it is damaged, discard it and retry once."""
         try:
-            return getattr(self._backend.module(dtype), kernel)(*args)
+            module = self._backend.module(call.dtype)
+            call.before(module, self._param_args)
+            return getattr(module, kernel)(*args)
         except (EOFError, pickle.UnpicklingError):
-            return getattr(self._backend.module(dtype, fresh=True), kernel)(*args)
+            module = self._backend.module(call.dtype, fresh=True)
+            call.before(module, self._param_args)
+            return getattr(module, kernel)(*args)
 
-    def _prepare(self, inputs, reduction, weight, sample_weight, batch_axis) -> "_Call":
-        if reduction not in REDUCTIONS:
-            raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
-        names = self.inputs
-        if len(inputs) != len(names):
-            raise LossInputError(f"{self.name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
-                                 f"({', '.join(names)}); got {len(inputs)}")
-        try:
-            arrays = [np.asarray(a) for a in inputs]
-        except ValueError as exc:  # e.g. ragged nested lists
-            raise LossInputError(f"{self.name}: inputs must be arrays of numbers ({exc})") from None
-        dtype = _float_dtype([a for n, a in zip(names, arrays) if n in self.wrt], self.wrt)
-        for name, array in zip(names, arrays):
-            if array.dtype.kind not in "biuf":
-                raise LossInputError(f"{self.name}: {name} must hold numbers; got dtype {array.dtype}")
-        try:
-            shape = np.broadcast_shapes(*(a.shape for a in arrays))
-        except ValueError:
-            shapes = ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrays))
-            raise LossInputError(f"{self.name}: input shapes do not match or broadcast: {shapes}") from None
-        flat = [_flat(a, shape, dtype) for a in arrays]
-        if self.check_domains:
-            for spec_input, array in zip(self._resolved.inputs, flat):
-                _check_domain(self.name, spec_input, array, shape)
-        weights = np.empty(0, dtype)
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight)
-            try:
-                fits = np.broadcast_shapes(sw.shape, shape) == shape
-            except ValueError:
-                fits = False
-            if not fits or sw.dtype.kind not in "biuf":
-                raise LossInputError(f"{self.name}: sample_weight of shape {sw.shape} (dtype {sw.dtype}) does not "
-                                     f"broadcast to the loss shape {shape}")
-            weights = _flat(sw, shape, dtype)
-        scale = 1.0 if weight is None else _scalar_weight(self.name, weight)
-        if not isinstance(batch_axis, (int, np.integer)):
-            raise LossInputError(f"{self.name}: batch_axis must be an integer; got {batch_axis!r}")
-        if reduction == "batch" and not -len(shape) <= batch_axis < len(shape):
-            raise LossInputError(f"{self.name}: reduction='batch' needs a batch axis; batch_axis={batch_axis} "
-                                 f"is not an axis of the loss shape {shape}")
-        return _Call(self, flat, arrays, shape, dtype, weights, scale, reduction, batch_axis)
-
-
-class _Call:
-    """One call's prepared arrays and how to turn the kernel's outputs into the result."""
-
-    def __init__(self, loss: Loss, arrays, originals, shape, dtype, weights, scale, reduction, batch_axis):
-        self.arrays, self.originals = arrays, dict(zip(loss.inputs, originals))
-        self.shape, self.dtype, self.weights, self.scale = shape, dtype, weights, scale
-        self.reduction, self.size = reduction, int(np.prod(shape, dtype=np.int64))
-        self.elementwise = reduction in ("none", "batch")
-        if reduction == "batch":
-            self.batch_axis = batch_axis % len(shape) if shape else 0
-            per_sample = self.size // shape[self.batch_axis] if shape[self.batch_axis] else 0
-            self.grad_scale = 1.0 / per_sample if per_sample else 1.0
+    def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis):
+        arrays = self._gather_inputs(inputs, named_inputs)
+        if self._resolved.axis is not None:
+            call = RowCall(self, arrays, axis, reduction, weight, sample_weight, batch_axis)
+        elif axis is not None:
+            raise LossInputError(f"{self.name} is elementwise: it takes no axis")
         else:
-            self.grad_scale = 1.0 / self.size if reduction == "mean" and self.size else 1.0
+            call = ElementCall(self, arrays, reduction, weight, sample_weight, batch_axis)
+        call.originals = {n: a.shape for n, a in arrays.items() if a is not None}
+        return call
 
-    def reduce(self, total: float, out: np.ndarray):
-        if self.reduction == "sum":
-            return self.dtype.type(total)
-        if self.reduction == "mean":
-            return self.dtype.type(total / self.size if self.size else np.nan)
-        values = out.reshape(self.shape)
-        if self.reduction == "none":
-            return values
-        other_axes = tuple(a for a in range(len(self.shape)) if a != self.batch_axis)
-        return values.mean(axis=other_axes, dtype=np.float64).astype(self.dtype) if other_axes else values
-
-    def unbroadcast(self, name: str, grad: np.ndarray) -> np.ndarray:
-        """The gradient in the shape of the input it belongs to (summed over broadcast axes)."""
-        grad = grad.reshape(self.shape)
-        target = self.originals[name].shape
-        if target == self.shape:
-            return grad
-        extra = len(self.shape) - len(target)
-        summed = grad.sum(axis=tuple(range(extra)), dtype=np.float64) if extra else grad
-        axes = tuple(i for i, n in enumerate(target) if n == 1 and summed.shape[i] != 1)
-        if axes:
-            summed = summed.sum(axis=axes, keepdims=True, dtype=np.float64)
-        return summed.reshape(target).astype(self.dtype)
-
-
-def _float_dtype(wrt_arrays, wrt_names) -> np.dtype:
-    """float32 or float64, from the differentiated inputs; integers and booleans become float64."""
-    dtype = np.result_type(*[a.dtype for a in wrt_arrays])
-    if dtype.kind in "biu":
-        return np.dtype(np.float64)
-    if dtype not in (np.float32, np.float64):
-        raise LossInputError(f"{', '.join(wrt_names)} must be float32 or float64 (or integers); got {dtype}")
-    return dtype
-
-
-def _flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A contiguous 1-D array of `dtype` holding `array` broadcast to `shape` (a view when possible)."""
-    if array.shape != shape:
-        array = np.broadcast_to(array, shape)
-    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    def _gather_inputs(self, inputs, named_inputs) -> dict[str, np.ndarray | None]:
+        """Inputs by name: positional ones in order, optional ones also by keyword (None where left out)."""
+        specs = self._resolved.inputs
+        names = self.inputs
+        required = sum(i.default is None for i in specs)
+        unknown = set(named_inputs) - set(names)
+        if unknown:
+            raise LossInputError(f"{self.name} has no input or option {', '.join(sorted(unknown))}; its inputs are "
+                                 f"{', '.join(names)}")
+        given = dict(zip(names, inputs))
+        twice = set(given) & set(named_inputs)
+        if twice or len(inputs) > len(names):
+            raise LossInputError(f"{self.name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
+                                 f"({', '.join(names)}); got {len(inputs) + len(named_inputs)}")
+        given.update(named_inputs)
+        missing = [i.name for i in specs[:required] if i.name not in given]
+        if missing:
+            raise LossInputError(f"{self.name} takes {required} input{'s' if required != 1 else ''} "
+                                 f"({', '.join(names[:required])}); missing {', '.join(missing)}")
+        arrays: dict[str, np.ndarray | None] = {}
+        for spec_input in specs:
+            value = given.get(spec_input.name)
+            if value is None:
+                arrays[spec_input.name] = None
+                continue
+            try:
+                array = np.asarray(value)
+            except ValueError as exc:  # e.g. ragged nested lists
+                raise LossInputError(f"{self.name}: inputs must be arrays of numbers ({exc})") from None
+            if array.dtype.kind not in "biuf":
+                raise LossInputError(f"{self.name}: {spec_input.name} must hold numbers; got dtype {array.dtype}")
+            arrays[spec_input.name] = array
+        return arrays
 
 
-def _scalar_weight(loss_name: str, weight) -> float:
-    array = np.asarray(weight)
-    if array.ndim != 0 or array.dtype.kind not in "biuf":
-        raise LossInputError(f"{loss_name}: weight must be a real scalar; got {weight!r} "
-                             "(use sample_weight for arrays)")
-    return float(array)
+class ElementCall(Call):
+    """A call of an elementwise loss: inputs broadcast NumPy's way, flat."""
 
+    def __init__(self, loss: Loss, arrays: dict[str, np.ndarray | None], reduction, weight, sample_weight,
+                 batch_axis):
+        resolved = loss._resolved
+        dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
+        for spec_input in resolved.inputs:  # an optional input left out takes its default
+            if arrays[spec_input.name] is None:
+                arrays[spec_input.name] = np.asarray(spec_input.default)
+        names = list(arrays)
+        try:
+            shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+        except ValueError:
+            shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
+            raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None
+        super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis)
+        self.head = [flat(arrays[n], shape, dtype) for n in names]
+        if loss.check_domains:
+            for spec_input, array in zip(resolved.inputs, self.head):
+                check_domain(resolved.name, spec_input, array, shape)
+        self.grad_size = self.size
 
-def _check_domain(loss_name: str, spec_input, flat: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Values of one input (flattened, in the kernel's dtype) against the domain its spec declares."""
-    domain = spec_input.domain
-    if domain.unbounded or flat.size == 0:
-        return
-    as_dtype = flat.dtype.type  # bounds in the input's own precision: float32 0.1 lies in [0, 0.1]
-    if domain.choices is not None:
-        ok = np.isin(flat, np.array(domain.choices, flat.dtype))
-    else:
-        low, high = as_dtype(domain.low), as_dtype(domain.high)
-        ok = (flat > low if domain.low_open else flat >= low) & (flat < high if domain.high_open else flat <= high)
-    if not ok.all():
-        position = int(np.argmin(ok))
-        index = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
-        raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
-                             f"found {flat[position].item()!r} at index {index}")
+    def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+        return unbroadcast(grad.reshape(self.shape), target)

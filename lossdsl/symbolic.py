@@ -55,8 +55,15 @@ def _number(value: float) -> sympy.Expr:
     return sympy.Integer(int(value)) if float(value).is_integer() else sympy.Rational(repr(value))
 
 
-def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
-    """Build the SymPy expression of a resolved IR expression."""
+def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr], node=None) -> sympy.Expr:
+    """Build the SymPy expression of a resolved IR expression.
+
+    `node(expr, env)` builds reductions and gathers (losses over an axis, see reductions.py).
+    """
+    if isinstance(expr, (ir.Reduce, ir.Gather)):
+        if node is None:
+            raise TypeError("reductions and gathers need a loss over an axis")
+        return node(expr, env)
     if isinstance(expr, ir.Num):
         return _number(expr.value)
     if isinstance(expr, ir.Bool):
@@ -64,12 +71,12 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
     if isinstance(expr, ir.Name):
         return env[expr.id]
     if isinstance(expr, ir.Call):
-        return FUNCTIONS[expr.func].builder()(*[to_sympy(a, env) for a in expr.args])
+        return FUNCTIONS[expr.func].builder()(*[to_sympy(a, env, node) for a in expr.args])
     if isinstance(expr, ir.UnaryOp):
-        operand = to_sympy(expr.operand, env)
+        operand = to_sympy(expr.operand, env, node)
         return sympy.Not(operand) if expr.op == "not" else -operand
     if isinstance(expr, ir.BinOp):
-        left, right = to_sympy(expr.left, env), to_sympy(expr.right, env)
+        left, right = to_sympy(expr.left, env, node), to_sympy(expr.right, env, node)
         if expr.op == "and":
             return sympy.And(left, right)
         if expr.op == "or":
@@ -78,11 +85,11 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
             return make_power(left, right)
         return {"+": sympy.Add, "-": lambda a, b: a - b, "*": sympy.Mul, "/": lambda a, b: a / b}[expr.op](left, right)
     if isinstance(expr, ir.Compare):
-        operands = [to_sympy(o, env) for o in expr.operands]
+        operands = [to_sympy(o, env, node) for o in expr.operands]
         return sympy.And(*[_RELATIONS[op](a, b) for op, a, b in zip(expr.ops, operands, operands[1:])])
     if isinstance(expr, ir.IfElse):
-        return sympy.Piecewise((to_sympy(expr.then, env), to_sympy(expr.cond, env)),
-                               (to_sympy(expr.orelse, env), True))
+        return sympy.Piecewise((to_sympy(expr.then, env, node), to_sympy(expr.cond, env, node)),
+                               (to_sympy(expr.orelse, env, node), True))
     raise TypeError(f"cannot build SymPy for {expr!r}")
 
 
@@ -167,6 +174,8 @@ class _FormulaPrinter(StrPrinter):
         name = type(expr).__name__
         if name == "power":
             return self._print(sympy.Pow(*expr.args, evaluate=False))
+        if name == "gather":
+            return f"{self._print(expr.args[0])}[{self._print(expr.args[1])}]"
         name = getattr(expr, "dsl_name", None) or ("lgamma" if name == "loggamma" else name)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 

@@ -1,0 +1,237 @@
+"""Stage 4 (CPU) for losses over an axis: a `RowPlan` → row kernels, parallel over rows.
+
+Every array arrives flat, in its own memory order; row `r` of the named axis is
+found by splitting r into (outer, inner) indices around the axis, and each input
+has three steps in `__steps` (outer step, inner step, step along the axis), so one
+kernel serves any axis position and broadcast per-class vectors (steps 0, 0, 1)
+without copies. Within a row, reductions run in as few passes over the axis as
+their dependencies allow (logsumexp: a max pass, then a sum of exp), then the
+row's loss, then one pass writing the gradient.
+
+The module has three functions sharing one row prologue:
+- `loss_rows(...)`: a serial pass over the labels only, run before the others:
+  it returns (sum of the mean weight over rows not ignored, first row with a label
+  out of range or -1, that label), so no kernel ever reads out of bounds;
+- `loss_value(..., weight, scale, out)`: the weighted sum of row losses (float64),
+  each also stored in `out` when it has room;
+- `loss_value_and_grad(..., weight, scale, gscale, out, grads...)`: the same in
+  one fused pass with the gradients.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from ..reductions import Reduction, RowPlan, lowered
+from ..symbolic import safe_name
+from .cpu import FASTMATH, _FLOAT_TYPES, _formula_comment
+from .printer import NumbaPrinter
+
+_START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
+          "logsumexp": "F(-math.inf)"}
+
+
+def generate_rows(plan: RowPlan, dtype: np.dtype, header: str) -> str:
+    printer = NumbaPrinter()
+    kernels = [_rows_kernel(plan, printer), _kernel(plan, printer, with_grads=False),
+               _kernel(plan, printer, with_grads=True)]
+    helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
+                      for _, source in sorted(printer.helpers.items()))
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n"
+            f"F = {_FLOAT_TYPES[np.dtype(dtype)]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
+
+
+class _Writer:
+    """Lines of one kernel, with the plan's names and a printer."""
+
+    def __init__(self, plan: RowPlan, printer: NumbaPrinter):
+        self.plan, self.printer, self.lines = plan, printer, []
+        self.inputs = plan.loss.inputs
+        self.axis_index = {i.name: k for k, i in enumerate(self.inputs)}
+        self.segment = 0
+
+    def emit(self, indent: int, *lines: str) -> None:
+        self.lines += ["    " * indent + line for line in lines]
+
+    def text(self, expr: sympy.Expr) -> str:
+        return self.printer.doprint(expr)
+
+    def statements(self, indent: int, named: list[tuple[sympy.Symbol, sympy.Expr]], results: list[sympy.Expr]):
+        """CSE'd assignments for `named` values and `results`; returns the printed results."""
+        exprs = [lowered(e) for _, e in named] + [lowered(e) for e in results]
+        self.segment += 1
+        steps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(f"_t{self.segment}_"), order="canonical")
+        for temp, definition in steps:
+            self.emit(indent, f"{temp} = {self.text(definition)}")
+        for (symbol, _), expr in zip(named, reduced):
+            self.emit(indent, f"{symbol} = {self.text(expr)}")
+        return [self.text(e) for e in reduced[len(named):]]
+
+    def loads_along_axis(self, indent: int, exprs) -> None:
+        """Read, at position `c` of the axis, each axis input the expressions use."""
+        used = set().union(*(sympy.sympify(e).free_symbols for e in exprs))
+        for k, spec_input in enumerate(self.inputs):
+            if spec_input.axis and self.plan.inputs[spec_input.name] in used:
+                name = safe_name(spec_input.name)
+                self.emit(indent, f"{name} = _{name}_[__b{k} + {self.plan.position} * __t{k}]")
+
+
+def _arguments(plan: RowPlan) -> list[str]:
+    arrays = [f"_{safe_name(i.name)}_" for i in plan.loss.inputs]
+    return arrays + ["__steps", "__rows", "__C", "__inner"] + [f"_{p.name}_" for p in plan.params]
+
+
+def _prologue(w: _Writer, parallel: bool) -> None:
+    """Parameters typed, then the loop over rows and each row's inputs and bases."""
+    plan = w.plan
+    w.emit(1, *[f"{p.name} = F(_{p.name}_)" for p in plan.params], f"{plan.length} = F(__C)")
+    w.emit(1, f"for __row in {'numba.prange' if parallel else 'range'}(__rows):")
+    w.emit(2, "__o = __row // __inner", "__q = __row - __o * __inner")
+    for k, spec_input in enumerate(plan.loss.inputs):
+        name = safe_name(spec_input.name)
+        if spec_input.axis:
+            w.emit(2, f"__b{k} = __o * __steps[{k}, 0] + __q * __steps[{k}, 1]", f"__t{k} = __steps[{k}, 2]")
+        else:
+            w.emit(2, f"{name} = _{name}_[__o * __steps[{k}, 0] + __q * __steps[{k}, 1]]")
+
+
+def _keep(plan: RowPlan, w: _Writer) -> str:
+    return "True" if plan.ignore is None else f"not {w.text(plan.ignore)}"
+
+
+def _loads(w: _Writer, indent: int, symbols) -> None:
+    for load in w.plan.loads:
+        if load.symbol in symbols:
+            k = w.axis_index[load.input]
+            w.emit(indent, f"{load.symbol} = _{safe_name(load.input)}_[__b{k} + {safe_name(load.label)} * __t{k}]")
+
+
+def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
+    w = _Writer(plan, printer)
+    w.emit(0, "@numba.njit(fastmath=FASTMATH, cache=True)", f"def loss_rows({', '.join(_arguments(plan))}):")
+    w.emit(1, '"""(sum of the mean weight over rows kept, first row with a label out of range or -1, its label)."""')
+    w.emit(1, "__norm = 0.0")
+    _prologue(w, parallel=False)
+    w.emit(2, f"if {_keep(plan, w)}:")
+    for label in plan.loss.labels:
+        name = safe_name(label)
+        w.emit(3, f"if {name} < 0 or {name} >= __C:", f"    return __norm, __row, {name}")
+    weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
+    _loads(w, 3, weight.free_symbols)
+    (text,) = w.statements(3, [], [weight])
+    w.emit(3, f"__norm += {text}")
+    w.emit(1, "return __norm, -1, 0")
+    return "\n".join(w.lines) + "\n"
+
+
+def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
+    """The pass in which each reduction starts: after every reduction its body uses is complete."""
+    done: dict[sympy.Symbol, int] = {}  # symbol -> last pass it occupies
+    start: dict[sympy.Symbol, int] = {}
+    pending = list(reductions)
+    while pending:
+        for node in pending:
+            symbols = node.body.free_symbols | (node.order.free_symbols if node.order is not None else set())
+            deps = [s for s in symbols if s.name.startswith(("_r", "_s", "_n"))]
+            if all(d in done for d in deps):
+                start[node.symbol] = max((done[d] for d in deps), default=-1) + 1
+                done[node.symbol] = start[node.symbol] + (1 if node.op == "logsumexp" else 0)
+                pending.remove(node)
+                break
+        else:
+            raise RuntimeError("reductions depend on each other in a cycle")
+    return start
+
+
+def _accumulate(node: Reduction, part: int, body: str) -> str:
+    acc = f"__{node.symbol.name}"
+    if node.op in ("max", "min") or (node.op == "logsumexp" and part == 0):
+        return f"{acc} = {'min' if node.op == 'min' else 'max'}({acc}, {body})"
+    if node.op == "logsumexp":
+        return f"{acc}_sum += math.exp({body} - {acc})"
+    return f"{acc} += {body}"
+
+
+def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
+    acc, out = f"__{node.symbol.name}", node.symbol.name
+    if node.op == "logsumexp":
+        return [f"{out} = F({acc} + math.log({acc}_sum))"]
+    if node.op == "mean":
+        return [f"{out} = F({acc} / {plan.length})"]
+    if node.op == "norm":
+        p = node.order if node.order is not None else sympy.Integer(2)
+        if p == 2:
+            return [f"{out} = F(math.sqrt({acc}))"]
+        return [f"{out} = F({acc} ** (1.0 / {w.text(p)}))"]
+    return [f"{out} = F({acc})"]
+
+
+def _passes(w: _Writer, indent: int, reductions: list[Reduction]) -> None:
+    """Loops over the axis computing `reductions`, each pass holding every reduction that is ready."""
+    if not reductions:
+        return
+    start = _schedule(reductions)
+    last = max(start[n.symbol] + (1 if n.op == "logsumexp" else 0) for n in reductions)
+    for k in range(last + 1):
+        parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] <= (n.op == "logsumexp")]
+        for node, part in parts:
+            if part == 0:
+                w.emit(indent, f"__{node.symbol.name} = {_START[node.op]}")
+            else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
+                acc = f"__{node.symbol.name}"
+                w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
+        bodies = [_reduced_body(n, part) for n, part in parts]
+        w.emit(indent, f"for {w.plan.position} in range(__C):")
+        w.loads_along_axis(indent + 1, bodies)
+        texts = w.statements(indent + 1, [], bodies)
+        for (node, part), text in zip(parts, texts):
+            w.emit(indent + 1, _accumulate(node, part, text))
+        for node, part in parts:
+            if part == (node.op == "logsumexp"):
+                w.emit(indent, *_finish(node, w.plan, w))
+
+
+def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
+    """What a pass accumulates: the body, or |body|^p for a norm."""
+    if node.op != "norm":
+        return node.body
+    p = node.order if node.order is not None else sympy.Integer(2)
+    return node.body ** 2 if p == 2 else sympy.Pow(sympy.Abs(node.body), p, evaluate=False)
+
+
+def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
+    w = _Writer(plan, printer)
+    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+    name = "loss_value_and_grad" if with_grads else "loss_value"
+    extra = ["__gscale"] if with_grads else []
+    w.lines.append(_formula_comment(plan))
+    w.emit(0, "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
+           f"def {name}({', '.join(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
+    w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
+                                                       else '; each also stored in __out when it has room."""'))
+    w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
+    w.emit(1, "__weighted = __weight.size == __rows", "__elementwise = __out.size == __rows", "__total = 0.0")
+    _prologue(w, parallel=True)
+    w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
+    if with_grads:
+        w.emit(2, "__gb = __o * __C * __inner + __q")
+    w.emit(2, f"if {_keep(plan, w)}:")
+    reductions = list(plan.forward) + (list(plan.backward) if with_grads else [])
+    _loads(w, 3, {g.symbol for g in plan.loads})
+    _passes(w, 3, reductions)
+    named = list(plan.adjoints) if with_grads else []
+    (value,) = w.statements(3, named, [plan.value])
+    w.emit(3, f"__loss = ({value}) * __w")
+    if with_grads:
+        w.emit(3, "__gw = __w * __gs", f"for {plan.position} in range(__C):")
+        w.loads_along_axis(4, plan.grads)
+        texts = w.statements(4, [], list(plan.grads))
+        for g, text in zip(grads, texts):
+            w.emit(4, f"{g}[__gb + {plan.position} * __inner] = ({text}) * __gw")
+    w.emit(2, "else:", "    __loss = 0.0")
+    if with_grads:
+        w.emit(3, f"for {plan.position} in range(__C):",
+               *[f"    {g}[__gb + {plan.position} * __inner] = F(0.0)" for g in grads])
+    w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
+    w.emit(1, "return __total")
+    return "\n".join(w.lines) + "\n"

@@ -1,0 +1,250 @@
+"""How one call's arrays reach the kernels, and how the kernels' outputs become the result.
+
+Elementwise losses broadcast their inputs NumPy's way and run over flat arrays.
+Losses over a named axis run over rows: the axis (one array axis, or a run of
+adjacent ones) stays where it is in memory and each input gets three steps (outer,
+inner, along the axis), so a per-class vector or a scalar broadcasts without a copy.
+Both kinds of call end the same way: a float64 total, maybe per-row/per-element
+values, and gradients summed back to the shape of the input they belong to.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import LossInputError, LossLabelError
+
+REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")
+
+
+def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
+    """float32 or float64, from the differentiated inputs; integers and booleans become float64."""
+    dtype = np.result_type(*[a.dtype for a in wrt_arrays])
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype not in (np.float32, np.float64):
+        raise LossInputError(f"{', '.join(wrt_names)} must be float32 or float64 (or integers); got {dtype}")
+    return dtype
+
+
+def flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A contiguous 1-D array of `dtype` holding `array` broadcast to `shape` (a view when possible)."""
+    if array.shape != shape:
+        array = np.broadcast_to(array, shape)
+    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+
+def scalar_weight(loss_name: str, weight) -> float:
+    array = np.asarray(weight)
+    if array.ndim != 0 or array.dtype.kind not in "biuf":
+        raise LossInputError(f"{loss_name}: weight must be a real scalar; got {weight!r} "
+                             "(use sample_weight for arrays)")
+    return float(array)
+
+
+def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Values of one input (in the kernel's dtype) against the domain its spec declares."""
+    domain = spec_input.domain
+    values = values.reshape(-1)
+    if domain.unbounded or values.size == 0:
+        return
+    as_dtype = values.dtype.type  # bounds in the input's own precision: float32 0.1 lies in [0, 0.1]
+    if domain.choices is not None:
+        ok = np.isin(values, np.array(domain.choices, values.dtype))
+    else:
+        low, high = as_dtype(domain.low), as_dtype(domain.high)
+        ok = (values > low if domain.low_open else values >= low) & (values < high if domain.high_open else
+                                                                        values <= high)
+    if not ok.all():
+        position = int(np.argmin(ok))
+        index = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
+        raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
+                             f"found {values[position].item()!r} at index {index}")
+
+
+def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """`sample_weight` broadcast to the shape of the loss values, flat; empty when there is none."""
+    if sample_weight is None:
+        return np.empty(0, dtype)
+    sw = np.asarray(sample_weight)
+    try:
+        fits = np.broadcast_shapes(sw.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits or sw.dtype.kind not in "biuf":
+        raise LossInputError(f"{loss_name}: sample_weight of shape {sw.shape} (dtype {sw.dtype}) does not "
+                             f"broadcast to the loss shape {shape}")
+    return flat(sw, shape, dtype)
+
+
+def unbroadcast(grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+    """A gradient over a broadcast shape, summed back to the `target` shape it came from."""
+    if grad.shape == target:
+        return grad
+    extra = grad.ndim - len(target)
+    summed = grad.sum(axis=tuple(range(extra)), dtype=np.float64) if extra else grad
+    axes = tuple(i for i, n in enumerate(target) if n == 1 and summed.shape[i] != 1)
+    if axes:
+        summed = summed.sum(axis=axes, keepdims=True, dtype=np.float64)
+    return summed.reshape(target).astype(grad.dtype)
+
+
+class Call:
+    """What every call has: the values' shape, weights, the reduction and its scales."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
+                 batch_axis):
+        if reduction not in REDUCTIONS:
+            raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        self.name, self.shape, self.dtype, self.reduction = name, shape, dtype, reduction
+        self.size = int(np.prod(shape, dtype=np.int64))
+        self.weights = sample_weights(name, sample_weight, shape, dtype)
+        self.scale = 1.0 if weight is None else scalar_weight(name, weight)
+        self.elementwise = reduction in ("none", "batch")
+        self.divisor = float(self.size)  # what "mean" divides by
+        if not isinstance(batch_axis, (int, np.integer)):
+            raise LossInputError(f"{name}: batch_axis must be an integer; got {batch_axis!r}")
+        if reduction in ("batch", "batchmean") and not -len(shape) <= batch_axis < len(shape):
+            raise LossInputError(f"{name}: reduction={reduction!r} needs a batch axis; batch_axis={batch_axis} "
+                                 f"is not an axis of the loss shape {shape}")
+        self.batch_axis = batch_axis % len(shape) if shape else 0
+        self.originals: dict[str, tuple[int, ...]] = {}
+
+    def before(self, module, params) -> None:
+        """Work a kernel module does before the main kernel (row losses check their labels)."""
+
+    @property
+    def grad_scale(self) -> float:
+        if self.reduction == "batch":
+            per_sample = self.size // self.shape[self.batch_axis] if self.shape[self.batch_axis] else 0
+            return 1.0 / per_sample if per_sample else 1.0
+        if self.reduction == "batchmean":
+            return 1.0 / self.shape[self.batch_axis] if self.shape[self.batch_axis] else 1.0
+        return 1.0 / self.divisor if self.reduction == "mean" and self.divisor else 1.0
+
+    def reduce(self, total: float, out: np.ndarray):
+        if self.reduction == "sum":
+            return self.dtype.type(total)
+        if self.reduction == "mean":
+            return self.dtype.type(total / self.divisor if self.divisor else np.nan)
+        if self.reduction == "batchmean":
+            batch = self.shape[self.batch_axis]
+            return self.dtype.type(total / batch if batch else np.nan)
+        values = out.reshape(self.shape)
+        if self.reduction == "none":
+            return values
+        other_axes = tuple(a for a in range(len(self.shape)) if a != self.batch_axis)
+        return values.mean(axis=other_axes, dtype=np.float64).astype(self.dtype) if other_axes else values
+
+
+class RowCall(Call):
+    """A call of a loss over a named axis: rows, the axis length and each input's steps."""
+
+    def __init__(self, loss, arrays: dict[str, np.ndarray | None], axis, reduction, weight, sample_weight,
+                 batch_axis):
+        resolved = loss._resolved
+        name = resolved.name
+        main_input = next(i for i in resolved.inputs if i.axis)
+        main = arrays[main_input.name]
+        if main.ndim == 0:
+            raise LossInputError(f"{name}: {main_input.name} needs the axis {resolved.axis}; got a scalar")
+        first, last = _axis_span(name, main.shape, axis, resolved.axis_position)
+        full = main.shape
+        self.length = int(np.prod(full[first:last + 1], dtype=np.int64))
+        if self.length == 0:
+            raise LossInputError(f"{name}: the axis {resolved.axis} of {main_input.name} {full} is empty")
+        self.outer = int(np.prod(full[:first], dtype=np.int64))
+        self.inner = int(np.prod(full[last + 1:], dtype=np.int64))
+        self.full = full
+        rows_shape = full[:first] + full[last + 1:]
+        dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
+        super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis)
+        self.rows = self.size
+        self.arrays, steps = [], []
+        for spec_input in resolved.inputs:
+            array = arrays[spec_input.name]
+            is_label = spec_input.name in resolved.labels
+            kind = np.dtype(np.int64) if is_label else dtype
+            if array is None:  # an optional input left out: its default, broadcast
+                array, step = np.full(1, spec_input.default, kind), (0, 0, 0)
+            elif spec_input.axis:
+                array, step = self._along_axis(spec_input.name, array, kind)
+            else:
+                array, step = self._per_row(spec_input.name, array, kind, is_label)
+            if loss.check_domains and not is_label:
+                check_domain(name, spec_input, array, array.shape)
+            self.arrays.append(array)
+            steps.append(step)
+        self.steps = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
+        self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
+        self.grad_size = int(np.prod(full, dtype=np.int64))
+        self.needs_rows = bool(resolved.labels) or resolved.ignore is not None or resolved.mean_weight is not None
+
+    def _along_axis(self, input_name: str, array: np.ndarray, dtype: np.dtype):
+        if array.shape == self.full:
+            return flat(array, self.full, dtype), (self.length * self.inner, 1, self.inner)
+        if array.shape == (self.length,):  # a per-class vector, shared by every row
+            return flat(array, array.shape, dtype), (0, 0, 1)
+        if array.size == 1:
+            return flat(array, (1,), dtype), (0, 0, 0)
+        try:
+            return flat(array, self.full, dtype), (self.length * self.inner, 1, self.inner)
+        except ValueError:
+            raise LossInputError(f"{self.name}: {input_name} of shape {array.shape} fits neither the shape "
+                                 f"{self.full} nor the axis length {self.length}") from None
+
+    def _per_row(self, input_name: str, array: np.ndarray, dtype: np.dtype, is_label: bool):
+        if is_label:
+            array = _labels(self.name, input_name, array)
+        if array.size == 1:
+            return flat(array, (1,), dtype), (0, 0, 0)
+        try:
+            return flat(array, self.shape, dtype), (self.inner, 1, 0)
+        except ValueError:
+            raise LossInputError(f"{self.name}: {input_name} of shape {array.shape} does not match the rows "
+                                 f"{self.shape} (the shape without the axis)") from None
+
+    def before(self, module, params) -> None:
+        """Run `loss_rows`: labels in range (else LossLabelError), and what "mean" divides by."""
+        if not self.needs_rows:
+            return
+        divisor, row, label = module.loss_rows(*self.head, *params)
+        if row >= 0:
+            index = tuple(int(i) for i in np.unravel_index(row, self.shape)) if self.shape else ()
+            raise LossLabelError(f"{self.name}: label {label} at row {index} is outside the axis of length "
+                                 f"{self.length}")
+        self.divisor = float(divisor)
+
+    def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+        grad = grad.reshape(self.full)
+        if target == (self.length,) and self.full != target:
+            summed = grad.reshape(self.outer, self.length, self.inner).sum(axis=(0, 2), dtype=np.float64)
+            return summed.astype(grad.dtype)
+        return unbroadcast(grad, target)
+
+
+def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | None) -> tuple[int, int]:
+    """First and last array axis of the named axis: `axis` (an int or a run of adjacent ints)."""
+    ndim = len(shape)
+    if axis is None:
+        position = -1 if default is None else min(default, ndim - 1)
+        axes = [position]
+    else:
+        axes = list(axis) if isinstance(axis, (tuple, list)) else [axis]
+    try:
+        normal = sorted(int(a) % ndim if -ndim <= int(a) < ndim else None for a in axes)
+    except (TypeError, ValueError):
+        normal = [None]
+    if not normal or None in normal or normal != list(range(normal[0], normal[0] + len(normal))):
+        raise LossInputError(f"{loss_name}: axis={axis!r} must be an axis of the input's shape {shape}, or a run "
+                             "of adjacent axes")
+    return normal[0], normal[-1]
+
+
+def _labels(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
+    """Labels as int64; floats are accepted only when they hold whole numbers."""
+    if array.dtype.kind in "biu":
+        return array.astype(np.int64, copy=False)
+    if array.dtype.kind == "f" and bool(np.all(np.isfinite(array))) and bool(np.all(array == np.round(array))):
+        return array.astype(np.int64)
+    raise LossInputError(f"{loss_name}: {input_name} holds labels: integers, not {array.dtype} values "
+                         "with fractions")

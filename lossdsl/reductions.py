@@ -1,0 +1,282 @@
+"""Stage 3 for losses over an axis: reductions as graph nodes, and the chain rule through them.
+
+SymPy differentiates scalar expressions. A loss over a named axis is a scalar per row
+built from two kinds of row-level values: reductions (a symbol standing for
+`op(body, c)`, where `body` is an expression at one position `c` of the axis) and
+loads (an input read at the position a label names, `x[y]`). Locals that vary along
+the axis are expressions in the inputs' symbols and the position symbol.
+
+Differentiation is reverse mode over the reductions, outermost first. A reduction's
+adjoint a = d(loss)/d(reduction) is a row-level value; through its body it passes
+
+    a * sum over c of  w(c) * d(body)/d(m)     to every row-level value m the body uses,
+    a * w(c) * d(body)/d(x)                     to the gradient of each input x at c,
+
+where w(c) = d(reduction)/d(body at c) is the reduction's own derivative: 1 for sum,
+1/length for mean, softmax weights exp(body - logsumexp) for logsumexp, an indicator
+of the arg-max shared between ties for max and min (torch.amax), and the p-norm's
+|body|^(p-1) sign(body) / norm^(p-1) (0 where the norm is 0, as torch.norm). A load's
+adjoint reaches the gradient as a one-hot at the label. Each sum over c above is a new
+reduction (computed by the fused kernel in its own pass over the row), so nothing of
+size rows x classes is ever materialised besides the gradient itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from . import ir
+from .errors import SpecTypeError
+from .resolve import ResolvedLoss
+from .rewrites import LOWERINGS, stabilize
+from .symbolic import _checked, _ours, safe_name, simplify, to_sympy, to_text
+from .sympy_functions import absolute, make_power, sign
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """`op(body, axis)` as one row-level symbol; `order` is norm's p."""
+
+    symbol: sympy.Symbol
+    op: str  # sum, mean, max, min, logsumexp, norm
+    body: sympy.Expr
+    order: sympy.Expr | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """The value of axis input `input` at the position that label input `label` names."""
+
+    symbol: sympy.Symbol
+    input: str
+    label: str
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Everything a row-kernel generator needs, independent of the target."""
+
+    loss: ResolvedLoss
+    params: tuple[sympy.Symbol, ...]
+    position: sympy.Symbol  # the position along the axis inside a pass (an integer)
+    length: sympy.Symbol  # the axis length, as a float
+    inputs: dict[str, sympy.Symbol]  # every input's symbol (labels are integers)
+    value: sympy.Expr  # the loss of one row, over reductions, loads, row inputs and parameters
+    forward: tuple[Reduction, ...]  # in dependency order (inner first)
+    loads: tuple[Load, ...]
+    backward: tuple[Reduction, ...]  # sums the gradient needs (adjoint sums, tie counts)
+    adjoints: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # row-level, each over earlier ones
+    grads: tuple[sympy.Expr, ...]  # per `wrt` input, at position `position`, over the adjoint symbols
+    ignore: sympy.Expr | None
+    mean_weight: sympy.Expr | None
+    display: dict = field(compare=False, repr=False)  # readable formulas for `explain`
+
+
+class _Graph:
+    """Builds reductions and loads while the IR is turned into SymPy."""
+
+    def __init__(self, loss: ResolvedLoss, env: dict[str, sympy.Expr], position: sympy.Symbol):
+        self.loss, self.env, self.position = loss, env, position
+        self.axis_inputs = {i.name: env[i.name] for i in loss.inputs if i.axis}
+        self.reductions: list[Reduction] = []
+        self.loads: list[Load] = []
+
+    def node(self, expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
+        if isinstance(expr, ir.Reduce):
+            body = _prepare(to_sympy(expr.body, env, self.node))
+            order = None if expr.order is None else to_sympy(expr.order, env, self.node)
+            for existing in self.reductions:  # the same reduction written twice is computed once
+                if (existing.op, existing.body, existing.order) == (expr.op, body, order):
+                    return existing.symbol
+            symbol = sympy.Symbol(f"_r{len(self.reductions)}", real=True)
+            self.reductions.append(Reduction(symbol, expr.op, body, order))
+            return symbol
+        array = to_sympy(expr.array, env, self.node)
+        label = expr.index.id
+        swaps: dict[sympy.Expr, sympy.Expr] = {self.position: self.env[label]}
+        for name, symbol in self.axis_inputs.items():
+            if symbol in array.free_symbols:
+                swaps[symbol] = self.load(name, label)
+        return array.xreplace(swaps)
+
+    def load(self, name: str, label: str) -> sympy.Symbol:
+        for existing in self.loads:
+            if (existing.input, existing.label) == (name, label):
+                return existing.symbol
+        symbol = sympy.Symbol(f"_g{len(self.loads)}", real=True)
+        self.loads.append(Load(symbol, name, label))
+        return symbol
+
+
+def _prepare(expr: sympy.Expr) -> sympy.Expr:
+    return stabilize(_ours(expr))
+
+
+def derive_rows(loss: ResolvedLoss) -> RowPlan:
+    """The row graph of an axis loss, its gradients by reverse mode, and readable forms of both."""
+    position = sympy.Symbol(safe_name(loss.axis), integer=True)
+    length = sympy.Symbol("_len", positive=True)
+    inputs = {i.name: sympy.Symbol(safe_name(i.name), integer=True) if i.name in loss.labels
+              else sympy.Symbol(safe_name(i.name), real=True) for i in loss.inputs}
+    params = {name: sympy.Symbol(safe_name(name), real=True) for name in loss.numeric_params}
+    env: dict[str, sympy.Expr] = {**inputs, **params, loss.axis: position}
+    graph = _Graph(loss, env, position)
+    local_values: dict[str, sympy.Expr] = {}
+    for local in loss.locals:
+        try:
+            value = to_sympy(local.expr, env, graph.node)
+        except TypeError as exc:
+            raise SpecTypeError(f"`{local.name}`: {exc}", loss.file, local.pos.line, local.pos.column) from None
+        env[local.name] = local_values[local.name] = _checked(_ours(value), loss, local)
+    value = _prepare(local_values[loss.name])
+    rules = {rule: None if getattr(loss, rule) is None else to_sympy(getattr(loss, rule), env, graph.node)
+             for rule in ("ignore", "mean_weight")}
+    if rules["ignore"] is not None and rules["ignore"].free_symbols & {g.symbol for g in graph.loads}:
+        raise SpecTypeError("`ignore if` cannot gather (its rows' labels may be out of range)", loss.file,
+                            loss.ignore.pos.line, loss.ignore.pos.column)
+    forward = tuple(graph.reductions)
+    wrt = [inputs[name] for name in loss.wrt]
+    kernel = _reverse(value, forward, graph.loads, wrt, position, length, display=False)
+    shown = _reverse(value, forward, graph.loads, wrt, position, length, display=True)
+    display = _display(loss, forward, graph.loads, local_values, value, shown, position)
+    return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
+                   *kernel, rules["ignore"], rules["mean_weight"], display)
+
+
+def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, display: bool,
+            count: "callable") -> sympy.Expr:
+    """d node / d (its body at `position`): the reduction's own derivative."""
+    body, result = node.body, node.symbol
+    if node.op == "sum":
+        return sympy.S.One
+    if node.op == "mean":
+        return 1 / length
+    if node.op == "logsumexp":
+        return sympy.Function("softmax")(body) if display else sympy.exp(body - result)
+    if node.op in ("max", "min"):
+        if display:
+            return sympy.Function("onehot")(sympy.Function("argmax" if node.op == "max" else "argmin")(body))
+        return sympy.Piecewise((1 / count(node), sympy.Eq(body, result)), (0, True))
+    p = node.order if node.order is not None else sympy.Integer(2)
+    if p == 2:
+        share = body / result
+    else:
+        share = sign(body) * make_power(absolute(body), p - 1) / make_power(result, p - 1)
+    return sympy.Piecewise((0, sympy.Eq(result, 0)), (share, True))
+
+
+def _reverse(value, forward, loads, wrt, position, length, display: bool):
+    """Reverse mode over the reductions: (backward sums, adjoints, gradient per `wrt` symbol)."""
+    backward: list[Reduction] = []
+    adjoint: dict[sympy.Symbol, sympy.Expr] = {}
+    nodes = [r.symbol for r in forward] + [g.symbol for g in loads]
+    for symbol in nodes:
+        adjoint[symbol] = _diff(value, symbol)
+    counts: dict[sympy.Symbol, sympy.Symbol] = {}
+
+    def new_sum(body: sympy.Expr, prefix: str) -> sympy.Expr:
+        if display:
+            return sympy.Function("sum")(body, position)
+        for existing in backward:
+            if existing.body == body:
+                return existing.symbol
+        symbol = sympy.Symbol(f"_{prefix}{len(backward)}", real=True)
+        backward.append(Reduction(symbol, "sum", body))
+        return symbol
+
+    def count(node: Reduction) -> sympy.Symbol:
+        if node.symbol not in counts:
+            counts[node.symbol] = new_sum(sympy.Piecewise((1, sympy.Eq(node.body, node.symbol)), (0, True)), "n")
+        return counts[node.symbol]
+
+    grads = [sympy.S.Zero for _ in wrt]
+    named: list[tuple[sympy.Symbol, sympy.Expr]] = []
+
+    def name_of(expr: sympy.Expr) -> sympy.Expr:
+        """Row-level adjoints become named values the kernel computes once per row."""
+        if display or expr.is_Atom or expr.is_Number:
+            return expr
+        symbol = sympy.Symbol(f"_a{len(named)}", real=True)
+        named.append((symbol, expr))
+        return symbol
+
+    for node in reversed(forward):
+        a = adjoint.pop(node.symbol)
+        if a == 0:
+            continue
+        a = name_of(a)
+        w = _weight(node, position, length, display, count)
+        for symbol in nodes:
+            if symbol in node.body.free_symbols and symbol in adjoint:
+                inner = _diff(node.body, symbol)
+                if inner != 0:
+                    adjoint[symbol] += a * new_sum(w * inner, "s")
+        for index, x in enumerate(wrt):
+            inner = _diff(node.body, x)
+            if inner != 0:
+                grads[index] += a * w * inner
+    for load in loads:
+        a = adjoint.pop(load.symbol)
+        if a == 0:
+            continue
+        for index, x in enumerate(wrt):
+            if x.name == safe_name(load.input):
+                onehot = (sympy.Function("onehot")(sympy.Symbol(safe_name(load.label))) if display else
+                          sympy.Piecewise((1, sympy.Eq(position, _label_symbol(load))), (0, True)))
+                grads[index] += name_of(a) * onehot
+    grads = [g if display else simplify(g) for g in grads]
+    return tuple(backward), tuple(named), tuple(grads)
+
+
+def _label_symbol(load: Load) -> sympy.Symbol:
+    return sympy.Symbol(safe_name(load.label), integer=True)
+
+
+def _diff(expr: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
+    return stabilize(_ours(sympy.diff(expr, symbol)))
+
+
+# --- readable formulas ------------------------------------------------------------
+
+
+def _display(loss, forward, loads, local_values, value, shown, position) -> dict:
+    """Formulas with reductions written as `op(body, c)` and loads as `x[y]`, for `explain`."""
+    readable: dict[sympy.Symbol, sympy.Expr] = {}
+    for load in loads:
+        readable[load.symbol] = sympy.Function("gather")(sympy.Symbol(safe_name(load.input)),
+                                                         _label_symbol(load))
+    for node in forward:
+        args = [node.body.xreplace(readable), position]
+        if node.order is not None:
+            args.append(node.order)
+        readable[node.symbol] = sympy.Function(node.op)(*args)
+
+    readable[sympy.Symbol("_len", positive=True)] = sympy.Function("len")(position)
+
+    def text(expr: sympy.Expr) -> sympy.Expr:
+        return expr.xreplace(readable).xreplace(readable)
+
+    _, _, grads = shown
+    shown_locals = ((n, text(e)) for n, e in local_values.items() if n != loss.name)
+    return {"locals": tuple((n, e) for n, e in shown_locals if not e.is_Atom),
+            "value": text(value), "grads": tuple(text(g) for g in grads)}
+
+
+def explain_rows(plan: RowPlan, latex: bool = False) -> str:
+    """The spec's locals, the loss and its gradients, as `lossdsl show` prints them (or LaTeX)."""
+    loss, shown = plan.loss, plan.display
+    if latex:
+        lines = [f"{loss.name} = {sympy.latex(shown['value'])}"]
+        lines += [f"d{loss.name}/d{name} = {sympy.latex(g)}" for name, g in zip(loss.wrt, shown["grads"])]
+        return "\n".join(lines)
+    local_values = shown["locals"]
+    lines = [f"{name} = {to_text(value, local_values[:index])}" for index, (name, value) in enumerate(local_values)]
+    lines.append(f"{loss.name} = {to_text(shown['value'], local_values)}")
+    lines += [f"d{loss.name}/d{name} = {to_text(grad, local_values)}" for name, grad in zip(loss.wrt, shown["grads"])]
+    return "\n".join(lines)
+
+
+def lowered(expr: sympy.Expr) -> sympy.Expr:
+    """The form the kernel computes (sigmoid and friends as shared exp/log1p)."""
+    return stabilize(expr, LOWERINGS)

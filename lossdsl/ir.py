@@ -187,7 +187,7 @@ class LossDef:
     aliases: tuple[str, ...]
     file: str = field(default="<string>", compare=False)
     pos: Pos = field(default=NOWHERE, compare=False, repr=False)
-    axis_position: tuple[str, int] | None = None  # `axis c = 1`: where axis c is when a call does not say
+    axis_position: tuple[str, int | str] | None = None  # `axis c = 1` (or "all"): where axis c is by default
     ignore: Expr | None = None  # `ignore if y == ignore_index`: such rows contribute nothing
     mean_weight: Expr | None = None  # `mean weighted by weight[y]`: what reduction="mean" divides by
 

@@ -222,12 +222,13 @@ class RowCall(Call):
         return unbroadcast(grad, target)
 
 
-def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | None) -> tuple[int, int]:
-    """First and last array axis of the named axis: `axis` (an int or a run of adjacent ints)."""
+def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str | None) -> tuple[int, int]:
+    """First and last array axis of the named axis: `axis` (an int or a run of adjacent ints, or "all")."""
     ndim = len(shape)
     if axis is None:
-        position = -1 if default is None else min(default, ndim - 1)
-        axes = [position]
+        axis = "all" if default == "all" else -1 if default is None else min(default, ndim - 1)
+    if isinstance(axis, str) and axis == "all":
+        axes = list(range(ndim))
     else:
         axes = list(axis) if isinstance(axis, (tuple, list)) else [axis]
     try:

@@ -151,6 +151,9 @@ class _ToIR(Transformer):
             raise SpecSyntaxError("an axis position is a whole number", self.file, meta.line, meta.column)
         return _AxisRule("axis_position", (str(name), int(position)), "axis", _pos(meta))
 
+    def axis_all(self, meta, items):
+        return _AxisRule("axis_position", (str(items[0]), "all"), "axis", _pos(meta))
+
     def ignore(self, meta, items):
         return _AxisRule("ignore", items[0], "ignore if", _pos(meta))
 

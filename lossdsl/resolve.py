@@ -52,7 +52,7 @@ class ResolvedLoss:
     passed_on: tuple[tuple[str, ParamInfo, ir.Expr, tuple[tuple[str, Value], ...]], ...] = ()
     # losses over an axis (None/empty for elementwise losses)
     axis: str | None = None  # the named axis of its inputs
-    axis_position: int | None = None  # where that axis is when a call does not say (None: the last)
+    axis_position: int | str | None = None  # where that axis is when a call does not say (None: last; "all")
     labels: tuple[str, ...] = ()  # inputs used as gather indices: integers in [0, axis length)
     ignore: ir.Expr | None = None  # rows where this holds contribute nothing
     mean_weight: ir.Expr | None = None  # reduction="mean" divides by its sum over the rows not ignored

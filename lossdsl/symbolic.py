@@ -206,6 +206,9 @@ class _FormulaPrinter(StrPrinter):
     def _print_Float(self, expr):
         return repr(float(expr))
 
+    def _print_Rational(self, expr):
+        return super()._print_Rational(expr) if expr.q <= 1000 else repr(float(expr))
+
     def _print_Infinity(self, expr):
         return "inf"
 

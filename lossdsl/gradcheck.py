@@ -44,35 +44,58 @@ def sample(domain: Domain, rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.normal(0.0, 2.0, size)
 
 
-def check(loss: Loss, points: int = 256, seed: int = 0) -> list[GradCheckRow]:
-    """One row per differentiated input: how the kernel's gradient compares with finite differences."""
+def check(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
+    """One row per differentiated input: how the kernel's gradient compares with finite differences.
+
+    A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
+    in range), one position at a time: rows are independent, so one shifted call checks a column.
+    """
     rng = np.random.default_rng(seed)
-    domains = {i.name: i.domain for i in loss._resolved.inputs}
-    inputs = [sample(domains[name], rng, points) for name in loss.inputs]
-    grads = loss.grad(*inputs, reduction="none")
+    resolved = loss._resolved
+    options = {"axis": -1} if resolved.axis else {}
+    inputs = []
+    for spec_input in resolved.inputs:
+        if spec_input.default is not None:
+            break  # optional inputs keep their defaults
+        if spec_input.name in resolved.labels:
+            inputs.append(rng.integers(0, classes, points))
+        else:
+            shape = (points, classes) if spec_input.axis else (points,)
+            inputs.append(sample(spec_input.domain, rng, int(np.prod(shape))).reshape(shape))
+    grads = loss.grad(*inputs, reduction="none", **options)
     grads = grads if isinstance(grads, tuple) else (grads,)
-    return [_compare(loss, inputs, loss.inputs.index(name), grad) for name, grad in zip(loss.wrt, grads)]
+    return [_compare(loss, inputs, loss.inputs.index(name), grad, options) for name, grad in zip(loss.wrt, grads)]
 
 
-def _compare(loss: Loss, inputs: list[np.ndarray], index: int, grad: np.ndarray) -> GradCheckRow:
+def _compare(loss: Loss, inputs: list[np.ndarray], index: int, grad: np.ndarray, options: dict) -> GradCheckRow:
     x = inputs[index]
     h = 1e-6 * np.maximum(1.0, np.abs(x))
 
     def at(shift):
         shifted = list(inputs)
         shifted[index] = x + shift
-        return loss(*shifted, reduction="none")
+        return loss(*shifted, reduction="none", **options)
 
-    f0, f_plus, f_minus = at(0.0), at(h), at(-h)
-    central = (f_plus - f_minus) / (2 * h)
-    right, left = (f_plus - f0) / h, (f0 - f_minus) / h
-    finite = np.isfinite(grad) & np.isfinite(central) & np.isfinite(f0)
-    scale = np.maximum(1.0, np.abs(central))
-    kink = finite & (np.abs(right - left) > 1e-3 * scale)
-    good = finite & ~kink
-    error = np.abs(grad - central)[good]
-    return GradCheckRow(loss.inputs[index], int(good.sum()), int(kink.sum()), int((~finite).sum()),
-                        float(error.max(initial=0.0)), float((error / scale[good]).max(initial=0.0)))
+    f0 = at(0.0)
+    columns = [np.ones(x.shape, bool)] if x.ndim == 1 else [np.arange(x.shape[1]) == j for j in range(x.shape[1])]
+    errors, scales, kinks, nonfinite = [], [], 0, 0
+    for column in columns:
+        step = np.where(column, h, 0.0)
+        f_plus, f_minus = at(step), at(-step)
+        step_of_row, g = (step.max(axis=-1), grad[:, column][:, 0]) if x.ndim > 1 else (h, grad)
+        central = (f_plus - f_minus) / (2 * step_of_row)
+        right, left = (f_plus - f0) / step_of_row, (f0 - f_minus) / step_of_row
+        finite = np.isfinite(g) & np.isfinite(central) & np.isfinite(f0)
+        scale = np.maximum(1.0, np.abs(central))
+        kink = finite & (np.abs(right - left) > 1e-3 * scale)
+        good = finite & ~kink
+        errors.append(np.abs(g - central)[good])
+        scales.append(scale[good])
+        kinks += int(kink.sum())
+        nonfinite += int((~finite).sum())
+    error, scale = np.concatenate(errors), np.concatenate(scales)
+    return GradCheckRow(loss.inputs[index], int(error.size), kinks, nonfinite, float(error.max(initial=0.0)),
+                        float((error / scale).max(initial=0.0)))
 
 
 def format_table(loss: Loss, rows: list[GradCheckRow]) -> str:

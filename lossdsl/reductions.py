@@ -72,6 +72,10 @@ class RowPlan:
     mean_weight: sympy.Expr | None
     display: dict = field(compare=False, repr=False)  # readable formulas for `explain`
 
+    def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
+        """The loss and its gradients as formulas to show: reductions as op(body, c), x[y], softmax, onehot."""
+        return self.display["value"], self.display["grads"]
+
 
 class _Graph:
     """Builds reductions and loads while the IR is turned into SymPy."""
@@ -79,6 +83,8 @@ class _Graph:
     def __init__(self, loss: ResolvedLoss, env: dict[str, sympy.Expr], position: sympy.Symbol):
         self.loss, self.env, self.position = loss, env, position
         self.axis_inputs = {i.name: env[i.name] for i in loss.inputs if i.axis}
+        self.varying = set(self.axis_inputs.values()) | {position}
+        self.length = sympy.Symbol("_len", positive=True)
         self.reductions: list[Reduction] = []
         self.loads: list[Load] = []
 
@@ -86,6 +92,8 @@ class _Graph:
         if isinstance(expr, ir.Reduce):
             body = _prepare(to_sympy(expr.body, env, self.node))
             order = None if expr.order is None else to_sympy(expr.order, env, self.node)
+            if not _varies(body, self.varying):
+                return _constant_reduction(expr.op, body, order, self.length)
             for existing in self.reductions:  # the same reduction written twice is computed once
                 if (existing.op, existing.body, existing.order) == (expr.op, body, order):
                     return existing.symbol
@@ -113,15 +121,31 @@ def _prepare(expr: sympy.Expr) -> sympy.Expr:
     return stabilize(_ours(expr))
 
 
+def _varies(expr: sympy.Expr, varying: set) -> bool:
+    return bool(expr.free_symbols & varying)
+
+
+def _constant_reduction(op: str, body: sympy.Expr, order, length: sympy.Symbol) -> sympy.Expr:
+    """A reduction whose body is the same at every position needs no pass: sum(1, c) is the length."""
+    if op == "sum":
+        return length*body
+    if op == "logsumexp":
+        return body + sympy.log(length)
+    if op == "norm":
+        p = order if order is not None else sympy.Integer(2)
+        return make_power(length, 1 / p)*absolute(body)
+    return body  # mean, max, min
+
+
 def derive_rows(loss: ResolvedLoss) -> RowPlan:
     """The row graph of an axis loss, its gradients by reverse mode, and readable forms of both."""
     position = sympy.Symbol(safe_name(loss.axis), integer=True)
-    length = sympy.Symbol("_len", positive=True)
     inputs = {i.name: sympy.Symbol(safe_name(i.name), integer=True) if i.name in loss.labels
               else sympy.Symbol(safe_name(i.name), real=True) for i in loss.inputs}
     params = {name: sympy.Symbol(safe_name(name), real=True) for name in loss.numeric_params}
     env: dict[str, sympy.Expr] = {**inputs, **params, loss.axis: position}
     graph = _Graph(loss, env, position)
+    length = graph.length
     local_values: dict[str, sympy.Expr] = {}
     for local in loss.locals:
         try:
@@ -137,8 +161,8 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
                             loss.ignore.pos.line, loss.ignore.pos.column)
     forward = tuple(graph.reductions)
     wrt = [inputs[name] for name in loss.wrt]
-    kernel = _reverse(value, forward, graph.loads, wrt, position, length, display=False)
-    shown = _reverse(value, forward, graph.loads, wrt, position, length, display=True)
+    kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
+    shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
     display = _display(loss, forward, graph.loads, local_values, value, shown, position)
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
                    *kernel, rules["ignore"], rules["mean_weight"], display)
@@ -166,7 +190,7 @@ def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, displ
     return sympy.Piecewise((0, sympy.Eq(result, 0)), (share, True))
 
 
-def _reverse(value, forward, loads, wrt, position, length, display: bool):
+def _reverse(value, forward, loads, wrt, position, length, varying: set, display: bool):
     """Reverse mode over the reductions: (backward sums, adjoints, gradient per `wrt` symbol)."""
     backward: list[Reduction] = []
     adjoint: dict[sympy.Symbol, sympy.Expr] = {}
@@ -176,6 +200,8 @@ def _reverse(value, forward, loads, wrt, position, length, display: bool):
     counts: dict[sympy.Symbol, sympy.Symbol] = {}
 
     def new_sum(body: sympy.Expr, prefix: str) -> sympy.Expr:
+        if not _varies(body, varying):
+            return length*body
         if display:
             return sympy.Function("sum")(body, position)
         for existing in backward:

@@ -62,6 +62,55 @@ class Loss:
 
     @property
     def formula(self):
+        """The loss of one element (or row) as a SymPy expression (after stability rewrites)."""
+        return self._backend.plan().readable()[0]
+
+    @property
+    def gradient_formula(self) -> dict:
+        """{input name: SymPy expression of d(loss element)/d(input)} for each `wrt` input."""
+        return dict(zip(self.wrt, self._backend.plan().readable()[1]))
+
+    def explain(self, latex: bool = False) -> str: ...
+
+
+class Loss:
+    """A compiled loss. Call it for the value; `value_and_grad` for value and gradient in one pass.
+
+    Reductions: "mean" (default), "sum", "none" (one value per element), "batch"
+    (MXNet Gluon's per-sample form: the mean over every axis but `batch_axis`) and
+    "batchmean" (the sum divided by the length of `batch_axis`, PyTorch's KL divergence).
+    A loss over a named axis has one value per row (the input's shape without the axis);
+    the axis is the spec's `axis c = k` position, else the last, unless the call passes
+    `axis=` (an int, or a tuple of adjacent axes taken as one). Its "mean" divides by the
+    spec's `mean weighted by` sum over rows not ignored, where it has one (PyTorch's
+    class-weighted mean).
+    `weight` (a scalar) and `sample_weight` (broadcastable to the loss elements)
+    multiply each element before the reduction; "mean" still divides by the number
+    of elements (PyTorch's and MXNet's convention), not by the sum of weights.
+    Gradients of a non-scalar result are those of its sum.
+    """
+
+    def __init__(self, resolved: ResolvedLoss, backend: _Backend):
+        self._resolved = resolved
+        self._backend = backend
+        self._values = dict(resolved.values)
+        self._param_args = tuple(float(self._values[p]) for p in resolved.numeric_params)
+        #: Check inputs against the domains the spec declares (labels in {0, 1}, p in [0, 1], ...).
+        self.check_domains = True
+
+    # --- description ---
+    name = property(lambda self: self._resolved.name, doc="The loss's name in its spec.")
+    doc = property(lambda self: self._resolved.doc, doc="The spec's docstring.")
+    inputs = property(lambda self: tuple(i.name for i in self._resolved.inputs), doc="Input names, in call order.")
+    wrt = property(lambda self: self._resolved.wrt, doc="Inputs the gradient is taken with respect to.")
+    params = property(lambda self: dict(self._values), doc="Parameter values of this instance.")
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self._values.items())
+        return f"<lossdsl.Loss {self.name}({', '.join(self.inputs)}{params})>"
+
+    @property
+    def formula(self):
         """The loss of one element as a SymPy expression (after stability rewrites)."""
         return self._backend.plan().value
 
@@ -96,7 +145,7 @@ class Loss:
         """The loss, reduced as asked; runs the value-only kernel."""
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
-        total = self._run(call, "loss_value", *call.head, *self._param_args, call.weights, call.scale, out)
+        total = self._run(call, "loss_value", lambda: (*call.head, *self._param_args, call.weights, call.scale, out))
         return call.reduce(total, out)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
@@ -105,8 +154,8 @@ class Loss:
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
         out = np.empty(call.size if call.elementwise else 0, call.dtype)
         grads = [np.empty(call.grad_size, call.dtype) for _ in self.wrt]
-        total = self._run(call, "loss_value_and_grad", *call.head, *self._param_args, call.weights, call.scale,
-                          call.grad_scale, out, *grads)
+        total = self._run(call, "loss_value_and_grad", lambda: (*call.head, *self._param_args, call.weights,
+                                                                call.scale, call.grad_scale, out, *grads))
         shaped = tuple(call.unbroadcast(name, g, call.originals[name]) for name, g in zip(self.wrt, grads))
         return call.reduce(total, out), (shaped[0] if len(shaped) == 1 else shaped)
 
@@ -114,16 +163,17 @@ class Loss:
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]
 
-    def _run(self, call, kernel: str, *args):
-        """Call a kernel; if Numba's on-disk cache for it is damaged, discard it and retry once."""
-        try:
-            module = self._backend.module(call.dtype)
-            call.before(module, self._param_args)
-            return getattr(module, kernel)(*args)
-        except (EOFError, pickle.UnpicklingError):
-            module = self._backend.module(call.dtype, fresh=True)
-            call.before(module, self._param_args)
-            return getattr(module, kernel)(*args)
+    def _run(self, call, kernel: str, arguments):
+        """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor);
+        if Numba's on-disk cache for it is damaged, discard it and retry once."""
+        for fresh in (False, True):
+            try:
+                module = self._backend.module(call.dtype, fresh=fresh)
+                call.before(module, self._param_args)
+                return getattr(module, kernel)(*arguments())
+            except (EOFError, pickle.UnpicklingError):
+                if fresh:
+                    raise
 
     def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis):
         arrays = self._gather_inputs(inputs, named_inputs)

@@ -43,6 +43,10 @@ class KernelPlan:
     fused_results: tuple[sympy.Expr, ...]  # value, then one gradient per `wrt` input
     local_values: tuple[tuple[str, sympy.Expr], ...]  # the spec's own locals, for display
 
+    def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
+        """The loss and its gradients as formulas to show."""
+        return self.value, self.grads
+
 
 _RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
 

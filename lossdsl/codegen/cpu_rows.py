@@ -143,13 +143,16 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     return start
 
 
-def _accumulate(node: Reduction, part: int, body: str) -> str:
+def _accumulate(node: Reduction, part: int, body: str, keep: str | None) -> list[str]:
+    """The accumulation of one reduction in one pass; `keep` is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
     if node.op in ("max", "min") or (node.op == "logsumexp" and part == 0):
-        return f"{acc} = {'min' if node.op == 'min' else 'max'}({acc}, {body})"
+        return [f"{acc} = {'min' if node.op == 'min' else 'max'}({acc}, {body})"]
+    if node.op == "logsumexp" and keep is not None:
+        return [f"__e = math.exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
     if node.op == "logsumexp":
-        return f"{acc}_sum += math.exp({body} - {acc})"
-    return f"{acc} += {body}"
+        return [f"{acc}_sum += math.exp({body} - {acc})"]
+    return [f"{acc} += {body}"]
 
 
 def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
@@ -166,8 +169,12 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
     return [f"{out} = F({acc})"]
 
 
-def _passes(w: _Writer, indent: int, reductions: list[Reduction]) -> None:
-    """Loops over the axis computing `reductions`, each pass holding every reduction that is ready."""
+def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | None = None) -> None:
+    """Loops over the axis computing `reductions`, each pass holding every reduction that is ready.
+
+    `kept` = (logsumexp reduction, gradient element): that reduction's exp(body - max) are
+    stored in the gradient row as they are summed, so the gradient pass reuses them.
+    """
     if not reductions:
         return
     start = _schedule(reductions)
@@ -185,10 +192,22 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction]) -> None:
         w.loads_along_axis(indent + 1, bodies)
         texts = w.statements(indent + 1, [], bodies)
         for (node, part), text in zip(parts, texts):
-            w.emit(indent + 1, _accumulate(node, part, text))
+            keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
+            w.emit(indent + 1, *_accumulate(node, part, text, keep))
         for node, part in parts:
             if part == (node.op == "logsumexp"):
                 w.emit(indent, *_finish(node, w.plan, w))
+
+
+def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
+    """The first logsumexp whose softmax weight exp(body - logsumexp) the gradients use, and the
+    gradients with that weight read back from the gradient row (one exp per element saved)."""
+    for node in plan.forward:
+        weight = sympy.exp(node.body - node.symbol)
+        if node.op == "logsumexp" and any(g.has(weight) for g in plan.grads):
+            softmax = sympy.Symbol("__softmax", real=True)
+            return node, tuple(g.xreplace({weight: softmax}) for g in plan.grads)
+    return None, plan.grads
 
 
 def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
@@ -218,14 +237,21 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
     w.emit(2, f"if {_keep(plan, w)}:")
     reductions = list(plan.forward) + (list(plan.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
-    _passes(w, 3, reductions)
+    element = f"[__gb + {plan.position} * __inner]"
+    kept, gradients = _softmax_kept(plan) if with_grads else (None, plan.grads)
+    _passes(w, 3, reductions, None if kept is None else (kept, grads[0] + element))
     named = list(plan.adjoints) if with_grads else []
     (value,) = w.statements(3, named, [plan.value])
     w.emit(3, f"__loss = ({value}) * __w")
     if with_grads:
-        w.emit(3, "__gw = __w * __gs", f"for {plan.position} in range(__C):")
-        w.loads_along_axis(4, plan.grads)
-        texts = w.statements(4, [], list(plan.grads))
+        w.emit(3, "__gw = __w * __gs")
+        if kept is not None:
+            w.emit(3, f"__inv = F(1.0 / __{kept.symbol.name}_sum)")
+        w.emit(3, f"for {plan.position} in range(__C):")
+        if kept is not None:
+            w.emit(4, f"__softmax = {grads[0]}{element} * __inv")
+        w.loads_along_axis(4, gradients)
+        texts = w.statements(4, [], list(gradients))
         for g, text in zip(grads, texts):
             w.emit(4, f"{g}[__gb + {plan.position} * __inner] = ({text}) * __gw")
     w.emit(2, "else:", "    __loss = 0.0")

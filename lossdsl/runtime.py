@@ -70,56 +70,6 @@ class Loss:
         """{input name: SymPy expression of d(loss element)/d(input)} for each `wrt` input."""
         return dict(zip(self.wrt, self._backend.plan().readable()[1]))
 
-    def explain(self, latex: bool = False) -> str: ...
-
-
-class Loss:
-    """A compiled loss. Call it for the value; `value_and_grad` for value and gradient in one pass.
-
-    Reductions: "mean" (default), "sum", "none" (one value per element), "batch"
-    (MXNet Gluon's per-sample form: the mean over every axis but `batch_axis`) and
-    "batchmean" (the sum divided by the length of `batch_axis`, PyTorch's KL divergence).
-    A loss over a named axis has one value per row (the input's shape without the axis);
-    the axis is the spec's `axis c = k` position, else the last, unless the call passes
-    `axis=` (an int, or a tuple of adjacent axes taken as one). Its "mean" divides by the
-    spec's `mean weighted by` sum over rows not ignored, where it has one (PyTorch's
-    class-weighted mean).
-    `weight` (a scalar) and `sample_weight` (broadcastable to the loss elements)
-    multiply each element before the reduction; "mean" still divides by the number
-    of elements (PyTorch's and MXNet's convention), not by the sum of weights.
-    Gradients of a non-scalar result are those of its sum.
-    """
-
-    def __init__(self, resolved: ResolvedLoss, backend: _Backend):
-        self._resolved = resolved
-        self._backend = backend
-        self._values = dict(resolved.values)
-        self._param_args = tuple(float(self._values[p]) for p in resolved.numeric_params)
-        #: Check inputs against the domains the spec declares (labels in {0, 1}, p in [0, 1], ...).
-        self.check_domains = True
-
-    # --- description ---
-    name = property(lambda self: self._resolved.name, doc="The loss's name in its spec.")
-    doc = property(lambda self: self._resolved.doc, doc="The spec's docstring.")
-    inputs = property(lambda self: tuple(i.name for i in self._resolved.inputs), doc="Input names, in call order.")
-    wrt = property(lambda self: self._resolved.wrt, doc="Inputs the gradient is taken with respect to.")
-    params = property(lambda self: dict(self._values), doc="Parameter values of this instance.")
-
-    def __repr__(self) -> str:
-        params = "".join(f", {k}={v!r}" for k, v in self._values.items())
-        return f"<lossdsl.Loss {self.name}({', '.join(self.inputs)}{params})>"
-
-    @property
-    def formula(self):
-        """The loss of one element as a SymPy expression (after stability rewrites)."""
-        return self._backend.plan().value
-
-    @property
-    def gradient_formula(self) -> dict:
-        """{input name: SymPy expression of d(loss element)/d(input)} for each `wrt` input."""
-        plan = self._backend.plan()
-        return dict(zip(self.wrt, plan.grads))
-
     def explain(self, latex: bool = False) -> str:
         """The spec's locals, the loss and its derived gradient(s), in the DSL's notation (or LaTeX)."""
         return self._backend.explain(latex)

@@ -11,6 +11,7 @@ import lossdsl
 from lossdsl import cache, compiler
 
 SPEC = "loss cached_sq(x, y)\n    param k = 2.0\n    cached_sq = k*(x - y)^2\n"
+ROW_SPEC = "loss cached_ce(x[c], y)\n    param k = 1.0\n    cached_ce = k*(logsumexp(x, c) - x[y])\n"
 
 
 @pytest.fixture
@@ -29,22 +30,27 @@ def test_location_follows_the_environment(cache_dir):
     assert cache.cache_dir() == cache_dir
 
 
-def test_a_second_process_skips_sympy_and_codegen(cache_dir):
+@pytest.mark.parametrize("spec, inputs, first_value, second_value", [
+    (SPEC, "np.array([3.0]), np.array([1.0])", "8.0", "12.0"),
+    # a loss over an axis: log(2) - 0 for a row of zeros; k = 3 triples it
+    (ROW_SPEC, "np.zeros((1, 2)), np.array([1])", repr(float(np.log(2))), repr(float(3 * np.log(2)))),
+])
+def test_a_second_process_skips_sympy_and_codegen(cache_dir, spec, inputs, first_value, second_value):
     """A cached loss loads without importing SymPy or the code generator."""
     first = _run(f"""
         import numpy as np, lossdsl
-        print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
+        print(float(lossdsl.compile({spec!r})({inputs}, reduction="sum")))
     """, cache_dir)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == "8.0"
+    assert first.stdout.strip() == first_value
     second = _run(f"""
         import sys
         import numpy as np, lossdsl
-        print(lossdsl.compile({SPEC!r}, k=3.0)(np.array([3.0]), np.array([1.0]), reduction="sum"))
-        print("sympy" in sys.modules, "lossdsl.codegen.cpu" in sys.modules)
+        print(float(lossdsl.compile({spec!r}, k=3.0).value_and_grad({inputs}, reduction="sum")[0]))
+        print("sympy" in sys.modules, any(m.startswith("lossdsl.codegen") for m in sys.modules))
     """, cache_dir)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.split() == ["12.0", "False", "False"]  # neither SymPy nor the code generator ran
+    assert second.stdout.split() == [second_value, "False", "False"]  # neither SymPy nor the code generator ran
     assert list(cache_dir.glob("__pycache__/*.nbi")), "Numba's machine-code cache was not written"
 
 

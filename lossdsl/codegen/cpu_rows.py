@@ -69,7 +69,7 @@ class _Writer:
 
     def loads_along_axis(self, indent: int, exprs) -> None:
         """Read, at position `c` of the axis, each axis input the expressions use."""
-        used = set().union(*(sympy.sympify(e).free_symbols for e in exprs))
+        used = set().union(*(e.free_symbols for e in exprs))
         for k, spec_input in enumerate(self.inputs):
             if spec_input.axis and self.plan.inputs[spec_input.name] in used:
                 name = safe_name(spec_input.name)

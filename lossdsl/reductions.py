@@ -187,6 +187,8 @@ def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, displ
         share = body / result
     else:
         share = sign(body) * make_power(absolute(body), p - 1) / make_power(result, p - 1)
+        if not p.is_Number:  # a runtime p: keep p = 2 free of pow()
+            share = sympy.Piecewise((body / result, sympy.Eq(p, 2)), (share, True))
     return sympy.Piecewise((0, sympy.Eq(result, 0)), (share, True))
 
 

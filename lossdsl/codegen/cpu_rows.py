@@ -165,7 +165,10 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
         p = node.order if node.order is not None else sympy.Integer(2)
         if p == 2:
             return [f"{out} = F(math.sqrt({acc}))"]
-        return [f"{out} = F({acc} ** (1.0 / {w.text(p)}))"]
+        if p.is_Number:
+            return [f"{out} = F({acc} ** (1.0 / {w.text(p)}))"]
+        order = w.text(p)  # a runtime parameter: the common p = 2 keeps its fast path
+        return [f"{out} = F(math.sqrt({acc}) if {order} == 2 else {acc} ** (1.0 / {order}))"]
     return [f"{out} = F({acc})"]
 
 
@@ -215,7 +218,11 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
     if node.op != "norm":
         return node.body
     p = node.order if node.order is not None else sympy.Integer(2)
-    return node.body ** 2 if p == 2 else sympy.Pow(sympy.Abs(node.body), p, evaluate=False)
+    if p == 2:
+        return node.body ** 2
+    general = sympy.Pow(sympy.Abs(node.body), p, evaluate=False)
+    # a runtime p: the branch is the same for the whole loop, so p = 2 still runs without pow()
+    return general if p.is_Number else sympy.Piecewise((node.body ** 2, sympy.Eq(p, 2)), (general, True))
 
 
 def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:

@@ -148,7 +148,14 @@ class RowCall(Call):
         if main.ndim == 0:
             raise LossInputError(f"{name}: {main_input.name} needs the axis {resolved.axis}; got a scalar")
         first, last = _axis_span(name, main.shape, axis, resolved.axis_position)
-        full = main.shape
+        try:  # inputs with the axis and as many dimensions broadcast together (a (1, D) anchor, say)
+            full = np.broadcast_shapes(*(arrays[i.name].shape for i in resolved.inputs
+                                         if i.axis and arrays[i.name] is not None
+                                         and arrays[i.name].ndim == main.ndim))
+        except ValueError:
+            shapes = ", ".join(f"{i.name} {arrays[i.name].shape}" for i in resolved.inputs
+                               if i.axis and arrays[i.name] is not None)
+            raise LossInputError(f"{name}: input shapes do not match or broadcast: {shapes}") from None
         self.length = int(np.prod(full[first:last + 1], dtype=np.int64))
         if self.length == 0:
             raise LossInputError(f"{name}: the axis {resolved.axis} of {main_input.name} {full} is empty")
@@ -171,7 +178,9 @@ class RowCall(Call):
             else:
                 array, step = self._per_row(spec_input.name, array, kind, is_label)
             if loss.check_domains and not is_label:
-                check_domain(name, spec_input, array, array.shape)
+                given = arrays[spec_input.name]
+                shown = given.shape if given is not None and given.size == array.size else array.shape
+                check_domain(name, spec_input, array, shown)
             self.arrays.append(array)
             steps.append(step)
         self.steps = np.array(steps, dtype=np.int64).reshape(len(steps), 3)

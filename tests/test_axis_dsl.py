@@ -212,3 +212,31 @@ def resolved(text):
 def test_axis_spec_errors(text, cls, words):
     with pytest.raises(cls, match=words):
         derive_rows(resolved(text))
+
+
+def test_mindspore_sparse_softmax_cross_entropy_example():
+    # mindspore.nn.SoftmaxCrossEntropyWithLogits(sparse=True) documentation example: prints [67.]
+    logits = np.array([[3, 5, 6, 9, 12, 33, 42, 12, 32, 72]], np.float32)
+    value = lossdsl.load("cross_entropy")(logits, np.array([1], np.int32), axis=-1, reduction="none")
+    assert value.dtype == np.float32
+    np.testing.assert_allclose(value, [67.0], rtol=1e-6)
+
+
+def test_nan_propagates_through_max_and_logsumexp():
+    loss = compiled("nested")
+    x = np.array([[0.0, np.nan, 1.0, 2.0], [np.nan, 0.0, 1.0, 2.0], [0.0, 1.0, 2.0, np.nan], [0.0, 1.0, 2.0, 3.0]])
+    values = loss(x, np.array([0, 1, 2, 3]), reduction="none")
+    assert np.all(np.isnan(values[:3])) and np.isfinite(values[3])
+
+
+def test_inputs_with_the_axis_broadcast_together():
+    triplet = lossdsl.load("triplet")
+    rng = np.random.default_rng(5)
+    anchor, positive, negative = rng.normal(size=(1, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    value, (g_anchor, g_positive, _) = triplet.value_and_grad(anchor, positive, negative, reduction="sum")
+    full = np.repeat(anchor, 3, axis=0)
+    expected, (g_full, g_positive_full, _) = triplet.value_and_grad(full, positive, negative, reduction="sum")
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
+    assert g_anchor.shape == (1, 4)
+    np.testing.assert_allclose(g_anchor, g_full.sum(axis=0, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(g_positive, g_positive_full, rtol=1e-12)

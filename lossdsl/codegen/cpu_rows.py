@@ -147,7 +147,10 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None) -> list
     """The accumulation of one reduction in one pass; `keep` is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
     if node.op in ("max", "min") or (node.op == "logsumexp" and part == 0):
-        return [f"{acc} = {'min' if node.op == 'min' else 'max'}({acc}, {body})"]
+        # a NaN wins and stays, as in torch.amax/amin (Python's max(acc, nan) would drop it);
+        # written as a statement: Numba's parfor pass rejects the same select as an expression
+        beats = "<" if node.op == "min" else ">"
+        return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or {acc}_v != {acc}_v:", f"    {acc} = {acc}_v"]
     if node.op == "logsumexp" and keep is not None:
         return [f"__e = math.exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
     if node.op == "logsumexp":

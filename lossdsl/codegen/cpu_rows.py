@@ -146,7 +146,9 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
 def _accumulate(node: Reduction, part: int, body: str, keep: str | None) -> list[str]:
     """The accumulation of one reduction in one pass; `keep` is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
-    if node.op in ("max", "min") or (node.op == "logsumexp" and part == 0):
+    if node.op == "logsumexp" and part == 0:  # only a shift: a NaN reaches the result through the exp sum
+        return [f"{acc} = max({acc}, {body})"]
+    if node.op in ("max", "min"):
         # a NaN wins and stays, as in torch.amax/amin (Python's max(acc, nan) would drop it);
         # written as a statement: Numba's parfor pass rejects the same select as an expression
         beats = "<" if node.op == "min" else ">"

@@ -272,6 +272,9 @@ class _Resolver:
     def row_rule(self, rule: str, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`ignore if ...` (a condition) or `mean weighted by ...` (a number), one value per row."""
         resolved = self.expr(expr, scope, loss)
+        if _contains(resolved, ir.Reduce):
+            raise self.error(SpecTypeError, f"`{ir.format_expr(expr)}` may not reduce: it is computed before "
+                             "any pass over the axis", loss.file, expr.pos)
         wanted = "bool" if rule == "ignore" else "number"
         if self.kind(resolved, loss) != wanted or self.varies(resolved):
             what = "a condition" if wanted == "bool" else "a number"
@@ -529,6 +532,10 @@ def _literal(value: Value) -> ir.Expr:
     if isinstance(value, str):
         return ir.Str(value)
     return ir.Num(float(value))
+
+
+def _contains(expr: ir.Expr, kind: type) -> bool:
+    return isinstance(expr, kind) or any(_contains(child, kind) for child in ir.children(expr))
 
 
 def _mentions_names(expr: ir.Expr) -> bool:

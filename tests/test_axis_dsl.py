@@ -202,6 +202,7 @@ def resolved(text):
     ("loss t(x[c], y)\n    ignore if x[y] > 0\n    t = x[y]\n", SpecTypeError, "cannot gather"),
     ("loss t(x[c], y)\n    mean weighted by x\n    t = x[y]\n", SpecTypeError, "one value per row"),
     ("loss t(x)\n    ignore if x > 0\n    t = x\n", SpecTypeError, "over a named axis"),
+    ("loss t(x[c], y)\n    mean weighted by sum(x, c)\n    t = x[y]\n", SpecTypeError, "may not reduce"),
     ("loss t(x[c], w[c] = 1, y)\n    t = x[y]\n", SpecTypeError, "needs a default"),
     ("loss t(x[c], y)\n    axis k = 1\n    t = x[y]\n", SpecNameError, "names no axis"),
     ("loss t(x[c], y) wrt y\n    t = x[y]\n", SpecTypeError, "inputs that have the axis"),

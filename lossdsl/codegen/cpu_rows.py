@@ -125,21 +125,26 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
 
 
 def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
-    """The pass in which each reduction starts: after every reduction its body uses is complete."""
-    done: dict[sympy.Symbol, int] = {}  # symbol -> last pass it occupies
+    """The pass in which each reduction starts.
+
+    A reduction needs every reduction its body uses to be complete (logsumexp takes two
+    passes: its max, then its sum). The number of passes is set by the longest chain;
+    within that, each reduction goes to the latest pass it can, so cheap sums join the
+    last forward pass instead of slowing the first (a max pass does not vectorise).
+    """
+    symbols = {node.symbol for node in reductions}
+    length = {node.symbol: 2 if node.op == "logsumexp" else 1 for node in reductions}
+    deps = {node.symbol: (node.body.free_symbols | (node.order.free_symbols if node.order is not None else set()))
+            & symbols for node in reductions}
+    earliest: dict[sympy.Symbol, int] = {}
+    for node in reductions:  # in dependency order
+        earliest[node.symbol] = max((earliest[d] + length[d] for d in deps[node.symbol]), default=0)
+    passes = max(earliest[s] + length[s] for s in symbols)
     start: dict[sympy.Symbol, int] = {}
-    pending = list(reductions)
-    while pending:
-        for node in pending:
-            symbols = node.body.free_symbols | (node.order.free_symbols if node.order is not None else set())
-            deps = [s for s in symbols if s.name.startswith(("_r", "_s", "_n"))]
-            if all(d in done for d in deps):
-                start[node.symbol] = max((done[d] for d in deps), default=-1) + 1
-                done[node.symbol] = start[node.symbol] + (1 if node.op == "logsumexp" else 0)
-                pending.remove(node)
-                break
-        else:
-            raise RuntimeError("reductions depend on each other in a cycle")
+    for node in reversed(reductions):
+        users = [u for u in symbols if node.symbol in deps[u]]
+        finish = min((start[u] for u in users), default=passes)
+        start[node.symbol] = finish - length[node.symbol]
     return start
 
 

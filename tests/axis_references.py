@@ -35,8 +35,8 @@ Conventions shared by several entries:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -320,12 +320,17 @@ def nll_grads(logp, y, class_weight=None, *, ignore_index=-100):
 
 
 def poly1_ce_value(logits, y, class_weight=None, *, epsilon=1.0, ignore_index=-100, label_smoothing=0.0):
-    # PolyLoss (Leng et al. 2022), Poly-1: CE + epsilon * (1 - p_y), p_y = softmax(logits)[y];
-    # CE as torch's cross_entropy (class weight, smoothing); the poly term unweighted, 0 on ignored rows
+    # PolyLoss (Leng et al. 2022), Poly-1: CE + epsilon * (1 - p_t), where p_t is the softmax's
+    # probability of the smoothed one-hot target (the paper's code: sum(labels * softmax)),
+    # (1 - ls) * p_y + ls / C; CE as torch's cross_entropy; the poly term scaled by w[y] like
+    # CE's label term (so the class-weighted mean stays a weighted mean); 0 on ignored rows
+    z = _f(logits)
     keep, yy = _kept(y, ignore_index)
-    ce = cross_entropy_value(logits, y, class_weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    p_y = np.exp(_pick(_log_softmax(_f(logits)), yy))
-    return ce + np.where(keep, epsilon * (1.0 - p_y), 0.0)
+    ce = cross_entropy_value(z, y, class_weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    p_y = np.exp(_pick(_log_softmax(z), yy))
+    p_t = (1.0 - label_smoothing) * p_y + label_smoothing / z.shape[-1]
+    w = _class_weight(class_weight, z.shape[-1])[yy]
+    return ce + np.where(keep, epsilon * w * (1.0 - p_t), 0.0)
 
 
 def poly1_ce_grads(logits, y, class_weight=None, *, epsilon=1.0, ignore_index=-100, label_smoothing=0.0):
@@ -334,8 +339,10 @@ def poly1_ce_grads(logits, y, class_weight=None, *, epsilon=1.0, ignore_index=-1
     (ce,) = cross_entropy_grads(z, y, class_weight, ignore_index=ignore_index, label_smoothing=label_smoothing)
     s = _softmax(z)
     p_y = _pick(s, yy)[..., None]
-    # d p_y / dz = p_y * (onehot(y) - softmax)
-    return (ce - np.where(keep[..., None], epsilon * p_y * (_onehot(yy, z.shape[-1]) - s), 0.0),)
+    w = _class_weight(class_weight, z.shape[-1])[yy][..., None]
+    # d p_t / dz = (1 - ls) * p_y * (onehot(y) - softmax)
+    dp_t = (1.0 - label_smoothing) * p_y * (_onehot(yy, z.shape[-1]) - s)
+    return (ce - np.where(keep[..., None], epsilon * w * dp_t, 0.0),)
 
 
 def softmax_focal_value(logits, y, class_weight=None, *, alpha=0.25, gamma=2.0, ignore_index=-100):
@@ -366,7 +373,7 @@ def softmax_focal_grads(logits, y, class_weight=None, *, alpha=0.25, gamma=2.0, 
 # KL divergence
 # ---------------------------------------------------------------------------
 
-def kl_div_value(input, target, *, log_target=False):  # noqa: A002 - PyTorch's argument name
+def kl_div_value(input, target, *, log_target=False):  # PyTorch's argument names
     # torch.nn.functional.kl_div(reduction='none'): target * (log target - input), 0 where target = 0;
     # log_target: exp(target) * (target - input)
     x, t = _f(input), _f(target)
@@ -376,7 +383,7 @@ def kl_div_value(input, target, *, log_target=False):  # noqa: A002 - PyTorch's 
         return np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0) - t * x
 
 
-def kl_div_grads(input, target, *, log_target=False):  # noqa: A002
+def kl_div_grads(input, target, *, log_target=False):
     t = _f(target)
     return (-np.exp(t) if log_target else -t,)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import LossInputError, LossLabelError
 
-REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")
+CALL_REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")  # what a call's `reduction=` may be
 
 
 def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
@@ -93,8 +93,8 @@ class Call:
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
                  batch_axis):
-        if reduction not in REDUCTIONS:
-            raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        if reduction not in CALL_REDUCTIONS:
+            raise LossInputError(f"reduction must be one of {', '.join(CALL_REDUCTIONS)}; got {reduction!r}")
         self.name, self.shape, self.dtype, self.reduction = name, shape, dtype, reduction
         self.size = int(np.prod(shape, dtype=np.int64))
         self.weights = sample_weights(name, sample_weight, shape, dtype)
@@ -240,9 +240,9 @@ def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str 
         axes = list(range(ndim))
     else:
         axes = list(axis) if isinstance(axis, (tuple, list)) else [axis]
-    try:
-        normal = sorted(int(a) % ndim if -ndim <= int(a) < ndim else None for a in axes)
-    except (TypeError, ValueError):
+    whole = all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) for a in axes)
+    normal = sorted(int(a) % ndim for a in axes if -ndim <= a < ndim) if whole else []
+    if len(normal) != len(axes):
         normal = [None]
     if not normal or None in normal or normal != list(range(normal[0], normal[0] + len(normal))):
         raise LossInputError(f"{loss_name}: axis={axis!r} must be an axis of the input's shape {shape}, or a run "
@@ -250,11 +250,19 @@ def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str 
     return normal[0], normal[-1]
 
 
+_LABEL_LIMIT = 2 ** 62  # beyond any axis length; larger labels would not survive the cast to int64
+
+
 def _labels(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
     """Labels as int64; floats are accepted only when they hold whole numbers."""
-    if array.dtype.kind in "biu":
-        return array.astype(np.int64, copy=False)
-    if array.dtype.kind == "f" and bool(np.all(np.isfinite(array))) and bool(np.all(array == np.round(array))):
-        return array.astype(np.int64)
-    raise LossInputError(f"{loss_name}: {input_name} holds labels: integers, not {array.dtype} values "
-                         "with fractions")
+    if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.all(array == np.round(array))):
+        bad = array.reshape(-1)[np.argmin(np.isfinite(array) & (array == np.round(array)), axis=None)]
+        raise LossInputError(f"{loss_name}: {input_name} holds labels: whole numbers, not {bad.item()!r}")
+    if array.dtype.kind not in "biuf":
+        raise LossInputError(f"{loss_name}: {input_name} holds labels: integers, not {array.dtype}")
+    huge = np.abs(array.astype(np.float64)) > _LABEL_LIMIT if array.size else np.zeros(0, bool)
+    if huge.any():
+        position = int(np.argmax(huge.reshape(-1)))
+        raise LossLabelError(f"{loss_name}: label {array.reshape(-1)[position].item()} of {input_name} at index "
+                             f"{tuple(int(i) for i in np.unravel_index(position, array.shape))} is outside the axis")
+    return array.astype(np.int64, copy=False)

@@ -13,8 +13,8 @@ adjoint a = d(loss)/d(reduction) is a row-level value; through its body it passe
     a * w(c) * d(body)/d(x)                     to the gradient of each input x at c,
 
 where w(c) = d(reduction)/d(body at c) is the reduction's own derivative: 1 for sum,
-1/length for mean, softmax weights exp(body - logsumexp) for logsumexp, an indicator
-of the arg-max shared between ties for max and min (torch.amax), and the p-norm's
+1/length for mean, softmax weights exp(body - logsumexp) for logsumexp, a one-hot at
+the first arg-max (arg-min) for max and min (torch.max(x, dim), torch.argmax), and the p-norm's
 |body|^(p-1) sign(body) / norm^(p-1) (0 where the norm is 0, as torch.norm). A load's
 adjoint reaches the gradient as a one-hot at the label. Each sum over c above is a new
 reduction (computed by the fused kernel in its own pass over the row), so nothing of
@@ -65,7 +65,7 @@ class RowPlan:
     value: sympy.Expr  # the loss of one row, over reductions, loads, row inputs and parameters
     forward: tuple[Reduction, ...]  # in dependency order (inner first)
     loads: tuple[Load, ...]
-    backward: tuple[Reduction, ...]  # sums the gradient needs (adjoint sums, tie counts)
+    backward: tuple[Reduction, ...]  # sums over the axis the gradient needs (adjoint sums)
     adjoints: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # row-level, each over earlier ones
     grads: tuple[sympy.Expr, ...]  # per `wrt` input, at position `position`, over the adjoint symbols
     ignore: sympy.Expr | None
@@ -156,20 +156,21 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
     value = _prepare(local_values[loss.name])
     rules = {rule: None if getattr(loss, rule) is None else to_sympy(getattr(loss, rule), env, graph.node)
              for rule in ("ignore", "mean_weight")}
-    if rules["ignore"] is not None and rules["ignore"].free_symbols & {g.symbol for g in graph.loads}:
-        raise SpecTypeError("`ignore if` cannot gather (its rows' labels may be out of range)", loss.file,
-                            loss.ignore.pos.line, loss.ignore.pos.column)
     forward = tuple(graph.reductions)
     wrt = [inputs[name] for name in loss.wrt]
     kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
     shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
-    display = _display(loss, forward, graph.loads, local_values, value, shown, position)
+    display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
                    *kernel, rules["ignore"], rules["mean_weight"], display)
 
 
-def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, display: bool,
-            count: "callable") -> sympy.Expr:
+def arg_symbol(node: Reduction) -> sympy.Symbol:
+    """Where a max or min reduction found its extreme: the kernel records it in the same pass."""
+    return sympy.Symbol(f"{node.symbol.name}_arg", integer=True)
+
+
+def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, display: bool) -> sympy.Expr:
     """d node / d (its body at `position`): the reduction's own derivative."""
     body, result = node.body, node.symbol
     if node.op == "sum":
@@ -181,7 +182,8 @@ def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, displ
     if node.op in ("max", "min"):
         if display:
             return sympy.Function("onehot")(sympy.Function("argmax" if node.op == "max" else "argmin")(body))
-        return sympy.Piecewise((1 / count(node), sympy.Eq(body, result)), (0, True))
+        # the recorded position, not body == max: a body recomputed in another pass may round differently
+        return sympy.Piecewise((1, sympy.Eq(position, arg_symbol(node))), (0, True))
     p = node.order if node.order is not None else sympy.Integer(2)
     if p == 2:
         share = body / result
@@ -199,9 +201,8 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
     nodes = [r.symbol for r in forward] + [g.symbol for g in loads]
     for symbol in nodes:
         adjoint[symbol] = _diff(value, symbol)
-    counts: dict[sympy.Symbol, sympy.Symbol] = {}
 
-    def new_sum(body: sympy.Expr, prefix: str) -> sympy.Expr:
+    def new_sum(body: sympy.Expr) -> sympy.Expr:
         if not _varies(body, varying):
             return length*body
         if display:
@@ -209,14 +210,9 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
         for existing in backward:
             if existing.body == body:
                 return existing.symbol
-        symbol = sympy.Symbol(f"_{prefix}{len(backward)}", real=True)
+        symbol = sympy.Symbol(f"_s{len(backward)}", real=True)
         backward.append(Reduction(symbol, "sum", body))
         return symbol
-
-    def count(node: Reduction) -> sympy.Symbol:
-        if node.symbol not in counts:
-            counts[node.symbol] = new_sum(sympy.Piecewise((1, sympy.Eq(node.body, node.symbol)), (0, True)), "n")
-        return counts[node.symbol]
 
     grads = [sympy.S.Zero for _ in wrt]
     named: list[tuple[sympy.Symbol, sympy.Expr]] = []
@@ -234,12 +230,12 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
         if a == 0:
             continue
         a = name_of(a)
-        w = _weight(node, position, length, display, count)
+        w = _weight(node, position, length, display)
         for symbol in nodes:
             if symbol in node.body.free_symbols and symbol in adjoint:
                 inner = _diff(node.body, symbol)
                 if inner != 0:
-                    adjoint[symbol] += a * new_sum(w * inner, "s")
+                    adjoint[symbol] += a * new_sum(w * inner)
         for index, x in enumerate(wrt):
             inner = _diff(node.body, x)
             if inner != 0:
@@ -268,7 +264,7 @@ def _diff(expr: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
 # --- readable formulas ------------------------------------------------------------
 
 
-def _display(loss, forward, loads, local_values, value, shown, position) -> dict:
+def _display(loss, forward, loads, local_values, value, shown, position, length) -> dict:
     """Formulas with reductions written as `op(body, c)` and loads as `x[y]`, for `explain`."""
     readable: dict[sympy.Symbol, sympy.Expr] = {}
     for load in loads:
@@ -280,7 +276,7 @@ def _display(loss, forward, loads, local_values, value, shown, position) -> dict
             args.append(node.order)
         readable[node.symbol] = sympy.Function(node.op)(*args)
 
-    readable[sympy.Symbol("_len", positive=True)] = sympy.Function("len")(position)
+    readable[length] = sympy.Function("len")(position)
 
     def text(expr: sympy.Expr) -> sympy.Expr:
         return expr.xreplace(readable).xreplace(readable)

@@ -275,6 +275,9 @@ class _Resolver:
         if _contains(resolved, ir.Reduce):
             raise self.error(SpecTypeError, f"`{ir.format_expr(expr)}` may not reduce: it is computed before "
                              "any pass over the axis", loss.file, expr.pos)
+        if rule == "ignore" and _contains(resolved, ir.Gather):
+            raise self.error(SpecTypeError, "`ignore if` cannot gather: the labels of ignored rows may be out of "
+                             "range", loss.file, expr.pos)
         wanted = "bool" if rule == "ignore" else "number"
         if self.kind(resolved, loss) != wanted or self.varies(resolved):
             what = "a condition" if wanted == "bool" else "a number"
@@ -371,13 +374,12 @@ class _Resolver:
             raise self.error(SpecTypeError, "`x[y]` gathers along a named axis; this loss declares none "
                              "(declare one on an input: logits[c])", loss.file, gather.pos)
         array = self.expr(gather.array, scope, loss)
-        if not self.varies(array):
-            raise self.error(SpecTypeError, f"`{ir.format_expr(gather.array)}` does not vary along {self.axis}: "
-                             "there is nothing to gather", loss.file, gather.pos)
         index = self.expr(gather.index, scope, loss)
         if not (isinstance(index, ir.Name) and index.id in self.row_inputs and index.id not in self.wrt_names):
             raise self.error(SpecTypeError, f"the index in `{ir.format_expr(gather)}` must be an input that holds "
                              f"integer labels, one per row (without the axis {self.axis})", loss.file, gather.pos)
+        if not self.varies(array):  # the same at every position (a class weight left at its default)
+            return array
         self.labels.append(index.id)
         return ir.Gather(array, index, gather.pos)
 
@@ -404,9 +406,9 @@ class _Resolver:
         for part in (body, order):
             if part is not None and self.kind(part, loss) != "number":
                 raise self.error(SpecTypeError, f"{call.func}() reduces numbers, not conditions", loss.file, call.pos)
-        if order is not None and self.varies(order):
-            raise self.error(SpecTypeError, "the order p of norm() must be the same along the axis", loss.file,
-                             call.pos)
+        if order is not None and (self.varies(order) or _contains(order, (ir.Reduce, ir.Gather))):
+            raise self.error(SpecTypeError, "the order p of norm() must be a number, parameter or input without "
+                             "the axis (it is not differentiated)", loss.file, call.pos)
         return ir.Reduce(call.func, body, self.axis, order, call.pos)
 
     def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
@@ -534,7 +536,7 @@ def _literal(value: Value) -> ir.Expr:
     return ir.Num(float(value))
 
 
-def _contains(expr: ir.Expr, kind: type) -> bool:
+def _contains(expr: ir.Expr, kind: type | tuple[type, ...]) -> bool:
     return isinstance(expr, kind) or any(_contains(child, kind) for child in ir.children(expr))
 
 

@@ -151,7 +151,7 @@ class Loss:
             raise LossInputError(f"{self.name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
                                  f"({', '.join(names)}); got {len(inputs) + len(named_inputs)}")
         given.update(named_inputs)
-        missing = [i.name for i in specs[:required] if i.name not in given]
+        missing = [i.name for i in specs[:required] if given.get(i.name) is None]
         if missing:
             raise LossInputError(f"{self.name} takes {required} input{'s' if required != 1 else ''} "
                                  f"({', '.join(names[:required])}); missing {', '.join(missing)}")

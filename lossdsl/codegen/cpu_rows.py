@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ..reductions import Reduction, RowPlan, lowered
+from ..reductions import Reduction, RowPlan, arg_symbol, lowered
 from ..symbolic import safe_name
 from .cpu import FASTMATH, _FLOAT_TYPES, _formula_comment
 from .printer import NumbaPrinter
@@ -47,7 +47,7 @@ class _Writer:
     def __init__(self, plan: RowPlan, printer: NumbaPrinter):
         self.plan, self.printer, self.lines = plan, printer, []
         self.inputs = plan.loss.inputs
-        self.axis_index = {i.name: k for k, i in enumerate(self.inputs)}
+        self.index_of = {i.name: k for k, i in enumerate(self.inputs)}
         self.segment = 0
 
     def emit(self, indent: int, *lines: str) -> None:
@@ -102,7 +102,7 @@ def _keep(plan: RowPlan, w: _Writer) -> str:
 def _loads(w: _Writer, indent: int, symbols) -> None:
     for load in w.plan.loads:
         if load.symbol in symbols:
-            k = w.axis_index[load.input]
+            k = w.index_of[load.input]
             w.emit(indent, f"{load.symbol} = _{safe_name(load.input)}_[__b{k} + {safe_name(load.label)} * __t{k}]")
 
 
@@ -148,16 +148,17 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     return start
 
 
-def _accumulate(node: Reduction, part: int, body: str, keep: str | None) -> list[str]:
+def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol) -> list[str]:
     """The accumulation of one reduction in one pass; `keep` is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
     if node.op == "logsumexp" and part == 0:  # only a shift: a NaN reaches the result through the exp sum
         return [f"{acc} = max({acc}, {body})"]
     if node.op in ("max", "min"):
-        # a NaN wins and stays, as in torch.amax/amin (Python's max(acc, nan) would drop it);
-        # written as a statement: Numba's parfor pass rejects the same select as an expression
+        # the first extreme and where it is; a NaN wins and stays, as in torch.max (Python's
+        # max(acc, nan) would drop it); a statement: Numba's parfor pass rejects it as an expression
         beats = "<" if node.op == "min" else ">"
-        return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or {acc}_v != {acc}_v:", f"    {acc} = {acc}_v"]
+        return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or ({acc}_v != {acc}_v and {acc} == {acc}):",
+                f"    {acc} = {acc}_v", f"    {arg_symbol(node)} = {position}"]
     if node.op == "logsumexp" and keep is not None:
         return [f"__e = math.exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
     if node.op == "logsumexp":
@@ -175,9 +176,10 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
         p = node.order if node.order is not None else sympy.Integer(2)
         if p == 2:
             return [f"{out} = F(math.sqrt({acc}))"]
+        order = f"({w.text(p)})"
         if p.is_Number:
-            return [f"{out} = F({acc} ** (1.0 / {w.text(p)}))"]
-        order = w.text(p)  # a runtime parameter: the common p = 2 keeps its fast path
+            return [f"{out} = F({acc} ** (1.0 / {order}))"]
+        # a runtime order: the common p = 2 keeps its fast path
         return [f"{out} = F(math.sqrt({acc}) if {order} == 2 else {acc} ** (1.0 / {order}))"]
     return [f"{out} = F({acc})"]
 
@@ -197,6 +199,8 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
         for node, part in parts:
             if part == 0:
                 w.emit(indent, f"__{node.symbol.name} = {_START[node.op]}")
+                if node.op in ("max", "min"):
+                    w.emit(indent, f"{arg_symbol(node)} = 0")
             else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
                 acc = f"__{node.symbol.name}"
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
@@ -206,7 +210,7 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
         texts = w.statements(indent + 1, [], bodies)
         for (node, part), text in zip(parts, texts):
             keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
-            w.emit(indent + 1, *_accumulate(node, part, text, keep))
+            w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position))
         for node, part in parts:
             if part == (node.op == "logsumexp"):
                 w.emit(indent, *_finish(node, w.plan, w))
@@ -219,8 +223,18 @@ def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ..
         weight = sympy.exp(node.body - node.symbol)
         if node.op == "logsumexp" and any(g.has(weight) for g in plan.grads):
             softmax = sympy.Symbol("__softmax", real=True)
-            return node, tuple(g.xreplace({weight: softmax}) for g in plan.grads)
+            return node, tuple(_replace_outside_conditions(g, weight, softmax) for g in plan.grads)
     return None, plan.grads
+
+
+def _replace_outside_conditions(expr: sympy.Expr, old: sympy.Expr, new: sympy.Expr) -> sympy.Expr:
+    """`expr` with `old` as `new`, except inside comparisons: a value read back may round
+    differently from the one recomputed, which may move a tie."""
+    if expr == old:
+        return new
+    if isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean)) or not expr.args:
+        return expr
+    return expr.func(*(_replace_outside_conditions(a, old, new) for a in expr.args))
 
 
 def _reduced_body(node: Reduction, part: int) -> sympy.Expr:

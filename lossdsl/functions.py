@@ -67,8 +67,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
 REDUCTIONS: dict[str, str] = {
     "sum": "sum over the axis",
     "mean": "sum / length of the axis",
-    "max": "largest entry; ties share the gradient equally (torch.amax)",
-    "min": "smallest entry; ties share the gradient equally (torch.amin)",
+    "max": "largest entry; the gradient goes to the first arg-max (torch.max(x, dim)); a NaN wins",
+    "min": "smallest entry; the gradient goes to the first arg-min (torch.min(x, dim)); a NaN wins",
     "logsumexp": "log(sum(exp(x))), computed stably; gradient softmax(x)",
     "norm": "p-norm (sum(|x|^p))^(1/p), p = 2 unless given; gradient 0 where the norm is 0 (torch.norm)",
 }

@@ -92,7 +92,7 @@ def test_norms_min_and_their_conventions():
     grads = loss.grad(a, b, reduction="sum")
     for index, grad in enumerate(grads):
         np.testing.assert_allclose(grad, finite_differences(loss, [a, b], index), atol=1e-6)
-    # at a zero vector the 2-norm's gradient is 0 (torch.norm), not NaN; min's tie shares the gradient
+    # at a zero vector the 2-norm's gradient is 0 (torch.norm), not NaN; min(a*b) of zeros passes b = 0
     zero = np.zeros((1, 6))
     grad_a, grad_b = loss.grad(zero, zero, reduction="sum")
     assert np.all(np.isfinite(grad_a)) and np.all(np.isfinite(grad_b))

@@ -143,7 +143,7 @@ class RowCall(Call):
                  batch_axis):
         resolved = loss._resolved
         name = resolved.name
-        main_input = next(i for i in resolved.inputs if i.axis)
+        main_input = next(i for i in resolved.inputs if i.axis and arrays[i.name] is not None)
         main = arrays[main_input.name]
         if main.ndim == 0:
             raise LossInputError(f"{name}: {main_input.name} needs the axis {resolved.axis}; got a scalar")

@@ -1,21 +1,20 @@
 """Losses over an axis, value and gradient, lossdsl beside PyTorch eager and torch.compile.
 
 Run: python benchmarks/axis_losses.py [--reps 10]. Prints one line per loss and
-implementation: the best of `reps` round-robin runs (implementations interleaved, so
-a noisy machine slows them alike) and the ratio to lossdsl. float32, 2 threads.
+implementation: the median of `reps` round-robin runs (harness.py) and the ratio to
+lossdsl. float32, 2 threads.
 Results with date and machine go in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import lossdsl
+from harness import machine, median_times
 
 
 def cases(rng: np.random.Generator):
@@ -34,25 +33,13 @@ def cases(rng: np.random.Generator):
            F.multilabel_soft_margin_loss, (a, targets))
 
 
-def timed(reps: int, runners: dict) -> dict:
-    best = {name: float("inf") for name in runners}
-    for name, run in runners.items():
-        run()  # warm-up: compiles
-    for _ in range(reps):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, float32, value + gradient")
+    print(f"{machine()}, torch {torch.__version__}, float32, value + gradient")
     for name, loss, torch_loss, inputs in cases(rng):
         tensors = [torch.tensor(x, requires_grad=input_name in loss.wrt) for input_name, x in zip(loss.inputs, inputs)]
         compiled = torch.compile(torch_loss)
@@ -64,7 +51,7 @@ def main() -> None:
 
         runners = {"lossdsl": lambda: loss.value_and_grad(*inputs), "torch eager": run_torch,
                    "torch.compile": lambda: run_torch(compiled)}
-        best = timed(args.reps, runners)
+        best = median_times(runners, args.reps)
         for impl, seconds in best.items():
             print(f"{name:<34} {impl:<14} {seconds * 1e3:8.2f} ms  {seconds / best['lossdsl']:5.2f}x lossdsl")
 

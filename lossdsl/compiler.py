@@ -109,7 +109,7 @@ def _compiler_fingerprint() -> str:
     """A hash of the code that shapes generated modules, so editing the compiler invalidates the cache."""
     package = Path(__file__).parent
     files = ["functions.py", "sympy_functions.py", "symbolic.py", "reductions.py", "rewrites.py", "resolve.py",
-             "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py"]
+             "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py", "kernel_math.py"]
     return cache.digest(__version__, *[(package / f).read_text(encoding="utf-8") for f in files])
 
 

@@ -171,9 +171,9 @@ class RowCall(Call):
             array = arrays[spec_input.name]
             is_label = spec_input.name in resolved.labels
             kind = np.dtype(np.int64) if is_label else dtype
-            if array is None:  # an optional input left out: its default, broadcast
-                array, step = np.full(1, spec_input.default, kind), (0, 0, 0)
-            elif spec_input.axis:
+            if array is None:  # an optional input left out: its default
+                array = np.asarray(spec_input.default, kind)
+            if spec_input.axis:
                 array, step = self._along_axis(spec_input.name, array, kind)
             else:
                 array, step = self._per_row(spec_input.name, array, kind, is_label)
@@ -193,8 +193,8 @@ class RowCall(Call):
             return flat(array, self.full, dtype), (self.length * self.inner, 1, self.inner)
         if array.shape == (self.length,):  # a per-class vector, shared by every row
             return flat(array, array.shape, dtype), (0, 0, 1)
-        if array.size == 1:
-            return flat(array, (1,), dtype), (0, 0, 0)
+        if array.size == 1:  # a per-class vector of one value: a unit step keeps the row loops vectorised
+            return flat(array, (self.length,), dtype), (0, 0, 1)
         try:
             return flat(array, self.full, dtype), (self.length * self.inner, 1, self.inner)
         except ValueError:

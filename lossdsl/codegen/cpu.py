@@ -27,18 +27,25 @@ from .printer import NumbaPrinter
 FASTMATH = '{"contract", "reassoc"}'
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
+# e^x: float32 kernels call a vectorisable exp (lossdsl.kernel_math); float64 keeps libm's for now
+_FAST_EXP = {np.dtype(np.float32): "from lossdsl.kernel_math import exp_float32 as fast_exp",
+             np.dtype(np.float64): "fast_exp = math.exp"}
 
 
 def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
     """The complete module source; `header` is a comment block (origin, cache key)."""
     printer = NumbaPrinter()
-    value_kernel = _kernel(plan, printer, with_grads=False)
-    fused_kernel = _kernel(plan, printer, with_grads=True)
+    kernels = [_kernel(plan, printer, with_grads=False), _kernel(plan, printer, with_grads=True)]
+    return module_source(header, dtype, printer, kernels)
+
+
+def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str]) -> str:
+    """A generated module: header, imports, the float type, the helpers the printer used, the kernels."""
+    dtype = np.dtype(dtype)
     helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
                       for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n"
-            f"F = {_FLOAT_TYPES[np.dtype(dtype)]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n"
-            f"{value_kernel}\n\n{fused_kernel}")
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_FAST_EXP[dtype]}\n\n"
+            f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 
 
 def _formula_comment(plan: KernelPlan) -> str:

@@ -24,7 +24,7 @@ import sympy
 
 from ..reductions import Reduction, RowPlan, arg_symbol, lowered
 from ..symbolic import safe_name
-from .cpu import FASTMATH, _FLOAT_TYPES, _formula_comment
+from .cpu import _formula_comment, module_source
 from .printer import NumbaPrinter
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
@@ -35,10 +35,7 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str) -> str:
     printer = NumbaPrinter()
     kernels = [_rows_kernel(plan, printer), _kernel(plan, printer, with_grads=False),
                _kernel(plan, printer, with_grads=True)]
-    helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
-                      for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n"
-            f"F = {_FLOAT_TYPES[np.dtype(dtype)]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
+    return module_source(header, dtype, printer, kernels)
 
 
 class _Writer:
@@ -160,9 +157,9 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None, positio
         return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or ({acc}_v != {acc}_v and {acc} == {acc}):",
                 f"    {acc} = {acc}_v", f"    {arg_symbol(node)} = {position}"]
     if node.op == "logsumexp" and keep is not None:
-        return [f"__e = math.exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
+        return [f"__e = fast_exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
     if node.op == "logsumexp":
-        return [f"{acc}_sum += math.exp({body} - {acc})"]
+        return [f"{acc}_sum += fast_exp({body} - {acc})"]
     return [f"{acc} += {body}"]
 
 

@@ -13,7 +13,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 # SymPy's own functions that can appear in a plan, by class name.
 _NATIVE = {
-    "exp": "math.exp({0})",
+    "exp": "fast_exp({0})",  # the module binds fast_exp to its float type's exp
     "log": "math.log({0})",
     "log1p": "math.log1p({0})",
     "expm1": "math.expm1({0})",

@@ -48,12 +48,17 @@ def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: 
             f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 
 
-def _formula_comment(plan: KernelPlan) -> str:
+def formula_comment(plan: KernelPlan) -> str:
     """The spec's formula, printed from the IR (never copied from the spec text)."""
     loss = plan.loss
-    lines = [f"# loss {loss.name}({', '.join(i.name for i in loss.inputs)}) wrt {', '.join(loss.wrt)}"]
+    inputs = ", ".join(i.name + (f"[{i.axis}]" if i.axis else "") for i in loss.inputs)
+    lines = [f"# loss {loss.name}({inputs}) wrt {', '.join(loss.wrt)}"]
     for name, value in sorted(loss.static_values.items()):
         lines.append(f"#     {name} = {'true' if value is True else 'false' if value is False else ascii(value)}")
+    if loss.ignore is not None:
+        lines.append(f"#     ignore if {ir.format_expr(loss.ignore)}")
+    if loss.mean_weight is not None:
+        lines.append(f"#     mean weighted by {ir.format_expr(loss.mean_weight)}")
     lines += [f"#     {local.name} = {ir.format_expr(local.expr)}" for local in loss.locals]
     return "\n".join(lines)
 
@@ -85,7 +90,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
                         ("loss_value", [], "Weighted sum of the loss elements; each one is also stored in __out "
                          "when it has room."))
     lines = [
-        _formula_comment(plan),
+        formula_comment(plan),
         "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
         f"def {name}({', '.join(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
         f'    """{doc}"""',

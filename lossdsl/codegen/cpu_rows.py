@@ -24,7 +24,7 @@ import sympy
 
 from ..reductions import Reduction, RowPlan, arg_symbol, lowered
 from ..symbolic import safe_name
-from .cpu import _formula_comment, module_source
+from .cpu import formula_comment, module_source
 from .printer import NumbaPrinter
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
@@ -251,7 +251,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
     name = "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
-    w.lines.append(_formula_comment(plan))
+    w.lines.append(formula_comment(plan))
     w.emit(0, "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
            f"def {name}({', '.join(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads

@@ -186,7 +186,7 @@ class xlogy(_Real):
     numba = "_xlogy({0}, {1})"
     helper = """
 def _xlogy(x, y):
-    return F(0.0) if x == 0 and y == y else x * math.log(y)
+    return F(0.0) if x == 0 and y == y else x * fast_log(y)
 """
 
     def fdiff(self, argindex=1):
@@ -208,7 +208,7 @@ class log_clamped(_Real):
     numba = "_log_clamped({0})"
     helper = """
 def _log_clamped(x):
-    v = math.log(x)
+    v = fast_log(x)
     return F(-100.0) if v < F(-100.0) else v
 """
 
@@ -229,8 +229,8 @@ class bce_clamped(_Real):
     numba = "_bce_clamped({0}, {1})"
     helper = """
 def _bce_clamped(p, y):
-    log_p = math.log(p)
-    log_q = math.log(F(1.0) - p)
+    log_p = fast_log(p)
+    log_q = fast_log(F(1.0) - p)
     log_p = F(-100.0) if log_p < F(-100.0) else log_p
     log_q = F(-100.0) if log_q < F(-100.0) else log_q
     return -(y * log_p + (F(1.0) - y) * log_q)

@@ -23,13 +23,17 @@ from ..symbolic import KernelPlan, safe_name
 from .printer import NumbaPrinter
 
 # Reassociation lets the float64 sum vectorise; nnan/ninf are left out on purpose:
-# log clamps and inf guards in the catalogue depend on IEEE infinities and NaN.
+# log clamps and inf guards in the catalogue depend on IEEE infinities and NaN. Every
+# generated function uses NumPy's error model: x/0 is inf or NaN, never an exception.
 FASTMATH = '{"contract", "reassoc"}'
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
-# e^x: float32 kernels call a vectorisable exp (lossdsl.kernel_math); float64 keeps libm's for now
-_FAST_EXP = {np.dtype(np.float32): "from lossdsl.kernel_math import exp_float32 as fast_exp",
-             np.dtype(np.float64): "fast_exp = math.exp"}
+# exp, log, log1p: float32 kernels call vectorisable versions (lossdsl.kernel_math); float64 keeps libm's for now
+_FAST_MATH = {
+    np.dtype(np.float32): "from lossdsl.kernel_math import exp_float32 as fast_exp, log1p_float32 as fast_log1p, "
+                          "log_float32 as fast_log",
+    np.dtype(np.float64): "fast_exp, fast_log, fast_log1p = math.exp, math.log, math.log1p",
+}
 
 
 def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
@@ -42,9 +46,9 @@ def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
 def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str]) -> str:
     """A generated module: header, imports, the float type, the helpers the printer used, the kernels."""
     dtype = np.dtype(dtype)
-    helpers = "".join(f"\n@numba.njit(inline=\"always\", fastmath=FASTMATH)\n{source.strip()}\n\n"
-                      for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_FAST_EXP[dtype]}\n\n"
+    decorator = '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")'
+    helpers = "".join(f"\n{decorator}\n{source.strip()}\n\n" for _, source in sorted(printer.helpers.items()))
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_FAST_MATH[dtype]}\n\n"
             f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 
 
@@ -91,7 +95,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
                          "when it has room."))
     lines = [
         formula_comment(plan),
-        "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
+        "@numba.njit(parallel=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
         f"def {name}({', '.join(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
         f'    """{doc}"""',
         *[f"    {line}" for line in prologue],

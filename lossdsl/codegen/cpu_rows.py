@@ -105,7 +105,8 @@ def _loads(w: _Writer, indent: int, symbols) -> None:
 
 def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
     w = _Writer(plan, printer)
-    w.emit(0, "@numba.njit(fastmath=FASTMATH, cache=True)", f"def loss_rows({', '.join(_arguments(plan))}):")
+    w.emit(0, "@numba.njit(fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
+           f"def loss_rows({', '.join(_arguments(plan))}):")
     w.emit(1, '"""(sum of the mean weight over rows kept, first row with a label out of range or -1, its label)."""')
     w.emit(1, "__norm = 0.0")
     _prologue(w, parallel=False)
@@ -252,7 +253,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
     name = "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
     w.lines.append(formula_comment(plan))
-    w.emit(0, "@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)",
+    w.emit(0, "@numba.njit(parallel=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
            f"def {name}({', '.join(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
                                                        else '; each also stored in __out when it has room."""'))

@@ -14,8 +14,8 @@ from sympy.printing.pycode import PythonCodePrinter
 # SymPy's own functions that can appear in a plan, by class name.
 _NATIVE = {
     "exp": "fast_exp({0})",  # the module binds fast_exp to its float type's exp
-    "log": "math.log({0})",
-    "log1p": "math.log1p({0})",
+    "log": "fast_log({0})",
+    "log1p": "fast_log1p({0})",
     "expm1": "math.expm1({0})",
     "tanh": "math.tanh({0})",
     "cosh": "math.cosh({0})",

@@ -53,7 +53,7 @@ _SHIFT32_BITS = _i32(0x4B400000)
 _MAX32, _MIN32 = _f32(88.7228394), _f32(-103.972084)  # e^x overflows above, is 0 below
 
 
-@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def exp_float32(x):
     """e^x for float32 (Cephes expf polynomial on |r| <= ln2/2)."""
     xc = min(max(x, _MIN32), _MAX32)
@@ -74,7 +74,7 @@ _SQRT_HALF_BITS = _i32(0x3F3504F3)  # the bits of sqrt(1/2): mantissas are reduc
 _MANTISSA = _i32(23)
 
 
-@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def log_float32(x):
     """log(x) for float32 (Cephes logf polynomial on [sqrt(1/2), sqrt(2)))."""
     subnormal = x < _f32(1.17549435e-38)  # scaled up by 2^23 first, so their bits decompose like normals
@@ -94,7 +94,7 @@ def log_float32(x):
     return _f32(math.nan) if x < _f32(0.0) or x != x else y
 
 
-@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
 def log1p_float32(x):
     """log(1 + x) for float32: log of u = 1 + x, corrected by the rounding of u (Goldberg)."""
     u = _f32(1.0) + x

@@ -75,9 +75,8 @@ class Backend:
         return _plan(self.resolved)                                    # 3. SymPy: derive, stabilise, CSE
 
     def explain(self, latex: bool = False) -> str:
-        from .reductions import explain_rows
         from .symbolic import explain
-        return explain(self.plan(), latex) if self.resolved.axis is None else explain_rows(self.plan(), latex)
+        return explain(self.plan(), latex)
 
 
 _PLANS: dict[str, object] = {}  # by cache text: losses that differ only in numeric parameters share a plan

@@ -30,7 +30,7 @@ from . import ir
 from .errors import SpecTypeError
 from .resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
-from .symbolic import _checked, _ours, safe_name, simplify, to_sympy, to_text
+from .symbolic import _checked, _ours, safe_name, simplify, to_sympy
 from .sympy_functions import absolute, make_power, sign
 
 
@@ -75,6 +75,10 @@ class RowPlan:
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show: reductions as op(body, c), x[y], softmax, onehot."""
         return self.display["value"], self.display["grads"]
+
+    @property
+    def readable_locals(self) -> tuple[tuple[str, sympy.Expr], ...]:
+        return self.display["locals"]
 
 
 class _Graph:
@@ -285,20 +289,6 @@ def _display(loss, forward, loads, local_values, value, shown, position, length)
     shown_locals = ((n, text(e)) for n, e in local_values.items() if n != loss.name)
     return {"locals": tuple((n, e) for n, e in shown_locals if not e.is_Atom),
             "value": text(value), "grads": tuple(text(g) for g in grads)}
-
-
-def explain_rows(plan: RowPlan, latex: bool = False) -> str:
-    """The spec's locals, the loss and its gradients, as `lossdsl show` prints them (or LaTeX)."""
-    loss, shown = plan.loss, plan.display
-    if latex:
-        lines = [f"{loss.name} = {sympy.latex(shown['value'])}"]
-        lines += [f"d{loss.name}/d{name} = {sympy.latex(g)}" for name, g in zip(loss.wrt, shown["grads"])]
-        return "\n".join(lines)
-    local_values = shown["locals"]
-    lines = [f"{name} = {to_text(value, local_values[:index])}" for index, (name, value) in enumerate(local_values)]
-    lines.append(f"{loss.name} = {to_text(shown['value'], local_values)}")
-    lines += [f"d{loss.name}/d{name} = {to_text(grad, local_values)}" for name, grad in zip(loss.wrt, shown["grads"])]
-    return "\n".join(lines)
 
 
 def lowered(expr: sympy.Expr) -> sympy.Expr:

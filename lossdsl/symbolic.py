@@ -47,6 +47,10 @@ class KernelPlan:
         """The loss and its gradients as formulas to show."""
         return self.value, self.grads
 
+    @property
+    def readable_locals(self) -> tuple[tuple[str, sympy.Expr], ...]:
+        return self.local_values
+
 
 _RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
 
@@ -227,15 +231,19 @@ def to_text(expr: sympy.Expr, local_values: tuple[tuple[str, sympy.Expr], ...] =
     return _FormulaPrinter().doprint(expr)
 
 
-def explain(plan: KernelPlan, latex: bool = False) -> str:
-    """The spec's locals, the loss and its derived gradients, one per line, as `lossdsl show` prints them."""
+def explain(plan, latex: bool = False) -> str:
+    """The spec's locals, the loss and its derived gradients, one per line, as `lossdsl show` prints them.
+
+    `plan` is a KernelPlan or a reductions.RowPlan: both give `readable()` and `readable_locals`.
+    """
     loss = plan.loss
+    value, grads = plan.readable()
     if latex:
-        lines = [f"{loss.name} = {sympy.latex(plan.value)}"]
-        lines += [f"d{loss.name}/d{name} = {sympy.latex(grad)}" for name, grad in zip(loss.wrt, plan.grads)]
+        lines = [f"{loss.name} = {sympy.latex(value)}"]
+        lines += [f"d{loss.name}/d{name} = {sympy.latex(grad)}" for name, grad in zip(loss.wrt, grads)]
         return "\n".join(lines)
-    lines = [f"{name} = {to_text(value, plan.local_values[:index])}"
-             for index, (name, value) in enumerate(plan.local_values)]
-    lines.append(f"{loss.name} = {to_text(plan.value, plan.local_values)}")
-    lines += [f"d{loss.name}/d{name} = {to_text(grad, plan.local_values)}" for name, grad in zip(loss.wrt, plan.grads)]
+    local_values = plan.readable_locals
+    lines = [f"{name} = {to_text(expr, local_values[:index])}" for index, (name, expr) in enumerate(local_values)]
+    lines.append(f"{loss.name} = {to_text(value, local_values)}")
+    lines += [f"d{loss.name}/d{name} = {to_text(grad, local_values)}" for name, grad in zip(loss.wrt, grads)]
     return "\n".join(lines)

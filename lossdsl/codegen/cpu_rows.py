@@ -122,6 +122,11 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
     return "\n".join(w.lines) + "\n"
 
 
+def _pass_count(node: Reduction) -> int:
+    """Passes over the axis a reduction takes: logsumexp needs its max before its sum of exps."""
+    return 2 if node.op == "logsumexp" else 1
+
+
 def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     """The pass in which each reduction starts.
 
@@ -131,7 +136,7 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     last forward pass instead of slowing the first (a max pass does not vectorise).
     """
     symbols = {node.symbol for node in reductions}
-    length = {node.symbol: 2 if node.op == "logsumexp" else 1 for node in reductions}
+    length = {node.symbol: _pass_count(node) for node in reductions}
     deps = {node.symbol: (node.body.free_symbols | (node.order.free_symbols if node.order is not None else set()))
             & symbols for node in reductions}
     earliest: dict[sympy.Symbol, int] = {}
@@ -191,9 +196,9 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
     if not reductions:
         return
     start = _schedule(reductions)
-    last = max(start[n.symbol] + (1 if n.op == "logsumexp" else 0) for n in reductions)
-    for k in range(last + 1):
-        parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] <= (n.op == "logsumexp")]
+    passes = max(start[n.symbol] + _pass_count(n) for n in reductions)
+    for k in range(passes):
+        parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] < _pass_count(n)]
         for node, part in parts:
             if part == 0:
                 w.emit(indent, f"__{node.symbol.name} = {_START[node.op]}")
@@ -210,7 +215,7 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
             keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
             w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position))
         for node, part in parts:
-            if part == (node.op == "logsumexp"):
+            if part == _pass_count(node) - 1:
                 w.emit(indent, *_finish(node, w.plan, w))
 
 
@@ -282,11 +287,11 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
         w.loads_along_axis(4, gradients)
         texts = w.statements(4, [], list(gradients))
         for g, text in zip(grads, texts):
-            w.emit(4, f"{g}[__gb + {plan.position} * __inner] = ({text}) * __gw")
+            w.emit(4, f"{g}{element} = ({text}) * __gw")
     w.emit(2, "else:", "    __loss = 0.0")
     if with_grads:
         w.emit(3, f"for {plan.position} in range(__C):",
-               *[f"    {g}[__gb + {plan.position} * __inner] = F(0.0)" for g in grads])
+               *[f"    {g}{element} = F(0.0)" for g in grads])
     w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
     w.emit(1, "return __total")
     return "\n".join(w.lines) + "\n"

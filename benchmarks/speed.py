@@ -68,6 +68,8 @@ def time_cases(args, roofline: float) -> None:
     print(f"\n| case | {' | '.join(names)} | lossdsl GB/s | of triad |")
     print("|---|" + "---|" * (len(names) + 2))
     for case, name, inputs, traffic in cases(args.quick):
+        if args.only and name not in args.only:
+            continue
         loss = lossdsl.load(name)
         runners = {"lossdsl": lambda loss=loss, inputs=inputs: loss.value_and_grad(*inputs)}
         for peer, make in peers.items():
@@ -123,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, no start-up or accuracy runs")
+    parser.add_argument("--only", nargs="*", metavar="LOSS", help="time only these catalogue losses")
     args = parser.parse_args()
     versions = [f"numpy {np.__version__}", f"numba {numba.__version__}"]
     for module in ("torch", "jax"):
@@ -132,7 +135,7 @@ def main() -> None:
     roofline = triad_gbs()
     print(f"triad (a = b + s*c, float32, {numba.get_num_threads()} threads): {roofline:.1f} GB/s")
     time_cases(args, roofline)
-    if not args.quick:
+    if not args.quick and not args.only:
         startup()
         accuracy()
 

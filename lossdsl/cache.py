@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -70,13 +71,36 @@ def discard_machine_code(name: str, key: str) -> None:
 
 def write_module(path: Path, source: str) -> None:
     """Write `source` plus its checksum atomically (temporary file, then rename)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: its modules are executed on load
     text = source.rstrip("\n") + "\n"
     text += f"\n# sha256 {hashlib.sha256(text.encode()).hexdigest()}\n"
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    _write_atomically(path, text.encode("utf-8"))
+
+
+def load_object(name: str, key: str, build: Callable[[], object]) -> object:
+    """A pickled object stored under `key` (e.g. the parsed catalogue), built with `build()` when absent.
+
+    The folder is private to the user, as for the modules (which are executed) and
+    Numba's own cache (also pickles); a file that fails its checksum or to unpickle is rebuilt.
+    """
+    path = cache_dir() / f"{name}_{key[:24]}.pickle"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        data = path.read_bytes()
+        if hashlib.sha256(data[32:]).digest() == data[:32]:
+            return pickle.loads(data[32:])
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError):
+        pass
+    value = build()
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_atomically(path, hashlib.sha256(payload).digest() + payload)
+    return value
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: its modules are executed on load
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import cache, ir, registry
 from .errors import SpecNameError, SpecTypeError, UnknownLossError
-from .parse import decode, parse
 from .resolve import ResolvedLoss, Value, resolve
+from .resources import source_fingerprint
 from .runtime import Loss
 
 __version__ = "0.1.0"
@@ -25,10 +25,15 @@ __version__ = "0.1.0"
 def compile_spec(text: str | bytes, name: str | None = None, file: str = "<string>",
                  params: Mapping[str, Value] | None = None) -> Loss:
     """Compile the loss `name` (default: the last one) of spec `text` into a callable `Loss`."""
+    from .parse import decode, parse  # Lark: not needed to load a catalogue loss
     text = decode(text, file)
     losses = parse(text, file)                                       # 1. Lark → IR
-    loss = _choose(losses, name, file)
-    local = _names_in_file(losses)
+    return _compile(_choose(losses, name, file), text, params, _names_in_file(losses))
+
+
+def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
+             local: Mapping[str, ir.LossDef]) -> Loss:
+    file = loss.file
 
     def lookup(called: str, from_file: str):  # composition: a loss's own file first, then the catalogue
         return (local.get(called) if from_file == file else None) or registry.find(called)
@@ -106,10 +111,9 @@ def _sympy_version() -> str:
 @functools.lru_cache(maxsize=1)
 def _compiler_fingerprint() -> str:
     """A hash of the code that shapes generated modules, so editing the compiler invalidates the cache."""
-    package = Path(__file__).parent
-    files = ["functions.py", "sympy_functions.py", "symbolic.py", "reductions.py", "rewrites.py", "resolve.py",
-             "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py", "kernel_math.py"]
-    return cache.digest(__version__, *[(package / f).read_text(encoding="utf-8") for f in files])
+    return cache.digest(__version__, source_fingerprint(
+        "functions.py", "sympy_functions.py", "symbolic.py", "reductions.py", "rewrites.py", "resolve.py",
+        "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py", "kernel_math.py"))
 
 
 def _names_in_file(losses: tuple[ir.LossDef, ...]) -> dict[str, ir.LossDef]:
@@ -139,5 +143,5 @@ def load(name_or_path: str | Path, /, **params: Value) -> Loss:
         if not path.is_file():
             raise UnknownLossError(f"no spec file {str(path)!r}")
         return compile_spec(path.read_bytes(), None, str(path), params)
-    loss, text = registry.get(str(name_or_path))
-    return compile_spec(text, loss.name, loss.file, params)
+    loss, text = registry.get(str(name_or_path))  # parsed already (the index is cached)
+    return _compile(loss, text, params, {})

@@ -12,8 +12,14 @@ plain arithmetic with no calls and no branches (selects), so loops over them vec
 Errors are against float64 references (tests/test_kernel_math.py); NaN, +-inf, zeros,
 overflow and underflow through the subnormals match libm.
 
-Generated float32 modules import these as `fast_exp`, `fast_log`, `fast_log1p`; float64
-modules bind those names to libm's (vectorisable float64 versions are still to come).
+- tanh (float32): the Cephes tanhf polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above; <= 1.5 ulp.
+- pow (float32): e^(y log|x|) through the float64 exp and log below, so the error of y log|x|
+  does not reach the float32 result; C's special cases (negative bases, zeros, ones, infinities).
+- float64 exp (degree-12 Taylor after the same reduction) and log (fdlibm's polynomial in
+  s = (m-1)/(m+1)), <= 1.5 ulp, and log1p from them; 2-3x libm's per core.
+
+Generated modules import these as `fast_exp`, `fast_log`, ... (codegen/cpu.py chooses by float
+type; float64 tanh and pow stay libm's: a float64 pow through exp and log would lose accuracy).
 This module imports only Numba and llvmlite, so a cached loss still loads without SymPy.
 All functions use NumPy's error model: a division by zero gives inf or NaN, not an exception.
 """
@@ -103,3 +109,99 @@ def log1p_float32(x):
     y = x if u == _f32(1.0) else y  # tiny x: log1p(x) = x
     y = _f32(-math.inf) if u == _f32(0.0) else y
     return y if u != _f32(math.inf) else u
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def tanh_float32(x):
+    """tanh(x) for float32: the Cephes tanhf odd polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above."""
+    z = abs(x)
+    big = _f32(1.0) - _f32(2.0) / (exp_float32(z + z) + _f32(1.0))
+    big = big if x >= _f32(0.0) else -big
+    s = x * x
+    small = ((((_f32(-5.70498872745e-3) * s + _f32(2.06390887954e-2)) * s - _f32(5.37397155531e-2)) * s
+              + _f32(1.33314422036e-1)) * s - _f32(3.33332819422e-1)) * s * x + x
+    return big if z > _f32(0.625) else small
+
+
+float64_from_bits = _bitcast(types.int64, types.float64, ir.DoubleType())
+bits_of_float64 = _bitcast(types.float64, types.int64, ir.IntType(64))
+
+_f64, _i64 = np.float64, np.int64
+_SHIFT64 = _f64(6755399441055744.0)  # 1.5 * 2^52
+_SHIFT64_BITS = _i64(0x4338000000000000)
+_MAX64, _MIN64 = _f64(709.782712893384), _f64(-745.1332191019412)
+_LN2_HI, _LN2_LO = _f64(6.93147180369123816490e-01), _f64(1.90821492927058770002e-10)
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def exp_float64(x):
+    """e^x for float64: x = n*ln2 + r, |r| <= ln2/2, a degree-12 Taylor polynomial for e^r."""
+    xc = min(max(x, _MIN64), _MAX64)
+    t = xc * _f64(1.4426950408889634) + _SHIFT64
+    n = t - _SHIFT64
+    k = bits_of_float64(t) - _SHIFT64_BITS
+    r = xc - n * _LN2_HI - n * _LN2_LO
+    p = _f64(1.0 / 479001600.0)
+    for c in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+        p = p * r + _f64(1.0 / c)
+    half = k >> _i64(1)
+    y = (p * float64_from_bits((half + _i64(1023)) << _i64(52))
+         * float64_from_bits((k - half + _i64(1023)) << _i64(52)))
+    y = _f64(math.inf) if x > _MAX64 else y
+    return x if x != x else y
+
+
+_SQRT_HALF_BITS64 = _i64(0x3FE6A09E667F3BCD)
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def log_float64(x):
+    """log(x) for float64: m = x / 2^k in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m-1)/(m+1)."""
+    subnormal = x < _f64(2.2250738585072014e-308)
+    bits = bits_of_float64(x * _f64(4503599627370496.0) if subnormal else x)
+    k = (bits - _SQRT_HALF_BITS64) >> _i64(52)
+    m = float64_from_bits(bits - (k << _i64(52)))
+    k = k - _i64(52) if subnormal else k
+    f = m - _f64(1.0)
+    s = f / (_f64(2.0) + f)
+    z = s * s
+    w = z * z
+    r = (z * (_f64(6.666666666666735130e-01) + w * (_f64(2.857142874366239149e-01) + w * (
+        _f64(1.818357216161805012e-01) + w * _f64(1.479819860511658591e-01))))
+         + w * (_f64(3.999999999940941908e-01) + w * (_f64(2.222219843214978396e-01) + w * _f64(1.531383769920937332e-01))))
+    half_f2 = _f64(0.5) * f * f
+    n = _f64(k)
+    y = n * _LN2_HI - ((half_f2 - (s * (half_f2 + r) + n * _LN2_LO)) - f)
+    y = x if x == _f64(math.inf) else y
+    y = _f64(-math.inf) if x == _f64(0.0) else y
+    return _f64(math.nan) if x < _f64(0.0) or x != x else y
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def log1p_float64(x):
+    """log(1 + x) for float64: log of u = 1 + x, corrected by the rounding of u (Goldberg)."""
+    u = _f64(1.0) + x
+    correction = (x - (u - _f64(1.0))) / u
+    y = log_float64(u) + correction
+    y = x if u == _f64(1.0) else y
+    y = _f64(-math.inf) if u == _f64(0.0) else y
+    return y if u != _f64(math.inf) else u
+
+
+@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def pow_float32(x, y):
+    """x^y for float32 as e^(y log|x|) in float64 (exact to float32 rounding), with C's powf special cases.
+
+    Conditions are combined with & and | rather than `and`/`or`: with branches in it, LLVM
+    gave up vectorising the caller's loop (6x slower in a focal-loss kernel).
+    """
+    log_base = log_float64(_f64(abs(x)))
+    # x^0 = 1^y = 1, even for NaN and infinite partners (0 * inf would make NaN)
+    t = _f64(0.0) if (log_base == _f64(0.0)) | (y == _f32(0.0)) else _f64(y) * log_base
+    magnitude = _f32(exp_float64(t))
+    half = y * _f32(0.5)
+    fraction = half - np.floor(half)  # 0 for even integers, 1/2 for odd ones (math.floor would return an int)
+    odd = fraction == _f32(0.5)
+    integer = (fraction == _f32(0.0)) | odd | (abs(y) == _f32(math.inf))
+    result = -magnitude if odd & (bits_of_float32(x) < _i32(0)) else magnitude  # the sign bit: -0 too
+    return result if integer | (x >= _f32(0.0)) | (x == _f32(-math.inf)) else _f32(math.nan)

@@ -1,22 +1,32 @@
-"""The built-in catalogue: one `specs/<name>.loss` file per loss, found by listing the folder."""
+"""The built-in catalogue: one `specs/<name>.loss` file per loss, found by listing the folder.
+
+The parsed index is kept in the on-disk cache (keyed by the spec texts and the parser's
+source), so loading a catalogue loss in a new process neither imports Lark nor parses.
+"""
 from __future__ import annotations
 
 import difflib
 import functools
 from pathlib import Path
 
-from . import ir
+from . import cache, ir
 from .errors import SpecNameError, UnknownLossError
-from .parse import parse
-from .resources import specs_dir
+from .resources import grammar_file, source_fingerprint, specs_dir
 
 
 @functools.lru_cache(maxsize=None)
 def _index() -> dict[str, tuple[ir.LossDef, str]]:
     """Every catalogue name and alias → (its LossDef, the text of its file)."""
+    files = [(path, path.read_text(encoding="utf-8")) for path in sorted(specs_dir().glob("*.loss"))]
+    key = cache.digest(*(f"{path.name}\n{text}" for path, text in files), grammar_file().read_text(encoding="utf-8"),
+                       source_fingerprint("parse.py", "ir.py", "errors.py", "registry.py"))
+    return cache.load_object("catalogue", key, lambda: _parse_all(files))
+
+
+def _parse_all(files: list[tuple[Path, str]]) -> dict[str, tuple[ir.LossDef, str]]:
+    from .parse import parse  # Lark: only when the spec files changed since the index was cached
     index: dict[str, tuple[ir.LossDef, str]] = {}
-    for path in sorted(specs_dir().glob("*.loss")):
-        text = path.read_text(encoding="utf-8")
+    for path, text in files:
         for loss in parse(text, _display_path(path)):
             for name in (loss.name, *loss.aliases):
                 if name in index:

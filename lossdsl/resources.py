@@ -5,6 +5,7 @@ In a wheel they are package data under `lossdsl/_data/`; in a source checkout
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -23,3 +24,12 @@ def grammar_file() -> Path:
 
 def specs_dir() -> Path:
     return _data_dir("specs")
+
+
+def source_fingerprint(*files: str) -> str:
+    """A hash of some of lossdsl's own source files (paths relative to the package): cached
+    results derived by that code are invalid once it is edited."""
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update((_PACKAGE / name).read_bytes())
+    return digest.hexdigest()

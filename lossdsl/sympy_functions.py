@@ -262,7 +262,7 @@ class power(_Real):
     """
 
     nargs = 2
-    numba = "math.pow({0}, {1})"
+    numba = "fast_pow({0}, {1})"
 
     def _latex(self, printer, exp=None):
         text = printer._print(sympy.Pow(*self.args, evaluate=False))

@@ -3,7 +3,8 @@ import numba
 import numpy as np
 import pytest
 
-from lossdsl.kernel_math import FASTMATH, exp_float32, log1p_float32, log_float32
+from lossdsl.kernel_math import (FASTMATH, exp_float32, exp_float64, log1p_float32, log1p_float64, log_float32,
+                                 log_float64, pow_float32, tanh_float32)
 
 
 @numba.njit(fastmath=FASTMATH)
@@ -91,3 +92,87 @@ def test_log_special_values_match_libm(function):
         expected = getattr(np, function)(x)
     got = _apply(function, x)
     np.testing.assert_array_equal(got, expected)  # NaN where NumPy has NaN, exact infinities and zeros
+
+
+def _loop(function, arity=1):
+    """A float loop applying a kernel_math function, compiled with the generated kernels' flags."""
+    if arity == 1:
+        @numba.njit(fastmath=FASTMATH, error_model="numpy")
+        def run(x, out):
+            for i in range(x.size):
+                out[i] = function(x[i])
+        return lambda x: _run_on(run, x)
+
+    @numba.njit(fastmath=FASTMATH, error_model="numpy")
+    def run2(x, y, out):
+        for i in range(x.size):
+            out[i] = function(x[i], y[i])
+    return lambda x, y: _run_on(run2, x, y)
+
+
+def _run_on(run, *arrays):
+    out = np.empty_like(arrays[0])
+    run(*arrays, out)
+    return out
+
+
+def _float64_ulps(got, reference):
+    return np.abs(got - reference) / np.spacing(np.abs(reference))
+
+
+def test_float32_tanh_within_one_and_a_half_ulps():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-10, 10, 1_000_000), rng.uniform(-0.7, 0.7, 500_000),
+                        np.exp(rng.uniform(-40, 0, 200_000))]).astype(np.float32)
+    reference = np.tanh(x.astype(np.float64))
+    assert _ulps(_loop(tanh_float32)(x), reference).max() <= 1.5
+
+
+def test_float32_tanh_special_values_match_numpy():
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, 9.0, 100.0, -3e38], np.float32)
+    np.testing.assert_array_equal(_loop(tanh_float32)(x), np.tanh(x))
+
+
+def test_float64_exp_log_log1p_within_two_ulps_of_libm():
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(-745, 709.7, 1_000_000), rng.uniform(-1, 1, 500_000)])
+    assert _float64_ulps(_loop(exp_float64)(x), np.exp(x)).max() <= 2.0
+    x = np.concatenate([np.exp(rng.uniform(-744, 709, 1_000_000)), rng.uniform(0.5, 2, 500_000)])
+    assert _float64_ulps(_loop(log_float64)(x), np.log(x)).max() <= 2.0
+    x = np.concatenate([rng.uniform(-0.999, 1, 500_000), np.exp(rng.uniform(-700, 700, 500_000))])
+    assert _float64_ulps(_loop(log1p_float64)(x), np.log1p(x)).max() <= 2.0
+
+
+@pytest.mark.parametrize("function", ["exp", "log", "log1p"])
+def test_float64_special_values_match_numpy(function):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, -1.0, -2.0, 1e-300, -1e-300, 1.7e308, 5e-324,
+                  709.79, -745.2, 1e-17, -1e-17])
+    with np.errstate(all="ignore"):
+        expected = getattr(np, function)(x)
+    got = _loop({"exp": exp_float64, "log": log_float64, "log1p": log1p_float64}[function])(x)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_float32_pow_within_one_ulp():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(0, 2, 500_000), np.exp(rng.uniform(-80, 80, 500_000)),
+                        -rng.integers(1, 20, 200_000)]).astype(np.float32)
+    y = np.concatenate([rng.uniform(-3, 5, 1_000_000), rng.integers(-6, 7, 200_000)]).astype(np.float32)
+    with np.errstate(all="ignore"):
+        reference = np.power(x.astype(np.float64), y.astype(np.float64))
+    finite = np.abs(reference) < np.finfo(np.float32).max
+    got = _loop(pow_float32, arity=2)(x, y)
+    assert _ulps(got[finite], reference[finite]).max() <= 1.0
+    assert np.all(np.isinf(got[~finite]))
+
+
+def test_float32_pow_special_cases_match_c_powf():
+    """Zeros of both signs, ones, negative bases, infinities and NaN, as NumPy's float32 power (C powf)."""
+    values = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0], np.float32)
+    exponents = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0, 3.0, -3.0, 0.5, -0.5], np.float32)
+    x, y = (a.reshape(-1).copy() for a in np.meshgrid(values, exponents))
+    with np.errstate(all="ignore"):
+        expected = np.power(x, y)
+    got = _loop(pow_float32, arity=2)(x, y)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got[got == 0]), np.signbit(expected[got == 0]))

@@ -188,3 +188,53 @@ def test_domains_use_the_input_precision():
     loss = lossdsl.compile("loss small(p in [0, 0.1], k in {0.1, 0.3})\n    small = p*k\n")
     value = loss(np.array([0.1], np.float32), np.array([0.3], np.float32))
     assert value == pytest.approx(0.03, rel=1e-6)
+
+
+def test_grad_out_receives_the_gradient_in_place(huber, load_loss):
+    rng = np.random.default_rng(4)
+    pred, target = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    expected_value, expected = huber.value_and_grad(pred, target)
+    buffer = np.full((5, 4), np.nan, np.float32)
+    value, grad = huber.value_and_grad(pred, target, grad_out=buffer)
+    assert grad is buffer and value == expected_value
+    np.testing.assert_array_equal(buffer, expected)
+    # a gradient summed back over a broadcast axis is copied into its buffer
+    gauss = load_loss("gaussian_nll")
+    var = rng.uniform(0.5, 2.0, size=(5, 1))
+    _, (g_input, g_var) = gauss.value_and_grad(pred.astype(np.float64), target.astype(np.float64), var)
+    outs = (np.empty((5, 4)), np.empty((5, 1)))
+    _, got = gauss.value_and_grad(pred.astype(np.float64), target.astype(np.float64), var, grad_out=outs)
+    assert got[0] is outs[0] and got[1] is outs[1]
+    np.testing.assert_array_equal(outs[0], g_input)
+    np.testing.assert_array_equal(outs[1], g_var)
+
+
+def test_grad_out_for_a_row_loss(load_loss):
+    ce = load_loss("cross_entropy")
+    rng = np.random.default_rng(5)
+    logits, labels = rng.normal(size=(6, 3)), rng.integers(0, 3, 6)
+    _, expected = ce.value_and_grad(logits, labels)
+    buffer = np.empty((6, 3))
+    _, grad = ce.value_and_grad(logits, labels, grad_out=buffer)
+    assert grad is buffer
+    np.testing.assert_array_equal(buffer, expected)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.empty((5, 4), np.float64), r"grad_out for pred must be a writeable C-contiguous float32 array of shape \(5, 4\)"),
+    (np.empty((4, 5), np.float32), "of shape"),
+    (np.empty((5, 8), np.float32)[:, ::2], "C-contiguous"),
+    ([[0.0] * 4] * 5, "got <class 'list'>"),
+])
+def test_grad_out_is_checked(huber, bad, message):
+    pred = np.zeros((5, 4), np.float32)
+    with pytest.raises(LossInputError, match=message):
+        huber.value_and_grad(pred, pred + 1, grad_out=bad)
+
+
+def test_grad_out_may_not_alias_an_input(huber, load_loss):
+    pred, target = np.zeros(4), np.ones(4)
+    with pytest.raises(LossInputError, match="shares memory with an input"):
+        huber.value_and_grad(pred, target, grad_out=pred)
+    with pytest.raises(LossInputError, match="needs 2 arrays"):
+        load_loss("gaussian_nll").value_and_grad(pred, target, target + 1, grad_out=np.empty(4))

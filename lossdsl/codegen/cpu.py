@@ -28,12 +28,25 @@ from .printer import NumbaPrinter
 FASTMATH = '{"contract", "reassoc"}'
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
-# exp, log, log1p: float32 kernels call vectorisable versions (lossdsl.kernel_math); float64 keeps libm's for now
+# Transcendental functions the printer writes as fast_NAME: the vectorisable versions of
+# lossdsl.kernel_math where one exists for the float type, libm's otherwise.
 _FAST_MATH = {
-    np.dtype(np.float32): "from lossdsl.kernel_math import exp_float32 as fast_exp, log1p_float32 as fast_log1p, "
-                          "log_float32 as fast_log",
-    np.dtype(np.float64): "fast_exp, fast_log, fast_log1p = math.exp, math.log, math.log1p",
+    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log1p": "log1p_float32",
+                           "tanh": "tanh_float32", "pow": "pow_float32"},
+    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log1p": "log1p_float64",
+                           "tanh": "math.tanh", "pow": "math.pow"},
 }
+
+
+def _fast_math_imports(dtype: np.dtype) -> str:
+    """Binds every fast_NAME of the module: imports from kernel_math, assignments from math."""
+    chosen = sorted(_FAST_MATH[dtype].items())
+    imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
+    assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]
+    lines = [f"from lossdsl.kernel_math import {', '.join(imported)}"]
+    if assigned:
+        lines.append(f"{', '.join(n for n, _ in assigned)} = {', '.join(s for _, s in assigned)}")
+    return "\n".join(lines)
 
 
 def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
@@ -48,7 +61,7 @@ def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: 
     dtype = np.dtype(dtype)
     decorator = '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")'
     helpers = "".join(f"\n{decorator}\n{source.strip()}\n\n" for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_FAST_MATH[dtype]}\n\n"
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_fast_math_imports(dtype)}\n\n"
             f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 
 

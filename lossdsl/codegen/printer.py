@@ -17,7 +17,7 @@ _NATIVE = {
     "log": "fast_log({0})",
     "log1p": "fast_log1p({0})",
     "expm1": "math.expm1({0})",
-    "tanh": "math.tanh({0})",
+    "tanh": "fast_tanh({0})",
     "cosh": "math.cosh({0})",
     "sinh": "math.sinh({0})",
     "loggamma": "math.lgamma({0})",
@@ -118,7 +118,7 @@ class NumbaPrinter(PythonCodePrinter):
         if exponent.is_Integer and 1 <= abs(int(exponent)) <= 4:
             product = "*".join([b] * abs(int(exponent)))
             return f"({product})" if exponent > 0 else f"(F(1.0) / ({product}))"
-        return f"math.pow({self._print(base)}, {self._print(exponent)})"
+        return f"fast_pow({self._print(base)}, {self._print(exponent)})"
 
     # --- functions: SymPy's own by table, lossdsl's by their `numba` template ---
     def _print_Function(self, expr):

@@ -1,7 +1,10 @@
 """Shared timing for the benchmark scripts: warm-up, round-robin repeats, median.
 
 Implementations of one case run interleaved (a, b, c, a, b, c, ...), so a noisy,
-shared machine slows them alike and their ratios stay meaningful.
+shared machine slows them alike and their ratios stay meaningful. Each timed run
+starts after a short pause: the worker threads of the previous library (OpenMP's,
+Eigen's) spin for a while after their work, and on 2 cores they would steal one from
+whichever implementation runs next.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import statistics
 import time
 from typing import Callable
 
+SETTLE_SECONDS = 0.05
+
 
 def median_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Seconds per call of each runner: the median of `repeats` interleaved runs after one warm-up."""
@@ -19,6 +24,7 @@ def median_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)

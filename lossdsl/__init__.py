@@ -11,6 +11,7 @@ from .compiler import __version__, compile_spec, load
 from .errors import (LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError, SpecSyntaxError,
                      SpecTypeError, UnknownLossError)
 from .runtime import Loss
+from .threads import get_num_threads, set_num_threads
 
 
 def compile(source: str | bytes, name: str | None = None, /, **params) -> Loss:  # noqa: A001 - the public verb
@@ -24,4 +25,4 @@ def catalogue() -> list[str]:
 
 
 __all__ = ["load", "compile", "catalogue", "Loss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",
-           "SpecTypeError", "LossParameterError", "LossInputError", "UnknownLossError", "__version__"]
+           "SpecTypeError", "LossParameterError", "LossInputError", "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]

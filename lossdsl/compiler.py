@@ -113,7 +113,7 @@ def _compiler_fingerprint() -> str:
     """A hash of the code that shapes generated modules, so editing the compiler invalidates the cache."""
     return cache.digest(__version__, source_fingerprint(
         "functions.py", "sympy_functions.py", "symbolic.py", "reductions.py", "rewrites.py", "resolve.py",
-        "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py", "kernel_math.py"))
+        "codegen/printer.py", "codegen/cpu.py", "codegen/cpu_rows.py", "kernel_math.py", "jit.py"))
 
 
 def _names_in_file(losses: tuple[ir.LossDef, ...]) -> dict[str, ir.LossDef]:

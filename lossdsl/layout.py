@@ -9,6 +9,8 @@ values, and gradients summed back to the shape of the input they belong to.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import LossInputError, LossLabelError
@@ -18,7 +20,8 @@ CALL_REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")  # what a call's
 
 def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
     """float32 or float64, from the differentiated inputs; integers and booleans become float64."""
-    dtype = np.result_type(*[a.dtype for a in wrt_arrays])
+    dtypes = {a.dtype for a in wrt_arrays}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.result_type(*dtypes)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
     if dtype not in (np.float32, np.float64):
@@ -96,7 +99,8 @@ class Call:
         if reduction not in CALL_REDUCTIONS:
             raise LossInputError(f"reduction must be one of {', '.join(CALL_REDUCTIONS)}; got {reduction!r}")
         self.name, self.shape, self.dtype, self.reduction = name, shape, dtype, reduction
-        self.size = int(np.prod(shape, dtype=np.int64))
+        self.size = math.prod(shape)
+        self.units = self.work = self.size  # kernel loop iterations, and elements they touch
         self.weights = sample_weights(name, sample_weight, shape, dtype)
         self.scale = 1.0 if weight is None else scalar_weight(name, weight)
         self.elementwise = reduction in ("none", "batch")
@@ -156,16 +160,17 @@ class RowCall(Call):
             shapes = ", ".join(f"{i.name} {arrays[i.name].shape}" for i in resolved.inputs
                                if i.axis and arrays[i.name] is not None)
             raise LossInputError(f"{name}: input shapes do not match or broadcast: {shapes}") from None
-        self.length = int(np.prod(full[first:last + 1], dtype=np.int64))
+        self.length = math.prod(full[first:last + 1])
         if self.length == 0:
             raise LossInputError(f"{name}: the axis {resolved.axis} of {main_input.name} {full} is empty")
-        self.outer = int(np.prod(full[:first], dtype=np.int64))
-        self.inner = int(np.prod(full[last + 1:], dtype=np.int64))
+        self.outer = math.prod(full[:first])
+        self.inner = math.prod(full[last + 1:])
         self.full = full
         rows_shape = full[:first] + full[last + 1:]
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
         super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis)
         self.rows = self.size
+        self.work = self.rows * self.length
         self.arrays, steps = [], []
         for spec_input in resolved.inputs:
             array = arrays[spec_input.name]
@@ -185,7 +190,7 @@ class RowCall(Call):
             steps.append(step)
         self.steps = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
         self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
-        self.grad_size = int(np.prod(full, dtype=np.int64))
+        self.grad_size = math.prod(full)
         self.needs_rows = bool(resolved.labels) or resolved.ignore is not None or resolved.mean_weight is not None
 
     def _along_axis(self, input_name: str, array: np.ndarray, dtype: np.dtype):

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import threads
 from .errors import LossInputError, LossParameterError
 from .layout import Call, RowCall, check_domain, flat, float_dtype, unbroadcast
 from .resolve import ResolvedLoss, check_values
@@ -132,7 +133,7 @@ class Loss:
             try:
                 module = self._backend.module(call.dtype, fresh=fresh)
                 call.before(module, self._param_args)
-                return getattr(module, kernel)(*arguments())
+                return threads.run(getattr(module, kernel), call.units, call.work, arguments())
             except (EOFError, pickle.UnpicklingError):
                 if fresh:
                     raise
@@ -215,7 +216,8 @@ class ElementCall(Call):
                 arrays[spec_input.name] = np.asarray(spec_input.default)
         names = list(arrays)
         try:
-            shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+            shapes = {a.shape for a in arrays.values()}
+            shape = shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
         except ValueError:
             shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
             raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None

@@ -238,3 +238,31 @@ def test_grad_out_may_not_alias_an_input(huber, load_loss):
         huber.value_and_grad(pred, target, grad_out=pred)
     with pytest.raises(LossInputError, match="needs 2 arrays"):
         load_loss("gaussian_nll").value_and_grad(pred, target, target + 1, grad_out=np.empty(4))
+
+
+def test_threads_split_large_calls_and_sum_in_a_fixed_order(load_loss):
+    """Chunked over threads, the result equals the one-thread result bit for bit on repeat calls."""
+    rng = np.random.default_rng(8)
+    n = 4 * lossdsl.threads.MIN_WORK_PER_THREAD + 3  # not a multiple of the chunk alignment
+    pred, target = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    huber = load_loss("huber")
+    ce = load_loss("cross_entropy")
+    logits, labels = rng.normal(size=(n // 8, 8)), rng.integers(0, 8, n // 8)
+    before = lossdsl.get_num_threads()
+    try:
+        lossdsl.set_num_threads(1)
+        one = huber.value_and_grad(pred, target, reduction="sum"), ce.value_and_grad(logits, labels)
+        lossdsl.set_num_threads(3)
+        three = huber.value_and_grad(pred, target, reduction="sum"), ce.value_and_grad(logits, labels)
+        again = huber.value_and_grad(pred, target, reduction="sum"), ce.value_and_grad(logits, labels)
+    finally:
+        lossdsl.set_num_threads(before)
+    for (v1, g1), (v3, g3), (va, ga) in zip(one, three, again):
+        np.testing.assert_array_equal(g1, g3)  # every element is computed the same way
+        assert v3 == va  # partials added in chunk order: repeatable
+        assert v3 == pytest.approx(v1, rel=1e-6)
+    d = pred.astype(np.float64) - target
+    expected = np.where(np.abs(d) < 1, 0.5 * d * d, np.abs(d) - 0.5).sum()
+    assert float(three[0][0]) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="positive integer"):
+        lossdsl.set_num_threads(0)

@@ -1,8 +1,9 @@
 """Stage 4 (CPU): a `KernelPlan` → the source of a Python module of Numba kernels.
 
-The module has two kernels, both parallel over elements (`prange`):
-- `loss_value(inputs…, params…, weight, scale, out)`: the weighted sum of the loss
-  elements (accumulated in float64), also stored per element when `out` has room;
+The module has two serial, `nogil` kernels over a range [start, stop) of elements
+(lossdsl.threads runs them in chunks, one per thread):
+- `loss_value(start, stop, inputs…, params…, weight, scale, out)`: the weighted sum of
+  the loss elements (accumulated in float64), also stored per element when `out` has room;
 - `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
   in one pass over memory.
 Reduction and weighting are runtime arguments, so one compiled kernel serves "none",
@@ -11,8 +12,7 @@ unweighted; an empty `out` means no per-element output.
 
 Names: the spec's own names are used bare, input arrays and parameter arguments are
 `_name_`, CSE temporaries `_0, _1, ...`, and the skeleton's variables `__name`, so no
-spec can collide with generated code, even after Numba's parfor lowering doubles every
-underscore (`_n` would become `__n`).
+spec can collide with generated code.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: 
     dtype = np.dtype(dtype)
     decorator = '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")'
     helpers = "".join(f"\n{decorator}\n{source.strip()}\n\n" for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{_fast_math_imports(dtype)}\n\n"
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\nfrom lossdsl.jit import kernel\n"
+            f"{_fast_math_imports(dtype)}\n\n"
             f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 
 
@@ -108,8 +109,8 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
                          "when it has room."))
     lines = [
         formula_comment(plan),
-        "@numba.njit(parallel=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
-        f"def {name}({', '.join(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
+        "@kernel(nogil=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
+        f"def {name}({', '.join(['__start', '__stop'] + args + ['__weight', '__scale', *extra, '__out', *grads])}):",
         f'    """{doc}"""',
         *[f"    {line}" for line in prologue],
         "    __s = F(__scale)",
@@ -118,7 +119,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
         "    __weighted = __weight.size == __n",
         "    __elementwise = __out.size == __n",
         "    __total = 0.0",
-        "    for __i in numba.prange(__n):",
+        "    for __i in range(np.uint64(__start), np.uint64(__stop)):  # unsigned: no negative-index wraparound",
         *_loop_head(plan),
         *_body(printer, steps, "        "),
         "        __w = __s * __weight[__i] if __weighted else __s",

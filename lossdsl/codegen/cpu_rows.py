@@ -1,4 +1,4 @@
-"""Stage 4 (CPU) for losses over an axis: a `RowPlan` → row kernels, parallel over rows.
+"""Stage 4 (CPU) for losses over an axis: a `RowPlan` → row kernels over a range of rows.
 
 Every array arrives flat, in its own memory order; row `r` of the named axis is
 found by splitting r into (outer, inner) indices around the axis, and each input
@@ -12,8 +12,9 @@ The module has three functions sharing one row prologue:
 - `loss_rows(...)`: a serial pass over the labels only, run before the others:
   it returns (sum of the mean weight over rows not ignored, first row with a label
   out of range or -1, that label), so no kernel ever reads out of bounds;
-- `loss_value(..., weight, scale, out)`: the weighted sum of row losses (float64),
-  each also stored in `out` when it has room;
+- `loss_value(start, stop, ..., weight, scale, out)`: the weighted sum of the losses of
+  rows [start, stop) (float64), each also stored in `out` when it has room (serial and
+  `nogil`: lossdsl.threads runs them in chunks of rows, one per thread);
 - `loss_value_and_grad(..., weight, scale, gscale, out, grads...)`: the same in
   one fused pass with the gradients.
 """
@@ -78,11 +79,11 @@ def _arguments(plan: RowPlan) -> list[str]:
     return arrays + ["__steps", "__rows", "__C", "__inner"] + [f"_{p.name}_" for p in plan.params]
 
 
-def _prologue(w: _Writer, parallel: bool) -> None:
-    """Parameters typed, then the loop over rows and each row's inputs and bases."""
+def _prologue(w: _Writer, rows: str) -> None:
+    """Parameters typed, then the loop over `rows` (a range) and each row's inputs and bases."""
     plan = w.plan
     w.emit(1, *[f"{p.name} = F(_{p.name}_)" for p in plan.params], f"{plan.length} = F(__C)")
-    w.emit(1, f"for __row in {'numba.prange' if parallel else 'range'}(__rows):")
+    w.emit(1, f"for __row in {rows}:")
     w.emit(2, "__o = __row // __inner", "__q = __row - __o * __inner")
     for k, spec_input in enumerate(plan.loss.inputs):
         name = safe_name(spec_input.name)
@@ -109,7 +110,7 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
            f"def loss_rows({', '.join(_arguments(plan))}):")
     w.emit(1, '"""(sum of the mean weight over rows kept, first row with a label out of range or -1, its label)."""')
     w.emit(1, "__norm = 0.0")
-    _prologue(w, parallel=False)
+    _prologue(w, "range(__rows)")
     w.emit(2, f"if {_keep(plan, w)}:")
     for label in plan.loss.labels:
         name = safe_name(label)
@@ -158,7 +159,7 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None, positio
         return [f"{acc} = max({acc}, {body})"]
     if node.op in ("max", "min"):
         # the first extreme and where it is; a NaN wins and stays, as in torch.max (Python's
-        # max(acc, nan) would drop it); a statement: Numba's parfor pass rejects it as an expression
+        # max(acc, nan) would drop it); it also records the position
         beats = "<" if node.op == "min" else ">"
         return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or ({acc}_v != {acc}_v and {acc} == {acc}):",
                 f"    {acc} = {acc}_v", f"    {arg_symbol(node)} = {position}"]
@@ -258,13 +259,13 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
     name = "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
     w.lines.append(formula_comment(plan))
-    w.emit(0, "@numba.njit(parallel=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
-           f"def {name}({', '.join(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
+    w.emit(0, "@kernel(nogil=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
+           f"def {name}({', '.join(['__start', '__stop'] + _arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
                                                        else '; each also stored in __out when it has room."""'))
     w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
     w.emit(1, "__weighted = __weight.size == __rows", "__elementwise = __out.size == __rows", "__total = 0.0")
-    _prologue(w, parallel=True)
+    _prologue(w, "range(__start, __stop)")
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")

@@ -1,0 +1,81 @@
+"""Kernels run over contiguous chunks of their loop, one chunk per thread.
+
+Generated kernels are serial `nogil` Numba functions over a range [start, stop) of
+elements or rows that return their partial total. This module splits a call across
+threads and adds the partials in chunk order, so a result never depends on thread
+timing. Serial kernels compile about 3x faster than Numba's `parallel=True` ones, load
+from the cache without Numba's threading layer, and small calls skip threads entirely.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numba
+
+#: Elements below which one more thread costs more (its wake-up) than it saves.
+MIN_WORK_PER_THREAD = 1 << 16
+_ALIGN = 16  # chunk starts on 16-element boundaries: threads never write the same cache line
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _default_threads() -> int:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(usable, numba.config.NUMBA_NUM_THREADS))
+
+
+_threads = _default_threads()
+
+
+def get_num_threads() -> int:
+    """Threads a large call uses (default: the usable CPUs, at most NUMBA_NUM_THREADS)."""
+    return _threads
+
+
+def set_num_threads(count: int) -> None:
+    """Use `count` threads for large calls from now on."""
+    global _threads, _pool
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of threads must be a positive integer; got {count!r}")
+    with _lock:
+        _threads = count
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+            _pool = None
+
+
+def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple) -> float:
+    """kernel(start, stop, *arguments) over [0, units) in chunks; the sum of their totals.
+
+    `work` is the number of elements the call touches (rows x axis length for row kernels).
+    """
+    chunks = min(_threads, units, max(1, work // MIN_WORK_PER_THREAD))
+    if chunks <= 1:
+        return kernel(0, units, *arguments)
+    bounds = [0] + [units * k // chunks // _ALIGN * _ALIGN for k in range(1, chunks)] + [units]
+    others = [_executor().submit(kernel, bounds[k], bounds[k + 1], *arguments) for k in range(1, chunks)]
+    total = kernel(bounds[0], bounds[1], *arguments)  # the calling thread takes the first chunk
+    for future in others:
+        total += future.result()
+    return total
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, _threads - 1), thread_name_prefix="lossdsl")
+        return _pool
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from numba import types
 from numba.core import cpu, dispatcher, registry
+from numba.extending import intrinsic
 
 
 class _NoAliasOptions(cpu.CPUTargetOptions):
@@ -39,3 +41,30 @@ def kernel(cache: bool = False, **options) -> Callable[[Callable], dispatcher.Di
             compiled.enable_caching()
         return compiled
     return wrap
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """array[index] for a 1-D array and an index known to be in range: no negative-index
+    wraparound, whose select makes addresses non-affine and keeps LLVM from vectorising."""
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return context.unpack_value(builder, signature.args[0].dtype, pointer)
+    return array.dtype(array, index), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, value):
+    """array[index] = value, as `load` (the value converted to the array's type)."""
+    def codegen(context, builder, signature, args):
+        array_type, _, value_type = signature.args
+        pointer = _element_pointer(context, builder, array_type, args[0], args[1])
+        converted = context.cast(builder, args[2], value_type, array_type.dtype)
+        context.pack_value(builder, array_type.dtype, converted, pointer)
+        return context.get_dummy_value()
+    return types.none(array, index, value), codegen
+
+
+def _element_pointer(context, builder, array_type, array, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [index], inbounds=True)

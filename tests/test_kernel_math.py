@@ -176,3 +176,20 @@ def test_float32_pow_special_cases_match_c_powf():
     got = _loop(pow_float32, arity=2)(x, y)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(np.signbit(got[got == 0]), np.signbit(expected[got == 0]))
+
+
+def test_unchecked_load_and_store_address_elements_exactly():
+    """lossdsl.jit's load/store read and write the element at the index (ints and floats, converted on store)."""
+    from lossdsl.jit import kernel, load, store
+
+    @kernel(error_model="numpy")
+    def move(source, target, index):
+        for i in range(index.size):
+            store(target, i, load(source, load(index, i)))
+        return load(target, 0)
+
+    source = np.arange(10, dtype=np.float32) * 1.5
+    index = np.array([9, 0, 4, 4], np.int64)
+    target = np.zeros(4, np.float64)
+    assert move(source, target, index) == 13.5
+    np.testing.assert_array_equal(target, source[index].astype(np.float64))

@@ -61,7 +61,7 @@ def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: 
     dtype = np.dtype(dtype)
     decorator = '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")'
     helpers = "".join(f"\n{decorator}\n{source.strip()}\n\n" for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\nfrom lossdsl.jit import kernel\n"
+    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\nfrom lossdsl.jit import kernel, load, store\n"
             f"{_fast_math_imports(dtype)}\n\n"
             f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
 

@@ -6,7 +6,10 @@ has three steps in `__steps` (outer step, inner step, step along the axis), so o
 kernel serves any axis position and broadcast per-class vectors (steps 0, 0, 1)
 without copies. Within a row, reductions run in as few passes over the axis as
 their dependencies allow (logsumexp: a max pass, then a sum of exp), then the
-row's loss, then one pass writing the gradient.
+row's loss, then one pass writing the gradient. Elements are read and written through
+lossdsl.jit's `load`/`store`, without NumPy's negative-index wraparound (indices are in
+range by construction: labels are checked first, steps are non-negative), so LLVM can
+vectorise the loops along the axis.
 
 The module has three functions sharing one row prologue:
 - `loss_rows(...)`: a serial pass over the labels only, run before the others:
@@ -71,7 +74,7 @@ class _Writer:
         for k, spec_input in enumerate(self.inputs):
             if spec_input.axis and self.plan.inputs[spec_input.name] in used:
                 name = safe_name(spec_input.name)
-                self.emit(indent, f"{name} = _{name}_[__b{k} + {self.plan.position} * __t{k}]")
+                self.emit(indent, f"{name} = load(_{name}_, __b{k} + {self.plan.position} * __t{k})")
 
 
 def _arguments(plan: RowPlan) -> list[str]:
@@ -90,7 +93,7 @@ def _prologue(w: _Writer, rows: str) -> None:
         if spec_input.axis:
             w.emit(2, f"__b{k} = __o * __steps[{k}, 0] + __q * __steps[{k}, 1]", f"__t{k} = __steps[{k}, 2]")
         else:
-            w.emit(2, f"{name} = _{name}_[__o * __steps[{k}, 0] + __q * __steps[{k}, 1]]")
+            w.emit(2, f"{name} = load(_{name}_, __o * __steps[{k}, 0] + __q * __steps[{k}, 1])")
 
 
 def _keep(plan: RowPlan, w: _Writer) -> str:
@@ -101,7 +104,7 @@ def _loads(w: _Writer, indent: int, symbols) -> None:
     for load in w.plan.loads:
         if load.symbol in symbols:
             k = w.index_of[load.input]
-            w.emit(indent, f"{load.symbol} = _{safe_name(load.input)}_[__b{k} + {safe_name(load.label)} * __t{k}]")
+            w.emit(indent, f"{load.symbol} = load(_{safe_name(load.input)}_, __b{k} + {safe_name(load.label)} * __t{k})")
 
 
 def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
@@ -153,7 +156,7 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
 
 
 def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol) -> list[str]:
-    """The accumulation of one reduction in one pass; `keep` is where to store softmax numerators."""
+    """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
     if node.op == "logsumexp" and part == 0:  # only a shift: a NaN reaches the result through the exp sum
         return [f"{acc} = max({acc}, {body})"]
@@ -164,7 +167,7 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None, positio
         return [f"{acc}_v = {body}", f"if {acc}_v {beats} {acc} or ({acc}_v != {acc}_v and {acc} == {acc}):",
                 f"    {acc} = {acc}_v", f"    {arg_symbol(node)} = {position}"]
     if node.op == "logsumexp" and keep is not None:
-        return [f"__e = fast_exp({body} - {acc})", f"{keep} = __e", f"{acc}_sum += __e"]
+        return [f"__e = fast_exp({body} - {acc})", f"store({keep[0]}, {keep[1]}, __e)", f"{acc}_sum += __e"]
     if node.op == "logsumexp":
         return [f"{acc}_sum += fast_exp({body} - {acc})"]
     return [f"{acc} += {body}"]
@@ -191,7 +194,7 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
 def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | None = None) -> None:
     """Loops over the axis computing `reductions`, each pass holding every reduction that is ready.
 
-    `kept` = (logsumexp reduction, gradient element): that reduction's exp(body - max) are
+    `kept` = (logsumexp reduction, (gradient array, index)): that reduction's exp(body - max) are
     stored in the gradient row as they are summed, so the gradient pass reuses them.
     """
     if not reductions:
@@ -272,9 +275,9 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
     w.emit(2, f"if {_keep(plan, w)}:")
     reductions = list(plan.forward) + (list(plan.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
-    element = f"[__gb + {plan.position} * __inner]"
+    element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     kept, gradients = _softmax_kept(plan) if with_grads else (None, plan.grads)
-    _passes(w, 3, reductions, None if kept is None else (kept, grads[0] + element))
+    _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     named = list(plan.adjoints) if with_grads else []
     (value,) = w.statements(3, named, [plan.value])
     w.emit(3, f"__loss = ({value}) * __w")
@@ -284,15 +287,15 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
             w.emit(3, f"__inv = F(1.0 / __{kept.symbol.name}_sum)")
         w.emit(3, f"for {plan.position} in range(__C):")
         if kept is not None:
-            w.emit(4, f"__softmax = {grads[0]}{element} * __inv")
+            w.emit(4, f"__softmax = load({grads[0]}, {element}) * __inv")
         w.loads_along_axis(4, gradients)
         texts = w.statements(4, [], list(gradients))
         for g, text in zip(grads, texts):
-            w.emit(4, f"{g}{element} = ({text}) * __gw")
+            w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
     w.emit(2, "else:", "    __loss = 0.0")
     if with_grads:
         w.emit(3, f"for {plan.position} in range(__C):",
-               *[f"    {g}{element} = F(0.0)" for g in grads])
+               *[f"    store({g}, {element}, F(0.0))" for g in grads])
     w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
     w.emit(1, "return __total")
     return "\n".join(w.lines) + "\n"

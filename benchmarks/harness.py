@@ -1,10 +1,11 @@
 """Shared timing for the benchmark scripts: warm-up, round-robin repeats, median.
 
 Implementations of one case run interleaved (a, b, c, a, b, c, ...), so a noisy,
-shared machine slows them alike and their ratios stay meaningful. Each timed run
-starts after a short pause: the worker threads of the previous library (OpenMP's,
-Eigen's) spin for a while after their work, and on 2 cores they would steal one from
-whichever implementation runs next.
+shared machine slows them alike and their ratios stay meaningful. Long cases
+can ask for a short busy pause before each timed run: the worker threads of the previous
+library (OpenMP's, Eigen's) spin for a while after their work, and on 2 cores they would
+steal one from whichever implementation runs next. Short cases run back to back: after
+any pause of a few milliseconds, every call on this machine costs some 200 us more.
 """
 from __future__ import annotations
 
@@ -14,21 +15,26 @@ import statistics
 import time
 from typing import Callable
 
-SETTLE_SECONDS = 0.05
 
-
-def median_times(runners: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Seconds per call of each runner: the median of `repeats` interleaved runs after one warm-up."""
+def median_times(runners: dict[str, Callable[[], object]], repeats: int, settle: float = 0.0) -> dict[str, float]:
+    """Seconds per call of each runner: the median of `repeats` interleaved runs after one warm-up,
+    each run after `settle` seconds of busy waiting."""
     for run in runners.values():
         run()  # compiles, caches, page-faults its buffers
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            time.sleep(SETTLE_SECONDS)
+            _busy_wait(settle)
             start = time.perf_counter()
             run()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _busy_wait(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def machine() -> str:

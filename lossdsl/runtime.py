@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import threads
+from . import buffers, threads
 from .errors import LossInputError, LossParameterError
 from .layout import Call, RowCall, check_domain, flat, float_dtype, unbroadcast
 from .resolve import ResolvedLoss, check_values
@@ -95,7 +95,7 @@ class Loss:
                  batch_axis: int = 0, axis=None, **named_inputs):
         """The loss, reduced as asked; runs the value-only kernel."""
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
-        out = np.empty(call.size if call.elementwise else 0, call.dtype)
+        out = buffers.empty(call.size if call.elementwise else 0, call.dtype)
         total = self._run(call, "loss_value", lambda: (*call.head, *self._param_args, call.weights, call.scale, out))
         return call.reduce(total, out)
 
@@ -108,9 +108,9 @@ class Loss:
         of a fresh array (at 1e7 elements, its page faults take as long as the kernel).
         """
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
-        out = np.empty(call.size if call.elementwise else 0, call.dtype)
+        out = buffers.empty(call.size if call.elementwise else 0, call.dtype)
         targets = _gradient_targets(call, self.wrt, grad_out)
-        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else np.empty(call.grad_size, call.dtype)
+        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else buffers.empty(call.grad_size, call.dtype)
                  for t in targets]
         total = self._run(call, "loss_value_and_grad", lambda: (*call.head, *self._param_args, call.weights,
                                                                 call.scale, call.grad_scale, out, *grads))

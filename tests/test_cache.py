@@ -54,6 +54,31 @@ def test_a_second_process_skips_sympy_and_codegen(cache_dir, spec, inputs, first
     assert list(cache_dir.glob("__pycache__/*.nbi")), "Numba's machine-code cache was not written"
 
 
+def test_a_second_process_loads_a_catalogue_loss_without_lark(cache_dir):
+    """The parsed catalogue is cached: neither `import lossdsl` nor a cached catalogue loss imports Lark."""
+    code = """
+        import sys
+        import numpy as np, lossdsl
+        imported = "lark" in sys.modules
+        print(float(lossdsl.load("huber", delta=2.0)(np.array([5.0]), np.array([0.0]))), imported, "lark" in sys.modules)
+    """
+    first, second = _run(code, cache_dir), _run(code, cache_dir)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout.split() == ["8.0", "False", "True"]  # 2 * (5 - 1); the first process parsed the specs
+    assert second.stdout.split() == ["8.0", "False", "False"]
+    assert list(cache_dir.glob("catalogue_*.pickle"))
+
+
+def test_a_damaged_catalogue_index_is_rebuilt(cache_dir):
+    lossdsl.registry._index.cache_clear()
+    assert "huber" in lossdsl.registry._index()
+    (pickled,) = cache_dir.glob("catalogue_*.pickle")
+    pickled.write_bytes(pickled.read_bytes()[:100])  # truncated: the checksum fails
+    lossdsl.registry._index.cache_clear()
+    assert "huber" in lossdsl.registry._index()
+    assert len(pickled.read_bytes()) > 100
+
+
 def test_keys_separate_what_changes_the_code(cache_dir):
     poisson = [lossdsl.load("poisson_nll", **p)._resolved for p in ({}, {"eps": 1e-3}, {"full": True})]
     keys = [compiler.kernel_key(r, np.dtype(np.float64)) for r in poisson]

@@ -266,3 +266,31 @@ def test_threads_split_large_calls_and_sum_in_a_fixed_order(load_loss):
     assert float(three[0][0]) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="positive integer"):
         lossdsl.set_num_threads(0)
+
+
+def test_large_gradients_reuse_memory_only_once_released(huber):
+    """Pooled output arrays: a gradient (or a view of it) still referenced is never written again."""
+    from lossdsl import buffers
+
+    def address(array):
+        return array.__array_interface__["data"][0]
+
+    n = buffers.MIN_POOLED_BYTES // 4
+    rng = np.random.default_rng(9)
+    pred, target = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    buffers.clear()
+    _, first = huber.value_and_grad(pred, target)
+    kept = first.copy()
+    _, second = huber.value_and_grad(pred + 1, target)
+    assert not np.shares_memory(first, second)
+    view, released = second[::2], {address(second)}
+    del second
+    _, third = huber.value_and_grad(pred + 2, target)
+    assert not np.shares_memory(third, view) and not np.shares_memory(third, first)
+    released.add(address(third))
+    del view, third
+    _, fourth = huber.value_and_grad(pred, target)
+    assert address(fourth) in released  # memory of a dropped gradient, written again
+    np.testing.assert_array_equal(fourth, kept)
+    np.testing.assert_array_equal(first, kept)  # the gradient still held was never touched
+    buffers.clear()

@@ -12,7 +12,8 @@ plain arithmetic with no calls and no branches (selects), so loops over them vec
 Errors are against float64 references (tests/test_kernel_math.py); NaN, +-inf, zeros,
 overflow and underflow through the subnormals match libm.
 
-- tanh (float32): the Cephes tanhf polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above; <= 1.5 ulp.
+- tanh (float32): the Cephes tanhf polynomial below |x| = 0.625, 1 - 2z/(1 + z) with
+  z = e^(-2|x|) above, <= 1.5 ulp; `tanh_exp` takes z from the caller, who may share it (log_cosh).
 - pow (float32): e^(y log|x|) through the float64 exp and log below, so the error of y log|x|
   does not reach the float32 result; C's special cases (negative bases, zeros, ones, infinities).
 - float64 exp (degree-12 Taylor after the same reduction) and log (fdlibm's polynomial in
@@ -112,15 +113,27 @@ def log1p_float32(x):
 
 
 @numba.njit(fastmath=FASTMATH, error_model="numpy")
-def tanh_float32(x):
-    """tanh(x) for float32: the Cephes tanhf odd polynomial below |x| = 0.625, 1 - 2/(e^2|x| + 1) above."""
-    z = abs(x)
-    big = _f32(1.0) - _f32(2.0) / (exp_float32(z + z) + _f32(1.0))
+def tanh_exp_float32(x, z):
+    """tanh(x) for float32 given z = e^(-2|x|) (shared with log_cosh): sign(x) (1 - 2z/(1 + z))
+    above |x| = 0.625, the Cephes tanhf odd polynomial below (where 1 - z would cancel)."""
+    big = _f32(1.0) - _f32(2.0) * z / (_f32(1.0) + z)  # not (1 - z)/(1 + z): 1 - z rounds to 1 too soon
     big = big if x >= _f32(0.0) else -big
     s = x * x
     small = ((((_f32(-5.70498872745e-3) * s + _f32(2.06390887954e-2)) * s - _f32(5.37397155531e-2)) * s
               + _f32(1.33314422036e-1)) * s - _f32(3.33332819422e-1)) * s * x + x
-    return big if z > _f32(0.625) else small
+    return big if abs(x) > _f32(0.625) else small
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def tanh_float32(x):
+    """tanh(x) for float32."""
+    return tanh_exp_float32(x, exp_float32(_f32(-2.0) * abs(x)))
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def tanh_exp_float64(x, z):
+    """float64 tanh stays libm's; z is unused (and its exp, if nothing else needs it, dead code)."""
+    return math.tanh(x)
 
 
 float64_from_bits = _bitcast(types.int64, types.float64, ir.DoubleType())

@@ -14,7 +14,7 @@ from typing import Callable
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .sympy_functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus
+from .sympy_functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus, tanh_from_exp
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,19 @@ def _lower_log_cosh(expr):
     return None
 
 
+def _lower_tanh(expr):
+    if isinstance(expr, sympy.tanh):
+        x = expr.args[0]
+        return tanh_from_exp(x, sympy.exp(-2 * absolute(x)))
+    return None
+
+
 LOWERINGS: tuple[Rule, ...] = (
     Rule("lower_sigmoid", "sigmoid(x) → 1/(1+z) or z/(1+z) with z = exp(-|x|), shared with its neighbours.",
          _lower_sigmoid),
     Rule("lower_log_sigmoid", "log_sigmoid(x) → min(x, 0) - log1p(exp(-|x|)).", _lower_log_sigmoid),
     Rule("lower_softplus", "softplus(x) → relu(x) + log1p(exp(-|x|)).", _lower_softplus),
     Rule("lower_log_cosh", "log_cosh(x) → |x| + log1p(exp(-2|x|)) - log 2.", _lower_log_cosh),
+    Rule("lower_tanh", "tanh(x) → from z = exp(-2|x|): sign(x) (1 - 2z/(1 + z)) for |x| > 0.625, the exp "
+         "shared with log_cosh (the gradient of log_cosh is tanh).", _lower_tanh),
 )

@@ -179,6 +179,14 @@ class log_cosh(_Real):
         return sympy.tanh(self.args[0])
 
 
+class tanh_from_exp(_Real):
+    """tanh(x) given z = exp(-2|x|): a form only the lowering writes, so that tanh shares
+    its exponential with log_cosh and neighbours (`fast_tanh_exp` in generated code)."""
+
+    nargs = 2
+    numba = "fast_tanh_exp({0}, {1})"
+
+
 class xlogy(_Real):
     """x*log(y), defined as 0 where x = 0 (torch.xlogy)."""
 

@@ -201,14 +201,20 @@ def log1p_float64(x):
     return y if u != _f64(math.inf) else u
 
 
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def pow_log_float32(x):
+    """log|x| in float64, for pow_from_log_float32 (shared by x^a and x^b)."""
+    return log_float64(_f64(abs(x)))
+
+
 @numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
-def pow_float32(x, y):
+def pow_from_log_float32(x, y, log_base):
     """x^y for float32 as e^(y log|x|) in float64 (exact to float32 rounding), with C's powf special cases.
 
-    Conditions are combined with & and | rather than `and`/`or`: with branches in it, LLVM
-    gave up vectorising the caller's loop (6x slower in a focal-loss kernel).
+    Inlined by Numba: left to LLVM, a kernel with two powers kept them as calls and ran
+    scalar (4x slower). Conditions are combined with & and | rather than `and`/`or`, whose
+    branches also kept LLVM from vectorising the caller's loop.
     """
-    log_base = log_float64(_f64(abs(x)))
     # x^0 = 1^y = 1, even for NaN and infinite partners (0 * inf would make NaN)
     t = _f64(0.0) if (log_base == _f64(0.0)) | (y == _f32(0.0)) else _f64(y) * log_base
     magnitude = _f32(exp_float64(t))
@@ -218,3 +224,21 @@ def pow_float32(x, y):
     integer = (fraction == _f32(0.0)) | odd | (abs(y) == _f32(math.inf))
     result = -magnitude if odd & (bits_of_float32(x) < _i32(0)) else magnitude  # the sign bit: -0 too
     return result if integer | (x >= _f32(0.0)) | (x == _f32(-math.inf)) else _f32(math.nan)
+
+
+@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def pow_float32(x, y):
+    """x^y for float32 (<= 1 ulp); inlined by Numba like pow_from_log_float32."""
+    return pow_from_log_float32(x, y, pow_log_float32(x))
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def pow_log_float64(x):
+    """Unused by pow_from_log_float64 (float64 powers stay libm's): a dead value LLVM drops."""
+    return _f64(0.0)
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def pow_from_log_float64(x, y, log_base):
+    """float64 x^y: libm's; through exp and log, the error of y log|x| would reach the result."""
+    return math.pow(x, y)

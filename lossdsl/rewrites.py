@@ -14,7 +14,8 @@ from typing import Callable
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .sympy_functions import absolute, log_cosh, log_sigmoid, minimum, relu, sigmoid, softplus, tanh_from_exp
+from .sympy_functions import (absolute, log_cosh, log_of_base, log_sigmoid, minimum, power, power_from_log, relu, sigmoid,
+                              softplus, tanh_from_exp)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,13 @@ def _lower_tanh(expr):
     return None
 
 
+def _lower_power(expr):
+    if isinstance(expr, power):
+        x, e = expr.args
+        return power_from_log(x, e, log_of_base(x))
+    return None
+
+
 LOWERINGS: tuple[Rule, ...] = (
     Rule("lower_sigmoid", "sigmoid(x) → 1/(1+z) or z/(1+z) with z = exp(-|x|), shared with its neighbours.",
          _lower_sigmoid),
@@ -178,4 +186,6 @@ LOWERINGS: tuple[Rule, ...] = (
     Rule("lower_log_cosh", "log_cosh(x) → |x| + log1p(exp(-2|x|)) - log 2.", _lower_log_cosh),
     Rule("lower_tanh", "tanh(x) → from z = exp(-2|x|): sign(x) (1 - 2z/(1 + z)) for |x| > 0.625, the exp "
          "shared with log_cosh (the gradient of log_cosh is tanh).", _lower_tanh),
+    Rule("lower_power", "x^e (runtime e) → exp(e log|x|) from a log|x| shared with x^(e-1), its derivative.",
+         _lower_power),
 )

@@ -21,7 +21,9 @@ from .rewrites import LOWERINGS, stabilize
 from .sympy_functions import absolute, make_power, sign
 
 # Names the generated module itself uses; a spec name equal to one gets a trailing "_".
-_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow", "kernel", "load", "store"}
+_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "kernel", "load",
+                                "store", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow",
+                                "fast_pow_log", "fast_pow_from_log"}
 
 
 def safe_name(name: str) -> str:

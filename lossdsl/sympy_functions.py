@@ -283,6 +283,21 @@ class power(_Real):
         return sympy.Piecewise((sympy.S.Zero, sympy.And(sympy.Eq(x, 0), e >= 0)), (power(x, e) * sympy.log(x), True))
 
 
+class log_of_base(_Real):
+    """log|x| as `power_from_log` wants it (float64 in float32 kernels): a form only the
+    lowering writes, so that x^a and x^b (a power and its derivative) share one logarithm."""
+
+    nargs = 1
+    numba = "fast_pow_log({0})"
+
+
+class power_from_log(_Real):
+    """x^e given log_of_base(x); written by the lowering only."""
+
+    nargs = 3
+    numba = "fast_pow_from_log({0}, {1}, {2})"
+
+
 def make_power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
     """`^`: SymPy's own Pow for a numeric exponent (it simplifies well), `power` otherwise."""
     return base ** exponent if exponent.is_Number else power(base, exponent)

@@ -193,3 +193,20 @@ def test_unchecked_load_and_store_address_elements_exactly():
     target = np.zeros(4, np.float64)
     assert move(source, target, index) == 13.5
     np.testing.assert_array_equal(target, source[index].astype(np.float64))
+
+
+def test_generated_kernels_compile_with_noalias():
+    """lossdsl.jit.kernel reaches into Numba's target options; this fails loudly if a Numba release moves them."""
+    from lossdsl.jit import kernel
+
+    @kernel(nogil=True)
+    def double(a, out):
+        for i in range(a.size):
+            out[i] = 2 * a[i]
+
+    a = np.arange(4.0)
+    out = np.empty(4)
+    double(a, out)
+    np.testing.assert_array_equal(out, 2 * a)
+    (compiled,) = double.overloads.values()
+    assert compiled.fndesc.noalias and "noalias" in str(compiled.library.get_llvm_str())

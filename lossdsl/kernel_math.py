@@ -19,7 +19,7 @@ overflow and underflow through the subnormals match libm.
 - float64 exp (degree-12 Taylor after the same reduction) and log (fdlibm's polynomial in
   s = (m-1)/(m+1)), <= 1.5 ulp, and log1p from them; 2-3x libm's per core.
 
-Generated modules import these as `fast_exp`, `fast_log`, ... (codegen/cpu.py chooses by float
+Generated modules import these as `fast_exp`, `fast_log`, ... (codegen/targets.py chooses by float
 type; float64 tanh and pow stay libm's: a float64 pow through exp and log would lose accuracy).
 This module imports only Numba and llvmlite, so a cached loss still loads without SymPy.
 All functions use NumPy's error model: a division by zero gives inf or NaN, not an exception.

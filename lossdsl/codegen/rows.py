@@ -1,4 +1,4 @@
-"""Stage 4 (CPU) for losses over an axis: a `RowPlan` → row kernels over a range of rows.
+"""Stage 4 for losses over an axis: a `RowPlan` → row kernels (CPU or CUDA: codegen/targets.py).
 
 Every array arrives flat, in its own memory order; row `r` of the named axis is
 found by splitting r into (outer, inner) indices around the axis, and each input
@@ -11,8 +11,9 @@ lossdsl.jit's `load`/`store`, without NumPy's negative-index wraparound (indices
 range by construction: labels are checked first, steps are non-negative), so LLVM can
 vectorise the loops along the axis.
 
-The module has three functions sharing one row prologue:
-- `loss_rows(...)`: a serial pass over the labels only, run before the others:
+The module has three functions sharing one row prologue (below as on the CPU; on CUDA
+each thread takes rows in a grid-stride loop and sums go to a `__result` array):
+- `loss_rows(...)`: a pass over the labels only, run before the others:
   it returns (sum of the mean weight over rows not ignored, first row with a label
   out of range or -1, that label), so no kernel ever reads out of bounds;
 - `loss_value(start, stop, ..., weight, scale, out)`: the weighted sum of the losses of
@@ -28,18 +29,19 @@ import sympy
 
 from ..reductions import Reduction, RowPlan, arg_symbol, lowered
 from ..symbolic import safe_name
-from .cpu import formula_comment, module_source
+from .elementwise import formula_comment
 from .printer import NumbaPrinter
+from .targets import CPU, Target
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
 
 
-def generate_rows(plan: RowPlan, dtype: np.dtype, header: str) -> str:
+def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
     printer = NumbaPrinter()
-    kernels = [_rows_kernel(plan, printer), _kernel(plan, printer, with_grads=False),
-               _kernel(plan, printer, with_grads=True)]
-    return module_source(header, dtype, printer, kernels)
+    kernels = [_rows_kernel(plan, printer, target), _kernel(plan, printer, False, target),
+               _kernel(plan, printer, True, target)]
+    return target.module(header, dtype, printer, kernels)
 
 
 class _Writer:
@@ -107,22 +109,28 @@ def _loads(w: _Writer, indent: int, symbols) -> None:
             w.emit(indent, f"{load.symbol} = load(_{safe_name(load.input)}_, __b{k} + {safe_name(load.label)} * __t{k})")
 
 
-def _rows_kernel(plan: RowPlan, printer: NumbaPrinter) -> str:
+def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
+    """The label pass. On the CPU it returns (sum of the mean weight over rows kept, first row with a
+    label out of range or -1, its label); on CUDA it adds the sum to __result[0] and the lowest bad
+    row goes to __bad[0] (its label is read back by the caller)."""
     w = _Writer(plan, printer)
-    w.emit(0, "@numba.njit(fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
-           f"def loss_rows({', '.join(_arguments(plan))}):")
-    w.emit(1, '"""(sum of the mean weight over rows kept, first row with a label out of range or -1, its label)."""')
+    serial = '@numba.njit(fastmath=FASTMATH, error_model="numpy", cache=True)'  # a tuple back: plain njit
+    decorator = target.kernel_decorator if target.cuda else serial
+    arguments = _arguments(plan) + (["__bad", "__result"] if target.cuda else [])
+    w.emit(0, decorator, f"def loss_rows({', '.join(arguments)}):")
     w.emit(1, "__norm = 0.0")
-    _prologue(w, "range(__rows)")
+    _prologue(w, target.row_loop() if target.cuda else "range(__rows)")
     w.emit(2, f"if {_keep(plan, w)}:")
     for label in plan.loss.labels:
         name = safe_name(label)
-        w.emit(3, f"if {name} < 0 or {name} >= __C:", f"    return __norm, __row, {name}")
+        found = (["cuda.atomic.min(__bad, 0, __row)", "continue"] if target.cuda
+                 else [f"return __norm, __row, {name}"])
+        w.emit(3, f"if {name} < 0 or {name} >= __C:", *[f"    {line}" for line in found])
     weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
     _loads(w, 3, weight.free_symbols)
     (text,) = w.statements(3, [], [weight])
     w.emit(3, f"__norm += {text}")
-    w.emit(1, "return __norm, -1, 0")
+    w.emit(1, *(target.finish("__norm") if target.cuda else ["return __norm, -1, 0"]))
     return "\n".join(w.lines) + "\n"
 
 
@@ -256,19 +264,19 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
     return general if p.is_Number else sympy.Piecewise((node.body ** 2, sympy.Eq(p, 2)), (general, True))
 
 
-def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
+def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target) -> str:
     w = _Writer(plan, printer)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
     name = "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
     w.lines.append(formula_comment(plan))
-    w.emit(0, "@kernel(nogil=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
-           f"def {name}({', '.join(['__start', '__stop'] + _arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
+    w.emit(0, target.kernel_decorator,
+           f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
                                                        else '; each also stored in __out when it has room."""'))
     w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
     w.emit(1, "__weighted = __weight.size == __rows", "__elementwise = __out.size == __rows", "__total = 0.0")
-    _prologue(w, "range(__start, __stop)")
+    _prologue(w, target.row_loop())
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")
@@ -297,5 +305,5 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool) -> str:
         w.emit(3, f"for {plan.position} in range(__C):",
                *[f"    store({g}, {element}, F(0.0))" for g in grads])
     w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
-    w.emit(1, "return __total")
+    w.emit(1, *target.finish())
     return "\n".join(w.lines) + "\n"

@@ -1,7 +1,8 @@
-"""Stage 4 (CPU): a `KernelPlan` → the source of a Python module of Numba kernels.
+"""Stage 4 for elementwise losses: a `KernelPlan` → the source of a module of Numba kernels.
 
-The module has two serial, `nogil` kernels over a range [start, stop) of elements
-(lossdsl.threads runs them in chunks, one per thread):
+The module (CPU or CUDA: codegen/targets.py) has two kernels over the elements; on the
+CPU they are serial and `nogil`, over a range [start, stop) (lossdsl.threads runs them in
+chunks, one per thread), on CUDA grid-stride loops adding to `__result[0]`:
 - `loss_value(start, stop, inputs…, params…, weight, scale, out)`: the weighted sum of
   the loss elements (accumulated in float64), also stored per element when `out` has room;
 - `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
@@ -21,51 +22,14 @@ import numpy as np
 from .. import ir
 from ..symbolic import KernelPlan, safe_name
 from .printer import NumbaPrinter
-
-# Reassociation lets the float64 sum vectorise; nnan/ninf are left out on purpose:
-# log clamps and inf guards in the catalogue depend on IEEE infinities and NaN. Every
-# generated function uses NumPy's error model: x/0 is inf or NaN, never an exception.
-FASTMATH = '{"contract", "reassoc"}'
-
-_FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
-# Transcendental functions the printer writes as fast_NAME: the vectorisable versions of
-# lossdsl.kernel_math where one exists for the float type, libm's otherwise.
-_FAST_MATH = {
-    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log1p": "log1p_float32",
-                           "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
-                           "pow_log": "pow_log_float32", "pow_from_log": "pow_from_log_float32"},
-    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log1p": "log1p_float64",
-                           "tanh": "math.tanh", "tanh_exp": "tanh_exp_float64", "pow": "math.pow",
-                           "pow_log": "pow_log_float64", "pow_from_log": "pow_from_log_float64"},
-}
+from .targets import CPU, Target
 
 
-def _fast_math_imports(dtype: np.dtype) -> str:
-    """Binds every fast_NAME of the module: imports from kernel_math, assignments from math."""
-    chosen = sorted(_FAST_MATH[dtype].items())
-    imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
-    assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]
-    lines = [f"from lossdsl.kernel_math import {', '.join(imported)}"]
-    if assigned:
-        lines.append(f"{', '.join(n for n, _ in assigned)} = {', '.join(s for _, s in assigned)}")
-    return "\n".join(lines)
-
-
-def generate(plan: KernelPlan, dtype: np.dtype, header: str) -> str:
+def generate(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
     """The complete module source; `header` is a comment block (origin, cache key)."""
     printer = NumbaPrinter()
-    kernels = [_kernel(plan, printer, with_grads=False), _kernel(plan, printer, with_grads=True)]
-    return module_source(header, dtype, printer, kernels)
-
-
-def module_source(header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str]) -> str:
-    """A generated module: header, imports, the float type, the helpers the printer used, the kernels."""
-    dtype = np.dtype(dtype)
-    decorator = '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")'
-    helpers = "".join(f"\n{decorator}\n{source.strip()}\n\n" for _, source in sorted(printer.helpers.items()))
-    return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\nfrom lossdsl.jit import kernel, load, store\n"
-            f"{_fast_math_imports(dtype)}\n\n"
-            f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n\n{helpers}\n" + "\n\n".join(kernels))
+    kernels = [_kernel(plan, printer, False, target), _kernel(plan, printer, True, target)]
+    return target.module(header, dtype, printer, kernels)
 
 
 def formula_comment(plan: KernelPlan) -> str:
@@ -99,7 +63,7 @@ def _loop_head(plan: KernelPlan) -> list[str]:
     return [f"        {safe_name(i.name)} = _{safe_name(i.name)}_[__i]" for i in plan.loss.inputs]
 
 
-def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
+def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: Target) -> str:
     """`loss_value`, or with `with_grads` the fused `loss_value_and_grad`: one skeleton for both."""
     args, prologue = _signature(plan)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
@@ -111,8 +75,8 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
                          "when it has room."))
     lines = [
         formula_comment(plan),
-        "@kernel(nogil=True, fastmath=FASTMATH, error_model=\"numpy\", cache=True)",
-        f"def {name}({', '.join(['__start', '__stop'] + args + ['__weight', '__scale', *extra, '__out', *grads])}):",
+        target.kernel_decorator,
+        f"def {name}({target.parameters(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
         f'    """{doc}"""',
         *[f"    {line}" for line in prologue],
         "    __s = F(__scale)",
@@ -121,7 +85,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
         "    __weighted = __weight.size == __n",
         "    __elementwise = __out.size == __n",
         "    __total = 0.0",
-        "    for __i in range(np.uint64(__start), np.uint64(__stop)):  # unsigned: no negative-index wraparound",
+        f"    for __i in {target.element_loop('__n')}:",
         *_loop_head(plan),
         *_body(printer, steps, "        "),
         "        __w = __s * __weight[__i] if __weighted else __s",
@@ -131,6 +95,6 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool) -> str:
         "        __total += __loss",
         *(["        __gw = __w * __gs"] if with_grads else []),
         *[f"        {g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)],
-        "    return __total",
+        *[f"    {line}" for line in target.finish()],
     ]
     return "\n".join(lines) + "\n"

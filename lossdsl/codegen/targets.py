@@ -1,0 +1,140 @@
+"""What differs between the CPU and CUDA versions of a generated module; everything else is shared.
+
+Both targets print the same loss body (one printer, one skeleton per loss kind); a target
+only says how a kernel is declared, which range of elements or rows one call (CPU) or one
+thread (CUDA) walks, how its partial sum leaves the kernel, and which functions the
+module binds to the names the printer writes (`fast_exp`, `load`, ...).
+
+- CPU: serial `nogil` kernels over [__start, __stop) that return their float64 sum
+  (lossdsl.threads runs them in chunks), vectorisable math from lossdsl.kernel_math.
+- CUDA: grid-stride loops; each block sums its threads' totals in shared memory and adds
+  the result to `__result[0]` with one float64 atomic; CUDA's own math library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .printer import NumbaPrinter
+
+# Reassociation lets the float64 sum vectorise; nnan/ninf are left out on purpose:
+# log clamps and inf guards in the catalogue depend on IEEE infinities and NaN. Every
+# generated CPU function uses NumPy's error model: x/0 is inf or NaN, never an exception.
+FASTMATH = '{"contract", "reassoc"}'
+THREADS = 256  # CUDA threads per block (a power of two: the block sum halves it)
+
+_FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
+
+# fast_NAME on the CPU: the vectorisable versions of lossdsl.kernel_math where one exists, libm's otherwise
+_CPU_MATH = {
+    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log1p": "log1p_float32",
+                           "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
+                           "pow_log": "pow_log_float32", "pow_from_log": "pow_from_log_float32"},
+    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log1p": "log1p_float64",
+                           "tanh": "math.tanh", "tanh_exp": "tanh_exp_float64", "pow": "math.pow",
+                           "pow_log": "pow_log_float64", "pow_from_log": "pow_from_log_float64"},
+}
+
+# On CUDA, math.* is CUDA's own (libdevice); the lowered forms fall back to the plain functions
+_CUDA_FUNCTIONS = '''
+fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = math.exp, math.log, math.log1p, math.tanh, math.pow
+
+
+@cuda.jit(device=True, inline=True)
+def fast_tanh_exp(x, z):
+    return math.tanh(x)
+
+
+@cuda.jit(device=True, inline=True)
+def fast_pow_log(x):
+    return 0.0
+
+
+@cuda.jit(device=True, inline=True)
+def fast_pow_from_log(x, y, log_base):
+    return math.pow(x, y)
+
+
+@cuda.jit(device=True, inline=True)
+def load(array, index):
+    return array[index]
+
+
+@cuda.jit(device=True, inline=True)
+def store(array, index, value):
+    array[index] = value
+'''
+
+_BLOCK_SUM = [
+    "__shared = cuda.shared.array(THREADS, numba.float64)",
+    "__t = cuda.threadIdx.x",
+    "__shared[__t] = __total",
+    "cuda.syncthreads()",
+    "__half = THREADS // 2",
+    "while __half > 0:",
+    "    if __t < __half:",
+    "        __shared[__t] += __shared[__t + __half]",
+    "    cuda.syncthreads()",
+    "    __half //= 2",
+    "if __t == 0:",
+    "    cuda.atomic.add(__result, 0, __shared[0])",
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kernel_decorator: str
+    helper_decorator: str
+    cuda: bool
+
+    def parameters(self, arguments: list[str]) -> str:
+        """A kernel's parameter list: CPU kernels take their range first, CUDA kernels a result array last."""
+        return ", ".join(arguments + ["__result"] if self.cuda else ["__start", "__stop", *arguments])
+
+    def element_loop(self, count: str) -> str:
+        """The elements one call (CPU: unsigned, so indexing needs no wraparound) or thread walks."""
+        return f"range(cuda.grid(1), {count}, cuda.gridsize(1))" if self.cuda else \
+            "range(np.uint64(__start), np.uint64(__stop))"
+
+    def row_loop(self) -> str:
+        return "range(cuda.grid(1), __rows, cuda.gridsize(1))" if self.cuda else "range(__start, __stop)"
+
+    def finish(self, total: str = "__total") -> list[str]:
+        """The last lines of a kernel: hand its float64 sum `total` back."""
+        if not self.cuda:
+            return [f"return {total}"]
+        return [line.replace("__total", total) for line in _BLOCK_SUM]
+
+    def module(self, header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str]) -> str:
+        """A generated module: header, imports, the float type, the helpers the printer used, the kernels."""
+        dtype = np.dtype(dtype)
+        helpers = "".join(f"\n{self.helper_decorator}\n{source.strip()}\n\n"
+                          for _, source in sorted(printer.helpers.items()))
+        if self.cuda:
+            imports = "from numba import cuda\n" + _CUDA_FUNCTIONS
+            constants = f"F = {_FLOAT_TYPES[dtype]}\nTHREADS = {THREADS}\n"
+        else:
+            imports = f"from lossdsl.jit import kernel, load, store\n{_cpu_math_imports(dtype)}\n"
+            constants = f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n"
+        return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{imports}\n"
+                f"{constants}\n{helpers}\n" + "\n\n".join(kernels))
+
+
+def _cpu_math_imports(dtype: np.dtype) -> str:
+    """Binds every fast_NAME of a CPU module: imports from kernel_math, assignments from math."""
+    chosen = sorted(_CPU_MATH[dtype].items())
+    imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
+    assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]
+    lines = [f"from lossdsl.kernel_math import {', '.join(imported)}"]
+    if assigned:
+        lines.append(f"{', '.join(n for n, _ in assigned)} = {', '.join(s for _, s in assigned)}")
+    return "\n".join(lines)
+
+
+CPU = Target("cpu", '@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)',
+             '@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")', cuda=False)
+# CUDA: no fastmath (it would include nnan/ninf); the label pass of row losses runs there too
+CUDA = Target("cuda", "@cuda.jit(cache=True)", "@cuda.jit(device=True, inline=True)", cuda=True)
+TARGETS = {"cpu": CPU, "cuda": CUDA}

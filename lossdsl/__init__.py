@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import registry
 from .compiler import __version__, compile_spec, load
-from .errors import (LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError, SpecSyntaxError,
+from .errors import (LossDeviceError, LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError,
+                     SpecSyntaxError,
                      SpecTypeError, UnknownLossError)
 from .runtime import Loss
 from .threads import get_num_threads, set_num_threads

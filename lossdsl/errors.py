@@ -48,6 +48,10 @@ class LossLabelError(LossInputError, IndexError):
     """A label is outside the axis it indexes (raised before any kernel reads with it)."""
 
 
+class LossDeviceError(LossError, RuntimeError):
+    """A CUDA call on a machine without a usable GPU."""
+
+
 class UnknownLossError(LossError, LookupError):
     """A name that is neither in the catalogue nor a spec file."""
 

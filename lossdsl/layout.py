@@ -13,9 +13,15 @@ import math
 
 import numpy as np
 
+from . import buffers, threads
 from .errors import LossInputError, LossLabelError
 
 CALL_REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")  # what a call's `reduction=` may be
+
+
+def is_gpu_array(value) -> bool:
+    """A CUDA array (CuPy, PyTorch, Numba; or Numba's simulated one), told without importing numba.cuda."""
+    return hasattr(value, "__cuda_array_interface__") or type(value).__module__.startswith("numba.cuda.simulator")
 
 
 def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
@@ -64,11 +70,12 @@ def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[in
                              f"found {values[position].item()!r} at index {index}")
 
 
-def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype: np.dtype, memory=None):
     """`sample_weight` broadcast to the shape of the loss values, flat; empty when there is none."""
+    memory = memory or HOST
     if sample_weight is None:
-        return np.empty(0, dtype)
-    sw = np.asarray(sample_weight)
+        return memory.flat(np.empty(0, dtype), (0,), dtype)
+    sw = memory.gather(sample_weight)
     try:
         fits = np.broadcast_shapes(sw.shape, shape) == shape
     except ValueError:
@@ -76,7 +83,7 @@ def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype:
     if not fits or sw.dtype.kind not in "biuf":
         raise LossInputError(f"{loss_name}: sample_weight of shape {sw.shape} (dtype {sw.dtype}) does not "
                              f"broadcast to the loss shape {shape}")
-    return flat(sw, shape, dtype)
+    return memory.flat(sw, shape, dtype)
 
 
 def unbroadcast(grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
@@ -95,13 +102,14 @@ class Call:
     """What every call has: the values' shape, weights, the reduction and its scales."""
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
-                 batch_axis):
+                 batch_axis, memory=None):
+        self.memory = memory or HOST  # where the arrays live: HostMemory, or gpu.DeviceMemory
         if reduction not in CALL_REDUCTIONS:
             raise LossInputError(f"reduction must be one of {', '.join(CALL_REDUCTIONS)}; got {reduction!r}")
         self.name, self.shape, self.dtype, self.reduction = name, shape, dtype, reduction
         self.size = math.prod(shape)
         self.units = self.work = self.size  # kernel loop iterations, and elements they touch
-        self.weights = sample_weights(name, sample_weight, shape, dtype)
+        self.weights = sample_weights(name, sample_weight, shape, dtype, self.memory)
         self.scale = 1.0 if weight is None else scalar_weight(name, weight)
         self.elementwise = reduction in ("none", "batch")
         self.divisor = float(self.size)  # what "mean" divides by
@@ -136,6 +144,7 @@ class Call:
         values = out.reshape(self.shape)
         if self.reduction == "none":
             return values
+        values = self.memory.to_host(values)  # the per-sample mean is taken on the host
         other_axes = tuple(a for a in range(len(self.shape)) if a != self.batch_axis)
         return values.mean(axis=other_axes, dtype=np.float64).astype(self.dtype) if other_axes else values
 
@@ -144,7 +153,7 @@ class RowCall(Call):
     """A call of a loss over a named axis: rows, the axis length and each input's steps."""
 
     def __init__(self, loss, arrays: dict[str, np.ndarray | None], axis, reduction, weight, sample_weight,
-                 batch_axis):
+                 batch_axis, memory=None):
         resolved = loss._resolved
         name = resolved.name
         main_input = next(i for i in resolved.inputs if i.axis and arrays[i.name] is not None)
@@ -168,7 +177,7 @@ class RowCall(Call):
         self.full = full
         rows_shape = full[:first] + full[last + 1:]
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
-        super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis)
+        super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
         self.rows = self.size
         self.work = self.rows * self.length
         self.arrays, steps = [], []
@@ -182,13 +191,16 @@ class RowCall(Call):
                 array, step = self._along_axis(spec_input.name, array, kind)
             else:
                 array, step = self._per_row(spec_input.name, array, kind, is_label)
-            if loss.check_domains and not is_label:
+            if loss.check_domains and self.memory.checks_domains and not is_label:
                 given = arrays[spec_input.name]
                 shown = given.shape if given is not None and given.size == array.size else array.shape
                 check_domain(name, spec_input, array, shown)
             self.arrays.append(array)
             steps.append(step)
-        self.steps = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
+        self.step_table = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
+        self.steps = self.memory.flat(self.step_table.reshape(-1), (self.step_table.size,), self.step_table.dtype)
+        self.steps = self.steps.reshape(len(steps), 3)
+        self.label_inputs = [k for k, i in enumerate(resolved.inputs) if i.name in resolved.labels]
         self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
         self.grad_size = math.prod(full)
         self.needs_rows = bool(resolved.labels) or resolved.ignore is not None or resolved.mean_weight is not None
@@ -221,7 +233,7 @@ class RowCall(Call):
         """Run `loss_rows`: labels in range (else LossLabelError), and what "mean" divides by."""
         if not self.needs_rows:
             return
-        divisor, row, label = module.loss_rows(*self.head, *params)
+        divisor, row, label = self.memory.check_rows(module, self, params)
         if row >= 0:
             index = tuple(int(i) for i in np.unravel_index(row, self.shape)) if self.shape else ()
             raise LossLabelError(f"{self.name}: label {label} at row {index} is outside the axis of length "
@@ -234,6 +246,43 @@ class RowCall(Call):
             summed = grad.reshape(self.outer, self.length, self.inner).sum(axis=(0, 2), dtype=np.float64)
             return summed.astype(grad.dtype)
         return unbroadcast(grad, target)
+
+
+class HostMemory:
+    """Arrays in host memory: NumPy conversions and checks, kernels on the CPU's threads.
+    (gpu.DeviceMemory is the same interface for arrays on a CUDA device.)"""
+
+    target = "cpu"
+    checks_domains = True
+
+    @staticmethod
+    def gather(value) -> np.ndarray:
+        return np.asarray(value)
+
+    flat = staticmethod(flat)
+    labels = staticmethod(lambda loss_name, input_name, array: _labels(loss_name, input_name, array))
+    empty = staticmethod(buffers.empty)
+
+    @staticmethod
+    def to_host(array: np.ndarray) -> np.ndarray:
+        return array
+
+    @staticmethod
+    def result(value, call: Call):
+        """What a call returns, from what the kernels wrote: unchanged on the host."""
+        return value
+
+    @staticmethod
+    def launch(module, kernel: str, call: Call, arguments: tuple) -> float:
+        return threads.run(getattr(module, kernel), call.units, call.work, arguments)
+
+    @staticmethod
+    def check_rows(module, call: "RowCall", params) -> tuple[float, int, int]:
+        """(what "mean" divides by, first row with a label out of range or -1, that label)."""
+        return module.loss_rows(*call.head, *params)
+
+
+HOST = HostMemory()
 
 
 def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str | None) -> tuple[int, int]:

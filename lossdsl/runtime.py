@@ -12,9 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import buffers, threads
 from .errors import LossInputError, LossParameterError
-from .layout import Call, RowCall, check_domain, flat, float_dtype, unbroadcast
+from .layout import HOST, Call, RowCall, check_domain, float_dtype, is_gpu_array, unbroadcast
 from .resolve import ResolvedLoss, check_values
 
 
@@ -92,25 +91,27 @@ class Loss:
 
     # --- evaluation ---
     def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                 batch_axis: int = 0, axis=None, **named_inputs):
+                 batch_axis: int = 0, axis=None, device: str | None = None, **named_inputs):
         """The loss, reduced as asked; runs the value-only kernel."""
-        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
-        out = buffers.empty(call.size if call.elementwise else 0, call.dtype)
+        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
+        out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
         total = self._run(call, "loss_value", lambda: (*call.head, *self._param_args, call.weights, call.scale, out))
-        return call.reduce(total, out)
+        return call.memory.result(call.reduce(total, out), call)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                       batch_axis: int = 0, axis=None, grad_out=None, **named_inputs):
+                       batch_axis: int = 0, axis=None, grad_out=None, device: str | None = None, **named_inputs):
         """(value, gradient) from one fused pass; with several `wrt` inputs, a tuple of gradients.
 
         `grad_out` (an array shaped and typed like the gradient, or a tuple of them) receives
         the gradient in place and is returned: a training loop that reuses it saves the cost
         of a fresh array (at 1e7 elements, its page faults take as long as the kernel).
+        `device` ("cpu" or "cuda") forces a target; by default GPU arrays run on CUDA.
         """
-        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis)
-        out = buffers.empty(call.size if call.elementwise else 0, call.dtype)
+        call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
+        out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
         targets = _gradient_targets(call, self.wrt, grad_out)
-        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else buffers.empty(call.grad_size, call.dtype)
+        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else call.memory.empty(call.grad_size,
+                                                                                                   call.dtype)
                  for t in targets]
         total = self._run(call, "loss_value_and_grad", lambda: (*call.head, *self._param_args, call.weights,
                                                                 call.scale, call.grad_scale, out, *grads))
@@ -120,7 +121,8 @@ class Loss:
                 if not np.shares_memory(target, shaped[i]):
                     np.copyto(target, shaped[i])
                 shaped[i] = target
-        return call.reduce(total, out), (shaped[0] if len(shaped) == 1 else tuple(shaped))
+        shaped = [call.memory.result(g, call) for g in shaped]
+        return call.memory.result(call.reduce(total, out), call), (shaped[0] if len(shaped) == 1 else tuple(shaped))
 
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
@@ -131,25 +133,27 @@ class Loss:
         if Numba's on-disk cache for it is damaged, discard it and retry once."""
         for fresh in (False, True):
             try:
-                module = self._backend.module(call.dtype, fresh=fresh)
+                module = self._backend.module(call.dtype, fresh=fresh, target=call.memory.target)
                 call.before(module, self._param_args)
-                return threads.run(getattr(module, kernel), call.units, call.work, arguments())
+                return call.memory.launch(module, kernel, call, arguments())
             except (EOFError, pickle.UnpicklingError):
                 if fresh:
                     raise
 
-    def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis):
-        arrays = self._gather_inputs(inputs, named_inputs)
+    def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device):
+        memory = _memory([*inputs, *named_inputs.values(), sample_weight], device)
+        arrays = self._gather_inputs(inputs, named_inputs, memory)
         if self._resolved.axis is not None:
-            call = RowCall(self, arrays, axis, reduction, weight, sample_weight, batch_axis)
+            call = RowCall(self, arrays, axis, reduction, weight, sample_weight, batch_axis, memory)
         elif axis is not None:
             raise LossInputError(f"{self.name} is elementwise: it takes no axis")
         else:
-            call = ElementCall(self, arrays, reduction, weight, sample_weight, batch_axis)
+            call = ElementCall(self, arrays, reduction, weight, sample_weight, batch_axis, memory)
+        call.given = next(a for a in (*inputs, *named_inputs.values()) if a is not None)
         call.originals = {n: a.shape for n, a in arrays.items() if a is not None}
         return call
 
-    def _gather_inputs(self, inputs, named_inputs) -> dict[str, np.ndarray | None]:
+    def _gather_inputs(self, inputs, named_inputs, memory) -> dict[str, np.ndarray | None]:
         """Inputs by name: positional ones in order, optional ones also by keyword (None where left out)."""
         specs = self._resolved.inputs
         names = self.inputs
@@ -175,7 +179,7 @@ class Loss:
                 arrays[spec_input.name] = None
                 continue
             try:
-                array = np.asarray(value)
+                array = memory.gather(value)
             except ValueError as exc:  # e.g. ragged nested lists
                 raise LossInputError(f"{self.name}: inputs must be arrays of numbers ({exc})") from None
             if array.dtype.kind not in "biuf":
@@ -184,10 +188,25 @@ class Loss:
         return arrays
 
 
+def _memory(values, device: str | None):
+    """Host memory, or the CUDA device's when asked for or when any input is a GPU array."""
+    on_device = any(is_gpu_array(v) for v in values if v is not None)
+    if device not in (None, "cpu", "cuda"):
+        raise LossInputError(f"device must be 'cpu' or 'cuda'; got {device!r}")
+    if device == "cuda" or (device is None and on_device):
+        from . import gpu  # numba.cuda: only for GPU calls
+        return gpu.device_memory()
+    if on_device:
+        raise LossInputError("device='cpu' with GPU arrays: copy them to the host first, or leave device unset")
+    return HOST
+
+
 def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out) -> list[np.ndarray | None]:
     """The arrays `grad_out` names, one per `wrt` input (None without it), checked before any kernel runs."""
     if grad_out is None:
         return [None] * len(wrt)
+    if call.memory is not HOST:
+        raise LossInputError(f"{call.name}: grad_out is for host arrays")
     targets = [grad_out] if len(wrt) == 1 else list(grad_out) if isinstance(grad_out, (tuple, list)) else []
     if len(targets) != len(wrt):
         raise LossInputError(f"{call.name}: grad_out needs {len(wrt)} arrays, one for each of {', '.join(wrt)}")
@@ -208,7 +227,7 @@ class ElementCall(Call):
     """A call of an elementwise loss: inputs broadcast NumPy's way, flat."""
 
     def __init__(self, loss: Loss, arrays: dict[str, np.ndarray | None], reduction, weight, sample_weight,
-                 batch_axis):
+                 batch_axis, memory=None):
         resolved = loss._resolved
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
         for spec_input in resolved.inputs:  # an optional input left out takes its default
@@ -221,9 +240,9 @@ class ElementCall(Call):
         except ValueError:
             shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
             raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None
-        super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis)
-        self.head = [flat(arrays[n], shape, dtype) for n in names]
-        if loss.check_domains:
+        super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
+        self.head = [self.memory.flat(arrays[n], shape, dtype) for n in names]
+        if loss.check_domains and self.memory.checks_domains:
             for spec_input, array in zip(resolved.inputs, self.head):
                 check_domain(resolved.name, spec_input, array, shape)
         self.grad_size = self.size

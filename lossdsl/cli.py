@@ -51,7 +51,7 @@ def cmd_show(args) -> int:
     lines = loss.explain(latex=args.latex).splitlines()
     print("\n".join(lines if args.grad else [line for line in lines if not line.startswith(f"d{loss.name}/d")]))
     if args.source or args.grad:
-        source = loss.source("cpu", args.dtype)
+        source = loss.source(args.source or "cpu", args.dtype)
         if not args.source:  # --grad alone: the fused kernel, where the gradient is computed
             source = source[source.rindex("# loss ", 0, source.index("def loss_value_and_grad(")):]
         print("\n" + source)
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     show = with_loss("show", "the formula, and optionally its gradient and generated code")
     show.add_argument("--grad", action="store_true", help="the derived gradient and the fused kernel")
-    show.add_argument("--source", action="store_true", help="the whole generated module")
+    show.add_argument("--source", nargs="?", const="cpu", choices=["cpu", "cuda"],
+                      help="the whole generated module, for the CPU (default) or CUDA")
     show.add_argument("--latex", action="store_true", help="formulas as LaTeX")
     show.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     show.set_defaults(run=cmd_show)

@@ -44,15 +44,11 @@ def sample(domain: Domain, rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.normal(0.0, 2.0, size)
 
 
-def check(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
-    """One row per differentiated input: how the kernel's gradient compares with finite differences.
-
-    A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
-    in range), one position at a time: rows are independent, so one shifted call checks a column.
-    """
+def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[np.ndarray]:
+    """Random inputs inside the spec's domains: `points` elements, or rows of `classes` positions
+    along the last axis with labels in range; optional inputs are left out."""
     rng = np.random.default_rng(seed)
     resolved = loss._resolved
-    options = {"axis": -1} if resolved.axis else {}
     inputs = []
     for spec_input in resolved.inputs:
         if spec_input.default is not None:
@@ -62,6 +58,17 @@ def check(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> lis
         else:
             shape = (points, classes) if spec_input.axis else (points,)
             inputs.append(sample(spec_input.domain, rng, int(np.prod(shape))).reshape(shape))
+    return inputs
+
+
+def check(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
+    """One row per differentiated input: how the kernel's gradient compares with finite differences.
+
+    A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
+    in range), one position at a time: rows are independent, so one shifted call checks a column.
+    """
+    options = {"axis": -1} if loss._resolved.axis else {}
+    inputs = sample_inputs(loss, points, seed, classes)
     grads = loss.grad(*inputs, reduction="none", **options)
     grads = grads if isinstance(grads, tuple) else (grads,)
     return [_compare(loss, inputs, loss.inputs.index(name), grad, options) for name, grad in zip(loss.wrt, grads)]

@@ -18,8 +18,8 @@ from .resolve import ResolvedLoss, check_values
 
 
 class _Backend(Protocol):
-    def module(self, dtype: np.dtype, fresh: bool = False) -> Any: ...
-    def source(self, dtype: np.dtype = ...) -> str: ...
+    def module(self, dtype: np.dtype, fresh: bool = False, target: str = "cpu") -> Any: ...
+    def source(self, dtype: np.dtype = ..., key: str | None = None, target: str = "cpu") -> str: ...
     def plan(self) -> Any: ...
     def explain(self, latex: bool = False) -> str: ...
 
@@ -75,10 +75,10 @@ class Loss:
         return self._backend.explain(latex)
 
     def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
-        """The generated Numba module, as Python source."""
-        if target != "cpu":
-            raise ValueError(f"unknown target {target!r}; available: 'cpu'")
-        return self._backend.source(np.dtype(dtype))
+        """The generated Numba module, as Python source, for the "cpu" or "cuda" target."""
+        if target not in ("cpu", "cuda"):
+            raise ValueError(f"unknown target {target!r}; available: 'cpu', 'cuda'")
+        return self._backend.source(np.dtype(dtype), target=target)
 
     def with_params(self, **params) -> "Loss":
         """The same loss with other parameter values (numeric ones reuse the compiled kernels)."""

@@ -1,5 +1,10 @@
 """Shared fixtures: compiled losses are loaded once per test session and shared."""
 import functools
+import os
+
+# CUDA kernels run under Numba's simulator unless asked otherwise (NUMBA_ENABLE_CUDASIM=0 on a
+# machine with a GPU): set before Numba is first imported, which reads it then.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 import pytest
 

@@ -22,7 +22,9 @@ from .printer import NumbaPrinter
 # log clamps and inf guards in the catalogue depend on IEEE infinities and NaN. Every
 # generated CPU function uses NumPy's error model: x/0 is inf or NaN, never an exception.
 FASTMATH = '{"contract", "reassoc"}'
-THREADS = 256  # CUDA threads per block (a power of two: the block sum halves it)
+# CUDA threads per block (a power of two: the block sum halves it); fewer under Numba's
+# simulator, which runs every thread as a Python thread
+THREADS = "32 if numba.config.ENABLE_CUDASIM else 256"
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
 
@@ -38,12 +40,15 @@ _CPU_MATH = {
 
 # On CUDA, math.* is CUDA's own (libdevice); the lowered forms fall back to the plain functions
 _CUDA_FUNCTIONS = '''
-fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = math.exp, math.log, math.log1p, math.tanh, math.pow
+if numba.config.ENABLE_CUDASIM:  # the simulator runs Python's math, which raises where CUDA gives inf or NaN
+    fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = np.exp, np.log, np.log1p, np.tanh, np.power
+else:
+    fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = math.exp, math.log, math.log1p, math.tanh, math.pow
 
 
 @cuda.jit(device=True, inline=True)
 def fast_tanh_exp(x, z):
-    return math.tanh(x)
+    return fast_tanh(x)
 
 
 @cuda.jit(device=True, inline=True)
@@ -53,7 +58,7 @@ def fast_pow_log(x):
 
 @cuda.jit(device=True, inline=True)
 def fast_pow_from_log(x, y, log_base):
-    return math.pow(x, y)
+    return fast_pow(x, y)
 
 
 @cuda.jit(device=True, inline=True)
@@ -113,7 +118,7 @@ class Target:
         helpers = "".join(f"\n{self.helper_decorator}\n{source.strip()}\n\n"
                           for _, source in sorted(printer.helpers.items()))
         if self.cuda:
-            imports = "from numba import cuda\n" + _CUDA_FUNCTIONS
+            imports = "from numba import cuda\n" + _CUDA_FUNCTIONS + "\n"
             constants = f"F = {_FLOAT_TYPES[dtype]}\nTHREADS = {THREADS}\n"
         else:
             imports = f"from lossdsl.jit import kernel, load, store\n{_cpu_math_imports(dtype)}\n"

@@ -84,8 +84,9 @@ class DeviceMemory:
 
     @staticmethod
     def launch(module, kernel: str, call, arguments: tuple) -> float:
-        """Run `kernel` over the call's elements or rows; its float64 sum."""
-        return _launch(module, getattr(module, kernel), call.units, arguments)
+        """Run `kernel` over the call's elements (a thread each) or rows (a block each); its float64 sum."""
+        threads = call.units * module.THREADS if hasattr(call, "rows") else call.units
+        return _launch(module, getattr(module, kernel), threads, arguments)
 
     @staticmethod
     def check_rows(module, call, params) -> tuple[float, int, int]:
@@ -97,9 +98,12 @@ class DeviceMemory:
 
     @staticmethod
     def result(value, call):
-        """Device outputs as the kind of array the caller passed (CuPy, PyTorch), else Numba's."""
+        """Device outputs as the kind of array the caller passed: host arrays for host inputs (copied out),
+        CuPy or PyTorch arrays for theirs (no copy), else Numba device arrays."""
         if not _is_device(value):
             return value
+        if not _is_device(call.given):
+            return value.copy_to_host()
         kind = type(call.given).__module__.split(".")[0]
         if kind == "torch":
             import torch
@@ -110,10 +114,11 @@ class DeviceMemory:
         return value
 
 
-def _launch(module, kernel, units: int, arguments: tuple) -> float:
-    """A grid of the module's block size over `units` elements or rows; the float64 sum the blocks add up."""
+def _launch(module, kernel, threads: int, arguments: tuple) -> float:
+    """A grid of about `threads` threads (at most _MAX_BLOCKS blocks of the module's size; loops in the
+    kernels cover the rest); the float64 sum the blocks add up."""
     result = cuda.to_device(np.zeros(1))
-    blocks = max(1, min(_MAX_BLOCKS, math.ceil(units / module.THREADS)))
+    blocks = max(1, min(_MAX_BLOCKS, math.ceil(threads / module.THREADS)))
     kernel[blocks, module.THREADS](*arguments, result)
     return float(result.copy_to_host()[0])
 

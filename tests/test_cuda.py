@@ -28,7 +28,7 @@ def test_every_catalogue_loss_matches_the_cpu(load_loss, name):
     """Per-element values and gradients (the fused kernel), and a summed value (the value kernel)."""
     loss = load_loss(name)
     options = {"axis": -1} if loss._resolved.axis else {}
-    inputs = sample_inputs(loss, points=12, seed=1, classes=4)
+    inputs = sample_inputs(loss, points=3 if options else 12, seed=1, classes=5)  # rows: a simulated block each
     on_device = [cuda.to_device(a) for a in inputs]
     values, grads = loss.value_and_grad(*on_device, reduction="none", **options)
     expected_values, expected_grads = loss.value_and_grad(*inputs, reduction="none", **options)
@@ -41,7 +41,7 @@ def test_every_catalogue_loss_matches_the_cpu(load_loss, name):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batch", "batchmean"])
 def test_reductions_and_weights_in_both_dtypes(load_loss, dtype, reduction):
     rng = np.random.default_rng(2)
     huber = load_loss("huber", delta=0.7)
@@ -68,11 +68,13 @@ def test_cross_entropy_with_class_weights_ignore_and_smoothing(load_loss, dtype)
     _close(grad, expected_grad, dtype)
 
 
-def test_host_arrays_with_device_cuda_come_back_as_device_arrays(load_loss):
+def test_host_arrays_with_device_cuda_are_copied_in_and_out(load_loss):
     bce = load_loss("bce_with_logits")
     x, y = np.linspace(-3, 3, 7), (np.arange(7) % 2).astype(float)
     values, grad = bce.value_and_grad(x, y, reduction="none", device="cuda")
-    assert hasattr(values, "copy_to_host") and hasattr(grad, "copy_to_host")
+    assert isinstance(values, np.ndarray) and isinstance(grad, np.ndarray)
+    on_device = bce.value_and_grad(cuda.to_device(x), cuda.to_device(y), reduction="none")
+    assert all(hasattr(a, "copy_to_host") for a in on_device)  # GPU arrays in, GPU arrays out
     expected_values, expected_grad = bce.value_and_grad(x, y, reduction="none")
     _close(values, expected_values, np.float64)
     _close(grad, expected_grad, np.float64)
@@ -116,7 +118,22 @@ def test_cuda_source_is_readable_and_shares_the_cpu_body(load_loss):
     huber = load_loss("huber")
     cuda_source, cpu_source = huber.source("cuda"), huber.source("cpu")
     assert "@cuda.jit(cache=True)" in cuda_source and "range(cuda.grid(1), __n, cuda.gridsize(1))" in cuda_source
-    assert "cuda.atomic.add(__result, 0, __shared[0])" in cuda_source
+    assert "cuda.atomic.add(__result, 0, __total)" in cuda_source
     body = [line for line in cpu_source.splitlines() if line.startswith("        ")]
     assert body and all(line in cuda_source for line in body)  # the loop body is the same text
     compile(cuda_source, "generated", "exec")
+
+
+def test_rows_longer_than_a_block_with_ties_and_nan():
+    """Threads each take several positions; max/min keep the first extreme, and a NaN wins, as on the CPU."""
+    spread = lossdsl.compile("loss spread(x[c])\n    spread = max(x, c) - 0.5 * min(x, c) + logsumexp(x, c)\n")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 37))
+    x[0, [5, 20, 33]] = 9.0  # a tie for the max: the first position takes the gradient
+    x[1, [2, 30]] = -9.0  # and for the min
+    x[2, 17] = np.nan
+    values, grad = spread.value_and_grad(cuda.to_device(x), reduction="none")
+    expected_values, expected_grad = spread.value_and_grad(x, reduction="none")
+    _close(values, expected_values, np.float64)
+    _close(grad, expected_grad, np.float64)
+    assert _host(grad)[0, 5] > _host(grad)[0, 20]  # the one-hot of the max sits at the first 9.0

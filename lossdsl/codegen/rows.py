@@ -47,11 +47,17 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
 class _Writer:
     """Lines of one kernel, with the plan's names and a printer."""
 
-    def __init__(self, plan: RowPlan, printer: NumbaPrinter):
-        self.plan, self.printer, self.lines = plan, printer, []
+    def __init__(self, plan: RowPlan, printer: NumbaPrinter, target: Target = CPU):
+        self.plan, self.printer, self.lines, self.target = plan, printer, [], target
         self.inputs = plan.loss.inputs
         self.index_of = {i.name: k for k, i in enumerate(self.inputs)}
         self.segment = 0
+
+    def axis_loop(self) -> str:
+        """The positions along the axis one call (CPU) or one thread of the row's block (CUDA) visits."""
+        position = self.plan.position
+        return (f"for {position} in range(cuda.threadIdx.x, __C, cuda.blockDim.x):" if self.target.cuda
+                else f"for {position} in range(__C):")
 
     def emit(self, indent: int, *lines: str) -> None:
         self.lines += ["    " * indent + line for line in lines]
@@ -199,6 +205,18 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
     return [f"{out} = F({acc})"]
 
 
+def _combine(node: Reduction, part: int) -> str:
+    """CUDA: the block's threads each hold a partial of the reduction; every thread gets the whole."""
+    acc = f"__{node.symbol.name}"
+    if node.op in ("max", "min"):
+        arg = arg_symbol(node)
+        return f"{acc}, {arg} = _block_best(__shared, __shared_i, {acc}, {arg}, {1 if node.op == 'max' else -1})"
+    if node.op == "logsumexp" and part == 0:
+        return f"{acc} = F(_block_max(__shared, {acc}))"
+    total = f"{acc}_sum" if node.op == "logsumexp" else acc
+    return f"{total} = _block_sum(__shared, {total})"
+
+
 def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | None = None) -> None:
     """Loops over the axis computing `reductions`, each pass holding every reduction that is ready.
 
@@ -220,12 +238,15 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
                 acc = f"__{node.symbol.name}"
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
         bodies = [_reduced_body(n, part) for n, part in parts]
-        w.emit(indent, f"for {w.plan.position} in range(__C):")
+        w.emit(indent, w.axis_loop())
         w.loads_along_axis(indent + 1, bodies)
         texts = w.statements(indent + 1, [], bodies)
         for (node, part), text in zip(parts, texts):
             keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
             w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position))
+        if w.target.cuda:
+            for node, part in parts:
+                w.emit(indent, _combine(node, part))
         for node, part in parts:
             if part == _pass_count(node) - 1:
                 w.emit(indent, *_finish(node, w.plan, w))
@@ -265,7 +286,7 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
 
 
 def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target) -> str:
-    w = _Writer(plan, printer)
+    w = _Writer(plan, printer, target)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
     name = "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
@@ -276,7 +297,10 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
                                                        else '; each also stored in __out when it has room."""'))
     w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
     w.emit(1, "__weighted = __weight.size == __rows", "__elementwise = __out.size == __rows", "__total = 0.0")
-    _prologue(w, target.row_loop())
+    if target.cuda:  # a block per row: its threads share the passes along the axis
+        w.emit(1, "__shared = cuda.shared.array(THREADS, numba.float64)",
+               "__shared_i = cuda.shared.array(THREADS, numba.int64)")
+    _prologue(w, target.row_loop(per_block=True))
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")
@@ -293,7 +317,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
             w.emit(3, f"__inv = F(1.0 / __{kept.symbol.name}_sum)")
-        w.emit(3, f"for {plan.position} in range(__C):")
+        w.emit(3, w.axis_loop())
         if kept is not None:
             w.emit(4, f"__softmax = load({grads[0]}, {element}) * __inv")
         w.loads_along_axis(4, gradients)
@@ -302,8 +326,11 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
             w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
     w.emit(2, "else:", "    __loss = 0.0")
     if with_grads:
-        w.emit(3, f"for {plan.position} in range(__C):",
-               *[f"    store({g}, {element}, F(0.0))" for g in grads])
-    w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
+        w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])
+    if target.cuda:  # every thread of the block has the row's loss; one of them keeps it
+        w.emit(2, "if cuda.threadIdx.x == 0:", "    if __elementwise:", "        __out[__row] = __loss",
+               "    __total += __loss")
+    else:
+        w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
     w.emit(1, *target.finish())
     return "\n".join(w.lines) + "\n"

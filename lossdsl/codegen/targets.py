@@ -24,7 +24,7 @@ from .printer import NumbaPrinter
 FASTMATH = '{"contract", "reassoc"}'
 # CUDA threads per block (a power of two: the block sum halves it); fewer under Numba's
 # simulator, which runs every thread as a Python thread
-THREADS = "32 if numba.config.ENABLE_CUDASIM else 256"
+THREADS = "8 if numba.config.ENABLE_CUDASIM else 256"
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
 
@@ -61,6 +61,64 @@ def fast_pow_from_log(x, y, log_base):
     return fast_pow(x, y)
 
 
+@cuda.jit(device=True)
+def _block_sum(shared, value):
+    """The sum of `value` over the block's threads, for every thread (a tree in shared memory)."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    half = THREADS // 2
+    while half > 0:
+        if t < half:
+            shared[t] += shared[t + half]
+        cuda.syncthreads()
+        half //= 2
+    total = shared[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True)
+def _block_max(shared, value):
+    t = cuda.threadIdx.x
+    shared[t] = value
+    cuda.syncthreads()
+    half = THREADS // 2
+    while half > 0:
+        if t < half:
+            shared[t] = max(shared[t], shared[t + half])
+        cuda.syncthreads()
+        half //= 2
+    best = shared[0]
+    cuda.syncthreads()
+    return best
+
+
+@cuda.jit(device=True)
+def _block_best(shared, shared_i, value, index, sign):
+    """The block's extreme (sign 1: max, -1: min) and its first position; a NaN wins, as on the CPU."""
+    t = cuda.threadIdx.x
+    shared[t] = value
+    shared_i[t] = index
+    cuda.syncthreads()
+    half = THREADS // 2
+    while half > 0:
+        if t < half:
+            a, b = shared[t], shared[t + half]
+            i, j = shared_i[t], shared_i[t + half]
+            a_nan, b_nan = a != a, b != b
+            other = (b_nan and (not a_nan or j < i)) or (not a_nan and not b_nan and (
+                sign * b > sign * a or (b == a and j < i)))
+            if other:
+                shared[t] = b
+                shared_i[t] = j
+        cuda.syncthreads()
+        half //= 2
+    best, where = shared[0], shared_i[0]
+    cuda.syncthreads()
+    return best, where
+
+
 @cuda.jit(device=True, inline=True)
 def load(array, index):
     return array[index]
@@ -72,18 +130,10 @@ def store(array, index, value):
 '''
 
 _BLOCK_SUM = [
-    "__shared = cuda.shared.array(THREADS, numba.float64)",
-    "__t = cuda.threadIdx.x",
-    "__shared[__t] = __total",
-    "cuda.syncthreads()",
-    "__half = THREADS // 2",
-    "while __half > 0:",
-    "    if __t < __half:",
-    "        __shared[__t] += __shared[__t + __half]",
-    "    cuda.syncthreads()",
-    "    __half //= 2",
-    "if __t == 0:",
-    "    cuda.atomic.add(__result, 0, __shared[0])",
+    "__partials = cuda.shared.array(THREADS, numba.float64)",
+    "__total = _block_sum(__partials, __total)",
+    "if cuda.threadIdx.x == 0:",
+    "    cuda.atomic.add(__result, 0, __total)",
 ]
 
 
@@ -103,8 +153,12 @@ class Target:
         return f"range(cuda.grid(1), {count}, cuda.gridsize(1))" if self.cuda else \
             "range(np.uint64(__start), np.uint64(__stop))"
 
-    def row_loop(self) -> str:
-        return "range(cuda.grid(1), __rows, cuda.gridsize(1))" if self.cuda else "range(__start, __stop)"
+    def row_loop(self, per_block: bool = False) -> str:
+        """The rows one call (CPU) walks, or on CUDA one thread, or with `per_block` one block."""
+        if not self.cuda:
+            return "range(__start, __stop)"
+        return ("range(cuda.blockIdx.x, __rows, cuda.gridDim.x)" if per_block
+                else "range(cuda.grid(1), __rows, cuda.gridsize(1))")
 
     def finish(self, total: str = "__total") -> list[str]:
         """The last lines of a kernel: hand its float64 sum `total` back."""

@@ -124,14 +124,18 @@ def test_cuda_source_is_readable_and_shares_the_cpu_body(load_loss):
     compile(cuda_source, "generated", "exec")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the infinite rows: inf - inf on both paths
 def test_rows_longer_than_a_block_with_ties_and_nan():
-    """Threads each take several positions; max/min keep the first extreme, and a NaN wins, as on the CPU."""
+    """Threads each take several positions; max/min keep the first extreme, a NaN wins, and the online
+    logsumexp meets infinities, all as on the CPU."""
     spread = lossdsl.compile("loss spread(x[c])\n    spread = max(x, c) - 0.5 * min(x, c) + logsumexp(x, c)\n")
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(3, 37))
+    x = rng.normal(size=(5, 37))
     x[0, [5, 20, 33]] = 9.0  # a tie for the max: the first position takes the gradient
     x[1, [2, 30]] = -9.0  # and for the min
     x[2, 17] = np.nan
+    x[3, :] = -np.inf  # logsumexp of nothing but -inf (the online form must not make NaN of it)
+    x[4, [3, 9]] = np.inf
     values, grad = spread.value_and_grad(cuda.to_device(x), reduction="none")
     expected_values, expected_grad = spread.value_and_grad(x, reduction="none")
     _close(values, expected_values, np.float64)

@@ -140,12 +140,13 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
     return "\n".join(w.lines) + "\n"
 
 
-def _pass_count(node: Reduction) -> int:
-    """Passes over the axis a reduction takes: logsumexp needs its max before its sum of exps."""
-    return 2 if node.op == "logsumexp" else 1
+def _pass_count(node: Reduction, online: bool = False) -> int:
+    """Passes over the axis a reduction takes: logsumexp needs its max before its sum of exps,
+    unless it is `online` (CUDA: a running max that rescales the sum, one read of the row)."""
+    return 2 if node.op == "logsumexp" and not online else 1
 
 
-def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
+def _schedule(reductions: list[Reduction], online: bool = False) -> dict[sympy.Symbol, int]:
     """The pass in which each reduction starts.
 
     A reduction needs every reduction its body uses to be complete (logsumexp takes two
@@ -154,7 +155,7 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     last forward pass instead of slowing the first (a max pass does not vectorise).
     """
     symbols = {node.symbol for node in reductions}
-    length = {node.symbol: _pass_count(node) for node in reductions}
+    length = {node.symbol: _pass_count(node, online) for node in reductions}
     deps = {node.symbol: (node.body.free_symbols | (node.order.free_symbols if node.order is not None else set()))
             & symbols for node in reductions}
     earliest: dict[sympy.Symbol, int] = {}
@@ -169,9 +170,14 @@ def _schedule(reductions: list[Reduction]) -> dict[sympy.Symbol, int]:
     return start
 
 
-def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol) -> list[str]:
+def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol,
+                online: bool = False) -> list[str]:
     """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators."""
     acc = f"__{node.symbol.name}"
+    if node.op == "logsumexp" and online:  # a new maximum rescales the sum; equal values add exp(0) exactly
+        return [f"{acc}_v = {body}", f"if {acc}_v > {acc}:",
+                f"    {acc}_sum = {acc}_sum * fast_exp({acc} - {acc}_v) + 1.0", f"    {acc} = {acc}_v",
+                "else:", f"    {acc}_sum += 1.0 if {acc}_v == {acc} else fast_exp({acc}_v - {acc})"]
     if node.op == "logsumexp" and part == 0:  # only a shift: a NaN reaches the result through the exp sum
         return [f"{acc} = max({acc}, {body})"]
     if node.op in ("max", "min"):
@@ -211,8 +217,8 @@ def _combine(node: Reduction, part: int) -> str:
     if node.op in ("max", "min"):
         arg = arg_symbol(node)
         return f"{acc}, {arg} = _block_best(__shared, __shared_i, {acc}, {arg}, {1 if node.op == 'max' else -1})"
-    if node.op == "logsumexp" and part == 0:
-        return f"{acc} = F(_block_max(__shared, {acc}))"
+    if node.op == "logsumexp":  # online: (running max, sum of exp relative to it) pairs
+        return f"{acc}, {acc}_sum = _block_logsumexp(__shared, __shared_s, {acc}, {acc}_sum)"
     total = f"{acc}_sum" if node.op == "logsumexp" else acc
     return f"{total} = _block_sum(__shared, {total})"
 
@@ -225,15 +231,18 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
     """
     if not reductions:
         return
-    start = _schedule(reductions)
-    passes = max(start[n.symbol] + _pass_count(n) for n in reductions)
+    online = w.target.cuda
+    start = _schedule(reductions, online)
+    passes = max(start[n.symbol] + _pass_count(n, online) for n in reductions)
     for k in range(passes):
-        parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] < _pass_count(n)]
+        parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] < _pass_count(n, online)]
         for node, part in parts:
             if part == 0:
                 w.emit(indent, f"__{node.symbol.name} = {_START[node.op]}")
                 if node.op in ("max", "min"):
                     w.emit(indent, f"{arg_symbol(node)} = 0")
+                if node.op == "logsumexp" and online:
+                    w.emit(indent, f"__{node.symbol.name}_sum = 0.0")
             else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
                 acc = f"__{node.symbol.name}"
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
@@ -243,12 +252,12 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
         texts = w.statements(indent + 1, [], bodies)
         for (node, part), text in zip(parts, texts):
             keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
-            w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position))
+            w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position, online))
         if w.target.cuda:
             for node, part in parts:
                 w.emit(indent, _combine(node, part))
         for node, part in parts:
-            if part == _pass_count(node) - 1:
+            if part == _pass_count(node, online) - 1:
                 w.emit(indent, *_finish(node, w.plan, w))
 
 
@@ -299,6 +308,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     w.emit(1, "__weighted = __weight.size == __rows", "__elementwise = __out.size == __rows", "__total = 0.0")
     if target.cuda:  # a block per row: its threads share the passes along the axis
         w.emit(1, "__shared = cuda.shared.array(THREADS, numba.float64)",
+               "__shared_s = cuda.shared.array(THREADS, numba.float64)",
                "__shared_i = cuda.shared.array(THREADS, numba.int64)")
     _prologue(w, target.row_loop(per_block=True))
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
@@ -308,7 +318,8 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     reductions = list(plan.forward) + (list(plan.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
-    kept, gradients = _softmax_kept(plan) if with_grads else (None, plan.grads)
+    # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
+    kept, gradients = _softmax_kept(plan) if with_grads and not target.cuda else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     named = list(plan.adjoints) if with_grads else []
     (value,) = w.statements(3, named, [plan.value])

@@ -79,19 +79,26 @@ def _block_sum(shared, value):
 
 
 @cuda.jit(device=True)
-def _block_max(shared, value):
+def _block_logsumexp(shared, shared_s, top, total):
+    """Combines the threads' online logsumexp pairs (max, sum of exp(x - max)); every thread gets the row's."""
     t = cuda.threadIdx.x
-    shared[t] = value
+    shared[t] = top
+    shared_s[t] = total
     cuda.syncthreads()
     half = THREADS // 2
     while half > 0:
         if t < half:
-            shared[t] = max(shared[t], shared[t + half])
+            a, b = shared[t], shared[t + half]
+            top = max(a, b)
+            scale_a = 1.0 if a == top else fast_exp(a - top)
+            scale_b = 1.0 if b == top else fast_exp(b - top)
+            shared_s[t] = shared_s[t] * scale_a + shared_s[t + half] * scale_b
+            shared[t] = top
         cuda.syncthreads()
         half //= 2
-    best = shared[0]
+    top, total = shared[0], shared_s[0]
     cuda.syncthreads()
-    return best
+    return top, total
 
 
 @cuda.jit(device=True)

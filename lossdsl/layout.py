@@ -248,43 +248,6 @@ class RowCall(Call):
         return unbroadcast(grad, target)
 
 
-class HostMemory:
-    """Arrays in host memory: NumPy conversions and checks, kernels on the CPU's threads.
-    (gpu.DeviceMemory is the same interface for arrays on a CUDA device.)"""
-
-    target = "cpu"
-    checks_domains = True
-
-    @staticmethod
-    def gather(value) -> np.ndarray:
-        return np.asarray(value)
-
-    flat = staticmethod(flat)
-    labels = staticmethod(lambda loss_name, input_name, array: _labels(loss_name, input_name, array))
-    empty = staticmethod(buffers.empty)
-
-    @staticmethod
-    def to_host(array: np.ndarray) -> np.ndarray:
-        return array
-
-    @staticmethod
-    def result(value, call: Call):
-        """What a call returns, from what the kernels wrote: unchanged on the host."""
-        return value
-
-    @staticmethod
-    def launch(module, kernel: str, call: Call, arguments: tuple) -> float:
-        return threads.run(getattr(module, kernel), call.units, call.work, arguments)
-
-    @staticmethod
-    def check_rows(module, call: "RowCall", params) -> tuple[float, int, int]:
-        """(what "mean" divides by, first row with a label out of range or -1, that label)."""
-        return module.loss_rows(*call.head, *params)
-
-
-HOST = HostMemory()
-
-
 def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str | None) -> tuple[int, int]:
     """First and last array axis of the named axis: `axis` (an int or a run of adjacent ints, or "all")."""
     ndim = len(shape)
@@ -320,3 +283,40 @@ def _labels(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
         raise LossLabelError(f"{loss_name}: label {array.reshape(-1)[position].item()} of {input_name} at index "
                              f"{tuple(int(i) for i in np.unravel_index(position, array.shape))} is outside the axis")
     return array.astype(np.int64, copy=False)
+
+
+class HostMemory:
+    """Arrays in host memory: NumPy conversions and checks, kernels on the CPU's threads.
+    (gpu.DeviceMemory is the same interface for arrays on a CUDA device.)"""
+
+    target = "cpu"
+    checks_domains = True
+
+    @staticmethod
+    def gather(value) -> np.ndarray:
+        return np.asarray(value)
+
+    flat = staticmethod(flat)
+    labels = staticmethod(_labels)
+    empty = staticmethod(buffers.empty)
+
+    @staticmethod
+    def to_host(array: np.ndarray) -> np.ndarray:
+        return array
+
+    @staticmethod
+    def result(value, call: Call):
+        """What a call returns, from what the kernels wrote: unchanged on the host."""
+        return value
+
+    @staticmethod
+    def launch(module, kernel: str, call: Call, arguments: tuple) -> float:
+        return threads.run(getattr(module, kernel), call.units, call.work, arguments)
+
+    @staticmethod
+    def check_rows(module, call: "RowCall", params) -> tuple[float, int, int]:
+        """(what "mean" divides by, first row with a label out of range or -1, that label)."""
+        return module.loss_rows(*call.head, *params)
+
+
+HOST = HostMemory()

@@ -26,6 +26,9 @@ def test_show_source_is_the_whole_module(capsys):
     assert main(["show", "bce_with_logits", "--source", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "F = np.float32" in out and "def _minimum(" in out and "fast_log1p(" in out and "def loss_value(" in out
+    assert main(["show", "cross_entropy", "--source", "cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "@cuda.jit(cache=True)" in out and "def loss_rows(" in out and "_block_logsumexp(" in out
 
 
 def test_compile_writes_modules(tmp_path, capsys):

@@ -1,0 +1,109 @@
+"""PyTorch adapter: any lossdsl loss as a `torch.nn.Module` with the generated gradient.
+
+    import lossdsl.torch
+    criterion = lossdsl.torch.Loss("focal", gamma=2.0)
+    loss = criterion(p, y)          # a tensor; loss.backward() runs no PyTorch autograd graph for it
+    loss.backward()
+
+Forward calls the fused value-and-gradient kernel once; backward scales the saved gradient by
+the incoming one (scalar reductions), or, for reduction="none", runs the kernel again with the
+incoming gradient as per-element weights (the gradient of sum(w * loss)). "batch" is "none"
+followed by PyTorch's own mean, so autograd handles that step. CPU tensors reach the kernels as
+NumPy views (no copy); CUDA tensors through `__cuda_array_interface__` (the CUDA kernels).
+Double backward raises: the generated gradient is not itself differentiable here.
+Needs PyTorch (`pip install lossdsl[torch]`); lossdsl's core never imports this module.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import lossdsl
+from lossdsl.runtime import Loss as _CompiledLoss
+
+_SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
+
+
+class Loss(torch.nn.Module):
+    """A lossdsl loss as a module: `Loss("huber", delta=0.5)`, `Loss(compiled_loss)`, or `Loss("my.loss")`.
+
+    Call it with the loss's inputs (tensors, or numbers), in order or by name, and the same
+    options as `lossdsl.Loss`: reduction ("mean" by default, "sum", "none", "batch",
+    "batchmean"), weight, sample_weight, batch_axis, axis. Gradients flow to every input
+    the spec differentiates (`wrt`); the others (targets, labels) get none.
+    """
+
+    def __init__(self, loss: str | _CompiledLoss, /, reduction: str = "mean", **params):
+        super().__init__()
+        self.loss = loss.with_params(**params) if isinstance(loss, _CompiledLoss) else lossdsl.load(loss, **params)
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"{self.loss!r}, reduction={self.reduction!r}"
+
+    def forward(self, *inputs, reduction: str | None = None, **options):
+        reduction = reduction or self.reduction
+        names = self.loss.inputs
+        given = dict(zip(names, inputs))
+        given.update({k: v for k, v in options.items() if k in names})
+        options = {k: v for k, v in options.items() if k not in names}
+        if len(inputs) > len(names):
+            raise lossdsl.LossInputError(f"{self.loss.name} takes {len(names)} inputs ({', '.join(names)}); "
+                                         f"got {len(inputs)}")
+        order = [n for n in names if given.get(n) is not None]
+        if reduction == "batch":  # the per-sample mean is PyTorch's: autograd differentiates it
+            values = _LossFunction.apply(self.loss, order, "none", options, *[given[n] for n in order])
+            batch_axis = options.get("batch_axis", 0) % values.dim() if values.dim() else 0
+            other = [d for d in range(values.dim()) if d != batch_axis]
+            return values.mean(dim=other) if other else values
+        return _LossFunction.apply(self.loss, order, reduction, options, *[given[n] for n in order])
+
+
+def _to_kernel(value):
+    """A tensor as the kernels take it: a NumPy view on the CPU, the tensor itself on CUDA."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.detach()
+    if value.is_cuda:
+        return value.contiguous()
+    return value.contiguous().numpy()
+
+
+def _to_tensor(value, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.as_tensor(np.asarray(value), device=like.device)
+
+
+class _LossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, loss, names, reduction, options, *inputs):
+        like = next(t for t in inputs if isinstance(t, torch.Tensor))
+        arrays = {n: _to_kernel(v) for n, v in zip(names, inputs)}
+        ctx.loss, ctx.names, ctx.reduction, ctx.options = loss, names, reduction, options
+        ctx.arrays = arrays
+        if reduction in _SCALAR_REDUCTIONS and any(ctx.needs_input_grad[4:]):
+            value, grads = loss.value_and_grad(reduction=reduction, **options, **arrays)
+            ctx.grads = grads if isinstance(grads, tuple) else (grads,)
+        else:
+            value, ctx.grads = loss(reduction=reduction, **options, **arrays), None
+        result = _to_tensor(value, like)
+        return result.to(like.dtype) if like.is_floating_point() else result
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: a gradient of the gradient is asked for
+            raise RuntimeError(f"lossdsl.torch: {ctx.loss.name} is differentiable once; its generated gradient "
+                               "has no derivative here (double backward, create_graph=True, is not supported)")
+        loss = ctx.loss
+        if ctx.grads is not None:
+            scaled = [_to_tensor(g, grad_output) * grad_output for g in ctx.grads]
+        else:  # reduction "none": the gradient of sum(grad_output * loss)
+            options = dict(ctx.options)
+            upstream = _to_kernel(grad_output)
+            given = options.pop("sample_weight", None)
+            options["sample_weight"] = upstream if given is None else _to_kernel(torch.as_tensor(given)) * upstream
+            _, grads = loss.value_and_grad(reduction="sum", **options, **ctx.arrays)
+            scaled = [_to_tensor(g, grad_output) for g in (grads if isinstance(grads, tuple) else (grads,))]
+        by_name = dict(zip(loss.wrt, scaled))
+        return (None, None, None, None, *[by_name.get(n) for n in ctx.names])

@@ -1,0 +1,23 @@
+"""The runnable examples: each trains, and reaches the line its data was drawn around."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["linear_regression_mae", "multilabel_mae"])
+def test_linear_fit_with_a_spec_loss(name, capsys):
+    w, b, history = _example(name).train(verbose=True)
+    assert history[-1] < 0.2 * history[0]  # the loss falls (noise keeps the MAE near 0.8)
+    assert abs(w - 2.0) < 0.1 and abs(b - 3.0) < 0.4
+    out = capsys.readouterr().out
+    assert "fitted y = " in out and "epoch 30" in out

@@ -21,3 +21,11 @@ def test_linear_fit_with_a_spec_loss(name, capsys):
     assert abs(w - 2.0) < 0.1 and abs(b - 3.0) < 0.4
     out = capsys.readouterr().out
     assert "fitted y = " in out and "epoch 30" in out
+
+
+def test_a_new_loss_passes_its_gradient_check_and_resists_outliers():
+    fits = _example("new_loss").main(verbose=False)
+    w, b = fits["charbonnier"]
+    assert abs(w - 2.0) < 0.05 and abs(b - 0.5) < 0.05
+    w_mse, b_mse = fits["mse"]
+    assert abs(b_mse - 0.5) > 0.5  # squared error is pulled towards the outliers

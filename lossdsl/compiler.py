@@ -53,8 +53,9 @@ class Backend:
         self._modules: dict[tuple[np.dtype, str], ModuleType] = {}  # so a call costs no hashing or file access
 
     def module(self, dtype: np.dtype, fresh: bool = False, target: str = "cpu") -> ModuleType:
-        """The kernel module for `dtype` and `target` ("cpu" or "cuda"); `fresh` first discards
-        Numba's cached machine code for it."""
+        """The kernel module for `dtype` and `target` ("cpu", "cuda", or "grad_hess": the CPU's
+        gradient-and-second-derivative kernel, made only when asked for); `fresh` first
+        discards Numba's cached machine code for it."""
         dtype = np.dtype(dtype)
         if fresh or (dtype, target) not in self._modules:
             key = kernel_key(self.resolved, dtype, target)
@@ -70,9 +71,12 @@ class Backend:
                   f"{target.upper()}.\n# Cache key {key}. Regenerate with `lossdsl compile`.")
         from .codegen import elementwise, rows  # SymPy and code generation: only on a cache miss
         from .codegen.printer import UnsupportedExpression
-        from .codegen.targets import TARGETS
-        generate = elementwise.generate if self.resolved.axis is None else rows.generate_rows
+        from .codegen.targets import CPU, TARGETS
         try:
+            if target == "grad_hess":
+                from .symbolic import derive_hessian
+                return elementwise.generate_grad_hess(derive_hessian(self.plan()), dtype, header, CPU)
+            generate = elementwise.generate if self.resolved.axis is None else rows.generate_rows
             return generate(self.plan(), dtype, header, TARGETS[target])  # 4. printer + kernel skeleton
         except UnsupportedExpression as exc:
             last = self.resolved.locals[-1]

@@ -124,16 +124,49 @@ class Loss:
         shaped = [call.memory.result(g, call) for g in shaped]
         return call.memory.result(call.reduce(total, out), call), (shaped[0] if len(shaped) == 1 else tuple(shaped))
 
+    def grad_hess(self, *inputs, sample_weight=None, hessian_floor: float = 1e-6, **named_inputs):
+        """Per element, the gradient and the second derivative of the loss with respect to its first
+        `wrt` input (what gradient boosting asks of a custom objective), from one fused kernel.
+
+        Both are those of the (weighted) sum over elements, in the first input's shape. Second
+        derivatives below `hessian_floor` are raised to it: xgboost and LightGBM divide by them, and
+        losses such as l1 or hinge have none (0 almost everywhere), so a small positive floor is
+        what their users apply. NaN stays NaN. Elementwise losses only; NumPy arrays only.
+        """
+        if self._resolved.axis is not None:
+            raise LossInputError(f"{self.name} is a loss over an axis: grad_hess is for elementwise losses")
+        call = self._prepare(inputs, named_inputs, "sum", None, sample_weight, 0, None, None)
+        if call.memory is not HOST:
+            raise LossInputError(f"{self.name}: grad_hess takes host arrays")
+        grad, hess = np.empty(call.size, call.dtype), np.empty(call.size, call.dtype)
+        self._run(call, "loss_grad_hess", lambda: (*call.head, *self._param_args, call.weights, call.scale,
+                                                   call.grad_scale, np.empty(0, call.dtype), grad, hess),
+                  target="grad_hess")
+        np.maximum(hess, call.dtype.type(hessian_floor), out=hess)
+        name = self.wrt[0]
+        return (call.unbroadcast(name, grad, call.originals[name]), call.unbroadcast(name, hess, call.originals[name]))
+
+    def xgboost_objective(self, hessian_floor: float = 1e-6):
+        """`obj(predt, dtrain)` for `xgboost.train(..., obj=...)`: this loss's gradient and second
+        derivative with respect to the raw prediction (margins, for losses on logits), the
+        DMatrix's labels as the second input and its weights, if any, as sample weights."""
+        def objective(predt, dtrain):
+            labels = dtrain.get_label().reshape(predt.shape)
+            weights = dtrain.get_weight()
+            return self.grad_hess(predt, labels, sample_weight=weights.reshape(predt.shape) if weights.size else None,
+                                  hessian_floor=hessian_floor)
+        return objective
+
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]
 
-    def _run(self, call, kernel: str, arguments):
+    def _run(self, call, kernel: str, arguments, target: str | None = None):
         """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor);
         if Numba's on-disk cache for it is damaged, discard it and retry once."""
         for fresh in (False, True):
             try:
-                module = self._backend.module(call.dtype, fresh=fresh, target=call.memory.target)
+                module = self._backend.module(call.dtype, fresh=fresh, target=target or call.memory.target)
                 call.before(module, self._param_args)
                 return call.memory.launch(module, kernel, call, arguments())
             except (EOFError, pickle.UnpicklingError):

@@ -8,7 +8,7 @@ all its gradients (that is what makes the kernel fused).
 from __future__ import annotations
 
 import keyword
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy
 from sympy.printing.str import StrPrinter
@@ -142,6 +142,18 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
     return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
                       tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom))
+
+
+def derive_hessian(plan: KernelPlan) -> KernelPlan:
+    """The plan of `loss_grad_hess`: value, gradient and second derivative with respect to the first
+    `wrt` input (what gradient boosting asks of an objective), in one CSE."""
+    loss = plan.loss
+    symbols, local_values, value = formulas(loss)
+    x = symbols[loss.wrt[0]]
+    hessian = simplify(stabilize(_ours(sympy.diff(plan.grads[0], x))))
+    names = {stabilize(expr, LOWERINGS): safe_name(name) for name, expr in local_values.items() if name != loss.name}
+    steps, results = _cse([stabilize(e, LOWERINGS) for e in (value, plan.grads[0], hessian)], names)
+    return replace(plan, grads=(plan.grads[0], hessian), fused_steps=steps, fused_results=tuple(results))
 
 
 def simplify(expr: sympy.Expr) -> sympy.Expr:

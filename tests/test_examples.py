@@ -29,3 +29,9 @@ def test_a_new_loss_passes_its_gradient_check_and_resists_outliers():
     assert abs(w - 2.0) < 0.05 and abs(b - 0.5) < 0.05
     w_mse, b_mse = fits["mse"]
     assert abs(b_mse - 0.5) > 0.5  # squared error is pulled towards the outliers
+
+
+def test_xgboost_example_matches_the_built_in_objective():
+    pytest.importorskip("xgboost")
+    ours, theirs = _example("xgboost_objective").main(verbose=False)
+    assert abs(ours - theirs) < 0.02 * theirs

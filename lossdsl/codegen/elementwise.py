@@ -63,16 +63,26 @@ def _loop_head(plan: KernelPlan) -> list[str]:
     return [f"        {safe_name(i.name)} = _{safe_name(i.name)}_[__i]" for i in plan.loss.inputs]
 
 
-def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: Target) -> str:
-    """`loss_value`, or with `with_grads` the fused `loss_value_and_grad`: one skeleton for both."""
+def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
+    """A module with one kernel, `loss_grad_hess`: `plan` from symbolic.derive_hessian."""
+    printer = NumbaPrinter()
+    return target.module(header, dtype, printer, [_kernel(plan, printer, True, target, ("__grad", "__hess"))])
+
+
+def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: Target,
+            outputs: tuple[str, ...] = ()) -> str:
+    """`loss_value`, or with `with_grads` the fused `loss_value_and_grad`, or with `outputs` named
+    (gradient, second derivative) `loss_grad_hess`: one skeleton for all three."""
     args, prologue = _signature(plan)
-    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+    grads = list(outputs) or ([f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else [])
     steps, (value, *gradients) = ((plan.fused_steps, plan.fused_results) if with_grads
                                   else (plan.value_steps, (plan.value_result,)))
     name, extra, doc = (("loss_value_and_grad", ["__gscale"], "loss_value, and each gradient times weight and "
                          "__gscale, in one pass.") if with_grads else
                         ("loss_value", [], "Weighted sum of the loss elements; each one is also stored in __out "
                          "when it has room."))
+    if outputs:
+        name, doc = "loss_grad_hess", "loss_value, with each gradient and second derivative times weight and __gscale."
     lines = [
         formula_comment(plan),
         target.kernel_decorator,

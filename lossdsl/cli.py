@@ -78,6 +78,17 @@ def cmd_check(args) -> int:
     return 0 if all(r.passed for r in rows) else 1
 
 
+def cmd_plot(args) -> int:
+    from .plot import plot
+    params = dict(args.param or [])
+    losses = []
+    for name in args.losses:
+        loss = load(name)
+        losses.append(loss.with_params(**{k: v for k, v in params.items() if k in loss.params}))
+    print(plot(losses, args.output, args.target, tuple(args.range)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lossdsl", description="Compile loss functions written as formulas.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("-o", "--output", default=".", help="folder (default: the current one)")
     comp.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     comp.set_defaults(run=cmd_compile)
+
+    drawing = commands.add_parser("plot", help="draw losses and their gradients against the prediction")
+    drawing.add_argument("losses", nargs="+", metavar="LOSS", help="catalogue names or .loss files")
+    drawing.add_argument("-o", "--output", required=True, help="the image file to write (e.g. losses.png)")
+    drawing.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE",
+                         help="a parameter value for every loss that has it (repeatable)")
+    drawing.add_argument("--target", type=float, help="the value other inputs are held at (default: 1 where allowed)")
+    drawing.add_argument("--range", type=float, nargs=2, default=(-3.0, 3.0), metavar=("LOW", "HIGH"))
+    drawing.set_defaults(run=cmd_plot)
 
     chk = with_loss("check", "verify the derived gradient against finite differences")
     chk.add_argument("--points", type=int, default=256)

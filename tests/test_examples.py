@@ -35,3 +35,11 @@ def test_xgboost_example_matches_the_built_in_objective():
     pytest.importorskip("xgboost")
     ours, theirs = _example("xgboost_objective").main(verbose=False)
     assert abs(ours - theirs) < 0.02 * theirs
+
+
+def test_focal_two_circles_trains_past_the_majority_class():
+    pytest.importorskip("torch")
+    results = _example("focal_two_circles").main(verbose=False)
+    majority = 6000 / 6200
+    assert all(accuracy > majority for accuracy, _ in results.values())  # better than "always negative"
+    assert results["focal"][1] > 0.3  # the focal objective finds a good share of the rare positives

@@ -157,6 +157,16 @@ class Loss:
                                   hessian_floor=hessian_floor)
         return objective
 
+    def lightgbm_objective(self, hessian_floor: float = 1e-6):
+        """`objective(preds, train_data)` for LightGBM (`params["objective"] = ...`): as
+        `xgboost_objective`, the Dataset's labels as the target and its weights as sample weights."""
+        def objective(preds, train_data):
+            labels = np.asarray(train_data.get_label()).reshape(preds.shape)
+            weights = train_data.get_weight()
+            return self.grad_hess(preds, labels, hessian_floor=hessian_floor,
+                                  sample_weight=None if weights is None else np.asarray(weights).reshape(preds.shape))
+        return objective
+
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]

@@ -81,3 +81,20 @@ def test_xgboost_trains_a_classifier_with_the_dsl_focal_loss():
     margins = model.predict(xgboost.DMatrix(features[1000:]), output_margin=True)
     accuracy = float(np.mean((margins > 0) == (labels[1000:] == 1)))
     assert accuracy > 0.85
+
+
+def test_lightgbm_trains_with_a_dsl_objective_like_its_own():
+    lightgbm = pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(1200, 5))
+    labels = features @ np.array([1.0, -1.0, 2.0, 0.0, 0.5]) + rng.normal(0, 0.3, 1200)
+    params = {"learning_rate": 0.2, "num_leaves": 15, "verbose": -1, "num_threads": 2, "boost_from_average": False}
+
+    def rmse(objective):
+        data = lightgbm.Dataset(features[:900], label=labels[:900])
+        model = lightgbm.train({**params, "objective": objective}, data, num_boost_round=60)
+        return float(np.sqrt(np.mean((model.predict(features[900:]) - labels[900:]) ** 2)))
+
+    ours, theirs = rmse(lossdsl.load("mse").lightgbm_objective()), rmse("l2")
+    assert ours < 0.5 * float(np.std(labels[900:]))
+    assert abs(ours - theirs) < 0.05 * theirs  # mse = 2 x l2: gradient and Hessian doubled, the same leaves

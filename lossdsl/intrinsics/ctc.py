@@ -14,25 +14,25 @@ before any kernel runs.
 """
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
 
 from .. import threads
 from ..errors import LossInputError
+from ..kernel_math import exp_float64, log_float64
 
 _NEG = -np.inf
 
 
-@numba.njit(error_model="numpy", cache=True)
-def _logaddexp(a, b):
-    if a == _NEG:
-        return b
-    if b == _NEG:
-        return a
-    top = max(a, b)
-    return top + math.log1p(math.exp(-abs(a - b)))
+@numba.njit(inline="always", error_model="numpy")
+def _logsumexp3(a, b, c):
+    """log(e^a + e^b + e^c), -inf when all three are; one log and two exps, no branches (vectorisable)."""
+    top = max(a, max(b, c))
+    finite = top > _NEG
+    shift = top if finite else 0.0
+    total = exp_float64(a - shift) + exp_float64(b - shift) + exp_float64(c - shift)
+    return top + log_float64(total) if finite else _NEG
 
 
 @numba.njit(error_model="numpy", nogil=True, cache=True)
@@ -46,46 +46,44 @@ def _ctc_kernel(start, stop, log_probs, targets, input_lengths, target_lengths, 
         extended = np.full(states, blank, np.int64)
         for k in range(labels):
             extended[2 * k + 1] = targets[n, k]
-        alpha = np.full((max(length, 1), states), _NEG)
-        beta = np.full((max(length, 1), states), _NEG)
+        # a state may be entered from two back (skipping a blank) unless it is a blank or repeats that label
+        skip = np.zeros(states + 2, np.bool_)
+        for s in range(2, states):
+            skip[s] = extended[s] != blank and extended[s] != extended[s - 2]
+        steps = max(length, 1)
+        emit = np.empty((steps, states))  # log_probs at the extended labels
+        for t in range(length):
+            for s in range(states):
+                emit[t, s] = log_probs[t, n, extended[s]]
+        alpha = np.full((steps, states + 2), _NEG)  # two -inf columns in front: s - 1, s - 2 need no tests
+        beta = np.full((steps, states + 2), _NEG)  # and two behind for s + 1, s + 2
         grad[:, n, :] = 0.0
         if length == 0:
             losses[n] = 0.0 if labels == 0 else np.inf
         else:
-            alpha[0, 0] = log_probs[0, n, blank]
+            alpha[0, 2] = emit[0, 0]
             if states > 1:
-                alpha[0, 1] = log_probs[0, n, extended[1]]
+                alpha[0, 3] = emit[0, 1]
             for t in range(1, length):
                 for s in range(states):
-                    a = alpha[t - 1, s]
-                    if s >= 1:
-                        a = _logaddexp(a, alpha[t - 1, s - 1])
-                    if s >= 2 and extended[s] != blank and extended[s] != extended[s - 2]:
-                        a = _logaddexp(a, alpha[t - 1, s - 2])
-                    alpha[t, s] = a + log_probs[t, n, extended[s]] if a != _NEG else _NEG
+                    back = alpha[t - 1, s] if skip[s] else _NEG
+                    alpha[t, s + 2] = _logsumexp3(alpha[t - 1, s + 2], alpha[t - 1, s + 1], back) + emit[t, s]
             last = length - 1
-            beta[last, states - 1] = log_probs[last, n, extended[states - 1]]
+            beta[last, states - 1] = emit[last, states - 1]
             if states > 1:
-                beta[last, states - 2] = log_probs[last, n, extended[states - 2]]
+                beta[last, states - 2] = emit[last, states - 2]
             for t in range(last - 1, -1, -1):
                 for s in range(states):
-                    b = beta[t + 1, s]
-                    if s + 1 < states:
-                        b = _logaddexp(b, beta[t + 1, s + 1])
-                    if s + 2 < states and extended[s] != blank and extended[s] != extended[s + 2]:
-                        b = _logaddexp(b, beta[t + 1, s + 2])
-                    beta[t, s] = b + log_probs[t, n, extended[s]] if b != _NEG else _NEG
-            log_p = alpha[last, states - 1]
-            if states > 1:
-                log_p = _logaddexp(log_p, alpha[last, states - 2])
+                    ahead = beta[t + 1, s + 2] if skip[s + 2] else _NEG
+                    beta[t, s] = _logsumexp3(beta[t + 1, s], beta[t + 1, s + 1], ahead) + emit[t, s]
+            log_p = _logsumexp3(alpha[last, states + 1], alpha[last, states] if states > 1 else _NEG, _NEG)
             losses[n] = -log_p
             if log_p != _NEG:
                 for t in range(length):
                     for s in range(states):
-                        both = alpha[t, s] + beta[t, s]
+                        both = alpha[t, s + 2] + beta[t, s]
                         if both != _NEG:
-                            c = extended[s]
-                            grad[t, n, c] -= scales[n] * math.exp(both - log_probs[t, n, c] - log_p)
+                            grad[t, n, extended[s]] -= scales[n] * exp_float64(both - emit[t, s] - log_p)
         if zero_infinity and losses[n] == np.inf:
             losses[n] = 0.0
             grad[:, n, :] = 0.0

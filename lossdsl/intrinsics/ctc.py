@@ -14,7 +14,6 @@ before any kernel runs.
 """
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 

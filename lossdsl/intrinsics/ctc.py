@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import threads
+from .. import buffers, threads
 from ..errors import LossInputError
 from ..kernel_math import exp_float64, log_float64
 
@@ -136,7 +136,7 @@ def ctc_value_and_grad(log_probs, targets, input_lengths, target_lengths, blank:
         raise LossInputError(f"ctc: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
     scales = (1.0 / np.maximum(target_lengths, 1) / batch if reduction == "mean" else np.ones(batch))
     losses = np.empty(batch, np.float64)
-    grad = np.empty_like(log_probs)
+    grad = buffers.empty(log_probs.size, log_probs.dtype).reshape(log_probs.shape)  # pooled: no fresh page faults
     total = threads.run(_ctc_kernel, batch, batch * steps * classes,
                         (log_probs, targets, input_lengths, target_lengths, blank, scales.astype(np.float64),
                          zero_infinity, losses, grad))

@@ -24,28 +24,34 @@ def make_data(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return x, (2.0 * x + 3.0 + rng.normal(0.0, 1.0, count)).astype(np.float32)
 
 
-def train(epochs: int = 30, seed: int = 0, verbose: bool = True) -> tuple[float, float, list[float]]:
-    """(w, b, mean loss of each epoch)."""
-    rng = np.random.default_rng(seed)
-    x, y = make_data(160, rng)
-    mae = lossdsl.compile(MAE)
-    w, b = np.float32(rng.normal()), np.float32(0.0)
+def fit_line(loss: lossdsl.Loss, x: np.ndarray, targets: list[np.ndarray], w: float, epochs: int,
+             verbose: bool = True, report_every: int = 1) -> tuple[float, float, list[float]]:
+    """SGD with momentum (0.005, 0.9) on y = w x + b in batches of 16, the loss taking the prediction
+    and `targets`; (w, b, mean loss of each epoch)."""
+    w, b = np.float32(w), np.float32(0.0)
     velocity = np.zeros(2, np.float32)
     history = []
     for epoch in range(epochs):
         losses = []
         for start in range(0, x.size, 16):
-            xb, yb = x[start:start + 16], y[start:start + 16]
-            value, grad = mae.value_and_grad(w * xb + b, yb)  # grad: d(mean loss)/d(prediction)
-            velocity = 0.9 * velocity + np.array([np.sum(grad * xb), np.sum(grad)], np.float32)
+            batch = slice(start, start + 16)
+            value, grad = loss.value_and_grad(w * x[batch] + b, *(t[batch] for t in targets))  # d(mean)/d(pred)
+            velocity = 0.9 * velocity + np.array([np.sum(grad * x[batch]), np.sum(grad)], np.float32)
             w, b = w - 0.005 * velocity[0], b - 0.005 * velocity[1]
             losses.append(float(value))
         history.append(float(np.mean(losses)))
-        if verbose:
+        if verbose and (epoch + 1) % report_every == 0:
             print(f"epoch {epoch + 1:2d}: loss {history[-1]:.4f}")
     if verbose:
-        print(f"fitted y = {w:.3f} x + {b:.3f} (data: y = 2 x + 3 + noise)")
+        print(f"fitted y = {w:.3f} x + {b:.3f}")
     return float(w), float(b), history
+
+
+def train(epochs: int = 30, seed: int = 0, verbose: bool = True) -> tuple[float, float, list[float]]:
+    """(w, b, mean loss of each epoch); the data lie around y = 2x + 3."""
+    rng = np.random.default_rng(seed)
+    x, y = make_data(160, rng)
+    return fit_line(lossdsl.compile(MAE), x, [y], rng.normal(), epochs, verbose)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import numpy as np
 from numba import cuda
 
 from .errors import LossDeviceError, LossInputError
+from .layout import HOST, RowCall
 from .layout import is_gpu_array as _is_device
 
 _MAX_BLOCKS = 1024  # a grid-stride loop covers the rest: enough blocks to fill any current GPU
@@ -71,7 +72,6 @@ class DeviceMemory:
             if array.dtype.kind not in "iu":
                 raise LossInputError(f"{loss_name}: {input_name} holds labels: an integer GPU array, not {array.dtype}")
             return array
-        from .layout import HOST
         return HOST.labels(loss_name, input_name, array)
 
     @staticmethod
@@ -85,7 +85,7 @@ class DeviceMemory:
     @staticmethod
     def launch(module, kernel: str, call, arguments: tuple) -> float:
         """Run `kernel` over the call's elements (a thread each) or rows (a block each); its float64 sum."""
-        threads = call.units * module.THREADS if hasattr(call, "rows") else call.units
+        threads = call.units * module.THREADS if isinstance(call, RowCall) else call.units
         return _launch(module, getattr(module, kernel), threads, arguments)
 
     @staticmethod

@@ -101,15 +101,22 @@ def log_float32(x):
     return _f32(math.nan) if x < _f32(0.0) or x != x else y
 
 
-@numba.njit(fastmath=FASTMATH, error_model="numpy")
-def log1p_float32(x):
-    """log(1 + x) for float32: log of u = 1 + x, corrected by the rounding of u (Goldberg)."""
-    u = _f32(1.0) + x
-    correction = (x - (u - _f32(1.0))) / u
-    y = log_float32(u) + correction
-    y = x if u == _f32(1.0) else y  # tiny x: log1p(x) = x
-    y = _f32(-math.inf) if u == _f32(0.0) else y
-    return y if u != _f32(math.inf) else u
+def _log1p_through(log, F):
+    """log(1 + x) from `log` in float type F: log of u = 1 + x, corrected by the rounding of u (Goldberg)."""
+
+    @numba.njit(fastmath=FASTMATH, error_model="numpy")
+    def log1p(x):
+        u = F(1.0) + x
+        correction = (x - (u - F(1.0))) / u
+        y = log(u) + correction
+        y = x if u == F(1.0) else y  # tiny x: log1p(x) = x
+        y = F(-math.inf) if u == F(0.0) else y
+        return y if u != F(math.inf) else u
+
+    return log1p
+
+
+log1p_float32 = _log1p_through(log_float32, _f32)
 
 
 @numba.njit(fastmath=FASTMATH, error_model="numpy")
@@ -190,15 +197,7 @@ def log_float64(x):
     return _f64(math.nan) if x < _f64(0.0) or x != x else y
 
 
-@numba.njit(fastmath=FASTMATH, error_model="numpy")
-def log1p_float64(x):
-    """log(1 + x) for float64: log of u = 1 + x, corrected by the rounding of u (Goldberg)."""
-    u = _f64(1.0) + x
-    correction = (x - (u - _f64(1.0))) / u
-    y = log_float64(u) + correction
-    y = x if u == _f64(1.0) else y
-    y = _f64(-math.inf) if u == _f64(0.0) else y
-    return y if u != _f64(math.inf) else u
+log1p_float64 = _log1p_through(log_float64, _f64)
 
 
 @numba.njit(fastmath=FASTMATH, error_model="numpy")

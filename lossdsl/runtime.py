@@ -150,22 +150,19 @@ class Loss:
         """`obj(predt, dtrain)` for `xgboost.train(..., obj=...)`: this loss's gradient and second
         derivative with respect to the raw prediction (margins, for losses on logits), the
         DMatrix's labels as the second input and its weights, if any, as sample weights."""
-        def objective(predt, dtrain):
-            labels = dtrain.get_label().reshape(predt.shape)
-            weights = dtrain.get_weight()
-            return self.grad_hess(predt, labels, sample_weight=weights.reshape(predt.shape) if weights.size else None,
-                                  hessian_floor=hessian_floor)
-        return objective
+        return lambda predt, dtrain: self._boosting_step(predt, dtrain, hessian_floor)
 
     def lightgbm_objective(self, hessian_floor: float = 1e-6):
-        """`objective(preds, train_data)` for LightGBM (`params["objective"] = ...`): as
-        `xgboost_objective`, the Dataset's labels as the target and its weights as sample weights."""
-        def objective(preds, train_data):
-            labels = np.asarray(train_data.get_label()).reshape(preds.shape)
-            weights = train_data.get_weight()
-            return self.grad_hess(preds, labels, hessian_floor=hessian_floor,
-                                  sample_weight=None if weights is None else np.asarray(weights).reshape(preds.shape))
-        return objective
+        """`objective(preds, train_data)` for LightGBM (`params["objective"] = ...`), as `xgboost_objective`."""
+        return lambda preds, train_data: self._boosting_step(preds, train_data, hessian_floor)
+
+    def _boosting_step(self, predictions, data, hessian_floor: float):
+        """grad_hess for a boosting library's data set (xgboost's DMatrix and LightGBM's Dataset both
+        have get_label and get_weight; no weights is an empty array in one and None in the other)."""
+        labels = np.asarray(data.get_label()).reshape(predictions.shape)
+        weights = data.get_weight()
+        weights = None if weights is None or np.size(weights) == 0 else np.asarray(weights).reshape(predictions.shape)
+        return self.grad_hess(predictions, labels, sample_weight=weights, hessian_floor=hessian_floor)
 
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""

@@ -1,5 +1,6 @@
 """The runnable examples: each trains, and reaches the line its data was drawn around."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def _example(name: str):
+    """The example module, imported as `python examples/NAME.py` would run it (its folder on the path)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -106,21 +106,27 @@ def _padded_targets(targets: np.ndarray, target_lengths: np.ndarray, batch: int)
     return padded
 
 
-def ctc_value_and_grad(log_probs, targets, input_lengths, target_lengths, blank: int = 0, reduction: str = "mean",
-                       zero_infinity: bool = False):
-    """(loss, d loss / d log_probs) with torch.nn.functional.ctc_loss's conventions (module docstring)."""
-    log_probs = np.asarray(log_probs)
+def check_inputs(log_probs, targets, input_lengths, target_lengths, blank: int):
+    """(targets as (N, S) int64, input_lengths, target_lengths as int64), every length and label checked
+    against log_probs (T, N, C) before any kernel runs: a clear error naming the sequence, never an
+    out-of-bounds read."""
     if log_probs.ndim != 3 or log_probs.dtype not in (np.float32, np.float64):
         raise LossInputError(f"ctc: log_probs must be a float32 or float64 array (T, N, C); got {log_probs.dtype} "
                              f"{log_probs.shape}")
     steps, batch, classes = log_probs.shape
-    input_lengths = np.asarray(input_lengths, np.int64).reshape(-1)
-    target_lengths = np.asarray(target_lengths, np.int64).reshape(-1)
-    if input_lengths.size != batch or target_lengths.size != batch:
-        raise LossInputError(f"ctc: input_lengths and target_lengths need {batch} values each")
+    input_lengths = np.asarray(input_lengths).reshape(-1)
+    target_lengths = np.asarray(target_lengths).reshape(-1)
+    for name, lengths in (("input_lengths", input_lengths), ("target_lengths", target_lengths)):
+        if lengths.size != batch or lengths.dtype.kind not in "iu":
+            raise LossInputError(f"ctc: {name} must hold {batch} integers, one per sequence; got {lengths.dtype} "
+                                 f"{lengths.shape}")
+    input_lengths, target_lengths = input_lengths.astype(np.int64), target_lengths.astype(np.int64)
     if not 0 <= blank < classes:
         raise LossInputError(f"ctc: blank={blank} is not a class of {classes}")
-    targets = _padded_targets(np.asarray(targets), target_lengths, batch)
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise LossInputError(f"ctc: targets must hold integer labels; got {targets.dtype}")
+    targets = _padded_targets(targets, target_lengths, batch)
     for n in range(batch):
         if not 0 <= input_lengths[n] <= steps:
             raise LossInputError(f"ctc: sequence {n} has input length {input_lengths[n]}, outside [0, {steps}]")
@@ -132,13 +138,32 @@ def ctc_value_and_grad(log_probs, targets, input_lengths, target_lengths, blank:
         if bad.any():
             raise LossInputError(f"ctc: sequence {n} has the label {labels[np.argmax(bad)]} (labels lie in "
                                  f"[0, {classes}) and are never the blank {blank})")
+    return targets, input_lengths, target_lengths
+
+
+def forward_backward(log_probs, targets, input_lengths, target_lengths, blank: int, scales, zero_infinity: bool,
+                     grad) -> tuple[np.ndarray, float]:
+    """Per-sequence losses (float64, N) and their `scales`-weighted sum; `grad` (T, N, C, any strides) receives
+    scales[n] * d loss_n / d log_probs[:, n, :]. Inputs as `check_inputs` returns them."""
+    batch = log_probs.shape[1]
+    losses = np.empty(batch, np.float64)
+    total = threads.run(_ctc_kernel, batch, log_probs.size,
+                        (log_probs, targets, input_lengths, target_lengths, blank,
+                         np.asarray(scales, np.float64), zero_infinity, losses, grad))
+    return losses, total
+
+
+def ctc_value_and_grad(log_probs, targets, input_lengths, target_lengths, blank: int = 0, reduction: str = "mean",
+                       zero_infinity: bool = False):
+    """(loss, d loss / d log_probs) with torch.nn.functional.ctc_loss's conventions (module docstring)."""
+    log_probs = np.asarray(log_probs)
+    targets, input_lengths, target_lengths = check_inputs(log_probs, targets, input_lengths, target_lengths, blank)
     if reduction not in ("mean", "sum", "none"):
         raise LossInputError(f"ctc: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    scales = (1.0 / np.maximum(target_lengths, 1) / batch if reduction == "mean" else np.ones(batch))
-    losses = np.empty(batch, np.float64)
+    batch = log_probs.shape[1]
+    scales = 1.0 / np.maximum(target_lengths, 1) / batch if reduction == "mean" else np.ones(batch)
     grad = buffers.empty(log_probs.size, log_probs.dtype).reshape(log_probs.shape)  # pooled: no fresh page faults
-    total = threads.run(_ctc_kernel, batch, batch * steps * classes,
-                        (log_probs, targets, input_lengths, target_lengths, blank, scales.astype(np.float64),
-                         zero_infinity, losses, grad))
+    losses, total = forward_backward(log_probs, targets, input_lengths, target_lengths, blank, scales, zero_infinity,
+                                     grad)
     dtype = log_probs.dtype.type
     return (losses.astype(log_probs.dtype) if reduction == "none" else dtype(total)), grad

@@ -13,17 +13,18 @@ from typing import Mapping
 import numba
 import numpy as np
 
-from . import cache, ir, registry
+from . import cache, ir, registry, staging
 from .errors import SpecNameError, SpecTypeError, UnknownLossError
 from .resolve import ResolvedLoss, Value, resolve
 from .resources import source_fingerprint
 from .runtime import Loss
+from .sequence import SequenceLoss
 
 __version__ = "0.1.0"
 
 
 def compile_spec(text: str | bytes, name: str | None = None, file: str = "<string>",
-                 params: Mapping[str, Value] | None = None) -> Loss:
+                 params: Mapping[str, Value] | None = None) -> Loss | SequenceLoss:
     """Compile the loss `name` (default: the last one) of spec `text` into a callable `Loss`."""
     from .parse import decode, parse  # Lark: not needed to load a catalogue loss
     text = decode(text, file)
@@ -32,8 +33,10 @@ def compile_spec(text: str | bytes, name: str | None = None, file: str = "<strin
 
 
 def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
-             local: Mapping[str, ir.LossDef]) -> Loss:
+             local: Mapping[str, ir.LossDef]) -> Loss | SequenceLoss:
     file = loss.file
+    if staging.uses_intrinsic(loss):
+        return _compile_sequence(staging.split(loss, text), text, params or {}, local)
 
     def lookup(called: str, from_file: str):  # composition: a loss's own file first, then the catalogue
         return (local.get(called) if from_file == file else None) or registry.find(called)
@@ -43,6 +46,14 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
     except RecursionError:
         raise SpecTypeError("expression nested too deeply", file, loss.pos.line, loss.pos.column) from None
     return Loss(resolved, Backend(resolved))                         # 3-5. SymPy, codegen, Numba: lazily, per dtype
+
+
+def _compile_sequence(stages: staging.SequenceStages, text: str, params: Mapping[str, Value],
+                      local: Mapping[str, ir.LossDef]) -> SequenceLoss:
+    """A loss around an intrinsic: its stages before and after it compiled as ordinary losses."""
+    before, after, mean = (None if stage is None else _compile(stage, text, params, local)
+                           for stage in (stages.before, stages.after, stages.mean))
+    return SequenceLoss(stages, before, after, mean, lambda values: _compile_sequence(stages, text, values, local))
 
 
 class Backend:
@@ -144,7 +155,7 @@ def _choose(losses: tuple[ir.LossDef, ...], name: str | None, file: str) -> ir.L
     raise UnknownLossError(f"{file} defines {', '.join(d.name for d in losses)}, not {name!r}")
 
 
-def load(name_or_path: str | Path, /, **params: Value) -> Loss:
+def load(name_or_path: str | Path, /, **params: Value) -> Loss | SequenceLoss:
     """A catalogue loss by name (or alias), or the last loss of a `.loss` file."""
     path = Path(name_or_path)
     if str(name_or_path).endswith(".loss") or path.is_file():

@@ -13,6 +13,7 @@ import numpy as np
 
 from .ir import Domain
 from .runtime import Loss
+from .sequence import SequenceLoss
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,15 @@ def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5
     return inputs
 
 
-def check(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
+def check(loss: Loss | SequenceLoss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
     """One row per differentiated input: how the kernel's gradient compares with finite differences.
 
     A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
     in range), one position at a time: rows are independent, so one shifted call checks a column.
+    A sequence loss is checked at every score of a few short sequences (its own sample_inputs).
     """
+    if isinstance(loss, SequenceLoss):
+        return [_compare_sequence(loss, loss.sample_inputs(seed, classes=classes))]
     options = {"axis": -1} if loss._resolved.axis else {}
     inputs = sample_inputs(loss, points, seed, classes)
     grads = loss.grad(*inputs, reduction="none", **options)
@@ -105,7 +109,37 @@ def _compare(loss: Loss, inputs: list[np.ndarray], index: int, grad: np.ndarray,
                         float((error / scale).max(initial=0.0)))
 
 
-def format_table(loss: Loss, rows: list[GradCheckRow]) -> str:
+def _compare_sequence(loss: SequenceLoss, inputs: list[np.ndarray]) -> GradCheckRow:
+    """Central differences of the summed loss, one score at a time."""
+    index = loss.inputs.index(loss.wrt[0])
+    x = inputs[index]
+    grad = loss.grad(*inputs, reduction="sum")
+
+    def at(position, shift):
+        shifted = list(inputs)
+        shifted[index] = x.copy()
+        shifted[index][position] += shift
+        return float(loss(*shifted, reduction="sum"))
+
+    f0 = float(loss(*inputs, reduction="sum"))
+    errors, scales, kinks, nonfinite = [], [], 0, 0
+    for position in np.ndindex(x.shape):
+        h = 1e-6 * max(1.0, abs(x[position]))
+        f_plus, f_minus = at(position, h), at(position, -h)
+        central = (f_plus - f_minus) / (2 * h)
+        if not (np.isfinite(central) and np.isfinite(grad[position])):
+            nonfinite += 1
+        elif abs((f_plus - f0) - (f0 - f_minus)) / h > 1e-3 * max(1.0, abs(central)):
+            kinks += 1
+        else:
+            errors.append(abs(grad[position] - central))
+            scales.append(max(1.0, abs(central)))
+    error, scale = np.array(errors), np.array(scales)
+    return GradCheckRow(loss.wrt[0], int(error.size), kinks, nonfinite, float(error.max(initial=0.0)),
+                        float((error / scale).max(initial=0.0)))
+
+
+def format_table(loss: Loss | SequenceLoss, rows: list[GradCheckRow]) -> str:
     lines = [f"gradient check of {loss.name} (float64, central differences)",
              f"{'input':<12}{'points':>8}{'kinks':>8}{'nonfinite':>11}{'max abs err':>14}{'max rel err':>14}  result"]
     for r in rows:

@@ -156,6 +156,7 @@ class Input:
     domain: Domain = REAL
     axis: str | None = None
     default: float | None = None
+    optional: bool = False  # `= none`: may be left out, no default value (the lengths of a ragged input)
     pos: Pos = field(default=NOWHERE, compare=False, repr=False)
 
 
@@ -175,6 +176,18 @@ class Local:
 
 
 @dataclass(frozen=True)
+class Ragged:
+    """`ragged x along AXIS by lengths [padded with V]`: x's axis AXIS (an expression of static
+    parameters, e.g. a layout) holds one sequence per batch entry, `lengths` long (sequence losses)."""
+
+    input: str
+    along: Expr
+    lengths: str
+    padding: float | None = None
+    pos: Pos = field(default=NOWHERE, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class LossDef:
     """One `loss` block exactly as written (names not yet resolved)."""
 
@@ -190,6 +203,8 @@ class LossDef:
     axis_position: tuple[str, int | str] | None = None  # `axis c = 1` (or "all"): where axis c is by default
     ignore: Expr | None = None  # `ignore if y == ignore_index`: such rows contribute nothing
     mean_weight: Expr | None = None  # `mean weighted by weight[y]`: what reduction="mean" divides by
+    ragged: tuple[Ragged, ...] = ()  # sequence losses: inputs that hold sequences of varying length
+    mean_of: Expr | None = None  # `mean of EXPR`: what reduction="mean" averages in place of the loss
 
 
 # --- printing an expression back as DSL text --------------------------------

@@ -113,10 +113,12 @@ class _ToIR(Transformer):
     def loss(self, meta, items):
         name, inputs, *rest = items
         wrt = rest.pop(0) if rest and isinstance(rest[0], _Wrt) else _Wrt(())
-        doc, aliases, params, locals_ = [], [], [], []
+        doc, aliases, params, locals_, ragged = [], [], [], [], []
         axis_rules: dict[str, object] = {}
         for statement in rest:
-            if isinstance(statement, _AxisRule):
+            if isinstance(statement, ir.Ragged):
+                ragged.append(statement)
+            elif isinstance(statement, _AxisRule):
                 if statement.kind in axis_rules:
                     raise SpecSyntaxError(f"a loss takes one `{statement.text}` line", self.file,
                                           statement.pos.line, statement.pos.column)
@@ -130,7 +132,7 @@ class _ToIR(Transformer):
             else:
                 locals_.append(statement)
         return ir.LossDef(str(name), tuple(inputs), wrt.names, tuple(params), tuple(locals_), "\n".join(doc),
-                          tuple(aliases), self.file, _pos(name), **axis_rules)
+                          tuple(aliases), self.file, _pos(name), ragged=tuple(ragged), **axis_rules)
 
     def inputs(self, meta, items):
         return items
@@ -140,10 +142,14 @@ class _ToIR(Transformer):
         axis = next((str(i.children[0]) for i in rest if isinstance(i, lark.Tree)), None)
         domain = next((i for i in rest if isinstance(i, ir.Domain)), ir.REAL)
         default = next((i.value for i in rest if isinstance(i, _Default)), None)
-        return ir.Input(str(name), domain, axis, default, _pos(name))
+        optional = any(isinstance(i, _Default) and i.value is None for i in rest)
+        return ir.Input(str(name), domain, axis, default, optional, _pos(name))
 
     def default(self, meta, items):
         return _Default(items[0])
+
+    def no_default(self, meta, items):
+        return _Default(None)
 
     def axis_position(self, meta, items):
         name, position = items
@@ -159,6 +165,13 @@ class _ToIR(Transformer):
 
     def mean_weight(self, meta, items):
         return _AxisRule("mean_weight", items[0], "mean weighted by", _pos(meta))
+
+    def mean_of(self, meta, items):
+        return _AxisRule("mean_of", items[0], "mean of", _pos(meta))
+
+    def ragged(self, meta, items):
+        name, along, lengths, *padding = items
+        return ir.Ragged(str(name), along, str(lengths), padding[0] if padding else None, _pos(name))
 
     def _interval(self, meta, items, low_open, high_open):
         (low, high), = items
@@ -302,7 +315,7 @@ class _Aliases:
 
 
 class _Default:
-    def __init__(self, value: float):
+    def __init__(self, value: float | None):
         self.value = value
 
 

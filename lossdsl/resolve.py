@@ -90,12 +90,12 @@ def check_values(params: tuple[ParamInfo, ...], overrides: Mapping[str, Value], 
             raise LossParameterError(f"{loss_name} has no parameter {name!r}{hint}")
         values[name] = _coerce(known[name], value, loss_name)
     for p in params:
-        if p.constraint is not None and _evaluate(p.constraint, values, p.file) is not True:
+        if p.constraint is not None and evaluate(p.constraint, values, p.file) is not True:
             raise LossParameterError(f"{loss_name}: {p.name}={values[p.name]!r} breaks its constraint "
                                      f"`{ir.format_expr(p.constraint)}` ({p.file}:{p.pos.line})")
     for callee, info, expr, callee_values in passed_on:
-        env = {**dict(callee_values), info.name: _evaluate(expr, values, info.file)}
-        if _evaluate(info.constraint, env, info.file) is not True:
+        env = {**dict(callee_values), info.name: evaluate(expr, values, info.file)}
+        if evaluate(info.constraint, env, info.file) is not True:
             raise LossParameterError(f"{loss_name}: passes {info.name}={env[info.name]!r} to {callee}, which "
                                      f"breaks its constraint `{ir.format_expr(info.constraint)}` "
                                      f"({info.file}:{info.pos.line})")
@@ -121,7 +121,7 @@ _COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operato
             "!=": operator.ne}
 
 
-def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
+def evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
     """Evaluate a constant expression over parameter values, with no access to Python."""
 
     def fail(message: str):
@@ -136,19 +136,19 @@ def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
             return CONSTANTS[expr.id]
         fail(f"`{expr.id}` is not a parameter or constant here")
     if isinstance(expr, ir.UnaryOp):
-        value = _evaluate(expr.operand, env, file)
+        value = evaluate(expr.operand, env, file)
         if expr.op == "not":
             return not value
         if not isinstance(value, float):
             fail(f"cannot negate `{ir.format_expr(expr.operand)}`")
         return -value
     if isinstance(expr, ir.BinOp):
-        left = _evaluate(expr.left, env, file)
+        left = evaluate(expr.left, env, file)
         if expr.op in ("and", "or"):
             if expr.op == "and":
-                return left and _evaluate(expr.right, env, file)
-            return left or _evaluate(expr.right, env, file)
-        right = _evaluate(expr.right, env, file)
+                return left and evaluate(expr.right, env, file)
+            return left or evaluate(expr.right, env, file)
+        right = evaluate(expr.right, env, file)
         try:
             result = float(_ARITHMETIC[expr.op](left, right))
         except (ZeroDivisionError, OverflowError, TypeError, ValueError):
@@ -157,16 +157,16 @@ def _evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
             fail(f"`{ir.format_expr(expr)}` has no numeric value")
         return result
     if isinstance(expr, ir.Compare):
-        values = [_evaluate(o, env, file) for o in expr.operands]
+        values = [evaluate(o, env, file) for o in expr.operands]
         try:
             return all(_COMPARE[op](a, b) for op, a, b in zip(expr.ops, values, values[1:]))
         except TypeError:
             fail(f"cannot compare in `{ir.format_expr(expr)}`")
     if isinstance(expr, ir.Member):
-        return _evaluate(expr.value, env, file) in [_evaluate(o, env, file) for o in expr.options]
+        return evaluate(expr.value, env, file) in [evaluate(o, env, file) for o in expr.options]
     if isinstance(expr, ir.IfElse):
-        branch = expr.then if _evaluate(expr.cond, env, file) else expr.orelse
-        return _evaluate(branch, env, file)
+        branch = expr.then if evaluate(expr.cond, env, file) else expr.orelse
+        return evaluate(branch, env, file)
     fail(f"`{ir.format_expr(expr)}` is not a constant expression")
 
 
@@ -297,12 +297,12 @@ class _Resolver:
         self.check_names(loss)
         infos = []
         for p in loss.params:
-            default = _evaluate(p.default, {}, loss.file)
+            default = evaluate(p.default, {}, loss.file)
             kind = "bool" if isinstance(default, bool) else "str" if isinstance(default, str) else "number"
             infos.append(ParamInfo(p.name, kind, default, p.constraint, loss.file, p.pos))
         defaults = {i.name: i.default for i in infos}
         for info in infos:  # a default that breaks its own constraint is a bug in the spec
-            if info.constraint is not None and _evaluate(info.constraint, defaults, loss.file) is not True:
+            if info.constraint is not None and evaluate(info.constraint, defaults, loss.file) is not True:
                 raise self.error(SpecTypeError, f"the default of {info.name} breaks its constraint", loss.file,
                                  info.pos)
         return tuple(infos)
@@ -469,10 +469,10 @@ class _Resolver:
                 raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
                                  caller.file, pos)
             if not _mentions_names(value):
-                constants[name] = value.value if isinstance(value, _LITERALS) else _evaluate(value, {}, caller.file)
+                constants[name] = value.value if isinstance(value, _LITERALS) else evaluate(value, {}, caller.file)
                 continue
             try:
-                _evaluate(value, self.values, caller.file)
+                evaluate(value, self.values, caller.file)
             except SpecTypeError:
                 continue  # it depends on the inputs: there is no single value to check
             if info.constraint is not None:
@@ -557,7 +557,7 @@ def _fold(expr: ir.Expr, file: str) -> ir.Expr:
     if isinstance(expr, ir.UnaryOp) and expr.op == "not" and isinstance(expr.operand, ir.Bool):
         return ir.Bool(not expr.operand.value, expr.pos)
     if isinstance(expr, (ir.Compare, ir.Member)) and all(isinstance(c, _LITERALS) for c in ir.children(expr)):
-        return ir.Bool(bool(_evaluate(expr, {}, file)), expr.pos)
+        return ir.Bool(bool(evaluate(expr, {}, file)), expr.pos)
     if isinstance(expr, ir.UnaryOp) and expr.op == "-" and isinstance(expr.operand, ir.Num):
         return ir.Num(-expr.operand.value, expr.pos)
     return expr

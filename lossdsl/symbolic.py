@@ -55,6 +55,22 @@ class KernelPlan:
 
 
 _RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
+_FLOAT_MAX = sympy.Float(1.7976931348623157e308, 17)
+# SymPy's real symbols are finite, so it folds `x == inf` to false; the values are floats that
+# may be infinite (a CTC loss with no alignment): tests against ±inf become tests against ±max.
+_AGAINST_INFINITY = {("==", 1): (">", 1), ("!=", 1): ("<=", 1), ("<", 1): ("<=", 1), (">=", 1): (">", 1),
+                     ("==", -1): ("<", -1), ("!=", -1): (">=", -1), (">", -1): (">=", -1), ("<=", -1): ("<", -1)}
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _relation(op: str, left: sympy.Expr, right: sympy.Expr) -> sympy.Basic:
+    if left in (sympy.oo, -sympy.oo) and right not in (sympy.oo, -sympy.oo):
+        op, left, right = _FLIPPED[op], right, left
+    sign = 1 if right == sympy.oo else -1 if right == -sympy.oo else 0
+    if sign and (op, sign) in _AGAINST_INFINITY:
+        op, sign = _AGAINST_INFINITY[op, sign]
+        right = sign * _FLOAT_MAX
+    return _RELATIONS[op](left, right)
 
 
 def _number(value: float) -> sympy.Expr:
@@ -96,7 +112,7 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr], node=None) -> sympy.Expr
         return {"+": sympy.Add, "-": lambda a, b: a - b, "*": sympy.Mul, "/": lambda a, b: a / b}[expr.op](left, right)
     if isinstance(expr, ir.Compare):
         operands = [to_sympy(o, env, node) for o in expr.operands]
-        return sympy.And(*[_RELATIONS[op](a, b) for op, a, b in zip(expr.ops, operands, operands[1:])])
+        return sympy.And(*[_relation(op, a, b) for op, a, b in zip(expr.ops, operands, operands[1:])])
     if isinstance(expr, ir.IfElse):
         return sympy.Piecewise((to_sympy(expr.then, env, node), to_sympy(expr.cond, env, node)),
                                (to_sympy(expr.orelse, env, node), True))

@@ -1,0 +1,232 @@
+"""Stage 5b: the callable sequence loss — a spec's stages (staging.py) run in order, joined by the chain rule.
+
+    scores ──before──> z (T, N, C) ──intrinsic──> nll (N,) ──after──> per-sequence loss ──reduction──>
+    grad  <──before's VJP── g_z <──intrinsic's gradient, scaled── d loss / d nll <──────────────────┘
+
+`before` and `after` are ordinary compiled losses (a row loss over the class axis, an elementwise loss
+over sequences), so weights and reductions are theirs. The intrinsic's kernel weights each sequence's
+gradient by a scale it needs before it runs: d(reduced loss)/d nll taken at nll = 0, exact for every
+`after` that is affine in nll (the catalogue's all are); a sequence where the derivative at its
+actual nll differs is rescaled, or, where the guess was 0, the kernel runs again with the true scales.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from . import buffers
+from .errors import LossInputError, LossParameterError
+from .layout import float_dtype, is_gpu_array
+from .resolve import evaluate
+from .staging import SequenceStages
+
+REDUCTIONS = ("mean", "sum", "none", "batch")
+
+
+class SequenceLoss:
+    """A loss over sequences (CTC, ...). Call it for the value; `value_and_grad` for value and gradient.
+
+    Inputs: the scores (3-D: time, batch and the class axis, placed as the spec's `ragged` and `axis`
+    lines say), the labels (2-D padded, or 1-D back to back with their lengths) and the lengths (one
+    integer per sequence; optional ones default to the full length, or up to the padding value).
+    Reductions: "mean" (the spec's `mean of` averaged over sequences, else the loss), "sum", "none" and
+    "batch" (both one value per sequence). `weight` (a scalar) and `sample_weight` (one per sequence)
+    multiply each sequence's loss. The gradient is that of the reduced loss with respect to the scores.
+    """
+
+    def __init__(self, stages: SequenceStages, before, after, mean, reload):
+        self._stages, self._reload = stages, reload
+        self._before, self._after, self._mean = before, after, mean
+        self._values = after.params
+        spec, file = stages.spec, stages.spec.file
+        index = evaluate(stages.index, self._values, file)
+        if isinstance(index, (bool, str)) or not float(index).is_integer():
+            raise LossParameterError(f"{spec.name}: the {stages.intrinsic.name} index (blank) must be a whole number; "
+                                     f"got {index!r}")
+        self._index = int(index)
+        self._along = {name: int(evaluate(r.along, self._values, file)) for name, r in stages.ragged.items()}
+        self._axis = spec.axis_position[1] if spec.axis_position else -1
+        self._kernels = importlib.import_module(f"{__package__}.intrinsics.{stages.intrinsic.cpu}")
+
+    name = property(lambda self: self._stages.spec.name, doc="The loss's name in its spec.")
+    doc = property(lambda self: self._stages.spec.doc, doc="The spec's docstring.")
+    inputs = property(lambda self: tuple(i.name for i in self._stages.spec.inputs), doc="Input names, in call order.")
+    wrt = property(lambda self: (self._stages.scores,), doc="The input the gradient is taken with respect to.")
+    params = property(lambda self: dict(self._values), doc="Parameter values of this instance.")
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self._values.items())
+        return f"<lossdsl.SequenceLoss {self.name}({', '.join(self.inputs)}{params})>"
+
+    def explain(self, latex: bool = False) -> str:
+        """The stages: what the intrinsic's scores are, the intrinsic, and the loss made of its result."""
+        stages = self._stages
+        parts = []
+        if self._before is not None:
+            parts.append(f"# before {stages.intrinsic.name}: its scores over the class axis, as "
+                         f"sum(upstream*scores): d/d upstream is the scores, d/d {stages.scores} their chain rule\n"
+                         + self._before.explain(latex))
+        parts.append(f"# intrinsic: {stages.intrinsic.doc}")
+        parts.append(f"# after {stages.intrinsic.name}: the loss of one sequence\n" + self._after.explain(latex))
+        if self._mean is not None:
+            parts.append('# what reduction="mean" averages\n' + self._mean.explain(latex))
+        return "\n\n".join(parts)
+
+    def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
+        """The generated modules of the stages around the intrinsic (its kernel is hand-written:
+        lossdsl/intrinsics/)."""
+        stages = [s for s in (self._before, self._after, self._mean) if s is not None]
+        return "\n\n".join(s.source(target, dtype) for s in stages)
+
+    def with_params(self, **params) -> "SequenceLoss":
+        """The same loss with other parameter values."""
+        return self._reload({**self._values, **params})
+
+    def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
+                 **named_inputs):
+        """The loss, reduced as asked."""
+        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, gradient=False)[0]
+
+    def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
+                       **named_inputs):
+        """(value, d value / d scores), the gradient in the scores' shape and dtype: the true derivative
+        with respect to the scores given (for CTC on log-probabilities, -posterior; PyTorch's backward
+        gives exp(log_probs) - posterior, which agrees once pushed through a log_softmax)."""
+        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, gradient=True)
+
+    def grad(self, *inputs, **options):
+        return self.value_and_grad(*inputs, **options)[1]
+
+    def _evaluate(self, inputs, named_inputs, reduction, weight, sample_weight, gradient: bool):
+        if reduction not in REDUCTIONS:
+            raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        arrays = self._gather(inputs, named_inputs)
+        stages = self._stages
+        scores = arrays[stages.scores]
+        dtype = float_dtype([scores], [stages.scores])
+        if scores.ndim != 3:
+            raise LossInputError(f"{self.name}: {stages.scores} must have 3 axes (time, batch, classes); got shape "
+                                 f"{scores.shape}")
+        scores = scores.astype(dtype, copy=False)
+        order = self._order(scores.ndim)
+        if self._before is not None:  # z = the scores expression: d/d upstream of sum(upstream*z, c)
+            z = self._before.value_and_grad(scores, np.zeros_like(scores), axis=order[2], reduction="sum")[1][1]
+        else:
+            z = scores
+        batch = z.shape[order[1]]
+        labels, label_lengths = self._labels(arrays, batch)
+        time_lengths = self._lengths(arrays, stages.scores, z.shape[order[0]], batch)
+        z_tnc = np.transpose(z, order)
+        blank = self._index + z_tnc.shape[2] if self._index < 0 else self._index
+        targets, time_lengths, label_lengths = self._kernels.check_inputs(z_tnc, labels, time_lengths,
+                                                                          label_lengths, blank)
+        lengths = {stages.ragged[stages.scores].lengths: time_lengths,
+                   stages.ragged[stages.labels].lengths: label_lengths}
+        after = self._mean if reduction == "mean" and self._mean is not None else self._after
+        per_sequence = [lengths[name] for name in after.inputs[1:]]  # after's inputs: the intrinsic's result, lengths
+
+        def reduced(nll):
+            return after.value_and_grad(nll, *per_sequence, reduction=reduction, weight=weight,
+                                        sample_weight=sample_weight)
+
+        guess = np.asarray(reduced(np.zeros(batch))[1], np.float64).reshape(batch)
+        grad = buffers.empty(z.size, dtype).reshape(z.shape)
+        grad_tnc = np.transpose(grad, order)
+        nll, _ = self._kernels.forward_backward(z_tnc, targets, time_lengths, label_lengths, blank, guess, False,
+                                                grad_tnc)
+        value, scales = reduced(nll)
+        value = np.asarray(value).astype(dtype)[()] if reduction in ("none", "batch") else dtype.type(value)
+        if not gradient:
+            return value, None
+        scales = np.asarray(scales, np.float64).reshape(batch)
+        changed = np.isfinite(nll) & (scales != guess)
+        if np.any(changed & (guess == 0)):
+            self._kernels.forward_backward(z_tnc, targets, time_lengths, label_lengths, blank, scales, False, grad_tnc)
+        else:
+            for n in np.flatnonzero(changed):
+                grad_tnc[:, n, :] *= dtype.type(scales[n] / guess[n])
+        if self._before is not None:  # the chain rule through the scores expression
+            grad = self._before.value_and_grad(scores, grad, axis=order[2], reduction="sum")[1][0]
+        return value, grad
+
+    def sample_inputs(self, seed: int = 0, sequences: int = 4, steps: int = 9, classes: int = 5,
+                      longest: int = 3) -> list[np.ndarray]:
+        """Random inputs in this loss's layout (for the gradient checker): scores, labels that are never
+        the blank (padded where the spec pads), lengths an alignment fits, all inputs given."""
+        rng = np.random.default_rng(seed)
+        stages = self._stages
+        time, batch, axis = self._order(3)
+        shape = [0, 0, 0]
+        shape[time], shape[batch], shape[axis] = steps, sequences, classes
+        blank = self._index % classes
+        labels = rng.choice([c for c in range(classes) if c != blank], (sequences, longest))
+        label_lengths = rng.integers(0, longest + 1, sequences)
+        label_lengths[0] = longest
+        labels[0, :2] = labels[0, 0]  # a repeated label needs a blank between
+        padding = stages.ragged[stages.labels].padding
+        if padding is not None:
+            labels[np.arange(longest) >= label_lengths[:, None]] = padding
+        given = {stages.scores: rng.normal(0.0, 2.0, shape),
+                 stages.labels: labels.T if self._along[stages.labels] % 2 == 0 else labels,
+                 stages.ragged[stages.scores].lengths: rng.integers(2 * longest + 1, steps + 1, sequences),
+                 stages.ragged[stages.labels].lengths: label_lengths}
+        return [given[name] for name in self.inputs]
+
+    def _order(self, ndim: int) -> tuple[int, int, int]:
+        """The scores' (time, batch, class) axes."""
+        classes = self._axis % ndim
+        time = self._along[self._stages.scores] % ndim
+        if time == classes:
+            raise LossParameterError(f"{self.name}: the time axis and the class axis are both axis {time}")
+        return time, 3 - time - classes, classes
+
+    def _labels(self, arrays, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels as (N, S) padded or 1-D back to back, and their lengths (derived when left out)."""
+        stages = self._stages
+        ragged = stages.ragged[stages.labels]
+        labels = _integers(self.name, stages.labels, arrays[stages.labels])
+        if labels.ndim == 2 and self._along[stages.labels] % 2 == 0:
+            labels = labels.T  # (S, N) → (N, S)
+        if labels.ndim not in (1, 2):
+            raise LossInputError(f"{self.name}: {stages.labels} must be 2-D (padded) or 1-D (back to back); got "
+                                 f"shape {labels.shape}")
+        given = arrays.get(ragged.lengths)
+        if given is None and labels.ndim == 1:
+            raise LossInputError(f"{self.name}: labels back to back (1-D) need {ragged.lengths}")
+        if given is None and ragged.padding is not None:
+            padding = labels == ragged.padding
+            return labels, np.where(padding.any(axis=1), padding.argmax(axis=1), labels.shape[1])
+        return labels, self._lengths(arrays, stages.labels, labels.shape[-1], batch)
+
+    def _lengths(self, arrays, ragged_input: str, full: int, batch: int) -> np.ndarray:
+        name = self._stages.ragged[ragged_input].lengths
+        given = arrays.get(name)
+        return np.full(batch, full, np.int64) if given is None else _integers(self.name, name, given).reshape(-1)
+
+    def _gather(self, inputs, named_inputs) -> dict[str, np.ndarray | None]:
+        specs = self._stages.spec.inputs
+        names = self.inputs
+        unknown = set(named_inputs) - set(names)
+        if unknown or len(inputs) > len(names):
+            raise LossInputError(f"{self.name} takes the inputs {', '.join(names)}; got "
+                                 f"{len(inputs)} positional{' and ' + ', '.join(sorted(unknown)) if unknown else ''}")
+        given = dict(zip(names, inputs))
+        if set(given) & set(named_inputs):
+            raise LossInputError(f"{self.name}: {', '.join(sorted(set(given) & set(named_inputs)))} given twice")
+        given.update(named_inputs)
+        missing = [i.name for i in specs if not i.optional and given.get(i.name) is None]
+        if missing:
+            raise LossInputError(f"{self.name}: missing {', '.join(missing)} (inputs: {', '.join(names)})")
+        if any(is_gpu_array(v) for v in given.values()):
+            raise LossInputError(f"{self.name}: GPU arrays are not taken yet: pass host arrays")
+        return {name: None if value is None else np.asarray(value) for name, value in given.items()}
+
+
+def _integers(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
+    """Integer labels or lengths; floats holding whole numbers (MXNet passes them so) are converted."""
+    if array.dtype.kind in "iu":
+        return array
+    if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+        return array.astype(np.int64)
+    raise LossInputError(f"{loss_name}: {input_name} must hold whole numbers; got {array.dtype}")

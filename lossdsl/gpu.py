@@ -79,6 +79,18 @@ class DeviceMemory:
         return cuda.device_array(size, dtype)
 
     @staticmethod
+    def zeros(shape: tuple[int, ...], dtype: np.dtype):
+        return cuda.to_device(np.zeros(shape, dtype))
+
+    @staticmethod
+    def transpose(array, axes: tuple[int, ...]):
+        """A view with its axes permuted, no copy (Numba's own device arrays transpose only in 2-D)."""
+        if not hasattr(array, "gpu_data"):  # the simulator's arrays are NumPy's
+            return array.transpose(axes)
+        return type(array)(tuple(array.shape[a] for a in axes), tuple(array.strides[a] for a in axes), array.dtype,
+                           gpu_data=array.gpu_data)
+
+    @staticmethod
     def to_host(array):
         return array.copy_to_host() if _is_device(array) else array
 

@@ -299,6 +299,8 @@ class HostMemory:
     flat = staticmethod(flat)
     labels = staticmethod(_labels)
     empty = staticmethod(buffers.empty)
+    zeros = staticmethod(np.zeros)
+    transpose = staticmethod(np.transpose)
 
     @staticmethod
     def to_host(array: np.ndarray) -> np.ndarray:

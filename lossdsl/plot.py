@@ -45,7 +45,9 @@ def plot(losses: list[Loss], output: str | Path, target: float | None = None,
         raise LossInputError("plotting needs matplotlib: pip install lossdsl[plot]") from None
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for loss in losses:
-        resolved = loss._resolved
+        resolved = getattr(loss, "_resolved", None)
+        if resolved is None:
+            raise LossInputError(f"{loss.name} is a sequence loss: plot draws elementwise losses")
         if resolved.axis is not None:
             raise LossInputError(f"{loss.name} is a loss over an axis: plot draws elementwise losses")
         first, *others = [i for i in resolved.inputs if i.default is None]

@@ -181,7 +181,7 @@ class Loss:
                     raise
 
     def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device):
-        memory = _memory([*inputs, *named_inputs.values(), sample_weight], device)
+        memory = memory_for([*inputs, *named_inputs.values(), sample_weight], device)
         arrays = self._gather_inputs(inputs, named_inputs, memory)
         if self._resolved.axis is not None:
             call = RowCall(self, arrays, axis, reduction, weight, sample_weight, batch_axis, memory)
@@ -228,7 +228,7 @@ class Loss:
         return arrays
 
 
-def _memory(values, device: str | None):
+def memory_for(values, device: str | None):
     """Host memory, or the CUDA device's when asked for or when any input is a GPU array."""
     on_device = any(is_gpu_array(v) for v in values if v is not None)
     if device not in (None, "cpu", "cuda"):

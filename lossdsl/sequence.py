@@ -12,13 +12,14 @@ actual nll differs is rescaled, or, where the guess was 0, the kernel runs again
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 
 import numpy as np
 
-from . import buffers
 from .errors import LossInputError, LossParameterError
-from .layout import float_dtype, is_gpu_array
+from .layout import HOST, float_dtype
 from .resolve import evaluate
+from .runtime import memory_for
 from .staging import SequenceStages
 
 REDUCTIONS = ("mean", "sum", "none", "batch")
@@ -33,6 +34,8 @@ class SequenceLoss:
     Reductions: "mean" (the spec's `mean of` averaged over sequences, else the loss), "sum", "none" and
     "batch" (both one value per sequence). `weight` (a scalar) and `sample_weight` (one per sequence)
     multiply each sequence's loss. The gradient is that of the reduced loss with respect to the scores.
+    GPU arrays (or device="cuda") run the intrinsic's CUDA kernel; labels and lengths are checked on the
+    host, and the per-sequence stage after the intrinsic runs there (N values).
     """
 
     def __init__(self, stages: SequenceStages, before, after, mean, reload):
@@ -47,7 +50,11 @@ class SequenceLoss:
         self._index = int(index)
         self._along = {name: int(evaluate(r.along, self._values, file)) for name, r in stages.ragged.items()}
         self._axis = spec.axis_position[1] if spec.axis_position else -1
-        self._kernels = importlib.import_module(f"{__package__}.intrinsics.{stages.intrinsic.cpu}")
+        self._cpu = importlib.import_module(f"{__package__}.intrinsics.{stages.intrinsic.cpu}")
+
+    def _cuda(self):
+        """The intrinsic's CUDA module (imports numba.cuda: only for a GPU call)."""
+        return importlib.import_module(f"{__package__}.intrinsics.{self._stages.intrinsic.cuda}")
 
     name = property(lambda self: self._stages.spec.name, doc="The loss's name in its spec.")
     doc = property(lambda self: self._stages.spec.doc, doc="The spec's docstring.")
@@ -84,71 +91,73 @@ class SequenceLoss:
         return self._reload({**self._values, **params})
 
     def __call__(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                 **named_inputs):
+                 device: str | None = None, **named_inputs):
         """The loss, reduced as asked."""
-        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, gradient=False)[0]
+        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, device, gradient=False)[0]
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                       **named_inputs):
+                       device: str | None = None, **named_inputs):
         """(value, d value / d scores), the gradient in the scores' shape and dtype: the true derivative
         with respect to the scores given (for CTC on log-probabilities, -posterior; PyTorch's backward
         gives exp(log_probs) - posterior, which agrees once pushed through a log_softmax)."""
-        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, gradient=True)
+        return self._evaluate(inputs, named_inputs, reduction, weight, sample_weight, device, gradient=True)
 
     def grad(self, *inputs, **options):
         return self.value_and_grad(*inputs, **options)[1]
 
-    def _evaluate(self, inputs, named_inputs, reduction, weight, sample_weight, gradient: bool):
+    def _evaluate(self, inputs, named_inputs, reduction, weight, sample_weight, device, gradient: bool):
         if reduction not in REDUCTIONS:
             raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
-        arrays = self._gather(inputs, named_inputs)
+        memory = memory_for([*inputs, *named_inputs.values(), sample_weight], device)
+        arrays = self._gather(inputs, named_inputs, memory)
         stages = self._stages
         scores = arrays[stages.scores]
-        dtype = float_dtype([scores], [stages.scores])
-        if scores.ndim != 3:
-            raise LossInputError(f"{self.name}: {stages.scores} must have 3 axes (time, batch, classes); got shape "
-                                 f"{scores.shape}")
-        scores = scores.astype(dtype, copy=False)
+        if scores.ndim != 3 or scores.dtype.kind != "f":
+            raise LossInputError(f"{self.name}: {stages.scores} must be a float array with 3 axes (time, batch, "
+                                 f"classes); got {scores.dtype} {scores.shape}")
+        dtype = float_dtype([scores], [stages.scores]) if memory is HOST else scores.dtype
+        scores = scores.astype(dtype, copy=False) if memory is HOST else scores
         order = self._order(scores.ndim)
         if self._before is not None:  # z = the scores expression: d/d upstream of sum(upstream*z, c)
-            z = self._before.value_and_grad(scores, np.zeros_like(scores), axis=order[2], reduction="sum")[1][1]
+            upstream = memory.zeros(scores.shape, dtype)
+            z = self._before.value_and_grad(scores, upstream, axis=order[2], reduction="sum", device=device)[1][1]
         else:
             z = scores
-        batch = z.shape[order[1]]
+        z_tnc = memory.transpose(z, order)
+        batch = z_tnc.shape[1]
         labels, label_lengths = self._labels(arrays, batch)
-        time_lengths = self._lengths(arrays, stages.scores, z.shape[order[0]], batch)
-        z_tnc = np.transpose(z, order)
+        time_lengths = self._lengths(arrays, stages.scores, z_tnc.shape[0], batch)
         blank = self._index + z_tnc.shape[2] if self._index < 0 else self._index
-        targets, time_lengths, label_lengths = self._kernels.check_inputs(z_tnc, labels, time_lengths,
-                                                                          label_lengths, blank)
-        lengths = {stages.ragged[stages.scores].lengths: time_lengths,
-                   stages.ragged[stages.labels].lengths: label_lengths}
+        checked = self._cpu.check_inputs(z_tnc, labels, time_lengths, label_lengths, blank)
+        lengths = {stages.ragged[stages.scores].lengths: checked[1], stages.ragged[stages.labels].lengths: checked[2]}
         after = self._mean if reduction == "mean" and self._mean is not None else self._after
         per_sequence = [lengths[name] for name in after.inputs[1:]]  # after's inputs: the intrinsic's result, lengths
 
         def reduced(nll):
-            return after.value_and_grad(nll, *per_sequence, reduction=reduction, weight=weight,
-                                        sample_weight=sample_weight)
+            value, scales = after.value_and_grad(nll, *per_sequence, reduction=reduction, weight=weight,
+                                                 sample_weight=memory.to_host(sample_weight))
+            return value, np.asarray(scales, np.float64).reshape(batch)
 
-        guess = np.asarray(reduced(np.zeros(batch))[1], np.float64).reshape(batch)
-        grad = buffers.empty(z.size, dtype).reshape(z.shape)
-        grad_tnc = np.transpose(grad, order)
-        nll, _ = self._kernels.forward_backward(z_tnc, targets, time_lengths, label_lengths, blank, guess, False,
-                                                grad_tnc)
+        run = self._cpu.forward_backward if memory is HOST else self._cuda().forward_backward_cuda
+        guess = reduced(np.zeros(batch))[1]
+        grad = memory.empty(z.size, dtype).reshape(z.shape)
+        grad_tnc = memory.transpose(grad, order)
+        nll, _ = run(z_tnc, *checked, blank, guess, False, grad_tnc)
         value, scales = reduced(nll)
-        value = np.asarray(value).astype(dtype)[()] if reduction in ("none", "batch") else dtype.type(value)
+        value = np.asarray(value).astype(dtype) if reduction in ("none", "batch") else dtype.type(value)
+        given = SimpleNamespace(given=arrays[stages.scores])  # results as the kind of array the scores came as
         if not gradient:
-            return value, None
-        scales = np.asarray(scales, np.float64).reshape(batch)
+            return memory.result(value, given), None
         changed = np.isfinite(nll) & (scales != guess)
-        if np.any(changed & (guess == 0)):
-            self._kernels.forward_backward(z_tnc, targets, time_lengths, label_lengths, blank, scales, False, grad_tnc)
+        if memory is not HOST or np.any(changed & (guess == 0)):
+            if np.any(changed):
+                run(z_tnc, *checked, blank, scales, False, grad_tnc)
         else:
             for n in np.flatnonzero(changed):
                 grad_tnc[:, n, :] *= dtype.type(scales[n] / guess[n])
         if self._before is not None:  # the chain rule through the scores expression
-            grad = self._before.value_and_grad(scores, grad, axis=order[2], reduction="sum")[1][0]
-        return value, grad
+            grad = self._before.value_and_grad(scores, grad, axis=order[2], reduction="sum", device=device)[1][0]
+        return memory.result(value, given), memory.result(grad, given)
 
     def sample_inputs(self, seed: int = 0, sequences: int = 4, steps: int = 9, classes: int = 5,
                       longest: int = 3) -> list[np.ndarray]:
@@ -204,7 +213,7 @@ class SequenceLoss:
         given = arrays.get(name)
         return np.full(batch, full, np.int64) if given is None else _integers(self.name, name, given).reshape(-1)
 
-    def _gather(self, inputs, named_inputs) -> dict[str, np.ndarray | None]:
+    def _gather(self, inputs, named_inputs, memory) -> dict:
         specs = self._stages.spec.inputs
         names = self.inputs
         unknown = set(named_inputs) - set(names)
@@ -218,9 +227,9 @@ class SequenceLoss:
         missing = [i.name for i in specs if not i.optional and given.get(i.name) is None]
         if missing:
             raise LossInputError(f"{self.name}: missing {', '.join(missing)} (inputs: {', '.join(names)})")
-        if any(is_gpu_array(v) for v in given.values()):
-            raise LossInputError(f"{self.name}: GPU arrays are not taken yet: pass host arrays")
-        return {name: None if value is None else np.asarray(value) for name, value in given.items()}
+        arrays = {name: None if value is None else memory.gather(value) for name, value in given.items()}
+        scores = self._stages.scores  # labels and lengths are checked on the host: copied there
+        return {name: a if name == scores or a is None else np.asarray(memory.to_host(a)) for name, a in arrays.items()}
 
 
 def _integers(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:

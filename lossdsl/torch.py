@@ -20,6 +20,7 @@ import torch
 
 import lossdsl
 from lossdsl.runtime import Loss as _CompiledLoss
+from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
 _SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
 
@@ -33,9 +34,10 @@ class Loss(torch.nn.Module):
     the spec differentiates (`wrt`); the others (targets, labels) get none.
     """
 
-    def __init__(self, loss: str | _CompiledLoss, /, reduction: str = "mean", **params):
+    def __init__(self, loss: str | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params):
         super().__init__()
-        self.loss = loss.with_params(**params) if isinstance(loss, _CompiledLoss) else lossdsl.load(loss, **params)
+        compiled = isinstance(loss, (_CompiledLoss, _SequenceLoss))
+        self.loss = loss.with_params(**params) if compiled else lossdsl.load(loss, **params)
         self.reduction = reduction
 
     def extra_repr(self) -> str:

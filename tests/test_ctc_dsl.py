@@ -7,6 +7,7 @@ import pytest
 import lossdsl
 from lossdsl.errors import LossInputError, LossParameterError, SpecNameError, SpecTypeError
 from lossdsl.gradcheck import check
+from lossdsl.layout import is_gpu_array
 
 SEQUENCE_LOSSES = ("ctc", "ctc_mxnet")  # tests/test_catalogue.py counts them as covered here
 
@@ -209,3 +210,34 @@ def test_bad_inputs_get_clear_errors(load_loss, edit, message):
             {"target_lengths": arrays["target_lengths"]} if "target_lengths" in arrays else {}))
     with pytest.raises(LossInputError, match="reduction"):
         loss(*_case(7), reduction="batchmean")
+
+
+def test_pytorch_adapter_trains_through_ctc(torch):
+    """lossdsl.torch.Loss("ctc") in an autograd graph: the logits' gradient equals PyTorch's ctc_loss's."""
+    import lossdsl.torch
+    logits, labels, input_lengths, target_lengths = _case(8)
+    lengths = [torch.tensor(a) for a in (labels, input_lengths, target_lengths)]
+    for reduction in ("mean", "none"):
+        x = torch.tensor(logits, requires_grad=True)
+        value = lossdsl.torch.Loss("ctc", reduction=reduction)(torch.log_softmax(x, 2), *lengths)
+        (value.sum() if reduction == "none" else value).backward()
+        expected, expected_grad = _pytorch(torch, logits, labels, input_lengths, target_lengths, reduction)
+        np.testing.assert_allclose(value.detach().numpy(), expected, rtol=1e-10)
+        np.testing.assert_allclose(x.grad.numpy(), expected_grad, atol=1e-10)
+
+
+@pytest.mark.parametrize("name, params", [("ctc", {}), ("ctc_mxnet", {"layout": "NTC"})])
+def test_gpu_arrays_run_the_cuda_kernel_with_the_cpu_results(load_loss, name, params):
+    """Under Numba's CUDA simulator in CI (tests/conftest.py): GPU inputs in, the gradient as a GPU array."""
+    cuda = pytest.importorskip("numba.cuda")
+    loss = load_loss(name, **params)
+    inputs = loss.sample_inputs(seed=3, sequences=2, steps=6, classes=4, longest=2)
+    scores = loss.inputs.index(loss.wrt[0])
+    on_device = [cuda.to_device(a) if k == scores else a for k, a in enumerate(inputs)]
+    for reduction in ("mean", "none"):
+        value, grad = loss.value_and_grad(*on_device, reduction=reduction, sample_weight=np.array([0.5, 2.0]))
+        expected_value, expected_grad = loss.value_and_grad(*inputs, reduction=reduction,
+                                                            sample_weight=np.array([0.5, 2.0]))
+        assert is_gpu_array(grad)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-12)
+        np.testing.assert_allclose(grad.copy_to_host(), expected_grad, rtol=1e-12, atol=1e-14)

@@ -47,3 +47,9 @@ def test_focal_two_circles_trains_past_the_majority_class():
     majority = 6000 / 6200
     assert all(accuracy > majority for accuracy, _ in results.values())  # better than "always negative"
     assert results["focal"][1] > 0.3  # the focal objective finds a good share of the rare positives
+
+
+def test_ctc_example_learns_to_read_unaligned_frames():
+    history, accuracy = _example("ctc_sequences").main(verbose=False)
+    assert history[-1] < 0.2 * history[0]  # the loss falls
+    assert accuracy > 0.6  # most test words decoded exactly (120 words of 1-4 letters: chance is under 1 %)

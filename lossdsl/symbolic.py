@@ -233,6 +233,9 @@ class _FormulaPrinter(StrPrinter):
         return text
 
     def _print_Relational(self, expr):
+        for (op, sign), (written, limit) in _AGAINST_INFINITY.items():  # `x > max` reads back as `x == inf`
+            if expr.rel_op == written and expr.rhs == limit * _FLOAT_MAX:
+                return f"{self._print(expr.lhs)} {op} {'-' if sign < 0 else ''}inf"
         return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"
 
     def _print_And(self, expr):

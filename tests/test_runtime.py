@@ -294,3 +294,11 @@ def test_large_gradients_reuse_memory_only_once_released(huber):
     np.testing.assert_array_equal(fourth, kept)
     np.testing.assert_array_equal(first, kept)  # the gradient still held was never touched
     buffers.clear()
+
+
+def test_comparisons_with_infinity_are_not_folded_away():
+    """SymPy's real symbols are finite (x == inf folds to false); the floats a loss sees may be infinite."""
+    loss = lossdsl.compile("loss q(x)\n    q = 0 if x == inf else (1 if x > -inf else 2)\n")
+    values = loss(np.array([1.0, np.inf, -np.inf]), reduction="none")
+    np.testing.assert_array_equal(values, [1.0, 0.0, 2.0])
+    assert "x == inf" in loss.explain()

@@ -3,7 +3,8 @@
 Run on a machine with an NVIDIA GPU: python benchmarks/gpu.py [--repeats 20]. float32, value
 and gradient with respect to the prediction, reduction "mean", inputs already on the device:
 huber, bce_with_logits and focal over 1e8 elements, softmax cross-entropy at (8192, 32000) and
-(65536, 1024). The same run measures a device-to-device copy (bytes read + written per second)
+(65536, 1024), CTC at (T, N, C, S) = (200, 32, 32, 40) and (500, 16, 5000, 100) (log_probs on the
+device, labels and lengths too: lossdsl checks them on the host, PyTorch may choose cuDNN). The same run measures a device-to-device copy (bytes read + written per second)
 and reports each lossdsl time as GB/s of compulsory traffic and as a fraction of that copy.
 `--small` shrinks every case (for a smoke test, e.g. under NUMBA_ENABLE_CUDASIM=1, where the
 timings mean nothing). PyTorch is optional: without it only lossdsl is timed.
@@ -53,12 +54,18 @@ def cases(small: bool):
         logits = rng.normal(size=(rows, classes)).astype(np.float32)
         yield (f"cross_entropy {rows}x{classes}", "cross_entropy", (logits, rng.integers(0, classes, rows)),
                8 * rows * classes, "cross_entropy")
+    for steps, batch, classes, longest in ([(8, 2, 5, 2)] if small else [(200, 32, 32, 40), (500, 16, 5000, 100)]):
+        logits = rng.normal(size=(steps, batch, classes)).astype(np.float32)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=2, keepdims=True))
+        labels = rng.integers(1, classes, (batch, longest))
+        yield (f"ctc {(steps, batch, classes, longest)}", "ctc",
+               (log_probs, labels, np.full(batch, steps), np.full(batch, longest)), 8 * log_probs.size, "ctc")
 
 
 def torch_runner(formula: str, inputs):
     import torch
     import torch.nn.functional as functional
-    first, second = (torch.as_tensor(a, device="cuda") for a in inputs)
+    first, second, *others = (torch.as_tensor(a, device="cuda") for a in inputs)
     first.requires_grad_(True)
 
     def focal(p, y):  # the catalogue's focal: alpha 0.25, gamma 2 on probabilities
@@ -69,7 +76,8 @@ def torch_runner(formula: str, inputs):
     losses = {"huber": lambda: functional.huber_loss(first, second),
               "bce_with_logits": lambda: functional.binary_cross_entropy_with_logits(first, second),
               "focal": lambda: focal(first, second),
-              "cross_entropy": lambda: functional.cross_entropy(first, second)}
+              "cross_entropy": lambda: functional.cross_entropy(first, second),
+              "ctc": lambda: functional.ctc_loss(first, second, *others)}
 
     def run():
         first.grad = None

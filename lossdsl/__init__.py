@@ -12,10 +12,11 @@ from .errors import (LossDeviceError, LossError, LossInputError, LossParameterEr
                      SpecSyntaxError,
                      SpecTypeError, UnknownLossError)
 from .runtime import Loss
+from .sequence import SequenceLoss
 from .threads import get_num_threads, set_num_threads
 
 
-def compile(source: str | bytes, name: str | None = None, /, **params) -> Loss:  # noqa: A001 - the public verb
+def compile(source: str | bytes, name: str | None = None, /, **params) -> Loss | SequenceLoss:  # noqa: A001 - the public verb
     """Compile a loss from spec text (the last loss in it, or the one called `name`)."""
     return compile_spec(source, name, "<string>", params)
 
@@ -25,5 +26,5 @@ def catalogue() -> list[str]:
     return registry.names()
 
 
-__all__ = ["load", "compile", "catalogue", "Loss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",
+__all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",
            "SpecTypeError", "LossParameterError", "LossInputError", "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]

@@ -21,16 +21,18 @@ import numpy as np
 
 import lossdsl
 from lossdsl.runtime import Loss as _CompiledLoss
+from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
 
-def loss(spec: str | _CompiledLoss, /, reduction: str = "mean", **params) -> Callable:
+def loss(spec: str | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params) -> Callable:
     """`f(*inputs, **options)` for a catalogue name, a spec file or a loaded Loss; options (weight,
     sample_weight as a NumPy array, axis, ...) as in the Python API. Reductions: "mean", "sum",
-    "batchmean", and "none" for elementwise losses."""
-    compiled = spec.with_params(**params) if isinstance(spec, _CompiledLoss) else lossdsl.load(spec, **params)
+    "batchmean" (not for sequence losses), and "none" for elementwise losses."""
+    loaded = isinstance(spec, (_CompiledLoss, _SequenceLoss))
+    compiled = spec.with_params(**params) if loaded else lossdsl.load(spec, **params)
     if reduction not in ("mean", "sum", "batchmean", "none"):
         raise lossdsl.LossInputError(f"reduction must be 'mean', 'sum', 'batchmean' or 'none'; got {reduction!r}")
-    if reduction == "none" and compiled._resolved.axis is not None:
+    if reduction == "none" and (isinstance(compiled, _SequenceLoss) or compiled._resolved.axis is not None):
         raise lossdsl.LossInputError(f"{compiled.name}: reduction='none' is for elementwise losses here")
     wrt = [compiled.inputs.index(name) for name in compiled.wrt]
 

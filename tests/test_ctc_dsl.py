@@ -241,3 +241,20 @@ def test_gpu_arrays_run_the_cuda_kernel_with_the_cpu_results(load_loss, name, pa
         assert is_gpu_array(grad)
         np.testing.assert_allclose(value, expected_value, rtol=1e-12)
         np.testing.assert_allclose(grad.copy_to_host(), expected_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_jax_adapter_differentiates_ctc(load_loss, torch):
+    """lossdsl.jax.loss("ctc_mxnet") under jax.jit(jax.value_and_grad): PyTorch's value and logit gradient."""
+    jax = pytest.importorskip("jax")
+    import lossdsl.jax
+    logits, labels, input_lengths, target_lengths = _case(9, classes=5, blank=4)
+    logits = logits.astype(np.float32)  # JAX's default precision (x64 is a global switch: left alone)
+    padded = np.where(np.arange(labels.shape[1]) < target_lengths[:, None], labels, -1).astype(np.int32)
+    ctc = lossdsl.jax.loss("ctc_mxnet", reduction="sum", layout="TNC")
+    value, grad = jax.jit(jax.value_and_grad(ctc))(logits, padded, input_lengths.astype(np.int32),
+                                                   target_lengths.astype(np.int32))
+    expected, expected_grad = _pytorch(torch, logits.astype(np.float64), labels, input_lengths, target_lengths,
+                                       "sum", blank=4)
+    assert grad.dtype == np.float32
+    np.testing.assert_allclose(float(value), expected, rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(grad), expected_grad, atol=2e-6)

@@ -106,32 +106,10 @@ class SequenceLoss:
         return self.value_and_grad(*inputs, **options)[1]
 
     def _evaluate(self, inputs, named_inputs, reduction, weight, sample_weight, device, gradient: bool):
-        if reduction not in REDUCTIONS:
-            raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
-        memory = memory_for([*inputs, *named_inputs.values(), sample_weight], device)
-        arrays = self._gather(inputs, named_inputs, memory)
-        stages = self._stages
-        scores = arrays[stages.scores]
-        if scores.ndim != 3 or scores.dtype.kind != "f":
-            raise LossInputError(f"{self.name}: {stages.scores} must be a float array with 3 axes (time, batch, "
-                                 f"classes); got {scores.dtype} {scores.shape}")
-        dtype = float_dtype([scores], [stages.scores]) if memory is HOST else scores.dtype
-        scores = scores.astype(dtype, copy=False) if memory is HOST else scores
-        order = self._order(scores.ndim)
-        if self._before is not None:  # z = the scores expression: d/d upstream of sum(upstream*z, c)
-            upstream = memory.zeros(scores.shape, dtype)
-            z = self._before.value_and_grad(scores, upstream, axis=order[2], reduction="sum", device=device)[1][1]
-        else:
-            z = scores
-        z_tnc = memory.transpose(z, order)
-        batch = z_tnc.shape[1]
-        labels, label_lengths = self._labels(arrays, batch)
-        time_lengths = self._lengths(arrays, stages.scores, z_tnc.shape[0], batch)
-        blank = self._index + z_tnc.shape[2] if self._index < 0 else self._index
-        checked = self._cpu.check_inputs(z_tnc, labels, time_lengths, label_lengths, blank)
-        lengths = {stages.ragged[stages.scores].lengths: checked[1], stages.ragged[stages.labels].lengths: checked[2]}
+        call = self._prepare(inputs, named_inputs, reduction, device)
+        memory, batch, dtype = call.memory, call.z_tnc.shape[1], call.dtype
         after = self._mean if reduction == "mean" and self._mean is not None else self._after
-        per_sequence = [lengths[name] for name in after.inputs[1:]]  # after's inputs: the intrinsic's result, lengths
+        per_sequence = [call.lengths[name] for name in after.inputs[1:]]  # after's inputs: the result, lengths
 
         def reduced(nll):
             value, scales = after.value_and_grad(nll, *per_sequence, reduction=reduction, weight=weight,
@@ -139,25 +117,54 @@ class SequenceLoss:
             return value, np.asarray(scales, np.float64).reshape(batch)
 
         run = self._cpu.forward_backward if memory is HOST else self._cuda().forward_backward_cuda
-        guess = reduced(np.zeros(batch))[1]
-        grad = memory.empty(z.size, dtype).reshape(z.shape)
-        grad_tnc = memory.transpose(grad, order)
-        nll, _ = run(z_tnc, *checked, blank, guess, False, grad_tnc)
+        guess = reduced(np.zeros(batch))[1] if gradient else np.ones(batch)
+        grad = memory.empty(call.z.size, dtype).reshape(call.z.shape)
+        grad_tnc = memory.transpose(grad, call.order)
+        nll, _ = run(call.z_tnc, *call.checked, call.blank, guess, False, grad_tnc)
         value, scales = reduced(nll)
         value = np.asarray(value).astype(dtype) if reduction in ("none", "batch") else dtype.type(value)
-        given = SimpleNamespace(given=arrays[stages.scores])  # results as the kind of array the scores came as
         if not gradient:
-            return memory.result(value, given), None
+            return memory.result(value, call), None
         changed = np.isfinite(nll) & (scales != guess)
         if memory is not HOST or np.any(changed & (guess == 0)):
             if np.any(changed):
-                run(z_tnc, *checked, blank, scales, False, grad_tnc)
+                run(call.z_tnc, *call.checked, call.blank, scales, False, grad_tnc)
         else:
             for n in np.flatnonzero(changed):
                 grad_tnc[:, n, :] *= dtype.type(scales[n] / guess[n])
         if self._before is not None:  # the chain rule through the scores expression
-            grad = self._before.value_and_grad(scores, grad, axis=order[2], reduction="sum", device=device)[1][0]
-        return memory.result(value, given), memory.result(grad, given)
+            grad = self._before.value_and_grad(call.scores, grad, axis=call.order[2], reduction="sum",
+                                               device=device)[1][0]
+        return memory.result(value, call), memory.result(grad, call)
+
+    def _prepare(self, inputs, named_inputs, reduction: str, device) -> SimpleNamespace:
+        """Inputs gathered and checked, the intrinsic's scores z computed and viewed as (T, N, C)."""
+        if reduction not in REDUCTIONS:
+            raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        memory = memory_for([*inputs, *named_inputs.values()], device)
+        arrays = self._gather(inputs, named_inputs, memory)
+        stages = self._stages
+        given = arrays[stages.scores]
+        if given.ndim != 3 or given.dtype.kind != "f":
+            raise LossInputError(f"{self.name}: {stages.scores} must be a float array with 3 axes (time, batch, "
+                                 f"classes); got {given.dtype} {given.shape}")
+        dtype = float_dtype([given], [stages.scores]) if memory is HOST else given.dtype
+        scores = given.astype(dtype, copy=False) if memory is HOST else given
+        order = self._order(scores.ndim)
+        z = scores
+        if self._before is not None:  # z = the scores expression: d/d upstream of sum(upstream*z, c)
+            upstream = memory.zeros(scores.shape, dtype)
+            z = self._before.value_and_grad(scores, upstream, axis=order[2], reduction="sum", device=device)[1][1]
+        z_tnc = memory.transpose(z, order)
+        batch = z_tnc.shape[1]
+        labels, label_lengths = self._labels(arrays, batch)
+        time_lengths = self._lengths(arrays, stages.scores, z_tnc.shape[0], batch)
+        blank = self._index + z_tnc.shape[2] if self._index < 0 else self._index
+        checked = self._cpu.check_inputs(z_tnc, labels, time_lengths, label_lengths, blank)
+        lengths = {stages.ragged[stages.scores].lengths: checked[1], stages.ragged[stages.labels].lengths: checked[2]}
+        # `given`: results come back as the kind of array the scores came as (memory.result reads it)
+        return SimpleNamespace(memory=memory, given=given, dtype=dtype, scores=scores, order=order, z=z, z_tnc=z_tnc,
+                               blank=blank, checked=checked, lengths=lengths)
 
     def sample_inputs(self, seed: int = 0, sequences: int = 4, steps: int = 9, classes: int = 5,
                       longest: int = 3) -> list[np.ndarray]:

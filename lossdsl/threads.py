@@ -48,15 +48,16 @@ def set_num_threads(count: int) -> None:
             _pool = None
 
 
-def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple) -> float:
+def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple, align: int = _ALIGN) -> float:
     """kernel(start, stop, *arguments) over [0, units) in chunks; the sum of their totals.
 
-    `work` is the number of elements the call touches (rows x axis length for row kernels).
+    `work` is the number of elements the call touches (rows x axis length for row kernels); chunks
+    start at multiples of `align` units (1 where a unit is a whole sequence, not an element).
     """
     chunks = min(_threads, units, max(1, work // MIN_WORK_PER_THREAD))
     if chunks <= 1:
         return kernel(0, units, *arguments)
-    bounds = [0] + [units * k // chunks // _ALIGN * _ALIGN for k in range(1, chunks)] + [units]
+    bounds = [0] + [units * k // chunks // align * align for k in range(1, chunks)] + [units]
     others = [_executor().submit(kernel, bounds[k], bounds[k + 1], *arguments) for k in range(1, chunks)]
     total = kernel(bounds[0], bounds[1], *arguments)  # the calling thread takes the first chunk
     for future in others:

@@ -89,3 +89,11 @@ def test_bad_inputs_are_refused_before_any_kernel(change, message):
     arguments = change({"targets": targets, "input_lengths": input_lengths, "target_lengths": target_lengths})
     with pytest.raises(LossInputError, match=message):
         ctc_value_and_grad(log_probs, **arguments)
+
+
+def test_a_nan_makes_its_sequence_nan_as_in_pytorch():
+    log_probs, targets, input_lengths, target_lengths = _case(5)
+    input_lengths[:] = log_probs.shape[0]
+    log_probs[3, 1, :] = np.nan  # inside sequence 1, on every path
+    values, _ = ctc_value_and_grad(log_probs, targets, input_lengths, target_lengths, reduction="none")
+    assert np.isnan(values[1]) and np.isfinite(np.delete(values, 1)).all()

@@ -168,14 +168,31 @@ class Loss:
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""
         return self.value_and_grad(*inputs, **options)[1]
 
-    def _run(self, call, kernel: str, arguments, target: str | None = None):
-        """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor);
+    def normalizer(self, *inputs, axis=None, **named_inputs) -> float:
+        """What reduction="mean" divides by for these inputs: the number of elements, or for a loss over an
+        axis the number of rows kept (or the spec's `mean weighted by` sum over them, e.g. the class
+        weights of the labels). Sum it over micro-batches (or ranks) and divide the reduction="sum"
+        results by it: accumulated gradients then equal the full batch's "mean" exactly."""
+        call = self._prepare(inputs, named_inputs, "mean", None, None, 0, axis, None)
+        self._run(call, None, lambda: ())
+        return call.divisor
+
+    def with_linear(self, chunk_rows: int | None = None):
+        """This loss over a class axis fused with the linear layer before it (lossdsl.heads.LinearHead):
+        called with (input, linear_weight, other inputs..., linear_bias=...), it computes the logits
+        input @ linear_weight.T + linear_bias a chunk of rows at a time, never all of them."""
+        from .heads import LinearHead
+        return LinearHead(self, chunk_rows)
+
+    def _run(self, call, kernel: str | None, arguments, target: str | None = None):
+        """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor; None:
+        the checks alone);
         if Numba's on-disk cache for it is damaged, discard it and retry once."""
         for fresh in (False, True):
             try:
                 module = self._backend.module(call.dtype, fresh=fresh, target=target or call.memory.target)
                 call.before(module, self._param_args)
-                return call.memory.launch(module, kernel, call, arguments())
+                return None if kernel is None else call.memory.launch(module, kernel, call, arguments())
             except (EOFError, pickle.UnpicklingError):
                 if fresh:
                     raise

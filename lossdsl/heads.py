@@ -1,0 +1,178 @@
+"""Linear + loss heads: any loss over a class axis fused with the linear layer before it.
+
+A language model's loss reads logits = input @ linear_weight.T + linear_bias, (N, C) with C the
+vocabulary: 32768 x 128256 float32 logits are 16 GB before their gradient. A head never holds
+them: it takes a chunk of rows at a time, computes that chunk's logits with a BLAS product into a
+reused buffer, runs the spec's compiled row kernel on it (value and gradient in one pass, the
+gradient into a second reused buffer), and adds the chunk's share of the input, weight and bias
+gradients (more BLAS products; the weight gradient a block of classes at a time, so no C x D
+temporary either). Extra memory: two chunk x C buffers and a small block. "mean" divides by the
+spec's normaliser summed over every chunk (rows kept, or their class weights), as the unfused
+loss does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import LossInputError
+from .layout import float_dtype
+
+_BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
+_CHUNK_SHARE = 50  # a chunk holds at most 1/50 of the rows: two chunk buffers stay within 4 % of the logits
+_CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
+
+
+class LinearHead:
+    """`loss.with_linear()`: call with (input (..., D), linear_weight (C, D), the loss's other inputs,
+    linear_bias=(C,) or None); options reduction ("mean", "sum", "none"), sample_weight (one per row)
+    and chunk_rows (rows per chunk; chosen from N and C when left out). `value_and_grad` returns
+    (value, (d input, d linear_weight, d linear_bias or None)). The class axis is the logits' last.
+    """
+
+    def __init__(self, loss, chunk_rows: int | None = None):
+        resolved = getattr(loss, "_resolved", None)
+        if resolved is None or resolved.axis is None or resolved.axis_position == "all":
+            raise LossInputError(f"{loss.name}: a linear head needs a loss over a class axis (logits[c])")
+        first = resolved.inputs[0]
+        if first.axis is None or resolved.wrt != (first.name,):
+            raise LossInputError(f"{loss.name}: a linear head needs the logits as the first input, the only one "
+                                 "differentiated")
+        self.loss = loss
+        self.chunk_rows = chunk_rows
+        self._others = resolved.inputs[1:]
+
+    name = property(lambda self: self.loss.name)
+    doc = property(lambda self: self.loss.doc)
+    params = property(lambda self: self.loss.params)
+    inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others)))
+
+    def __repr__(self) -> str:
+        return f"<lossdsl.LinearHead {self.loss!r}>"
+
+    def explain(self, latex: bool = False) -> str:
+        return ("# logits = input @ linear_weight.T + linear_bias, a chunk of rows at a time\n"
+                + self.loss.explain(latex))
+
+    def with_params(self, **params) -> "LinearHead":
+        return LinearHead(self.loss.with_params(**params), self.chunk_rows)
+
+    def __call__(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
+                 sample_weight=None, chunk_rows: int | None = None, **named_inputs):
+        return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
+                         chunk_rows, gradient=False)[0]
+
+    def value_and_grad(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
+                       sample_weight=None, chunk_rows: int | None = None, **named_inputs):
+        return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
+                         chunk_rows, gradient=True)
+
+    def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunk_rows,
+             gradient: bool):
+        if reduction not in ("mean", "sum", "none"):
+            raise LossInputError(f"{self.name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+        x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
+        dtype = float_dtype([x, weight], ["input", "linear_weight"])
+        if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+            raise LossInputError(f"{self.name}: input (..., D) and linear_weight (C, D) do not fit: {x.shape} and "
+                                 f"{weight.shape}")
+        classes, width = weight.shape
+        if bias is not None and bias.shape != (classes,):
+            raise LossInputError(f"{self.name}: linear_bias must have shape ({classes},); got {bias.shape}")
+        rows_shape = x.shape[:-1]
+        rows = math.prod(rows_shape)
+        x = np.ascontiguousarray(x.reshape(rows, width), dtype)
+        weight = np.ascontiguousarray(weight, dtype)
+        bias = None if bias is None else bias.astype(dtype, copy=False)
+        per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, classes)
+        step = self._chunk(chunk_rows or self.chunk_rows, rows, classes, dtype)
+        logits = np.empty((min(step, rows), classes), dtype)
+        grad = np.empty_like(logits)
+        values = np.empty(rows, dtype) if reduction == "none" else None
+        d_input = np.empty_like(x) if gradient else None
+        d_weight = np.zeros_like(weight) if gradient else None
+        d_bias = np.zeros(classes, np.float64) if gradient and bias is not None else None
+        block = max(1, min(classes, _BLOCK_BYTES // (width * dtype.itemsize)))
+        scratch = np.empty((block, width), dtype) if gradient else None
+        total, normalizer = 0.0, 0.0
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            chunk, g = logits[:stop - start], grad[:stop - start]
+            np.matmul(x[start:stop], weight.T, out=chunk)
+            if bias is not None:
+                chunk += bias
+            arguments = {name: value if kind == "whole" else value[start:stop] for name, (kind, value) in
+                         per_row.items()}
+            weights = arguments.pop("sample_weight", None)
+            part, _ = self.loss.value_and_grad(chunk, *arguments.values(), reduction="none", axis=-1,
+                                               sample_weight=weights, grad_out=g)
+            total += float(np.sum(part, dtype=np.float64))
+            if values is not None:
+                values[start:stop] = part
+            if reduction == "mean":
+                normalizer += self.loss.normalizer(chunk, *arguments.values(), axis=-1)
+            if gradient:
+                np.matmul(g, weight, out=d_input[start:stop])
+                for low in range(0, classes, block):
+                    high = min(classes, low + block)
+                    np.matmul(g[:, low:high].T, x[start:stop], out=scratch[:high - low])
+                    d_weight[low:high] += scratch[:high - low]
+                if d_bias is not None:
+                    d_bias += g.sum(axis=0, dtype=np.float64)
+        if reduction == "none":
+            value = values.reshape(rows_shape)
+        elif reduction == "sum":
+            value = dtype.type(total)
+        else:  # every row ignored: NaN, as PyTorch
+            value = dtype.type(total / normalizer if normalizer else np.nan)
+        if not gradient:
+            return value, None
+        if reduction == "mean":
+            scale = dtype.type(1.0 / normalizer) if normalizer else dtype.type(np.nan)
+            d_input *= scale
+            d_weight *= scale
+            d_bias = None if d_bias is None else d_bias * float(scale)
+        d_bias = None if d_bias is None else d_bias.astype(dtype)
+        return value, (d_input.reshape(*rows_shape, width), d_weight, d_bias)
+
+    def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, classes: int) -> dict:
+        """The loss's other inputs by name: ("rows", an array with one entry or row per logits row) to be
+        sliced with each chunk, or ("whole", a value) for per-class vectors, scalars and defaults."""
+        names = [i.name for i in self._others]
+        unknown = set(named_inputs) - set(names)
+        if unknown or len(inputs) > len(names):
+            raise LossInputError(f"{self.name} takes input, linear_weight, {', '.join(names)} and linear_bias; "
+                                 f"got {len(inputs) + 2} positional{' and ' + ', '.join(unknown) if unknown else ''}")
+        given = dict(zip(names, inputs)) | named_inputs
+        missing = [i.name for i in self._others if i.default is None and given.get(i.name) is None]
+        if missing:
+            raise LossInputError(f"{self.name}: missing {', '.join(missing)}")
+        per_row = {}
+        for spec_input in self._others:
+            value = given.get(spec_input.name)
+            if value is None:
+                per_row[spec_input.name] = ("whole", np.asarray(spec_input.default))
+                continue
+            value = np.asarray(value)
+            with_axis = spec_input.axis is not None
+            if value.ndim == 0 or (with_axis and value.shape == (classes,)):
+                per_row[spec_input.name] = ("whole", value)
+            elif value.shape == (*rows_shape, classes) if with_axis else value.shape == rows_shape:
+                per_row[spec_input.name] = ("rows", value.reshape(rows, *value.shape[len(rows_shape):]))
+            else:
+                wanted = f"{(*rows_shape, classes)} or ({classes},)" if with_axis else f"{rows_shape}"
+                raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}")
+        if sample_weight is not None:
+            weights = np.broadcast_to(np.asarray(sample_weight), rows_shape).reshape(rows)
+            per_row["sample_weight"] = ("rows", weights)
+        return per_row
+
+    @staticmethod
+    def _chunk(chunk_rows: int | None, rows: int, classes: int, dtype: np.dtype) -> int:
+        if chunk_rows is not None:
+            if not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+                raise LossInputError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
+            return int(chunk_rows)
+        by_bytes = max(1, _CHUNK_BYTES // (classes * dtype.itemsize))
+        return max(1, min(rows, by_bytes, max(8, rows // _CHUNK_SHARE)))

@@ -17,6 +17,7 @@ from . import cache, ir, registry, staging
 from .errors import SpecNameError, SpecTypeError, UnknownLossError
 from .resolve import ResolvedLoss, Value, resolve
 from .resources import source_fingerprint
+from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
 
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 
 def compile_spec(text: str | bytes, name: str | None = None, file: str = "<string>",
-                 params: Mapping[str, Value] | None = None) -> Loss | SequenceLoss:
+                 params: Mapping[str, Value] | None = None) -> Loss | SequenceLoss | LinearHead:
     """Compile the loss `name` (default: the last one) of spec `text` into a callable `Loss`."""
     from .parse import decode, parse  # Lark: not needed to load a catalogue loss
     text = decode(text, file)
@@ -33,7 +34,7 @@ def compile_spec(text: str | bytes, name: str | None = None, file: str = "<strin
 
 
 def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
-             local: Mapping[str, ir.LossDef]) -> Loss | SequenceLoss:
+             local: Mapping[str, ir.LossDef]) -> Loss | SequenceLoss | LinearHead:
     file = loss.file
     if staging.uses_intrinsic(loss):
         return _compile_sequence(staging.split(loss, text), text, params or {}, local)
@@ -45,7 +46,8 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
         resolved = resolve(loss, params, lookup, text)               # 2. names, params, inlining
     except RecursionError:
         raise SpecTypeError("expression nested too deeply", file, loss.pos.line, loss.pos.column) from None
-    return Loss(resolved, Backend(resolved))                         # 3-5. SymPy, codegen, Numba: lazily, per dtype
+    loss_object = Loss(resolved, Backend(resolved))                  # 3-5. SymPy, codegen, Numba: lazily, per dtype
+    return loss_object.with_linear() if loss.head == "linear" else loss_object
 
 
 def _compile_sequence(stages: staging.SequenceStages, text: str, params: Mapping[str, Value],
@@ -155,7 +157,7 @@ def _choose(losses: tuple[ir.LossDef, ...], name: str | None, file: str) -> ir.L
     raise UnknownLossError(f"{file} defines {', '.join(d.name for d in losses)}, not {name!r}")
 
 
-def load(name_or_path: str | Path, /, **params: Value) -> Loss | SequenceLoss:
+def load(name_or_path: str | Path, /, **params: Value) -> Loss | SequenceLoss | LinearHead:
     """A catalogue loss by name (or alias), or the last loss of a `.loss` file."""
     path = Path(name_or_path)
     if str(name_or_path).endswith(".loss") or path.is_file():

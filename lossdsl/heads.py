@@ -28,7 +28,10 @@ class LinearHead:
     """`loss.with_linear()`: call with (input (..., D), linear_weight (C, D), the loss's other inputs,
     linear_bias=(C,) or None); options reduction ("mean", "sum", "none"), sample_weight (one per row)
     and chunk_rows (rows per chunk; chosen from N and C when left out). `value_and_grad` returns
-    (value, (d input, d linear_weight, d linear_bias or None)). The class axis is the logits' last.
+    (value, (d input, d linear_weight)), and d linear_bias third when a bias is given. As in PyTorch,
+    linear_weight (C, d1, ..., dK, D) gives K-dimensional logits (N, C, d1, ..., dK), the class axis 1,
+    with targets (N, d1, ..., dK). Scalar `weight` is not an option here: PyTorch's heads name the
+    class weights so.
     """
 
     def __init__(self, loss, chunk_rows: int | None = None):
@@ -46,7 +49,8 @@ class LinearHead:
     name = property(lambda self: self.loss.name)
     doc = property(lambda self: self.loss.doc)
     params = property(lambda self: self.loss.params)
-    inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others)))
+    inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others), "linear_bias"))
+    wrt = ("input", "linear_weight", "linear_bias")
 
     def __repr__(self) -> str:
         return f"<lossdsl.LinearHead {self.loss!r}>"
@@ -74,26 +78,27 @@ class LinearHead:
             raise LossInputError(f"{self.name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
         x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
         dtype = float_dtype([x, weight], ["input", "linear_weight"])
-        if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-            raise LossInputError(f"{self.name}: input (..., D) and linear_weight (C, D) do not fit: {x.shape} and "
-                                 f"{weight.shape}")
-        classes, width = weight.shape
-        if bias is not None and bias.shape != (classes,):
-            raise LossInputError(f"{self.name}: linear_bias must have shape ({classes},); got {bias.shape}")
+        if weight.ndim < 2 or x.ndim < 1 or x.shape[-1] != weight.shape[-1]:
+            raise LossInputError(f"{self.name}: input (..., D) and linear_weight (C, ..., D) do not fit: {x.shape} "
+                                 f"and {weight.shape}")
+        out_shape, width = weight.shape[:-1], weight.shape[-1]  # (C, d1, ..., dK): PyTorch's K-dimensional loss
+        outputs = math.prod(out_shape)
+        if bias is not None and bias.shape != out_shape:
+            raise LossInputError(f"{self.name}: linear_bias must have shape {out_shape}; got {bias.shape}")
         rows_shape = x.shape[:-1]
         rows = math.prod(rows_shape)
         x = np.ascontiguousarray(x.reshape(rows, width), dtype)
-        weight = np.ascontiguousarray(weight, dtype)
-        bias = None if bias is None else bias.astype(dtype, copy=False)
-        per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, classes)
-        step = self._chunk(chunk_rows or self.chunk_rows, rows, classes, dtype)
-        logits = np.empty((min(step, rows), classes), dtype)
+        weight = np.ascontiguousarray(weight.reshape(outputs, width), dtype)
+        bias = None if bias is None else bias.reshape(outputs).astype(dtype, copy=False)
+        per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, out_shape)
+        step = self._chunk(self.chunk_rows if chunk_rows is None else chunk_rows, rows, outputs, dtype)
+        logits = np.empty((min(step, rows), outputs), dtype)
         grad = np.empty_like(logits)
-        values = np.empty(rows, dtype) if reduction == "none" else None
+        values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         d_input = np.empty_like(x) if gradient else None
         d_weight = np.zeros_like(weight) if gradient else None
-        d_bias = np.zeros(classes, np.float64) if gradient and bias is not None else None
-        block = max(1, min(classes, _BLOCK_BYTES // (width * dtype.itemsize)))
+        d_bias = np.zeros(outputs, np.float64) if gradient and bias is not None else None
+        block = max(1, min(outputs, _BLOCK_BYTES // (width * dtype.itemsize)))
         scratch = np.empty((block, width), dtype) if gradient else None
         total, normalizer = 0.0, 0.0
         for start in range(0, rows, step):
@@ -105,23 +110,24 @@ class LinearHead:
             arguments = {name: value if kind == "whole" else value[start:stop] for name, (kind, value) in
                          per_row.items()}
             weights = arguments.pop("sample_weight", None)
-            part, _ = self.loss.value_and_grad(chunk, *arguments.values(), reduction="none", axis=-1,
-                                               sample_weight=weights, grad_out=g)
+            shaped = chunk.reshape(stop - start, *out_shape)  # the class axis is axis 1, as PyTorch has it
+            part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
+                                               sample_weight=weights, grad_out=g.reshape(shaped.shape))
             total += float(np.sum(part, dtype=np.float64))
             if values is not None:
                 values[start:stop] = part
             if reduction == "mean":
-                normalizer += self.loss.normalizer(chunk, *arguments.values(), axis=-1)
+                normalizer += self.loss.normalizer(shaped, *arguments.values(), axis=1)
             if gradient:
                 np.matmul(g, weight, out=d_input[start:stop])
-                for low in range(0, classes, block):
-                    high = min(classes, low + block)
+                for low in range(0, outputs, block):
+                    high = min(outputs, low + block)
                     np.matmul(g[:, low:high].T, x[start:stop], out=scratch[:high - low])
                     d_weight[low:high] += scratch[:high - low]
                 if d_bias is not None:
                     d_bias += g.sum(axis=0, dtype=np.float64)
         if reduction == "none":
-            value = values.reshape(rows_shape)
+            value = values.reshape(*rows_shape, *out_shape[1:])
         elif reduction == "sum":
             value = dtype.type(total)
         else:  # every row ignored: NaN, as PyTorch
@@ -133,10 +139,10 @@ class LinearHead:
             d_input *= scale
             d_weight *= scale
             d_bias = None if d_bias is None else d_bias * float(scale)
-        d_bias = None if d_bias is None else d_bias.astype(dtype)
-        return value, (d_input.reshape(*rows_shape, width), d_weight, d_bias)
+        grads = (d_input.reshape(*rows_shape, width), d_weight.reshape(*out_shape, width))
+        return value, grads if d_bias is None else (*grads, d_bias.astype(dtype).reshape(out_shape))
 
-    def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, classes: int) -> dict:
+    def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row) to be
         sliced with each chunk, or ("whole", a value) for per-class vectors, scalars and defaults."""
         names = [i.name for i in self._others]
@@ -156,16 +162,18 @@ class LinearHead:
                 continue
             value = np.asarray(value)
             with_axis = spec_input.axis is not None
-            if value.ndim == 0 or (with_axis and value.shape == (classes,)):
+            each_row = out_shape if with_axis else out_shape[1:]  # a row's (C, d1, ...) or (d1, ...)
+            if value.ndim == 0 or (with_axis and value.shape == out_shape[:1]):
                 per_row[spec_input.name] = ("whole", value)
-            elif value.shape == (*rows_shape, classes) if with_axis else value.shape == rows_shape:
-                per_row[spec_input.name] = ("rows", value.reshape(rows, *value.shape[len(rows_shape):]))
+            elif value.shape == (*rows_shape, *each_row):
+                per_row[spec_input.name] = ("rows", value.reshape(rows, *each_row))
             else:
-                wanted = f"{(*rows_shape, classes)} or ({classes},)" if with_axis else f"{rows_shape}"
-                raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}")
+                wanted = (*rows_shape, *each_row)
+                raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}"
+                                     + (f" or {out_shape[:1]}" if with_axis else ""))
         if sample_weight is not None:
-            weights = np.broadcast_to(np.asarray(sample_weight), rows_shape).reshape(rows)
-            per_row["sample_weight"] = ("rows", weights)
+            weights = np.broadcast_to(np.asarray(sample_weight), (*rows_shape, *out_shape[1:]))
+            per_row["sample_weight"] = ("rows", weights.reshape(rows, *out_shape[1:]))
         return per_row
 
     @staticmethod

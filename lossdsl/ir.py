@@ -205,6 +205,7 @@ class LossDef:
     mean_weight: Expr | None = None  # `mean weighted by weight[y]`: what reduction="mean" divides by
     ragged: tuple[Ragged, ...] = ()  # sequence losses: inputs that hold sequences of varying length
     mean_of: Expr | None = None  # `mean of EXPR`: what reduction="mean" averages in place of the loss
+    head: str | None = None  # `head linear`: called with the linear layer's input and weight, not its logits
 
 
 # --- printing an expression back as DSL text --------------------------------

@@ -13,6 +13,7 @@ Needs JAX (`pip install lossdsl[jax]`); lossdsl's core never imports this module
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
@@ -24,12 +25,12 @@ from lossdsl.runtime import Loss as _CompiledLoss
 from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
 
-def loss(spec: str | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params) -> Callable:
+def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params) -> Callable:
     """`f(*inputs, **options)` for a catalogue name, a spec file or a loaded Loss; options (weight,
     sample_weight as a NumPy array, axis, ...) as in the Python API. Reductions: "mean", "sum",
     "batchmean" (not for sequence losses), and "none" for elementwise losses."""
-    loaded = isinstance(spec, (_CompiledLoss, _SequenceLoss))
-    compiled = spec.with_params(**params) if loaded else lossdsl.load(spec, **params)
+    named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
+    compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
     if reduction not in ("mean", "sum", "batchmean", "none"):
         raise lossdsl.LossInputError(f"reduction must be 'mean', 'sum', 'batchmean' or 'none'; got {reduction!r}")
     if reduction == "none" and (isinstance(compiled, _SequenceLoss) or compiled._resolved.axis is not None):

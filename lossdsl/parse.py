@@ -166,6 +166,12 @@ class _ToIR(Transformer):
     def mean_weight(self, meta, items):
         return _AxisRule("mean_weight", items[0], "mean weighted by", _pos(meta))
 
+    def head(self, meta, items):
+        if str(items[0]) != "linear":
+            raise SpecSyntaxError(f"unknown head {str(items[0])!r}; the one head is `head linear`", self.file,
+                                  items[0].line, items[0].column)
+        return _AxisRule("head", str(items[0]), "head", _pos(meta))
+
     def mean_of(self, meta, items):
         return _AxisRule("mean_of", items[0], "mean of", _pos(meta))
 

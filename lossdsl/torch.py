@@ -15,10 +15,13 @@ Needs PyTorch (`pip install lossdsl[torch]`); lossdsl's core never imports this 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 import lossdsl
+from lossdsl.heads import LinearHead as _LinearHead
 from lossdsl.runtime import Loss as _CompiledLoss
 from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
@@ -34,10 +37,10 @@ class Loss(torch.nn.Module):
     the spec differentiates (`wrt`); the others (targets, labels) get none.
     """
 
-    def __init__(self, loss: str | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params):
+    def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /, reduction: str = "mean", **params):
         super().__init__()
-        compiled = isinstance(loss, (_CompiledLoss, _SequenceLoss))
-        self.loss = loss.with_params(**params) if compiled else lossdsl.load(loss, **params)
+        named = isinstance(loss, (str, os.PathLike))  # else a loaded loss, sequence loss or linear head
+        self.loss = lossdsl.load(loss, **params) if named else loss.with_params(**params)
         self.reduction = reduction
 
     def extra_repr(self) -> str:

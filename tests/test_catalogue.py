@@ -9,6 +9,7 @@ from lossdsl.gradcheck import check
 from axis_references import AXIS_REFERENCES
 from references import REFERENCES
 from test_ctc_dsl import SEQUENCE_LOSSES
+from test_linear_heads import HEADS
 
 SHAPE = (6, 5)
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
@@ -17,7 +18,7 @@ CASES = [(key, index) for key, ref in REFERENCES.items() for index in range(len(
 
 def test_every_catalogue_loss_has_a_reference():
     covered = ({ref.name for ref in REFERENCES.values()} | {ref.name for ref in AXIS_REFERENCES.values()}
-               | set(SEQUENCE_LOSSES))
+               | set(SEQUENCE_LOSSES) | set(HEADS))
     assert covered == set(lossdsl.catalogue())
 
 
@@ -87,7 +88,7 @@ def test_edges_are_finite_and_follow_the_reference(load_loss, key, index, dtype)
         np.testing.assert_allclose(g[finite], expected[finite], rtol=rtol, atol=rtol, err_msg=f"d/d{name}")
 
 
-@pytest.mark.parametrize("name", lossdsl.catalogue())
+@pytest.mark.parametrize("name", [n for n in lossdsl.catalogue() if n not in HEADS])  # heads: their row loss's
 def test_derived_gradient_matches_finite_differences(load_loss, name):
     rows = check(load_loss(name), points=128)
     assert rows and all(row.passed for row in rows), rows

@@ -1,0 +1,196 @@
+"""Linear + loss heads: the catalogue's linear_cross_entropy against PyTorch's, fused heads of other
+class-axis specs against the unfused loss on materialised logits, chunk sizes that do and do not
+divide the rows, exact accumulation across micro-batches, and the errors a call gets."""
+import numpy as np
+import pytest
+
+import lossdsl
+from lossdsl.errors import LossInputError
+
+HEADS = ("linear_cross_entropy", "linear_cross_entropy_probs")  # tests/test_catalogue.py counts them here
+
+ROWS, WIDTH, CLASSES = 45, 12, 30
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+def _layer(seed, rows_shape=(ROWS,), dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(*rows_shape, WIDTH)).astype(dtype)
+    weight = (rng.normal(size=(CLASSES, WIDTH)) * 0.4).astype(dtype)
+    bias = rng.normal(size=CLASSES).astype(dtype)
+    return rng, x, weight, bias
+
+
+def _pytorch(torch, x, linear_weight, target, reduction, bias=None, **options):
+    """PyTorch's linear_cross_entropy and its gradients (input, weight, bias)."""
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, linear_weight)]
+    tensors.append(None if bias is None else torch.tensor(bias, requires_grad=True))
+    options = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    value = torch.nn.functional.linear_cross_entropy(tensors[0], tensors[1], torch.tensor(target),
+                                                     linear_bias=tensors[2], reduction=reduction, **options)
+    value.sum().backward()
+    return value.detach().numpy(), [None if t is None else t.grad.numpy() for t in tensors]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk_rows", [9, 8, 100])  # divides 45, does not, more than all rows
+def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction, chunk_rows):
+    rng, x, weight, bias = _layer(0, dtype=dtype)
+    target = rng.integers(0, CLASSES, ROWS)
+    target[[3, 17]] = -100
+    class_weight = rng.uniform(0.5, 2.0, CLASSES).astype(dtype)
+    head = load_loss("linear_cross_entropy", label_smoothing=0.1)
+    value, grads = head.value_and_grad(x, weight, target, weight=class_weight, linear_bias=bias,
+                                       reduction=reduction, chunk_rows=chunk_rows)
+    expected, expected_grads = _pytorch(torch, x, weight, target, reduction, bias, weight=class_weight,
+                                        label_smoothing=0.1)
+    tolerance = 1e-10 if dtype == np.float64 else 2e-5
+    assert np.asarray(value).dtype == dtype and all(g.dtype == dtype for g in grads)
+    np.testing.assert_allclose(value, expected, rtol=tolerance, atol=tolerance)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(head(x, weight, target, weight=class_weight, linear_bias=bias, reduction=reduction,
+                                    chunk_rows=chunk_rows), value, rtol=tolerance)
+
+
+def test_k_dimensional_logits_without_bias(load_loss, torch):
+    """PyTorch's K-dimensional form: linear_weight (C, d1, D), logits (N, C, d1), targets (N, d1)."""
+    rng, x, weight, _ = _layer(1)
+    weight = rng.normal(size=(CLASSES, 3, WIDTH)) * 0.4
+    target = rng.integers(0, CLASSES, (ROWS, 3))
+    value, grads = load_loss("linear_cross_entropy").value_and_grad(x, weight, target, chunk_rows=4)
+    expected, expected_grads = _pytorch(torch, x, weight, target, "mean")
+    assert len(grads) == 2 and grads[1].shape == weight.shape  # no bias, no bias gradient
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, atol=1e-12)
+
+
+def test_leading_axes_of_the_input_are_rows(load_loss):
+    """input (A, B, D) as nn.Linear takes it: the same as (A*B, D) rows."""
+    rng, x, weight, bias = _layer(8, rows_shape=(5, 9))
+    target = rng.integers(0, CLASSES, (5, 9))
+    head = load_loss("linear_cross_entropy")
+    values, grads = head.value_and_grad(x, weight, target, linear_bias=bias, reduction="none", chunk_rows=4)
+    flat_values, flat_grads = head.value_and_grad(x.reshape(45, WIDTH), weight, target.reshape(45),
+                                                  linear_bias=bias, reduction="none")
+    assert values.shape == (5, 9) and grads[0].shape == x.shape
+    np.testing.assert_allclose(values.reshape(45), flat_values, rtol=1e-13)
+    np.testing.assert_allclose(grads[0].reshape(45, WIDTH), flat_grads[0], rtol=1e-12, atol=1e-15)
+
+
+def test_probability_targets_against_pytorch(load_loss, torch):
+    rng, x, weight, bias = _layer(2)
+    target = rng.dirichlet(np.ones(CLASSES), ROWS)
+    value, grads = load_loss("linear_cross_entropy_probs", label_smoothing=0.2).value_and_grad(
+        x, weight, target, linear_bias=bias, chunk_rows=7)
+    expected, expected_grads = _pytorch(torch, x, weight, target, "mean", bias, label_smoothing=0.2)
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, atol=1e-12)
+
+
+def _unfused(loss, x, weight, bias, inputs, **options):
+    """The loss on materialised logits, its logit gradient pushed through the linear layer by NumPy."""
+    logits = x @ weight.T + bias
+    value, grad = loss.value_and_grad(logits, *inputs, axis=-1, **options)
+    return value, (grad @ weight, grad.T @ x, grad.sum(axis=0))
+
+
+@pytest.mark.parametrize("name, params, kind", [
+    ("poly1_ce", {"epsilon": 2.0, "label_smoothing": 0.05}, "labels"),
+    ("softmax_focal", {"gamma": 2.0}, "labels"),
+    ("multilabel_soft_margin", {}, "multi-hot"),
+    ("cross_entropy_probs", {}, "probabilities"),
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_fused_heads_of_other_specs_equal_the_unfused_loss(load_loss, name, params, kind, reduction):
+    rng, x, weight, bias = _layer(3)
+    inputs = {"labels": lambda: [rng.integers(0, CLASSES, ROWS)],
+              "multi-hot": lambda: [(rng.uniform(size=(ROWS, CLASSES)) < 0.2).astype(np.float64)],
+              "probabilities": lambda: [rng.dirichlet(np.ones(CLASSES), ROWS)]}[kind]()
+    loss = load_loss(name, **params)
+    value, grads = loss.with_linear().value_and_grad(x, weight, *inputs, linear_bias=bias, reduction=reduction,
+                                                     chunk_rows=8)
+    expected, expected_grads = _unfused(loss, x, weight, bias, inputs, reduction=reduction)
+    np.testing.assert_allclose(value, expected, rtol=1e-11)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, rtol=1e-10, atol=1e-13)
+
+
+def test_sample_weights_and_all_rows_ignored(load_loss):
+    rng, x, weight, bias = _layer(4)
+    target = rng.integers(0, CLASSES, ROWS)
+    per_row = rng.uniform(0.5, 2.0, ROWS)
+    head = load_loss("linear_cross_entropy")
+    value, grads = head.value_and_grad(x, weight, target, linear_bias=bias, sample_weight=per_row, chunk_rows=6)
+    expected, expected_grads = _unfused(load_loss("cross_entropy"), x, weight, bias, [target],
+                                        sample_weight=per_row)
+    np.testing.assert_allclose(value, expected, rtol=1e-11)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, atol=1e-13)
+    assert np.isnan(head(x, weight, np.full(ROWS, -100)))  # every row ignored: NaN, as PyTorch
+
+
+def test_micro_batches_accumulate_to_the_full_batch_exactly(load_loss):
+    """Sum-reduced micro-batches over the summed normaliser equal the full batch's mean, gradients included."""
+    rng, x, weight, bias = _layer(5)
+    target = rng.integers(0, CLASSES, ROWS)
+    target[::7] = -100
+    class_weight = rng.uniform(0.5, 2.0, CLASSES)
+    head, ce = load_loss("linear_cross_entropy"), load_loss("cross_entropy")
+    full, full_grads = head.value_and_grad(x, weight, target, weight=class_weight, linear_bias=bias)
+    parts = [slice(0, 10), slice(10, 33), slice(33, ROWS)]
+    normalizer = sum(ce.normalizer(x[p] @ weight.T, target[p], class_weight, axis=-1) for p in parts)
+    np.testing.assert_allclose(normalizer, class_weight[target[target != -100]].sum(), rtol=1e-14)
+    total, grads = 0.0, [np.zeros_like(x), np.zeros_like(weight), np.zeros_like(bias)]
+    for p in parts:
+        value, (d_x, d_weight, d_bias) = head.value_and_grad(x[p], weight, target[p], weight=class_weight,
+                                                             linear_bias=bias, reduction="sum")
+        total += value
+        grads[0][p] += d_x
+        grads[1] += d_weight
+        grads[2] += d_bias
+    np.testing.assert_allclose(total / normalizer, full, rtol=1e-13)
+    for got, wanted in zip(grads, full_grads):
+        np.testing.assert_allclose(got / normalizer, wanted, rtol=1e-12, atol=1e-15)
+
+
+def test_pytorch_adapter_drives_a_head(torch):
+    import lossdsl.torch
+    rng, x, weight, bias = _layer(6)
+    target = rng.integers(0, CLASSES, ROWS)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    lossdsl.torch.Loss("linear_cross_entropy")(tensors[0], tensors[1], torch.tensor(target),
+                                               linear_bias=tensors[2]).backward()
+    expected, expected_grads = _pytorch(torch, x, weight, target, "mean", bias)
+    for tensor, wanted in zip(tensors, expected_grads):
+        np.testing.assert_allclose(tensor.grad.numpy(), wanted, atol=1e-12)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(weight=a["weight"][:, :5]), "do not fit"),
+    (lambda a: a.update(bias=a["bias"][:3]), "linear_bias"),
+    (lambda a: a.update(target=a["target"][:5]), "target of shape"),
+    (lambda a: a.update(chunk_rows=0), "chunk_rows"),
+    (lambda a: a.update(reduction="batch"), "reduction"),
+])
+def test_bad_calls_are_refused(load_loss, change, message):
+    rng, x, weight, bias = _layer(7)
+    arguments = {"x": x, "weight": weight, "target": rng.integers(0, CLASSES, ROWS), "bias": bias,
+                 "chunk_rows": None, "reduction": "mean"}
+    change(arguments)
+    with pytest.raises(LossInputError, match=message):
+        load_loss("linear_cross_entropy")(arguments["x"], arguments["weight"], arguments["target"],
+                                          linear_bias=arguments["bias"], chunk_rows=arguments["chunk_rows"],
+                                          reduction=arguments["reduction"])
+
+
+def test_a_head_needs_a_class_axis_loss():
+    with pytest.raises(LossInputError, match="class axis"):
+        lossdsl.load("huber").with_linear()

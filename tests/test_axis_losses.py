@@ -417,3 +417,43 @@ def test_lossdsl_gradient_matches_its_finite_differences(load_loss, key, params)
         numeric = _central_differences(lambda *a: loss(*a, reduction="sum", axis=1, **named), inputs,
                                        ref.inputs.index(name))
         np.testing.assert_allclose(g, numeric, rtol=1e-6, atol=1e-7, err_msg=f"d/d{name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_masked_classes_leave_the_loss_finite_with_zero_gradient(load_loss, dtype):
+    """-inf logits (masked classes, never the label): the loss of the unmasked ones, exactly zero gradient."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(6, 7)).astype(dtype)
+    y = rng.integers(0, 3, 6)
+    masked = np.zeros_like(logits, bool)
+    masked[:, 4:] = True
+    masked[2, 3] = True
+    logits[masked] = -np.inf
+    kept = np.where(masked, -np.inf, logits.astype(np.float64))
+    lse = np.log(np.exp(kept).sum(axis=1))
+    expected = lse - kept[np.arange(6), y]
+    for name, target in (("cross_entropy", y), ("cross_entropy_probs", np.eye(7)[y])):
+        values, grad = load_loss(name).value_and_grad(logits, target, axis=-1, reduction="none")
+        tolerance = 1e-12 if dtype == np.float64 else 2e-6
+        np.testing.assert_allclose(values, expected, rtol=tolerance)
+        assert np.all(grad[masked] == 0) and np.isfinite(grad).all()
+
+
+def test_z_loss_adds_the_squared_log_normaliser(load_loss):
+    """PaLM's z-loss: z * logsumexp(logits)^2 per row, beside class weights and ignored rows."""
+    rng = np.random.default_rng(12)
+    logits, y = rng.normal(size=(8, 5)) * 3, rng.integers(0, 5, 8)
+    y[1] = -100
+    class_weight = rng.uniform(0.5, 2.0, 5)
+    loss = load_loss("cross_entropy", z_loss=1e-3)
+    value, grad = loss.value_and_grad(logits, y, class_weight, axis=-1)
+    kept = y != -100
+    lse = np.log(np.exp(logits).sum(axis=1))
+    rows = class_weight[y[kept]] * (lse[kept] - logits[kept, y[kept]]) + 1e-3 * lse[kept] ** 2
+    divisor = class_weight[y[kept]].sum()
+    np.testing.assert_allclose(value, rows.sum() / divisor, rtol=1e-12)
+    softmax = np.exp(logits - lse[:, None])
+    label = np.where(kept, y, 0)  # ignored rows: any label, their gradient is zeroed below
+    expected = (class_weight[label][:, None] * (softmax - np.eye(5)[label])
+                + 2e-3 * lse[:, None] * softmax) * kept[:, None] / divisor
+    np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-14)

@@ -194,3 +194,14 @@ def test_bad_calls_are_refused(load_loss, change, message):
 def test_a_head_needs_a_class_axis_loss():
     with pytest.raises(LossInputError, match="class axis"):
         lossdsl.load("huber").with_linear()
+
+
+def test_masked_classes_through_the_bias(load_loss):
+    """A -inf bias masks a class of the head: finite loss, no gradient reaches that class's weights."""
+    rng, x, weight, bias = _layer(9)
+    bias[[4, 11]] = -np.inf
+    target = rng.integers(0, 4, ROWS)
+    value, (d_x, d_weight, d_bias) = load_loss("linear_cross_entropy").value_and_grad(x, weight, target,
+                                                                                       linear_bias=bias)
+    assert np.isfinite(value) and np.isfinite(d_x).all()
+    assert np.all(d_weight[[4, 11]] == 0) and np.all(d_bias[[4, 11]] == 0)

@@ -1,0 +1,92 @@
+"""lossdsl's linear_cross_entropy head beside PyTorch's eager linear + cross_entropy and its chunked
+linear_cross_entropy: time of value and all gradients, and peak extra memory against the N x C logits.
+
+Run: python benchmarks/linear_heads.py [--repeats 3] [--small]. float32, integer targets, a bias,
+reduction "mean". Times: median of interleaved repeats in one process. Memory: each runner once in a
+fresh process (the inputs made first), its peak resident memory above what the inputs took, as a
+share of the N x C float32 logits, less the gradients every runner returns (input, weight, bias). `--small` shrinks the shapes (a smoke test, not a measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+
+import numpy as np
+
+from harness import machine, median_times
+
+SHAPES = [(4096, 512, 32000), (1024, 512, 128256)]
+SMALL = [(256, 64, 2000), (64, 64, 8000)]
+
+
+def inputs(rows: int, width: int, classes: int):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, width)).astype(np.float32)
+    weight = (rng.normal(size=(classes, width)) / np.sqrt(width)).astype(np.float32)
+    return x, weight, np.zeros(classes, np.float32), rng.integers(0, classes, rows)
+
+
+def runners(x, weight, bias, target) -> dict:
+    """name → a call computing the loss and the input, weight and bias gradients."""
+    import lossdsl
+    head = lossdsl.load("linear_cross_entropy")
+    found = {"lossdsl": lambda: head.value_and_grad(x, weight, target, linear_bias=bias)}
+    if importlib.util.find_spec("torch"):
+        import torch
+        import torch.nn.functional as functional
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
+        tt = torch.tensor(target)
+
+        def run(loss):
+            def call():
+                for t in (tx, tw, tb):
+                    t.grad = None
+                loss().backward()
+            return call
+
+        found["torch eager"] = run(lambda: functional.cross_entropy(functional.linear(tx, tw, tb), tt))
+        found["torch chunked"] = run(lambda: functional.linear_cross_entropy(
+            tx, tw, tt, linear_bias=tb, options=torch.nn.LinearCrossEntropyOptions()))
+    return found
+
+
+def peak_extra_bytes(shape, name: str) -> int:
+    """One runner in a fresh process: first on tiny inputs (imports, kernels loaded), then once on the
+    real ones; its peak RSS above the RSS once those inputs were made, less the gradients it returns."""
+    code = ("import resource, json, sys; sys.path.insert(0, 'benchmarks'); import linear_heads as b; "
+            f"b.runners(*b.inputs(8, 8, 16))[{name!r}](); "
+            f"a = b.inputs(*{shape!r}); r = b.runners(*a)[{name!r}]; "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; r(); "
+            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rows, width, classes = shape
+    gradients = 4 * (rows * width + classes * width + classes)
+    return json.loads(out.stdout.strip().splitlines()[-1]) * 1024 - gradients  # ru_maxrss: KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
+    args = parser.parse_args()
+    print(machine())
+    print("\n| (N, D, C) | runner | time | vs lossdsl | peak extra memory | of the N x C logits |")
+    print("|---|---|---|---|---|---|")
+    for shape in SMALL if args.small else SHAPES:
+        found = runners(*inputs(*shape))
+        times = median_times(found, args.repeats, settle=0.02)
+        logits = 4 * shape[0] * shape[2]
+        for name, seconds in times.items():
+            extra = peak_extra_bytes(shape, name)
+            print(f"| {shape} | {name} | {seconds:.3g} s | {seconds / times['lossdsl']:.2f}x | "
+                  f"{extra / 2**20:.0f} MiB | {extra / logits:.1%} |")
+        del found
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    main()

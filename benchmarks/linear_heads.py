@@ -3,8 +3,9 @@ linear_cross_entropy: time of value and all gradients, and peak extra memory aga
 
 Run: python benchmarks/linear_heads.py [--repeats 3] [--small]. float32, integer targets, a bias,
 reduction "mean". Times: median of interleaved repeats in one process. Memory: each runner once in a
-fresh process (the inputs made first), its peak resident memory above what the inputs took, as a
-share of the N x C float32 logits, less the gradients every runner returns (input, weight, bias). `--small` shrinks the shapes (a smoke test, not a measurement).
+fresh process (the inputs made first), its peak resident memory above what it had before (sampled
+every millisecond), less the gradients every runner returns (input, weight, bias), as a share of
+the N x C float32 logits. `--small` shrinks the shapes (a smoke test, not a measurement).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import json
 import resource
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -54,18 +57,38 @@ def runners(x, weight, bias, target) -> dict:
     return found
 
 
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def measure_peak(run) -> int:
+    """Peak resident memory while `run()` runs, above the resident memory before it (sampled every ms)."""
+    base, peak, done = resident_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run()
+    done.set()
+    sampler.join()
+    return max(peak[0], resident_bytes()) - base
+
+
 def peak_extra_bytes(shape, name: str) -> int:
     """One runner in a fresh process: first on tiny inputs (imports, kernels loaded), then once on the
-    real ones; its peak RSS above the RSS once those inputs were made, less the gradients it returns."""
-    code = ("import resource, json, sys; sys.path.insert(0, 'benchmarks'); import linear_heads as b; "
+    real ones; the peak resident memory it adds, less the gradients it returns (every runner makes them)."""
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import linear_heads as b; "
             f"b.runners(*b.inputs(8, 8, 16))[{name!r}](); "
-            f"a = b.inputs(*{shape!r}); r = b.runners(*a)[{name!r}]; "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; r(); "
-            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))")
+            f"r = b.runners(*b.inputs(*{shape!r}))[{name!r}]; print(json.dumps(b.measure_peak(r)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     rows, width, classes = shape
     gradients = 4 * (rows * width + classes * width + classes)
-    return json.loads(out.stdout.strip().splitlines()[-1]) * 1024 - gradients  # ru_maxrss: KiB on Linux
+    return json.loads(out.stdout.strip().splitlines()[-1]) - gradients
 
 
 def main() -> None:
@@ -88,5 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     main()

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from .errors import LossInputError
-from .layout import float_dtype
+from .layout import LOW_PRECISION, float_dtype
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 50  # a chunk holds at most 1/50 of the rows: two chunk buffers stay within 4 % of the logits
@@ -78,6 +78,8 @@ class LinearHead:
             raise LossInputError(f"{self.name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
         x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
         dtype = float_dtype([x, weight], ["input", "linear_weight"])
+        # gradients in the dtype of what they differentiate (float16 and bfloat16 are computed in float32)
+        given = [a.dtype if a is not None and a.dtype.name in LOW_PRECISION else dtype for a in (x, weight, bias)]
         if weight.ndim < 2 or x.ndim < 1 or x.shape[-1] != weight.shape[-1]:
             raise LossInputError(f"{self.name}: input (..., D) and linear_weight (C, ..., D) do not fit: {x.shape} "
                                  f"and {weight.shape}")
@@ -139,8 +141,11 @@ class LinearHead:
             d_input *= scale
             d_weight *= scale
             d_bias = None if d_bias is None else d_bias * float(scale)
-        grads = (d_input.reshape(*rows_shape, width), d_weight.reshape(*out_shape, width))
-        return value, grads if d_bias is None else (*grads, d_bias.astype(dtype).reshape(out_shape))
+        grads = (d_input.reshape(*rows_shape, width).astype(given[0], copy=False),
+                 d_weight.reshape(*out_shape, width).astype(given[1], copy=False))
+        if d_bias is None:
+            return value, grads
+        return value, (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
 
     def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row) to be

@@ -24,9 +24,16 @@ def is_gpu_array(value) -> bool:
     return hasattr(value, "__cuda_array_interface__") or type(value).__module__.startswith("numba.cuda.simulator")
 
 
+LOW_PRECISION = ("float16", "bfloat16")  # computed in float32; bfloat16 arrays come from ml_dtypes
+
+
 def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
-    """float32 or float64, from the differentiated inputs; integers and booleans become float64."""
+    """float32 or float64, from the differentiated inputs; integers and booleans become float64,
+    float16 and bfloat16 float32 (their gradients are cast back by the caller)."""
     dtypes = {a.dtype for a in wrt_arrays}
+    if any(d.name in LOW_PRECISION for d in dtypes):
+        wider = {d for d in dtypes if d.name not in LOW_PRECISION}
+        return np.dtype(np.float64) if np.dtype(np.float64) in wider else np.dtype(np.float32)
     dtype = dtypes.pop() if len(dtypes) == 1 else np.result_type(*dtypes)
     if dtype.kind in "biu":
         return np.dtype(np.float64)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import LossInputError, LossParameterError
-from .layout import HOST, Call, RowCall, check_domain, float_dtype, is_gpu_array, unbroadcast
+from .layout import HOST, LOW_PRECISION, Call, RowCall, check_domain, float_dtype, is_gpu_array, unbroadcast
 from .resolve import ResolvedLoss, check_values
 
 
@@ -115,7 +115,8 @@ class Loss:
                  for t in targets]
         total = self._run(call, "loss_value_and_grad", lambda: (*call.head, *self._param_args, call.weights,
                                                                 call.scale, call.grad_scale, out, *grads))
-        shaped = [call.unbroadcast(name, g, call.originals[name]) for name, g in zip(self.wrt, grads)]
+        shaped = [_given_precision(call.unbroadcast(name, g, call.originals[name]), call.dtypes[name])
+                  for name, g in zip(self.wrt, grads)]
         for i, target in enumerate(targets):
             if target is not None:
                 if not np.shares_memory(target, shaped[i]):
@@ -208,6 +209,7 @@ class Loss:
             call = ElementCall(self, arrays, reduction, weight, sample_weight, batch_axis, memory)
         call.given = next(a for a in (*inputs, *named_inputs.values()) if a is not None)
         call.originals = {n: a.shape for n, a in arrays.items() if a is not None}
+        call.dtypes = {n: a.dtype for n, a in arrays.items() if a is not None}
         return call
 
     def _gather_inputs(self, inputs, named_inputs, memory) -> dict[str, np.ndarray | None]:
@@ -239,7 +241,7 @@ class Loss:
                 array = memory.gather(value)
             except ValueError as exc:  # e.g. ragged nested lists
                 raise LossInputError(f"{self.name}: inputs must be arrays of numbers ({exc})") from None
-            if array.dtype.kind not in "biuf":
+            if array.dtype.kind not in "biuf" and array.dtype.name not in LOW_PRECISION:
                 raise LossInputError(f"{self.name}: {spec_input.name} must hold numbers; got dtype {array.dtype}")
             arrays[spec_input.name] = array
         return arrays
@@ -256,6 +258,11 @@ def memory_for(values, device: str | None):
     if on_device:
         raise LossInputError("device='cpu' with GPU arrays: copy them to the host first, or leave device unset")
     return HOST
+
+
+def _given_precision(grad, given: np.dtype):
+    """A gradient computed in float32 for a float16 or bfloat16 input, in that input's dtype."""
+    return grad.astype(given) if given.name in LOW_PRECISION and grad.dtype != given else grad
 
 
 def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out) -> list[np.ndarray | None]:

@@ -26,6 +26,7 @@ from lossdsl.runtime import Loss as _CompiledLoss
 from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
 _SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class Loss(torch.nn.Module):
@@ -65,12 +66,15 @@ class Loss(torch.nn.Module):
 
 
 def _to_kernel(value):
-    """A tensor as the kernels take it: a NumPy view on the CPU, the tensor itself on CUDA."""
+    """A tensor as the kernels take it: a NumPy view on the CPU (bfloat16, which NumPy lacks, as float32;
+    lossdsl computes float16 in float32 too), the tensor itself on CUDA."""
     if not isinstance(value, torch.Tensor):
         return value
     value = value.detach()
     if value.is_cuda:
         return value.contiguous()
+    if value.dtype == torch.bfloat16:
+        value = value.float()
     return value.contiguous().numpy()
 
 
@@ -92,7 +96,10 @@ class _LossFunction(torch.autograd.Function):
             ctx.grads = grads if isinstance(grads, tuple) else (grads,)
         else:
             value, ctx.grads = loss(reduction=reduction, **options, **arrays), None
+        ctx.dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in inputs]
         result = _to_tensor(value, like)
+        if like.dtype in _LOW_PRECISION:  # computed in float32, returned so (PyTorch would round to 16 bits)
+            return result.to(torch.float32)
         return result.to(like.dtype) if like.is_floating_point() else result
 
     @staticmethod
@@ -111,4 +118,5 @@ class _LossFunction(torch.autograd.Function):
             _, grads = loss.value_and_grad(reduction="sum", **options, **ctx.arrays)
             scaled = [_to_tensor(g, grad_output) for g in (grads if isinstance(grads, tuple) else (grads,))]
         by_name = dict(zip(loss.wrt, scaled))
-        return (None, None, None, None, *[by_name.get(n) for n in ctx.names])
+        grads = [by_name.get(n) for n in ctx.names]
+        return (None, None, None, None, *[g if g is None or d is None else g.to(d) for g, d in zip(grads, ctx.dtypes)])

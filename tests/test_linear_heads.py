@@ -205,3 +205,27 @@ def test_masked_classes_through_the_bias(load_loss):
                                                                                        linear_bias=bias)
     assert np.isfinite(value) and np.isfinite(d_x).all()
     assert np.all(d_weight[[4, 11]] == 0) and np.all(d_bias[[4, 11]] == 0)
+
+
+CAPPED = """
+loss capped_ce(logits[c], y)
+    "Gemma-style soft-capped logits with a temperature, then cross-entropy: one fused kernel."
+    param cap = 30.0 where cap > 0
+    param temperature = 1.0 where temperature > 0
+    capped_ce = cross_entropy(cap*tanh(logits/(cap*temperature)), y)
+"""
+
+
+def test_soft_capping_and_temperature_fuse_into_a_head(torch):
+    rng, x, weight, bias = _layer(10)
+    weight *= 20  # logits large enough for the cap to matter
+    target = rng.integers(0, CLASSES, ROWS)
+    head = lossdsl.compile(CAPPED, cap=5.0, temperature=2.0).with_linear()
+    value, grads = head.value_and_grad(x, weight, target, linear_bias=bias, chunk_rows=16)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    logits = torch.nn.functional.linear(*tensors)
+    expected = torch.nn.functional.cross_entropy(5.0 * torch.tanh(logits / 10.0), torch.tensor(target))
+    expected.backward()
+    np.testing.assert_allclose(value, expected.detach().numpy(), rtol=1e-12)
+    for got, tensor in zip(grads, tensors):
+        np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-10, atol=1e-13)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import Domain
+from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
 
@@ -62,15 +63,18 @@ def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5
     return inputs
 
 
-def check(loss: Loss | SequenceLoss, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
+def check(loss: Loss | SequenceLoss | LinearHead, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
     """One row per differentiated input: how the kernel's gradient compares with finite differences.
 
     A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
     in range), one position at a time: rows are independent, so one shifted call checks a column.
-    A sequence loss is checked at every score of a few short sequences (its own sample_inputs).
+    A sequence loss is checked at every score of a few short sequences (its own sample_inputs), a
+    linear head by its row loss (the logits' gradient; tests check the products against PyTorch).
     """
     if isinstance(loss, SequenceLoss):
         return [_compare_sequence(loss, loss.sample_inputs(seed, classes=classes))]
+    if isinstance(loss, LinearHead):  # its derived gradient is the row loss's; the rest is BLAS products
+        loss = loss.loss
     options = {"axis": -1} if loss._resolved.axis else {}
     inputs = sample_inputs(loss, points, seed, classes)
     grads = loss.grad(*inputs, reduction="none", **options)

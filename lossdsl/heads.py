@@ -59,6 +59,10 @@ class LinearHead:
         return ("# logits = input @ linear_weight.T + linear_bias, a chunk of rows at a time\n"
                 + self.loss.explain(latex))
 
+    def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
+        """The row kernel's generated module (the linear layer's products are NumPy's BLAS calls)."""
+        return self.loss.source(target, dtype)
+
     def with_params(self, **params) -> "LinearHead":
         return LinearHead(self.loss.with_params(**params), self.chunk_rows)
 

@@ -4,7 +4,8 @@ Run on a machine with an NVIDIA GPU: python benchmarks/gpu.py [--repeats 20]. fl
 and gradient with respect to the prediction, reduction "mean", inputs already on the device:
 huber, bce_with_logits and focal over 1e8 elements, softmax cross-entropy at (8192, 32000) and
 (65536, 1024), CTC at (T, N, C, S) = (200, 32, 32, 40) and (500, 16, 5000, 100) (log_probs on the
-device, labels and lengths too: lossdsl checks them on the host, PyTorch may choose cuDNN). The same run measures a device-to-device copy (bytes read + written per second)
+device, labels and lengths too: lossdsl checks them on the host, PyTorch may choose cuDNN).
+The same run measures a device-to-device copy (bytes read + written per second)
 and reports each lossdsl time as GB/s of compulsory traffic and as a fraction of that copy.
 `--small` shrinks every case (for a smoke test, e.g. under NUMBA_ENABLE_CUDASIM=1, where the
 timings mean nothing). PyTorch is optional: without it only lossdsl is timed.

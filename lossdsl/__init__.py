@@ -11,12 +11,14 @@ from .compiler import __version__, compile_spec, load
 from .errors import (LossDeviceError, LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError,
                      SpecSyntaxError,
                      SpecTypeError, UnknownLossError)
+from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
 from .threads import get_num_threads, set_num_threads
 
 
-def compile(source: str | bytes, name: str | None = None, /, **params) -> Loss | SequenceLoss:  # noqa: A001 - the public verb
+def compile(source: str | bytes, name: str | None = None, /,  # noqa: A001 - the public verb
+            **params) -> Loss | SequenceLoss | LinearHead:
     """Compile a loss from spec text (the last loss in it, or the one called `name`)."""
     return compile_spec(source, name, "<string>", params)
 
@@ -26,5 +28,6 @@ def catalogue() -> list[str]:
     return registry.names()
 
 
-__all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LossError", "LossSpecError", "SpecSyntaxError", "SpecNameError",
-           "SpecTypeError", "LossParameterError", "LossInputError", "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]
+__all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LinearHead", "LossError", "LossSpecError",
+           "SpecSyntaxError", "SpecNameError", "SpecTypeError", "LossParameterError", "LossInputError",
+           "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]

@@ -63,7 +63,8 @@ def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5
     return inputs
 
 
-def check(loss: Loss | SequenceLoss | LinearHead, points: int = 256, seed: int = 0, classes: int = 5) -> list[GradCheckRow]:
+def check(loss: Loss | SequenceLoss | LinearHead, points: int = 256, seed: int = 0,
+          classes: int = 5) -> list[GradCheckRow]:
     """One row per differentiated input: how the kernel's gradient compares with finite differences.
 
     A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from .errors import LossInputError
-from .layout import LOW_PRECISION, float_dtype
+from .layout import LOW_PRECISION, by_name, float_dtype
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 50  # a chunk holds at most 1/50 of the rows: two chunk buffers stay within 4 % of the logits
@@ -154,15 +154,8 @@ class LinearHead:
     def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row) to be
         sliced with each chunk, or ("whole", a value) for per-class vectors, scalars and defaults."""
-        names = [i.name for i in self._others]
-        unknown = set(named_inputs) - set(names)
-        if unknown or len(inputs) > len(names):
-            raise LossInputError(f"{self.name} takes input, linear_weight, {', '.join(names)} and linear_bias; "
-                                 f"got {len(inputs) + 2} positional{' and ' + ', '.join(unknown) if unknown else ''}")
-        given = dict(zip(names, inputs)) | named_inputs
-        missing = [i.name for i in self._others if i.default is None and given.get(i.name) is None]
-        if missing:
-            raise LossInputError(f"{self.name}: missing {', '.join(missing)}")
+        given = by_name(self.name, [i.name for i in self._others], [i.name for i in self._others if i.default is None],
+                        inputs, named_inputs)
         per_row = {}
         for spec_input in self._others:
             value = given.get(spec_input.name)

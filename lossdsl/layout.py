@@ -42,6 +42,26 @@ def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
     return dtype
 
 
+def by_name(loss_name: str, names: list[str] | tuple[str, ...], required: list[str], inputs: tuple,
+            named_inputs: dict) -> dict:
+    """A call's inputs by name: positional ones in order, then keywords; unknown, doubled and missing
+    (`required` but None or absent) ones refused with the inputs listed."""
+    unknown = set(named_inputs) - set(names)
+    if unknown:
+        raise LossInputError(f"{loss_name} has no input or option {', '.join(sorted(unknown))}; its inputs are "
+                             f"{', '.join(names)}")
+    given = dict(zip(names, inputs))
+    if set(given) & set(named_inputs) or len(inputs) > len(names):
+        raise LossInputError(f"{loss_name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
+                             f"({', '.join(names)}); got {len(inputs) + len(named_inputs)}")
+    given.update(named_inputs)
+    missing = [name for name in required if given.get(name) is None]
+    if missing:
+        raise LossInputError(f"{loss_name} takes {len(required)} input{'s' if len(required) != 1 else ''} "
+                             f"({', '.join(required)}); missing {', '.join(missing)}")
+    return given
+
+
 def flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A contiguous 1-D array of `dtype` holding `array` broadcast to `shape` (a view when possible)."""
     if array.shape != shape:
@@ -227,7 +247,7 @@ class RowCall(Call):
 
     def _per_row(self, input_name: str, array: np.ndarray, dtype: np.dtype, is_label: bool):
         if is_label:
-            array = _labels(self.name, input_name, array)
+            array = integer_labels(self.name, input_name, array)
         if array.size == 1:
             return flat(array, (1,), dtype), (0, 0, 0)
         try:
@@ -277,7 +297,7 @@ def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str 
 _LABEL_LIMIT = 2 ** 62  # beyond any axis length; larger labels would not survive the cast to int64
 
 
-def _labels(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
+def integer_labels(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
     """Labels as int64; floats are accepted only when they hold whole numbers."""
     if array.dtype.kind == "f" and not (np.all(np.isfinite(array)) and np.all(array == np.round(array))):
         bad = array.reshape(-1)[np.argmin(np.isfinite(array) & (array == np.round(array)), axis=None)]
@@ -304,7 +324,7 @@ class HostMemory:
         return np.asarray(value)
 
     flat = staticmethod(flat)
-    labels = staticmethod(_labels)
+    labels = staticmethod(integer_labels)
     empty = staticmethod(buffers.empty)
     zeros = staticmethod(np.zeros)
     transpose = staticmethod(np.transpose)

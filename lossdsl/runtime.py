@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import LossInputError, LossParameterError
-from .layout import HOST, LOW_PRECISION, Call, RowCall, check_domain, float_dtype, is_gpu_array, unbroadcast
+from .layout import (HOST, LOW_PRECISION, Call, RowCall, by_name, check_domain, float_dtype, is_gpu_array,
+                     unbroadcast)
 from .resolve import ResolvedLoss, check_values
 
 
@@ -215,22 +216,7 @@ class Loss:
     def _gather_inputs(self, inputs, named_inputs, memory) -> dict[str, np.ndarray | None]:
         """Inputs by name: positional ones in order, optional ones also by keyword (None where left out)."""
         specs = self._resolved.inputs
-        names = self.inputs
-        required = sum(i.default is None for i in specs)
-        unknown = set(named_inputs) - set(names)
-        if unknown:
-            raise LossInputError(f"{self.name} has no input or option {', '.join(sorted(unknown))}; its inputs are "
-                                 f"{', '.join(names)}")
-        given = dict(zip(names, inputs))
-        twice = set(given) & set(named_inputs)
-        if twice or len(inputs) > len(names):
-            raise LossInputError(f"{self.name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
-                                 f"({', '.join(names)}); got {len(inputs) + len(named_inputs)}")
-        given.update(named_inputs)
-        missing = [i.name for i in specs[:required] if given.get(i.name) is None]
-        if missing:
-            raise LossInputError(f"{self.name} takes {required} input{'s' if required != 1 else ''} "
-                                 f"({', '.join(names[:required])}); missing {', '.join(missing)}")
+        given = by_name(self.name, self.inputs, [i.name for i in specs if i.default is None], inputs, named_inputs)
         arrays: dict[str, np.ndarray | None] = {}
         for spec_input in specs:
             value = given.get(spec_input.name)

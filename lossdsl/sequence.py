@@ -1,7 +1,7 @@
-"""Stage 5b: the callable sequence loss — a spec's stages (staging.py) run in order, joined by the chain rule.
+"""Stage 5b: the callable sequence loss — a spec's stages (staging.py) in order, joined by the chain rule.
 
-    scores ──before──> z (T, N, C) ──intrinsic──> nll (N,) ──after──> per-sequence loss ──reduction──>
-    grad  <──before's VJP── g_z <──intrinsic's gradient, scaled── d loss / d nll <──────────────────┘
+    scores --before--> z (T, N, C) --intrinsic--> nll (N,) --after--> per-sequence loss --> reduced
+    grad <--before's VJP-- g_z <--intrinsic's gradient, scaled-- d reduced / d nll
 
 `before` and `after` are ordinary compiled losses (a row loss over the class axis, an elementwise loss
 over sequences), so weights and reductions are theirs. The intrinsic's kernel weights each sequence's
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import LossInputError, LossParameterError
-from .layout import HOST, float_dtype
+from .layout import HOST, by_name, float_dtype, integer_labels
 from .resolve import evaluate
 from .runtime import memory_for
 from .staging import SequenceStages
@@ -201,7 +201,7 @@ class SequenceLoss:
         """Labels as (N, S) padded or 1-D back to back, and their lengths (derived when left out)."""
         stages = self._stages
         ragged = stages.ragged[stages.labels]
-        labels = _integers(self.name, stages.labels, arrays[stages.labels])
+        labels = integer_labels(self.name, stages.labels, arrays[stages.labels])
         if labels.ndim == 2 and self._along[stages.labels] % 2 == 0:
             labels = labels.T  # (S, N) → (N, S)
         if labels.ndim not in (1, 2):
@@ -218,31 +218,11 @@ class SequenceLoss:
     def _lengths(self, arrays, ragged_input: str, full: int, batch: int) -> np.ndarray:
         name = self._stages.ragged[ragged_input].lengths
         given = arrays.get(name)
-        return np.full(batch, full, np.int64) if given is None else _integers(self.name, name, given).reshape(-1)
+        return np.full(batch, full, np.int64) if given is None else integer_labels(self.name, name, given).reshape(-1)
 
     def _gather(self, inputs, named_inputs, memory) -> dict:
-        specs = self._stages.spec.inputs
-        names = self.inputs
-        unknown = set(named_inputs) - set(names)
-        if unknown or len(inputs) > len(names):
-            raise LossInputError(f"{self.name} takes the inputs {', '.join(names)}; got "
-                                 f"{len(inputs)} positional{' and ' + ', '.join(sorted(unknown)) if unknown else ''}")
-        given = dict(zip(names, inputs))
-        if set(given) & set(named_inputs):
-            raise LossInputError(f"{self.name}: {', '.join(sorted(set(given) & set(named_inputs)))} given twice")
-        given.update(named_inputs)
-        missing = [i.name for i in specs if not i.optional and given.get(i.name) is None]
-        if missing:
-            raise LossInputError(f"{self.name}: missing {', '.join(missing)} (inputs: {', '.join(names)})")
+        required = [i.name for i in self._stages.spec.inputs if not i.optional]
+        given = by_name(self.name, self.inputs, required, inputs, named_inputs)
         arrays = {name: None if value is None else memory.gather(value) for name, value in given.items()}
         scores = self._stages.scores  # labels and lengths are checked on the host: copied there
         return {name: a if name == scores or a is None else np.asarray(memory.to_host(a)) for name, a in arrays.items()}
-
-
-def _integers(loss_name: str, input_name: str, array: np.ndarray) -> np.ndarray:
-    """Integer labels or lengths; floats holding whole numbers (MXNet passes them so) are converted."""
-    if array.dtype.kind in "iu":
-        return array
-    if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
-        return array.astype(np.int64)
-    raise LossInputError(f"{loss_name}: {input_name} must hold whole numbers; got {array.dtype}")

@@ -38,7 +38,8 @@ class Loss(torch.nn.Module):
     the spec differentiates (`wrt`); the others (targets, labels) get none.
     """
 
-    def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /, reduction: str = "mean", **params):
+    def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /,
+                 reduction: str = "mean", **params):
         super().__init__()
         named = isinstance(loss, (str, os.PathLike))  # else a loaded loss, sequence loss or linear head
         self.loss = lossdsl.load(loss, **params) if named else loss.with_params(**params)

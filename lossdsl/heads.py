@@ -4,9 +4,9 @@ A language model's loss reads logits = input @ linear_weight.T + linear_bias, (N
 vocabulary: 32768 x 128256 float32 logits are 16 GB before their gradient. A head never holds
 them: it takes a chunk of rows at a time, computes that chunk's logits with a BLAS product into a
 reused buffer, runs the spec's compiled row kernel on it (value and gradient in one pass, the
-gradient into a second reused buffer), and adds the chunk's share of the input, weight and bias
+gradient written over the logits), and adds the chunk's share of the input, weight and bias
 gradients (more BLAS products; the weight gradient a block of classes at a time, so no C x D
-temporary either). Extra memory: two chunk x C buffers and a small block. "mean" divides by the
+temporary either). Extra memory: one chunk x C buffer and a small block. "mean" divides by the
 spec's normaliser summed over every chunk (rows kept, or their class weights), as the unfused
 loss does.
 """
@@ -20,7 +20,7 @@ from .errors import LossInputError
 from .layout import LOW_PRECISION, by_name, float_dtype
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
-_CHUNK_SHARE = 50  # a chunk holds at most 1/50 of the rows: two chunk buffers stay within 4 % of the logits
+_CHUNK_SHARE = 25  # a chunk holds at most 1/25 of the rows: its buffer stays within 4 % of the logits
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
 
 
@@ -99,7 +99,6 @@ class LinearHead:
         per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, out_shape)
         step = self._chunk(self.chunk_rows if chunk_rows is None else chunk_rows, rows, outputs, dtype)
         logits = np.empty((min(step, rows), outputs), dtype)
-        grad = np.empty_like(logits)
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         d_input = np.empty_like(x) if gradient else None
         d_weight = np.zeros_like(weight) if gradient else None
@@ -109,7 +108,7 @@ class LinearHead:
         total, normalizer = 0.0, 0.0
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            chunk, g = logits[:stop - start], grad[:stop - start]
+            chunk = logits[:stop - start]
             np.matmul(x[start:stop], weight.T, out=chunk)
             if bias is not None:
                 chunk += bias
@@ -117,14 +116,18 @@ class LinearHead:
                          per_row.items()}
             weights = arguments.pop("sample_weight", None)
             shaped = chunk.reshape(stop - start, *out_shape)  # the class axis is axis 1, as PyTorch has it
-            part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
-                                               sample_weight=weights, grad_out=g.reshape(shaped.shape))
+            if reduction == "mean":
+                normalizer += self.loss.normalizer(shaped, *arguments.values(), axis=1)
+            if gradient:  # the gradient overwrites the logits
+                part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
+                                                   sample_weight=weights, grad_out=shaped)
+            else:
+                part = self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights)
             total += float(np.sum(part, dtype=np.float64))
             if values is not None:
                 values[start:stop] = part
-            if reduction == "mean":
-                normalizer += self.loss.normalizer(shaped, *arguments.values(), axis=1)
             if gradient:
+                g = chunk
                 np.matmul(g, weight, out=d_input[start:stop])
                 for low in range(0, outputs, block):
                     high = min(outputs, low + block)

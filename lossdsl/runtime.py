@@ -106,16 +106,19 @@ class Loss:
         `grad_out` (an array shaped and typed like the gradient, or a tuple of them) receives
         the gradient in place and is returned: a training loop that reuses it saves the cost
         of a fresh array (at 1e7 elements, its page faults take as long as the kernel).
+        A `grad_out` may be the very array it differentiates (`grad_out=logits`): the gradient
+        then overwrites that input (no second buffer of its size; the logits are gone after).
         `device` ("cpu" or "cuda") forces a target; by default GPU arrays run on CUDA.
         """
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
         out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
-        targets = _gradient_targets(call, self.wrt, grad_out)
+        targets, in_place = _gradient_targets(call, self.wrt, grad_out, [i.name for i in self._resolved.inputs])
         grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else call.memory.empty(call.grad_size,
                                                                                                    call.dtype)
                  for t in targets]
-        total = self._run(call, "loss_value_and_grad", lambda: (*call.head, *self._param_args, call.weights,
-                                                                call.scale, call.grad_scale, out, *grads))
+        kernel = "loss_value_and_grad_in_place" if in_place else "loss_value_and_grad"
+        total = self._run(call, kernel, lambda: (*call.head, *self._param_args, call.weights, call.scale,
+                                                 call.grad_scale, out, *grads))
         shaped = [_given_precision(call.unbroadcast(name, g, call.originals[name]), call.dtypes[name])
                   for name, g in zip(self.wrt, grads)]
         for i, target in enumerate(targets):
@@ -251,16 +254,18 @@ def _given_precision(grad, given: np.dtype):
     return grad.astype(given) if given.name in LOW_PRECISION and grad.dtype != given else grad
 
 
-def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out) -> list[np.ndarray | None]:
-    """The arrays `grad_out` names, one per `wrt` input (None without it), checked before any kernel runs."""
+def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out, names: list[str]):
+    """The arrays `grad_out` names, one per `wrt` input (None without it), checked before any kernel runs,
+    and whether one of them is the very buffer the kernel reads its input from (then it runs in place)."""
     if grad_out is None:
-        return [None] * len(wrt)
+        return [None] * len(wrt), False
     if call.memory is not HOST:
         raise LossInputError(f"{call.name}: grad_out is for host arrays")
     targets = [grad_out] if len(wrt) == 1 else list(grad_out) if isinstance(grad_out, (tuple, list)) else []
     if len(targets) != len(wrt):
         raise LossInputError(f"{call.name}: grad_out needs {len(wrt)} arrays, one for each of {', '.join(wrt)}")
     inputs = [a for a in (*call.head, call.weights) if isinstance(a, np.ndarray)]
+    in_place = False
     for name, target in zip(wrt, targets):
         expected = call.originals[name]
         if (not isinstance(target, np.ndarray) or target.shape != expected or target.dtype != call.dtype
@@ -268,9 +273,20 @@ def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out) -> list[np.nda
             got = f"{target.dtype} array of shape {target.shape}" if isinstance(target, np.ndarray) else type(target)
             raise LossInputError(f"{call.name}: grad_out for {name} must be a writeable C-contiguous {call.dtype} "
                                  f"array of shape {expected}; got {got}")
-        if any(np.may_share_memory(target, a) for a in inputs):
-            raise LossInputError(f"{call.name}: grad_out for {name} shares memory with an input")
-    return targets
+        own = call.head[names.index(name)]
+        if _same_buffer(target, own):
+            in_place = True
+        elif any(np.may_share_memory(target, a) for a in inputs if not _same_buffer(a, own)):
+            raise LossInputError(f"{call.name}: grad_out for {name} shares memory with an input other than {name}")
+        elif np.may_share_memory(target, own):
+            raise LossInputError(f"{call.name}: grad_out for {name} overlaps {name} without being it")
+    return targets, in_place
+
+
+def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are the same C-ordered memory, element for element."""
+    return (a.size == b.size and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 class ElementCall(Call):

@@ -233,12 +233,38 @@ def test_grad_out_is_checked(huber, bad, message):
         huber.value_and_grad(pred, pred + 1, grad_out=bad)
 
 
-def test_grad_out_may_not_alias_an_input(huber, load_loss):
+def test_grad_out_may_not_alias_another_input(huber, load_loss):
     pred, target = np.zeros(4), np.ones(4)
-    with pytest.raises(LossInputError, match="shares memory with an input"):
-        huber.value_and_grad(pred, target, grad_out=pred)
+    with pytest.raises(LossInputError, match="shares memory with an input other than pred"):
+        huber.value_and_grad(pred, target, grad_out=target)
+    backing = np.zeros(8)
+    with pytest.raises(LossInputError, match="overlaps pred without being it"):
+        huber.value_and_grad(backing[:4], target, grad_out=backing[2:6])
     with pytest.raises(LossInputError, match="needs 2 arrays"):
         load_loss("gaussian_nll").value_and_grad(pred, target, target + 1, grad_out=np.empty(4))
+
+
+@pytest.mark.parametrize("name, params, shape", [
+    ("cross_entropy", {}, (700, 37)),  # enough rows for several threads
+    ("cross_entropy", {"label_smoothing": 0.1, "z_loss": 1e-3}, (3, 11, 4)),  # class axis 1, inner 4
+    ("softmax_focal", {"gamma": 2.0}, (9, 13)),
+    ("poly1_ce", {"epsilon": 1.0}, (9, 13)),
+    ("huber", {}, (5, 4)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_out_may_be_the_input_itself(load_loss, name, params, shape, dtype):
+    """`grad_out=logits` overwrites the logits with their gradient, equal to the one a fresh buffer gets."""
+    loss = load_loss(name).with_params(**params)
+    rng = np.random.default_rng(6)
+    first = (3 * rng.normal(size=shape)).astype(dtype)
+    other = (rng.normal(size=shape).astype(dtype) if name == "huber"
+             else rng.integers(0, shape[1], (shape[0], *shape[2:])))
+    expected_value, expected = loss.value_and_grad(first, other, reduction="sum")
+    value, grad = loss.value_and_grad(first, other, reduction="sum", grad_out=first)
+    assert grad is first
+    tolerance = 1e-6 if dtype == np.float32 else 1e-14
+    assert value == pytest.approx(expected_value, rel=tolerance)
+    np.testing.assert_allclose(first, expected, rtol=tolerance, atol=tolerance)
 
 
 def test_threads_split_large_calls_and_sum_in_a_fixed_order(load_loss):

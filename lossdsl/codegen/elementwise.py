@@ -29,7 +29,14 @@ def generate(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CP
     """The complete module source; `header` is a comment block (origin, cache key)."""
     printer = NumbaPrinter()
     kernels = [_kernel(plan, printer, False, target), _kernel(plan, printer, True, target)]
+    if not target.cuda:
+        kernels.append(IN_PLACE_ALIAS)
     return target.module(header, dtype, printer, kernels)
+
+
+# Element i's gradient is stored after everything at i is read, so the fused kernel may write a
+# gradient over its own input (`grad_out=` that input) as it is
+IN_PLACE_ALIAS = "loss_value_and_grad_in_place = loss_value_and_grad  # reads each element before storing there\n"
 
 
 def formula_comment(plan: KernelPlan) -> str:

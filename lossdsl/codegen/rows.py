@@ -29,7 +29,7 @@ import sympy
 
 from ..reductions import Reduction, RowPlan, arg_symbol, lowered
 from ..symbolic import safe_name
-from .elementwise import formula_comment
+from .elementwise import IN_PLACE_ALIAS, formula_comment
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 
@@ -41,20 +41,29 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
     printer = NumbaPrinter()
     kernels = [_rows_kernel(plan, printer, target), _kernel(plan, printer, False, target),
                _kernel(plan, printer, True, target)]
+    if not target.cuda:
+        kept, _ = _softmax_kept(plan)
+        kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
     return target.module(header, dtype, printer, kernels)
 
 
 class _Writer:
     """Lines of one kernel, with the plan's names and a printer."""
 
-    def __init__(self, plan: RowPlan, printer: NumbaPrinter, target: Target = CPU):
+    def __init__(self, plan: RowPlan, printer: NumbaPrinter, target: Target = CPU, blocked: bool = False):
         self.plan, self.printer, self.lines, self.target = plan, printer, [], target
         self.inputs = plan.loss.inputs
         self.index_of = {i.name: k for k, i in enumerate(self.inputs)}
         self.segment = 0
+        # a block of classes (codegen/blocks.py): arrays hold positions __lo .. __lo + __width - 1,
+        # read at the local __c; the position the formulas see is the global one
+        self.blocked = blocked
+        self.local = "__c" if blocked else str(plan.position)
 
     def axis_loop(self) -> str:
         """The positions along the axis one call (CPU) or one thread of the row's block (CUDA) visits."""
+        if self.blocked:
+            return "for __c in range(__width):"
         position = self.plan.position
         return (f"for {position} in range(cuda.threadIdx.x, __C, cuda.blockDim.x):" if self.target.cuda
                 else f"for {position} in range(__C):")
@@ -79,10 +88,12 @@ class _Writer:
     def loads_along_axis(self, indent: int, exprs) -> None:
         """Read, at position `c` of the axis, each axis input the expressions use."""
         used = set().union(*(e.free_symbols for e in exprs))
+        if self.blocked:  # the global position (max and min record it even where no formula uses it)
+            self.emit(indent, f"{self.plan.position} = __lo + __c")
         for k, spec_input in enumerate(self.inputs):
             if spec_input.axis and self.plan.inputs[spec_input.name] in used:
                 name = safe_name(spec_input.name)
-                self.emit(indent, f"{name} = load(_{name}_, __b{k} + {self.plan.position} * __t{k})")
+                self.emit(indent, f"{name} = load(_{name}_, __b{k} + {self.local} * __t{k})")
 
 
 def _arguments(plan: RowPlan) -> list[str]:
@@ -223,11 +234,14 @@ def _combine(node: Reduction, part: int) -> str:
     return f"{total} = _block_sum(__shared, {total})"
 
 
-def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | None = None) -> None:
+def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | None = None,
+            complete=_finish) -> None:
     """Loops over the axis computing `reductions`, each pass holding every reduction that is ready.
 
     `kept` = (logsumexp reduction, (gradient array, index)): that reduction's exp(body - max) are
     stored in the gradient row as they are summed, so the gradient pass reuses them.
+    `complete(node, plan, writer)` gives the lines that follow a reduction's last pass (by default,
+    its finished value).
     """
     if not reductions:
         return
@@ -258,7 +272,7 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
                 w.emit(indent, _combine(node, part))
         for node, part in parts:
             if part == _pass_count(node, online) - 1:
-                w.emit(indent, *_finish(node, w.plan, w))
+                w.emit(indent, *complete(node, w.plan, w))
 
 
 def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
@@ -294,10 +308,16 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
     return general if p.is_Number else sympy.Piecewise((node.body ** 2, sympy.Eq(p, 2)), (general, True))
 
 
-def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target) -> str:
+def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False) -> str:
+    """`loss_value` or `loss_value_and_grad`; `in_place`: the latter as `loss_value_and_grad_in_place`,
+    whose gradient may be its input's own buffer: it keeps no softmax numerators in the gradient
+    row (a later pass would read them as logits). Then every pass over the axis only reads, and
+    the gradient pass stores at position c a value computed from what it read at c, so the
+    store cannot move before that read; the no-overlap promise still holds for every other
+    access (and keeps the loops vectorised: without it this kernel runs 3x slower)."""
     w = _Writer(plan, printer, target)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
-    name = "loss_value_and_grad" if with_grads else "loss_value"
+    name = "loss_value_and_grad_in_place" if in_place else "loss_value_and_grad" if with_grads else "loss_value"
     extra = ["__gscale"] if with_grads else []
     w.lines.append(formula_comment(plan))
     w.emit(0, target.kernel_decorator,
@@ -319,7 +339,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
-    kept, gradients = _softmax_kept(plan) if with_grads and not target.cuda else (None, plan.grads)
+    kept, gradients = _softmax_kept(plan) if with_grads and not (target.cuda or in_place) else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     named = list(plan.adjoints) if with_grads else []
     (value,) = w.statements(3, named, [plan.value])

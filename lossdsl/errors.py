@@ -45,7 +45,12 @@ class LossInputError(LossError, ValueError):
 
 
 class LossLabelError(LossInputError, IndexError):
-    """A label is outside the axis it indexes (raised before any kernel reads with it)."""
+    """A label is outside the axis it indexes (raised before any kernel reads with it); `row` (an
+    index of the rows' shape) and `label` say which, where known."""
+
+    def __init__(self, message: str, row: tuple[int, ...] | None = None, label: int | None = None):
+        super().__init__(message)
+        self.row, self.label = row, label
 
 
 class LossDeviceError(LossError, RuntimeError):

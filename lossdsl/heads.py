@@ -2,13 +2,18 @@
 
 A language model's loss reads logits = input @ linear_weight.T + linear_bias, (N, C) with C the
 vocabulary: 32768 x 128256 float32 logits are 16 GB before their gradient. A head never holds
-them: it takes a chunk of rows at a time, computes that chunk's logits with a BLAS product into a
-reused buffer, runs the spec's compiled row kernel on it (value and gradient in one pass, the
-gradient written over the logits), and adds the chunk's share of the input, weight and bias
-gradients (more BLAS products; the weight gradient a block of classes at a time, so no C x D
-temporary either). Extra memory: one chunk x C buffer and a small block. "mean" divides by the
-spec's normaliser summed over every chunk (rows kept, or their class weights), as the unfused
-loss does.
+them. It goes through the rows a chunk at a time, in one of two ways:
+- all classes at once, while a chunk of at least _MIN_ROWS rows fits the memory allowed: the
+  chunk's logits by one BLAS product into a reused buffer, the spec's own row kernel on them
+  (value and gradient in one pass, the gradient written over the logits), then the chunk's share
+  of the input, weight and bias gradients by more BLAS products;
+- a block of classes at a time otherwise (few rows, many classes), so that each product still has
+  many rows: the loss's reductions over the class axis are combined from per-block partials
+  (lossdsl.partials), one sweep over the blocks per level of reductions, and a last sweep
+  recomputes each block's logits for its gradient. One product more, each at full speed.
+Extra memory either way: one logits buffer of at most 1/_CHUNK_SHARE of all the logits and small
+blocks. "mean" divides by the spec's normaliser summed over every chunk (rows kept, or their
+class weights), as the unfused loss does.
 """
 from __future__ import annotations
 
@@ -16,17 +21,21 @@ import math
 
 import numpy as np
 
-from .errors import LossInputError
-from .layout import LOW_PRECISION, by_name, float_dtype
+from . import threads
+from .errors import LossInputError, LossLabelError
+from .layout import LOW_PRECISION, MEANS, by_name, empty_mean, float_dtype
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
-_CHUNK_SHARE = 25  # a chunk holds at most 1/25 of the rows: its buffer stays within 4 % of the logits
+_CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
+_SMALL_BYTES = 1 << 20  # a buffer this small is allowed whatever the share: small calls are not chunked finely
+_MIN_ROWS = 128  # fewer rows per chunk make the products slow (each chunk streams the whole weight matrix)
+_BLOCK_ROWS = 2048  # rows per chunk when the classes come in blocks
 
 
 class LinearHead:
     """`loss.with_linear()`: call with (input (..., D), linear_weight (C, D), the loss's other inputs,
-    linear_bias=(C,) or None); options reduction ("mean", "sum", "none"), sample_weight (one per row)
+    linear_bias=(C,) or None); options reduction ("mean", "mean_or_zero", "sum", "none"), sample_weight (one per row)
     and chunk_rows (rows per chunk; chosen from N and C when left out). `value_and_grad` returns
     (value, (d input, d linear_weight)), and d linear_bias third when a bias is given. As in PyTorch,
     linear_weight (C, d1, ..., dK, D) gives K-dimensional logits (N, C, d1, ..., dK), the class axis 1,
@@ -34,7 +43,7 @@ class LinearHead:
     class weights so.
     """
 
-    def __init__(self, loss, chunk_rows: int | None = None):
+    def __init__(self, loss, chunk_rows: int | None = None, chunk_classes: int | None = None):
         resolved = getattr(loss, "_resolved", None)
         if resolved is None or resolved.axis is None or resolved.axis_position == "all":
             raise LossInputError(f"{loss.name}: a linear head needs a loss over a class axis (logits[c])")
@@ -43,7 +52,7 @@ class LinearHead:
             raise LossInputError(f"{loss.name}: a linear head needs the logits as the first input, the only one "
                                  "differentiated")
         self.loss = loss
-        self.chunk_rows = chunk_rows
+        self.chunk_rows, self.chunk_classes = chunk_rows, chunk_classes
         self._others = resolved.inputs[1:]
 
     name = property(lambda self: self.loss.name)
@@ -64,22 +73,25 @@ class LinearHead:
         return self.loss.source(target, dtype)
 
     def with_params(self, **params) -> "LinearHead":
-        return LinearHead(self.loss.with_params(**params), self.chunk_rows)
+        return LinearHead(self.loss.with_params(**params), self.chunk_rows, self.chunk_classes)
 
     def __call__(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
-                 sample_weight=None, chunk_rows: int | None = None, **named_inputs):
+                 sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
+                 **named_inputs):
         return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
-                         chunk_rows, gradient=False)[0]
+                         (chunk_rows, chunk_classes), gradient=False)[0]
 
     def value_and_grad(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
-                       sample_weight=None, chunk_rows: int | None = None, **named_inputs):
+                       sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
+                       **named_inputs):
         return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
-                         chunk_rows, gradient=True)
+                         (chunk_rows, chunk_classes), gradient=True)
 
-    def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunk_rows,
+    def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
              gradient: bool):
-        if reduction not in ("mean", "sum", "none"):
-            raise LossInputError(f"{self.name}: reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
+        if reduction not in (*MEANS, "sum", "none"):
+            raise LossInputError(f"{self.name}: reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; got "
+                                 f"{reduction!r}")
         x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
         dtype = float_dtype([x, weight], ["input", "linear_weight"])
         # gradients in the dtype of what they differentiate (float16 and bfloat16 are computed in float32)
@@ -97,54 +109,36 @@ class LinearHead:
         weight = np.ascontiguousarray(weight.reshape(outputs, width), dtype)
         bias = None if bias is None else bias.reshape(outputs).astype(dtype, copy=False)
         per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, out_shape)
-        step = self._chunk(self.chunk_rows if chunk_rows is None else chunk_rows, rows, outputs, dtype)
-        logits = np.empty((min(step, rows), outputs), dtype)
+        chunk_rows, chunk_classes = (mine if given is None else given
+                                     for mine, given in zip((self.chunk_rows, self.chunk_classes), chunking))
+        step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype)
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
-        d_input = np.empty_like(x) if gradient else None
-        d_weight = np.zeros_like(weight) if gradient else None
-        d_bias = np.zeros(outputs, np.float64) if gradient and bias is not None else None
-        block = max(1, min(outputs, _BLOCK_BYTES // (width * dtype.itemsize)))
-        scratch = np.empty((block, width), dtype) if gradient else None
+        grads = None
+        if gradient:
+            once = step >= rows  # one chunk: each gradient is written once, not accumulated
+            new = np.empty if once else np.zeros
+            grads = (np.empty_like(x), new(weight.shape, dtype), new(outputs, np.float64) if bias is not None else None)
+        chunk = _Chunks(x, weight, bias, out_shape, per_row, step, classes, dtype, grads)
         total, normalizer = 0.0, 0.0
         for start in range(0, rows, step):
             stop = min(rows, start + step)
-            chunk = logits[:stop - start]
-            np.matmul(x[start:stop], weight.T, out=chunk)
-            if bias is not None:
-                chunk += bias
-            arguments = {name: value if kind == "whole" else value[start:stop] for name, (kind, value) in
-                         per_row.items()}
-            weights = arguments.pop("sample_weight", None)
-            shaped = chunk.reshape(stop - start, *out_shape)  # the class axis is axis 1, as PyTorch has it
-            if reduction == "mean":
-                normalizer += self.loss.normalizer(shaped, *arguments.values(), axis=1)
-            if gradient:  # the gradient overwrites the logits
-                part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
-                                                   sample_weight=weights, grad_out=shaped)
-            else:
-                part = self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights)
+            run = self._by_rows if classes is None else self._by_blocks
+            part, divisor = run(chunk, start, stop, reduction in MEANS)
             total += float(np.sum(part, dtype=np.float64))
+            normalizer += divisor
             if values is not None:
                 values[start:stop] = part
-            if gradient:
-                g = chunk
-                np.matmul(g, weight, out=d_input[start:stop])
-                for low in range(0, outputs, block):
-                    high = min(outputs, low + block)
-                    np.matmul(g[:, low:high].T, x[start:stop], out=scratch[:high - low])
-                    d_weight[low:high] += scratch[:high - low]
-                if d_bias is not None:
-                    d_bias += g.sum(axis=0, dtype=np.float64)
+        d_input, d_weight, d_bias = grads or (None, None, None)
         if reduction == "none":
             value = values.reshape(*rows_shape, *out_shape[1:])
         elif reduction == "sum":
             value = dtype.type(total)
-        else:  # every row ignored: NaN, as PyTorch
-            value = dtype.type(total / normalizer if normalizer else np.nan)
+        else:  # every row ignored: NaN as PyTorch, or 0 (the gradients are 0 either way, as PyTorch's)
+            value = dtype.type(total / normalizer if normalizer else empty_mean(reduction))
         if not gradient:
             return value, None
-        if reduction == "mean":
-            scale = dtype.type(1.0 / normalizer) if normalizer else dtype.type(np.nan)
+        if reduction in MEANS and normalizer:
+            scale = dtype.type(1.0 / normalizer)
             d_input *= scale
             d_weight *= scale
             d_bias = None if d_bias is None else d_bias * float(scale)
@@ -155,37 +149,182 @@ class LinearHead:
         return value, (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
 
     def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
-        """The loss's other inputs by name: ("rows", an array with one entry or row per logits row) to be
-        sliced with each chunk, or ("whole", a value) for per-class vectors, scalars and defaults."""
+        """The loss's other inputs by name: ("rows", an array with one entry or row per logits row, to be
+        sliced with each chunk) or ("whole", a value: a per-class vector, a scalar or a default), and
+        whether it runs along the class axis (then sliced with each block of classes too)."""
         given = by_name(self.name, [i.name for i in self._others], [i.name for i in self._others if i.default is None],
                         inputs, named_inputs)
         per_row = {}
         for spec_input in self._others:
             value = given.get(spec_input.name)
             if value is None:
-                per_row[spec_input.name] = ("whole", np.asarray(spec_input.default))
+                per_row[spec_input.name] = ("whole", np.asarray(spec_input.default), False)
                 continue
             value = np.asarray(value)
             with_axis = spec_input.axis is not None
             each_row = out_shape if with_axis else out_shape[1:]  # a row's (C, d1, ...) or (d1, ...)
             if value.ndim == 0 or (with_axis and value.shape == out_shape[:1]):
-                per_row[spec_input.name] = ("whole", value)
+                per_row[spec_input.name] = ("whole", value, value.ndim > 0)
             elif value.shape == (*rows_shape, *each_row):
-                per_row[spec_input.name] = ("rows", value.reshape(rows, *each_row))
+                per_row[spec_input.name] = ("rows", value.reshape(rows, *each_row), with_axis)
             else:
                 wanted = (*rows_shape, *each_row)
                 raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}"
                                      + (f" or {out_shape[:1]}" if with_axis else ""))
         if sample_weight is not None:
             weights = np.broadcast_to(np.asarray(sample_weight), (*rows_shape, *out_shape[1:]))
-            per_row["sample_weight"] = ("rows", weights.reshape(rows, *out_shape[1:]))
+            per_row["sample_weight"] = ("rows", weights.reshape(rows, *out_shape[1:]), False)
         return per_row
 
+    def _by_rows(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
+        """Rows [start, stop) with all their classes at once: the loss's own row kernel on the chunk's
+        logits, its gradient written over them. Returns the rows' losses and their mean divisor."""
+        shaped = chunk.logits(start, stop, 0, chunk.classes_total)
+        arguments, weights = chunk.arguments(start, stop, 0, None)
+        try:
+            divisor = self.loss.normalizer(shaped, *arguments.values(), axis=1)
+        except LossLabelError as error:
+            raise self._label_error(error.label, (start + error.row[0], *error.row[1:]), chunk) from None
+        if chunk.grads is None:
+            return self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights), divisor
+        part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
+                                           sample_weight=weights, grad_out=shaped)
+        chunk.backward(start, stop, 0, chunk.classes_total, shaped)
+        return part, divisor if mean else 0.0
+
+    def _label_error(self, label: int, row: tuple[int, ...], chunk: "_Chunks") -> LossLabelError:
+        return LossLabelError(f"{self.name}: label {label} at row {row} is outside the classes of "
+                              f"linear_weight ({chunk.classes_total})", row, label)
+
+    def _by_blocks(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
+        """Rows [start, stop) a block of classes at a time (lossdsl.partials): for each level of the
+        loss's reductions a sweep computing every block's logits and partials, then the losses from
+        the combined partials, then a sweep recomputing each block's logits for its gradient."""
+        from .layout import RowCall
+        loss, classes = self.loss, chunk.classes_total
+        module = loss._backend.module(chunk.dtype, target="blocks")
+        plan = loss._backend.block_plan()
+        blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
+
+        def call(lo: int, hi: int) -> RowCall:
+            shaped = chunk.logits(start, stop, lo, hi)
+            arguments, weights = chunk.arguments(start, stop, lo, hi)
+            return RowCall(loss, {loss._resolved.inputs[0].name: shaped, **arguments}, 1, "none", None, weights, 0)
+
+        done = None
+        for level in range(plan.levels):
+            for lo, hi in blocks:
+                block = call(lo, hi)
+                done = plan.empty(block.rows) if done is None else done
+                partial = plan.empty(block.rows)
+                threads.run(module.loss_block_pass, block.rows, block.work,
+                            (*block.head, *loss._param_args, lo, classes, done, level, partial))
+                plan.combine(done, partial, level)
+        if done is None:  # a loss with no reduction over the axis
+            done = plan.empty(block.rows)
+        out, norms, bad = np.empty(block.rows, chunk.dtype), np.empty(block.rows), np.zeros(block.rows, np.int8)
+        threads.run(module.loss_block_value, block.rows, block.rows,
+                    (*block.head, *loss._param_args, 0, classes, done, block.weights, 1.0, out, norms, bad))
+        if bad.any():
+            row = int(np.argmax(bad))
+            label = next(int(block.arrays[k][row]) for k in block.label_inputs
+                         if not 0 <= block.arrays[k][row] < classes)
+            index = np.unravel_index(row, (stop - start, *chunk.out_shape[1:]))
+            raise self._label_error(label, (start + int(index[0]), *(int(i) for i in index[1:])), chunk)
+        if chunk.grads is not None:
+            for lo, hi in blocks:
+                block = call(lo, hi)
+                threads.run(module.loss_block_grad, block.rows, block.work,
+                            (*block.head, *loss._param_args, lo, classes, done, block.weights, 1.0, 1.0,
+                             block.arrays[0]))
+                chunk.backward(start, stop, lo, hi, block.arrays[0])
+        return out.reshape(stop - start, *chunk.out_shape[1:]), float(norms.sum()) if mean else 0.0
+
     @staticmethod
-    def _chunk(chunk_rows: int | None, rows: int, classes: int, dtype: np.dtype) -> int:
-        if chunk_rows is not None:
-            if not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-                raise LossInputError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
-            return int(chunk_rows)
-        by_bytes = max(1, _CHUNK_BYTES // (classes * dtype.itemsize))
-        return max(1, min(rows, by_bytes, max(8, rows // _CHUNK_SHARE)))
+    def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype):
+        """(rows per chunk, classes per block or None for all at once). A chunk's logits stay within
+        1/_CHUNK_SHARE of all of them (and 64 MiB); all classes at once while that leaves at least _MIN_ROWS rows
+        (or all of them), since the logits are then computed once; else blocks of classes for up to
+        _BLOCK_ROWS rows, whose logits are computed once per level and again for the gradient."""
+        for name, given in (("chunk_rows", chunk_rows), ("chunk_classes", chunk_classes)):
+            if given is not None and (not isinstance(given, (int, np.integer)) or isinstance(given, bool)
+                                      or given < 1):
+                raise LossInputError(f"{name} must be a positive integer; got {given!r}")
+        per_class = math.prod(out_shape[1:]) * dtype.itemsize
+        budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // _CHUNK_SHARE, _SMALL_BYTES))
+        if chunk_classes is None:
+            step = chunk_rows or max(1, min(rows, budget // (out_shape[0] * per_class)))
+            if chunk_rows is not None or step >= min(rows, _MIN_ROWS):
+                return int(step), None
+        step = int(chunk_rows or min(rows, _BLOCK_ROWS))
+        classes = chunk_classes or max(1, budget // (step * per_class))
+        return step, int(min(classes, out_shape[0]))
+
+
+class _Chunks:
+    """A head call's operands and buffers: one chunk's logits are computed here, and its gradient's
+    share of the input, weight and bias gradients accumulated (BLAS products; the weight gradient
+    through a block-sized scratch, so no C x D temporary)."""
+
+    def __init__(self, x, weight, bias, out_shape, per_row: dict, step: int, classes: int | None, dtype, grads):
+        self.x, self.weight, self.bias, self.out_shape, self.per_row = x, weight, bias, out_shape, per_row
+        self.dtype, self.grads, self.classes_total = dtype, grads, out_shape[0]
+        self.classes = classes if classes is not None else out_shape[0]
+        self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis
+        self.buffer = np.empty(min(step, x.shape[0]) * self.classes * self.inner, dtype)
+        width = x.shape[1]
+        self.scratch = None
+        self.once = step >= x.shape[0]
+        if grads is not None and not self.once:
+            self.scratch = np.empty(max(1, min(self.classes * self.inner, _BLOCK_BYTES // (width * dtype.itemsize)))
+                                    * width, dtype)
+        blocked = grads is not None and classes is not None and classes < out_shape[0]
+        self.d_rows = np.empty((min(step, x.shape[0]), width), dtype) if blocked else None
+
+    def logits(self, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
+        """input[start:stop] @ linear_weight[classes lo..hi].T + bias, as (rows, hi - lo, d1, ..., dK)."""
+        columns = slice(lo * self.inner, hi * self.inner)
+        out = self.buffer[:(stop - start) * (hi - lo) * self.inner].reshape(stop - start, (hi - lo) * self.inner)
+        np.matmul(self.x[start:stop], self.weight[columns].T, out=out)
+        if self.bias is not None:
+            out += self.bias[columns]
+        return out.reshape(stop - start, hi - lo, *self.out_shape[1:])
+
+    def arguments(self, start: int, stop: int, lo: int, hi: int | None):
+        """The loss's other inputs for rows [start, stop) and classes lo..hi (all with hi None), and the
+        rows' sample weights."""
+        arguments = {}
+        for name, (kind, value, along_axis) in self.per_row.items():
+            if kind == "rows":
+                value = value[start:stop]
+            if along_axis and hi is not None:
+                value = value[lo:hi] if kind == "whole" else value[:, lo:hi]
+            arguments[name] = value
+        return arguments, arguments.pop("sample_weight", None)
+
+    def backward(self, start: int, stop: int, lo: int, hi: int, grad: np.ndarray) -> None:
+        """Add the gradient of rows [start, stop) x classes lo..hi (in `grad`) to the three gradients."""
+        d_input, d_weight, d_bias = self.grads
+        grad = grad.reshape(stop - start, -1)
+        columns = slice(lo * self.inner, hi * self.inner)
+        weight = self.weight[columns]
+        if lo == 0:
+            np.matmul(grad, weight, out=d_input[start:stop])
+        else:
+            part = self.d_rows[:stop - start]
+            np.matmul(grad, weight, out=part)
+            d_input[start:stop] += part
+        if self.once:
+            np.matmul(grad.T, self.x, out=d_weight[columns])
+            if d_bias is not None:
+                d_bias[columns] = grad.sum(axis=0, dtype=np.float64)
+            return
+        width = self.x.shape[1]
+        block = self.scratch.size // width
+        for low in range(0, grad.shape[1], block):
+            high = min(grad.shape[1], low + block)
+            scratch = self.scratch[:(high - low) * width].reshape(high - low, width)
+            np.matmul(grad[:, low:high].T, self.x[start:stop], out=scratch)
+            d_weight[columns.start + low:columns.start + high] += scratch
+        if d_bias is not None:
+            d_bias[columns] += grad.sum(axis=0, dtype=np.float64)

@@ -31,8 +31,9 @@ def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: 
     "batchmean" (not for sequence losses), and "none" for elementwise losses."""
     named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
-    if reduction not in ("mean", "sum", "batchmean", "none"):
-        raise lossdsl.LossInputError(f"reduction must be 'mean', 'sum', 'batchmean' or 'none'; got {reduction!r}")
+    if reduction not in ("mean", "mean_or_zero", "sum", "batchmean", "none"):
+        raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero', 'sum', 'batchmean' or 'none'; got "
+                                     f"{reduction!r}")
     if reduction == "none" and (isinstance(compiled, _SequenceLoss) or compiled._resolved.axis is not None):
         raise lossdsl.LossInputError(f"{compiled.name}: reduction='none' is for elementwise losses here")
     wrt = [compiled.inputs.index(name) for name in compiled.wrt]

@@ -16,7 +16,8 @@ import numpy as np
 from . import buffers, threads
 from .errors import LossInputError, LossLabelError
 
-CALL_REDUCTIONS = ("none", "sum", "mean", "batch", "batchmean")  # what a call's `reduction=` may be
+CALL_REDUCTIONS = ("none", "sum", "mean", "mean_or_zero", "batch", "batchmean")  # what a call's `reduction=` may be
+MEANS = ("mean", "mean_or_zero")  # over nothing kept (every label ignored): NaN as PyTorch, or 0
 
 
 def is_gpu_array(value) -> bool:
@@ -60,6 +61,11 @@ def by_name(loss_name: str, names: list[str] | tuple[str, ...], required: list[s
         raise LossInputError(f"{loss_name} takes {len(required)} input{'s' if len(required) != 1 else ''} "
                              f"({', '.join(required)}); missing {', '.join(missing)}")
     return given
+
+
+def empty_mean(reduction: str) -> float:
+    """A mean over nothing: NaN (PyTorch's answer when every target is ignored), 0 for "mean_or_zero"."""
+    return 0.0 if reduction == "mean_or_zero" else np.nan
 
 
 def flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -158,13 +164,13 @@ class Call:
             return 1.0 / per_sample if per_sample else 1.0
         if self.reduction == "batchmean":
             return 1.0 / self.shape[self.batch_axis] if self.shape[self.batch_axis] else 1.0
-        return 1.0 / self.divisor if self.reduction == "mean" and self.divisor else 1.0
+        return 1.0 / self.divisor if self.reduction in MEANS and self.divisor else 1.0
 
     def reduce(self, total: float, out: np.ndarray):
         if self.reduction == "sum":
             return self.dtype.type(total)
-        if self.reduction == "mean":
-            return self.dtype.type(total / self.divisor if self.divisor else np.nan)
+        if self.reduction in MEANS:
+            return self.dtype.type(total / self.divisor if self.divisor else empty_mean(self.reduction))
         if self.reduction == "batchmean":
             batch = self.shape[self.batch_axis]
             return self.dtype.type(total / batch if batch else np.nan)
@@ -264,7 +270,7 @@ class RowCall(Call):
         if row >= 0:
             index = tuple(int(i) for i in np.unravel_index(row, self.shape)) if self.shape else ()
             raise LossLabelError(f"{self.name}: label {label} at row {index} is outside the axis of length "
-                                 f"{self.length}")
+                                 f"{self.length}", index, int(label))
         self.divisor = float(divisor)
 
     def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:

@@ -28,7 +28,9 @@ class _Backend(Protocol):
 class Loss:
     """A compiled loss. Call it for the value; `value_and_grad` for value and gradient in one pass.
 
-    Reductions: "mean" (default), "sum", "none" (one value per element), "batch"
+    Reductions: "mean" (default; NaN when every row is ignored, as PyTorch), "mean_or_zero"
+    (the same, but 0 there, as Megatron and most training loops want), "sum", "none" (one value
+    per element), "batch"
     (MXNet Gluon's per-sample form: the mean over every axis but `batch_axis`) and
     "batchmean" (the sum divided by the length of `batch_axis`, PyTorch's KL divergence).
     A loss over a named axis has one value per row (the input's shape without the axis);
@@ -182,12 +184,12 @@ class Loss:
         self._run(call, None, lambda: ())
         return call.divisor
 
-    def with_linear(self, chunk_rows: int | None = None):
+    def with_linear(self, chunk_rows: int | None = None, chunk_classes: int | None = None):
         """This loss over a class axis fused with the linear layer before it (lossdsl.heads.LinearHead):
         called with (input, linear_weight, other inputs..., linear_bias=...), it computes the logits
-        input @ linear_weight.T + linear_bias a chunk of rows at a time, never all of them."""
+        input @ linear_weight.T + linear_bias a chunk of rows (and of classes) at a time, never all of them."""
         from .heads import LinearHead
-        return LinearHead(self, chunk_rows)
+        return LinearHead(self, chunk_rows, chunk_classes)
 
     def _run(self, call, kernel: str | None, arguments, target: str | None = None):
         """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor; None:

@@ -17,12 +17,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import LossInputError, LossParameterError
-from .layout import HOST, by_name, float_dtype, integer_labels
+from .layout import HOST, MEANS, by_name, float_dtype, integer_labels
 from .resolve import evaluate
 from .runtime import memory_for
 from .staging import SequenceStages
 
-REDUCTIONS = ("mean", "sum", "none", "batch")
+REDUCTIONS = ("mean", "mean_or_zero", "sum", "none", "batch")
 
 
 class SequenceLoss:
@@ -108,7 +108,7 @@ class SequenceLoss:
     def _evaluate(self, inputs, named_inputs, reduction, weight, sample_weight, device, gradient: bool):
         call = self._prepare(inputs, named_inputs, reduction, device)
         memory, batch, dtype = call.memory, call.z_tnc.shape[1], call.dtype
-        after = self._mean if reduction == "mean" and self._mean is not None else self._after
+        after = self._mean if reduction in MEANS and self._mean is not None else self._after
         per_sequence = [call.lengths[name] for name in after.inputs[1:]]  # after's inputs: the result, lengths
 
         def reduced(nll):

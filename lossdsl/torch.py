@@ -25,7 +25,7 @@ from lossdsl.heads import LinearHead as _LinearHead
 from lossdsl.runtime import Loss as _CompiledLoss
 from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
-_SCALAR_REDUCTIONS = ("mean", "sum", "batchmean")
+_SCALAR_REDUCTIONS = ("mean", "mean_or_zero", "sum", "batchmean")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 

@@ -182,6 +182,12 @@ def test_every_row_ignored_gives_a_nan_mean(load_loss, key):
     assert np.isnan(loss(logits, y, reduction="mean"))
     assert loss(logits, y, reduction="sum") == 0.0
     np.testing.assert_array_equal(loss.grad(logits, y, reduction="sum"), np.zeros((3, 4)))
+    np.testing.assert_array_equal(loss.grad(logits, y, reduction="mean"), np.zeros((3, 4)))  # as PyTorch's
+    value, grad = loss.value_and_grad(logits, y, reduction="mean_or_zero")  # the option: 0, not NaN
+    assert value == 0.0 and np.all(grad == 0)
+    y[1] = 2  # one row kept: the same as "mean"
+    logits[1] = [0.5, -1.0, 2.0, 0.0]
+    assert loss(logits, y, reduction="mean_or_zero") == loss(logits, y, reduction="mean") == loss(logits[1:2], y[1:2])
 
 
 # logits at +-1e4 (and ties), one row per line, class axis last; labels name the min, one of
@@ -457,3 +463,19 @@ def test_z_loss_adds_the_squared_log_normaliser(load_loss):
     expected = (class_weight[label][:, None] * (softmax - np.eye(5)[label])
                 + 2e-3 * lse[:, None] * softmax) * kept[:, None] / divisor
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_the_weighting_rule_of_cross_entropy_as_its_docstring_works_it(load_loss):
+    """Sample weights, class weights, an ignored row and label smoothing, by the rule in the spec's text."""
+    logits = np.array([[2.0, 0, 0], [0, 1, 0], [5, 5, 5]])
+    y, class_weight, sample_weight = np.array([0, 2, -100]), np.array([1, 2, 0.5]), np.array([1.0, 3, 5])
+    ce = load_loss("cross_entropy")
+    assert ce(logits, y, class_weight, sample_weight=sample_weight) == pytest.approx(1.7111, abs=1e-4)
+    for a in (0.0, 0.1):
+        lse = np.log(np.exp(logits).sum(axis=1))
+        nll = lse - logits[np.arange(3), np.maximum(y, 0)]
+        smooth = lse * class_weight.mean() - (class_weight * logits).mean(axis=1)
+        rows = sample_weight * ((1 - a) * class_weight[np.maximum(y, 0)] * nll + a * smooth) * (y != -100)
+        expected = rows.sum() / class_weight[y[:2]].sum()
+        loss = ce.with_params(label_smoothing=a)
+        assert loss(logits, y, class_weight, sample_weight=sample_weight) == pytest.approx(expected, rel=1e-12)

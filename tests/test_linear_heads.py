@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl.errors import LossInputError
+from lossdsl.errors import LossInputError, LossLabelError
 
 HEADS = ("linear_cross_entropy", "linear_cross_entropy_probs")  # tests/test_catalogue.py counts them here
 
@@ -38,15 +38,17 @@ def _pytorch(torch, x, linear_weight, target, reduction, bias=None, **options):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("chunk_rows", [9, 8, 100])  # divides 45, does not, more than all rows
-def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction, chunk_rows):
+# rows per chunk: divides 45, does not, more than all rows; classes per block: all, divides 30, does not
+@pytest.mark.parametrize("chunk_rows, chunk_classes", [(9, None), (8, None), (100, None), (9, 10), (8, 7)])
+def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction, chunk_rows, chunk_classes):
     rng, x, weight, bias = _layer(0, dtype=dtype)
     target = rng.integers(0, CLASSES, ROWS)
     target[[3, 17]] = -100
     class_weight = rng.uniform(0.5, 2.0, CLASSES).astype(dtype)
     head = load_loss("linear_cross_entropy", label_smoothing=0.1)
+    chunks = {"chunk_rows": chunk_rows, "chunk_classes": chunk_classes}
     value, grads = head.value_and_grad(x, weight, target, weight=class_weight, linear_bias=bias,
-                                       reduction=reduction, chunk_rows=chunk_rows)
+                                       reduction=reduction, **chunks)
     expected, expected_grads = _pytorch(torch, x, weight, target, reduction, bias, weight=class_weight,
                                         label_smoothing=0.1)
     tolerance = 1e-10 if dtype == np.float64 else 2e-5
@@ -55,7 +57,7 @@ def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction
     for got, wanted in zip(grads, expected_grads):
         np.testing.assert_allclose(got, wanted, rtol=tolerance, atol=tolerance)
     np.testing.assert_allclose(head(x, weight, target, weight=class_weight, linear_bias=bias, reduction=reduction,
-                                    chunk_rows=chunk_rows), value, rtol=tolerance)
+                                    **chunks), value, rtol=tolerance)
 
 
 def test_k_dimensional_logits_without_bias(load_loss, torch):
@@ -63,12 +65,13 @@ def test_k_dimensional_logits_without_bias(load_loss, torch):
     rng, x, weight, _ = _layer(1)
     weight = rng.normal(size=(CLASSES, 3, WIDTH)) * 0.4
     target = rng.integers(0, CLASSES, (ROWS, 3))
-    value, grads = load_loss("linear_cross_entropy").value_and_grad(x, weight, target, chunk_rows=4)
     expected, expected_grads = _pytorch(torch, x, weight, target, "mean")
-    assert len(grads) == 2 and grads[1].shape == weight.shape  # no bias, no bias gradient
-    np.testing.assert_allclose(value, expected, rtol=1e-10)
-    for got, wanted in zip(grads, expected_grads):
-        np.testing.assert_allclose(got, wanted, atol=1e-12)
+    for chunks in ({"chunk_rows": 4}, {"chunk_rows": 4, "chunk_classes": 7}):
+        value, grads = load_loss("linear_cross_entropy").value_and_grad(x, weight, target, **chunks)
+        assert len(grads) == 2 and grads[1].shape == weight.shape  # no bias, no bias gradient
+        np.testing.assert_allclose(value, expected, rtol=1e-10)
+        for got, wanted in zip(grads, expected_grads):
+            np.testing.assert_allclose(got, wanted, atol=1e-12)
 
 
 def test_leading_axes_of_the_input_are_rows(load_loss):
@@ -87,12 +90,13 @@ def test_leading_axes_of_the_input_are_rows(load_loss):
 def test_probability_targets_against_pytorch(load_loss, torch):
     rng, x, weight, bias = _layer(2)
     target = rng.dirichlet(np.ones(CLASSES), ROWS)
-    value, grads = load_loss("linear_cross_entropy_probs", label_smoothing=0.2).value_and_grad(
-        x, weight, target, linear_bias=bias, chunk_rows=7)
     expected, expected_grads = _pytorch(torch, x, weight, target, "mean", bias, label_smoothing=0.2)
-    np.testing.assert_allclose(value, expected, rtol=1e-10)
-    for got, wanted in zip(grads, expected_grads):
-        np.testing.assert_allclose(got, wanted, atol=1e-12)
+    for chunks in ({"chunk_rows": 7}, {"chunk_rows": 7, "chunk_classes": 8}):  # targets sliced with the blocks
+        value, grads = load_loss("linear_cross_entropy_probs", label_smoothing=0.2).value_and_grad(
+            x, weight, target, linear_bias=bias, **chunks)
+        np.testing.assert_allclose(value, expected, rtol=1e-10)
+        for got, wanted in zip(grads, expected_grads):
+            np.testing.assert_allclose(got, wanted, atol=1e-12)
 
 
 def _unfused(loss, x, weight, bias, inputs, **options):
@@ -102,21 +106,34 @@ def _unfused(loss, x, weight, bias, inputs, **options):
     return value, (grad @ weight, grad.T @ x, grad.sum(axis=0))
 
 
+EXTREMES = """
+loss extremes(logits[c], y)
+    "Every kind of partial a class block holds: max, min, p-norm, mean, logsumexp, a label's logit."
+    param p = 3.0 where p >= 1
+    extremes = max(logits, c) - 0.5*min(logits, c) + 0.1*norm(logits, c, p) + mean(logits*logits, c) + logsumexp(logits - max(logits, c), c) - logits[y]
+"""
+
+
 @pytest.mark.parametrize("name, params, kind", [
     ("poly1_ce", {"epsilon": 2.0, "label_smoothing": 0.05}, "labels"),
     ("softmax_focal", {"gamma": 2.0}, "labels"),
     ("multilabel_soft_margin", {}, "multi-hot"),
     ("cross_entropy_probs", {}, "probabilities"),
+    ("multi_margin", {"p": 2, "margin": 0.5}, "labels"),  # a mean over classes needing a label's logit
+    ("extremes", {}, "labels"),  # EXTREMES above
 ])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_fused_heads_of_other_specs_equal_the_unfused_loss(load_loss, name, params, kind, reduction):
+@pytest.mark.parametrize("chunks", [{"chunk_rows": 8}, {"chunk_rows": 8, "chunk_classes": 7},
+                                    {"chunk_rows": 9, "chunk_classes": 10}, {"chunk_classes": 1}],
+                         ids=["rows", "blocks", "blocks-dividing", "one-class-blocks"])
+def test_fused_heads_of_other_specs_equal_the_unfused_loss(load_loss, name, params, kind, reduction, chunks):
     rng, x, weight, bias = _layer(3)
     inputs = {"labels": lambda: [rng.integers(0, CLASSES, ROWS)],
               "multi-hot": lambda: [(rng.uniform(size=(ROWS, CLASSES)) < 0.2).astype(np.float64)],
               "probabilities": lambda: [rng.dirichlet(np.ones(CLASSES), ROWS)]}[kind]()
-    loss = load_loss(name, **params)
+    loss = lossdsl.compile(EXTREMES) if name == "extremes" else load_loss(name, **params)
     value, grads = loss.with_linear().value_and_grad(x, weight, *inputs, linear_bias=bias, reduction=reduction,
-                                                     chunk_rows=8)
+                                                     **chunks)
     expected, expected_grads = _unfused(loss, x, weight, bias, inputs, reduction=reduction)
     np.testing.assert_allclose(value, expected, rtol=1e-11)
     for got, wanted in zip(grads, expected_grads):
@@ -134,7 +151,11 @@ def test_sample_weights_and_all_rows_ignored(load_loss):
     np.testing.assert_allclose(value, expected, rtol=1e-11)
     for got, wanted in zip(grads, expected_grads):
         np.testing.assert_allclose(got, wanted, atol=1e-13)
-    assert np.isnan(head(x, weight, np.full(ROWS, -100)))  # every row ignored: NaN, as PyTorch
+    ignored = np.full(ROWS, -100)
+    value, grads = head.value_and_grad(x, weight, ignored, linear_bias=bias)  # every row ignored: as PyTorch,
+    assert np.isnan(value) and all(np.all(g == 0) for g in grads)             # NaN, and zero gradients
+    value, grads = head.value_and_grad(x, weight, ignored, linear_bias=bias, reduction="mean_or_zero")
+    assert value == 0 and all(np.all(g == 0) for g in grads)
 
 
 def test_micro_batches_accumulate_to_the_full_batch_exactly(load_loss):
@@ -178,16 +199,18 @@ def test_pytorch_adapter_drives_a_head(torch):
     (lambda a: a.update(bias=a["bias"][:3]), "linear_bias"),
     (lambda a: a.update(target=a["target"][:5]), "target of shape"),
     (lambda a: a.update(chunk_rows=0), "chunk_rows"),
+    (lambda a: a.update(chunk_classes=2.5), "chunk_classes"),
     (lambda a: a.update(reduction="batch"), "reduction"),
 ])
 def test_bad_calls_are_refused(load_loss, change, message):
     rng, x, weight, bias = _layer(7)
     arguments = {"x": x, "weight": weight, "target": rng.integers(0, CLASSES, ROWS), "bias": bias,
-                 "chunk_rows": None, "reduction": "mean"}
+                 "chunk_rows": None, "chunk_classes": None, "reduction": "mean"}
     change(arguments)
     with pytest.raises(LossInputError, match=message):
         load_loss("linear_cross_entropy")(arguments["x"], arguments["weight"], arguments["target"],
                                           linear_bias=arguments["bias"], chunk_rows=arguments["chunk_rows"],
+                                          chunk_classes=arguments["chunk_classes"],
                                           reduction=arguments["reduction"])
 
 
@@ -196,15 +219,33 @@ def test_a_head_needs_a_class_axis_loss():
         lossdsl.load("huber").with_linear()
 
 
-def test_masked_classes_through_the_bias(load_loss):
-    """A -inf bias masks a class of the head: finite loss, no gradient reaches that class's weights."""
+@pytest.mark.parametrize("chunks", [{}, {"chunk_classes": 4}])
+def test_masked_classes_through_the_bias(load_loss, chunks):
+    """A -inf bias masks a class of the head: finite loss, no gradient reaches that class's weights
+    (with blocks of 4 classes, one block is masked whole)."""
     rng, x, weight, bias = _layer(9)
-    bias[[4, 11]] = -np.inf
+    masked = [4, 5, 6, 7, 11]
+    bias[masked] = -np.inf
     target = rng.integers(0, 4, ROWS)
     value, (d_x, d_weight, d_bias) = load_loss("linear_cross_entropy").value_and_grad(x, weight, target,
-                                                                                       linear_bias=bias)
+                                                                                       linear_bias=bias, **chunks)
     assert np.isfinite(value) and np.isfinite(d_x).all()
-    assert np.all(d_weight[[4, 11]] == 0) and np.all(d_bias[[4, 11]] == 0)
+    assert np.all(d_weight[masked] == 0) and np.all(d_bias[masked] == 0)
+    kept = np.setdiff1d(np.arange(CLASSES), masked)
+    expected, expected_grads = _unfused(load_loss("cross_entropy"), x, weight[kept], bias[kept],
+                                        [np.searchsorted(kept, target)])
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
+    np.testing.assert_allclose(d_weight[kept], expected_grads[1], atol=1e-13)
+
+
+@pytest.mark.parametrize("chunks", [{"chunk_rows": 8}, {"chunk_rows": 8, "chunk_classes": 7}])
+def test_a_label_outside_the_classes_is_refused(load_loss, chunks):
+    """In the third chunk of rows; the row named is the input's, not the chunk's."""
+    rng, x, weight, bias = _layer(11)
+    target = rng.integers(0, CLASSES, ROWS)
+    target[20] = CLASSES
+    with pytest.raises(LossLabelError, match=rf"label {CLASSES} at row \(20,\) is outside the classes"):
+        load_loss("linear_cross_entropy").value_and_grad(x, weight, target, linear_bias=bias, **chunks)
 
 
 CAPPED = """

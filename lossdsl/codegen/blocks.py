@@ -1,0 +1,135 @@
+"""Stage 4 for losses over an axis met a block of classes at a time: a `BlockPlan` → CPU kernels.
+
+The arrays a call passes hold one block of the axis, positions __lo .. __lo + __width - 1
+of a row of length __C (the layout and steps of codegen/rows.py, with the block's width as
+the axis length). Three kernels, serial and `nogil` over rows [start, stop):
+- `loss_block_pass(..., __lo, __C, __level, __done, __partial)`: the partials of one level's
+  reductions and loads over this block (lossdsl.partials), written to __partial, reading the
+  combined partials of the earlier levels from __done;
+- `loss_block_value(..., __lo, __C, __done, __weight, __scale, __out, __norms, __bad)`: from the
+  combined partials, each row's loss (weighted sum returned, each row in __out), what "mean"
+  divides by (__norms) and labels outside [0, __C) (__bad);
+- `loss_block_grad(..., __lo, __C, __done, __weight, __scale, __gscale, grads...)`: this block's
+  gradient. Every partial is whole by then, so the pass reads the logits at c and stores their
+  gradient at c: the gradient may overwrite the logits.
+Loads x[y] only read a block when y falls inside it, so no label is ever read out of range.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from ..partials import BlockPlan, Node
+from ..reductions import arg_symbol
+from ..symbolic import safe_name
+from .printer import NumbaPrinter
+from .rows import _finish, _keep, _passes, _prologue, _Writer
+from .targets import CPU
+
+
+def generate_blocks(blocks: BlockPlan, dtype: np.dtype, header: str) -> str:
+    printer = NumbaPrinter()
+    kernels = [_pass_kernel(blocks, printer), _value_kernel(blocks, printer), _grad_kernel(blocks, printer)]
+    return CPU.module(header, dtype, printer, kernels)
+
+
+def _start(blocks: BlockPlan, printer: NumbaPrinter, name: str, extra: list[str], doc: str) -> _Writer:
+    plan = blocks.plan
+    w = _Writer(plan, printer, CPU, blocked=True)
+    arrays = [f"_{safe_name(i.name)}_" for i in plan.loss.inputs]
+    arguments = [*arrays, "__steps", "__rows", "__width", "__inner", *(f"_{p.name}_" for p in plan.params),
+                 "__lo", "__C", "__done", *extra]
+    w.emit(0, CPU.kernel_decorator, f"def {name}({CPU.parameters(arguments)}):", f'    """{doc}"""')
+    return w
+
+
+def _read_done(w: _Writer, indent: int, nodes) -> None:
+    """Each node's combined partials, finished: its value as the row kernels name it."""
+    for node in nodes:
+        acc = f"__{node.symbol.name}"
+        if node.op == "load":
+            w.emit(indent, f"{node.symbol} = F(__done[__row, {node.slot}])")
+            continue
+        w.emit(indent, f"{acc} = __done[__row, {node.slot}]")
+        if node.op == "logsumexp":
+            w.emit(indent, f"{acc}_sum = __done[__row, {node.slot + 1}]")
+        if node.op in ("max", "min"):
+            w.emit(indent, f"{arg_symbol(node.source)} = int(__done[__row, {node.slot + 1}])")
+        w.emit(indent, *_finish(node.source, w.plan, w))
+
+
+def _store_partials(node: Node, slot_of: dict) -> list[str]:
+    acc, k = f"__{node.symbol.name}", slot_of[node.symbol]
+    second = {"logsumexp": f"{acc}_sum", "max": str(arg_symbol(node.source)), "min": str(arg_symbol(node.source))}
+    lines = [f"__partial[__row, {k}] = {acc}"]
+    if node.op in second:
+        lines.append(f"__partial[__row, {k + 1}] = {second[node.op]}")
+    return lines
+
+
+def _pass_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
+    w = _start(blocks, printer, "loss_block_pass", ["__level", "__partial"],
+               "Partials over this block of the nodes of one level; rows left out keep theirs.")
+    _prologue(w, CPU.row_loop())
+    w.emit(2, f"if {_keep(w.plan, w)}:")
+    slot_of = {n.symbol: n.slot for n in blocks.nodes}
+    node_of = {n.source: n for n in blocks.nodes}
+    for level in range(blocks.levels):
+        w.emit(3, f"{'if' if level == 0 else 'elif'} __level == {level}:")
+        _read_done(w, 4, [n for n in blocks.nodes if n.level < level])
+        here = blocks.at(level)
+        for node in (n for n in here if n.op == "load"):
+            load = node.source
+            k, label = w.index_of[load.input], safe_name(load.label)
+            w.emit(4, f"{node.symbol} = 0.0",
+                   f"if __lo <= {label} and {label} < __lo + __width:",
+                   f"    {node.symbol} = load(_{safe_name(load.input)}_, __b{k} + ({label} - __lo) * __t{k})",
+                   f"__partial[__row, {node.slot}] = {node.symbol}")
+        reductions = [n.source for n in here if n.op != "load"]
+        _passes(w, 4, reductions, complete=lambda r, plan, writer: _store_partials(node_of[r], slot_of))
+    w.emit(1, "return 0.0")
+    return "\n".join(w.lines) + "\n"
+
+
+def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
+    plan = blocks.plan
+    w = _start(blocks, printer, "loss_block_value", ["__weight", "__scale", "__out", "__norms", "__bad"],
+               "Each row's loss from its whole partials, what the mean divides by, and labels out of range.")
+    w.emit(1, "__s = F(__scale)", "__weighted = __weight.size == __rows", "__total = 0.0")
+    _prologue(w, CPU.row_loop())
+    w.emit(2, "__w = __s * __weight[__row] if __weighted else __s", "__loss = 0.0", "__norms[__row] = 0.0")
+    w.emit(2, f"if {_keep(plan, w)}:")
+    for label in plan.loss.labels:
+        name = safe_name(label)
+        w.emit(3, f"if {name} < 0 or {name} >= __C:", "    __bad[__row] = 1")
+    needed = (plan.value.free_symbols | (plan.mean_weight.free_symbols if plan.mean_weight is not None else set()))
+    _read_done(w, 3, [n for n in blocks.nodes if n.symbol in needed])
+    weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
+    value, norm = w.statements(3, [], [plan.value, weight])
+    w.emit(3, f"__loss = ({value}) * __w", f"__norms[__row] = {norm}")
+    w.emit(2, "__out[__row] = __loss", "__total += __loss")
+    w.emit(1, "return __total")
+    return "\n".join(w.lines) + "\n"
+
+
+def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
+    plan = blocks.plan
+    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt]
+    w = _start(blocks, printer, "loss_block_grad", ["__weight", "__scale", "__gscale", *grads],
+               "This block's gradients, times weight, scale and __gscale; each may be its own input.")
+    w.emit(1, "__s = F(__scale)", "__gs = F(__gscale)", "__weighted = __weight.size == __rows")
+    _prologue(w, CPU.row_loop())
+    w.emit(2, "__gw = __s * __gs * (__weight[__row] if __weighted else F(1.0))",
+           "__gb = __o * __width * __inner + __q")
+    element = "__gb + __c * __inner"
+    w.emit(2, f"if {_keep(plan, w)}:")
+    _read_done(w, 3, blocks.nodes)
+    w.statements(3, list(plan.adjoints), [])
+    w.emit(3, w.axis_loop())
+    w.loads_along_axis(4, plan.grads)
+    texts = w.statements(4, [], list(plan.grads))
+    for g, text in zip(grads, texts):
+        w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
+    w.emit(2, "else:", "    " + w.axis_loop(), *[f"        store({g}, {element}, F(0.0))" for g in grads])
+    w.emit(1, "return 0.0")
+    return "\n".join(w.lines) + "\n"

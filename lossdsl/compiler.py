@@ -64,12 +64,12 @@ class Backend:
     def __init__(self, resolved: ResolvedLoss):
         self.resolved = resolved
         self._modules: dict[tuple[np.dtype, str], ModuleType] = {}  # so a call costs no hashing or file access
-        self._blocks = None
+        self._blocks = {}
 
     def module(self, dtype: np.dtype, fresh: bool = False, target: str = "cpu") -> ModuleType:
         """The kernel module for `dtype` and `target` ("cpu", "cuda", or, made only when asked for,
-        "grad_hess": the CPU's gradient-and-second-derivative kernel, "blocks": the CPU's kernels
-        for a class axis met a block of classes at a time); `fresh` first
+        "grad_hess": the CPU's gradient-and-second-derivative kernel, "blocks" and "blocks_outputs":
+        the CPU's kernels for a class axis met a block of classes at a time); `fresh` first
         discards Numba's cached machine code for it."""
         dtype = np.dtype(dtype)
         if fresh or (dtype, target) not in self._modules:
@@ -91,9 +91,9 @@ class Backend:
             if target == "grad_hess":
                 from .symbolic import derive_hessian
                 return elementwise.generate_grad_hess(derive_hessian(self.plan()), dtype, header, CPU)
-            if target == "blocks":
+            if target in ("blocks", "blocks_outputs"):
                 from .codegen.blocks import generate_blocks
-                return generate_blocks(self.block_plan(), dtype, header)
+                return generate_blocks(self.block_plan(target == "blocks_outputs"), dtype, header)
             generate = elementwise.generate if self.resolved.axis is None else rows.generate_rows
             return generate(self.plan(), dtype, header, TARGETS[target])  # 4. printer + kernel skeleton
         except UnsupportedExpression as exc:
@@ -104,12 +104,13 @@ class Backend:
     def plan(self):
         return _plan(self.resolved)                                    # 3. SymPy: derive, stabilise, CSE
 
-    def block_plan(self):
-        """The row plan's reductions as partials over blocks of the class axis (lossdsl.partials)."""
-        if self._blocks is None:
+    def block_plan(self, outputs: bool = False):
+        """The row plan's reductions as partials over blocks of the class axis (lossdsl.partials);
+        with `outputs`, those the spec's `output` values need too."""
+        if outputs not in self._blocks:
             from .partials import block_plan
-            self._blocks = block_plan(self.plan())
-        return self._blocks
+            self._blocks[outputs] = block_plan(self.plan(), outputs)
+        return self._blocks[outputs]
 
     def explain(self, latex: bool = False) -> str:
         from .symbolic import explain

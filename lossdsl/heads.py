@@ -83,12 +83,14 @@ class LinearHead:
 
     def value_and_grad(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
                        sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
-                       **named_inputs):
+                       outputs: bool = False, **named_inputs):
+        """`outputs=True`: also the spec's `output` values per row, from the same pass, as the loss's own
+        `value_and_grad(..., outputs=True)` gives them: (value, gradients, {name: values})."""
         return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
-                         (chunk_rows, chunk_classes), gradient=True)
+                         (chunk_rows, chunk_classes), gradient=True, with_outputs=outputs)
 
     def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
-             gradient: bool):
+             gradient: bool, with_outputs: bool = False):
         if reduction not in (*MEANS, "sum", "none"):
             raise LossInputError(f"{self.name}: reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; got "
                                  f"{reduction!r}")
@@ -118,7 +120,11 @@ class LinearHead:
             once = step >= rows  # one chunk: each gradient is written once, not accumulated
             new = np.empty if once else np.zeros
             grads = (np.empty_like(x), new(weight.shape, dtype), new(outputs, np.float64) if bias is not None else None)
-        chunk = _Chunks(x, weight, bias, out_shape, per_row, step, classes, dtype, grads)
+        names = self.loss._resolved.outputs
+        if with_outputs and not names:
+            raise LossInputError(f"{self.name} declares no `output`")
+        extra = np.empty((rows, *out_shape[1:], len(names)), dtype) if with_outputs else None
+        chunk = _Chunks(x, weight, bias, out_shape, per_row, step, classes, dtype, grads, extra)
         total, normalizer = 0.0, 0.0
         for start in range(0, rows, step):
             stop = min(rows, start + step)
@@ -144,9 +150,11 @@ class LinearHead:
             d_bias = None if d_bias is None else d_bias * float(scale)
         grads = (d_input.reshape(*rows_shape, width).astype(given[0], copy=False),
                  d_weight.reshape(*out_shape, width).astype(given[1], copy=False))
-        if d_bias is None:
+        if d_bias is not None:
+            grads = (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
+        if not with_outputs:
             return value, grads
-        return value, (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
+        return value, grads, {name: extra[..., k].reshape(*rows_shape, *out_shape[1:]) for k, name in enumerate(names)}
 
     def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row, to be
@@ -187,8 +195,11 @@ class LinearHead:
             raise self._label_error(error.label, (start + error.row[0], *error.row[1:]), chunk) from None
         if chunk.grads is None:
             return self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights), divisor
-        part, _ = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
-                                           sample_weight=weights, grad_out=shaped)
+        extra = chunk.extra is not None
+        part, _, *shown = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
+                                                   sample_weight=weights, grad_out=shaped, outputs=extra)
+        if extra:
+            chunk.extra[start:stop] = np.stack(list(shown[0].values()), axis=-1)
         chunk.backward(start, stop, 0, chunk.classes_total, shaped)
         return part, divisor if mean else 0.0
 
@@ -202,8 +213,9 @@ class LinearHead:
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
         from .layout import RowCall
         loss, classes = self.loss, chunk.classes_total
-        module = loss._backend.module(chunk.dtype, target="blocks")
-        plan = loss._backend.block_plan()
+        extra = chunk.extra is not None
+        module = loss._backend.module(chunk.dtype, target="blocks_outputs" if extra else "blocks")
+        plan = loss._backend.block_plan(extra)
         blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
 
         def call(lo: int, hi: int) -> RowCall:
@@ -223,8 +235,10 @@ class LinearHead:
         if done is None:  # a loss with no reduction over the axis
             done = plan.empty(block.rows)
         out, norms, bad = np.empty(block.rows, chunk.dtype), np.empty(block.rows), np.zeros(block.rows, np.int8)
+        shown = (chunk.extra[start:stop].reshape(block.rows, -1) if extra  # a view: rows are contiguous
+                 else np.empty((0, 0), chunk.dtype))
         threads.run(module.loss_block_value, block.rows, block.rows,
-                    (*block.head, *loss._param_args, 0, classes, done, block.weights, 1.0, out, norms, bad))
+                    (*block.head, *loss._param_args, 0, classes, done, block.weights, 1.0, out, norms, bad, shown))
         if bad.any():
             row = int(np.argmax(bad))
             label = next(int(block.arrays[k][row]) for k in block.label_inputs
@@ -266,8 +280,10 @@ class _Chunks:
     share of the input, weight and bias gradients accumulated (BLAS products; the weight gradient
     through a block-sized scratch, so no C x D temporary)."""
 
-    def __init__(self, x, weight, bias, out_shape, per_row: dict, step: int, classes: int | None, dtype, grads):
+    def __init__(self, x, weight, bias, out_shape, per_row: dict, step: int, classes: int | None, dtype, grads,
+                 extra: np.ndarray | None):
         self.x, self.weight, self.bias, self.out_shape, self.per_row = x, weight, bias, out_shape, per_row
+        self.extra = extra  # the spec's `output` values, (rows, d1, ..., dK, outputs), when asked for
         self.dtype, self.grads, self.classes_total = dtype, grads, out_shape[0]
         self.classes = classes if classes is not None else out_shape[0]
         self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis

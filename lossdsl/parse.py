@@ -172,6 +172,9 @@ class _ToIR(Transformer):
                                   items[0].line, items[0].column)
         return _AxisRule("head", str(items[0]), "head", _pos(meta))
 
+    def output(self, meta, items):
+        return _AxisRule("outputs", tuple(ir.Name(str(t), _pos(t)) for t in items), "output", _pos(meta))
+
     def mean_of(self, meta, items):
         return _AxisRule("mean_of", items[0], "mean of", _pos(meta))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from .reductions import Load, Reduction, RowPlan, arg_symbol
+from .reductions import Load, Reduction, RowPlan, arg_symbol, needed
 
 # the slots of each kind of node, and what an empty block holds in them
 _SLOTS = {"sum": ("sum",), "mean": ("sum",), "norm": ("sum",), "load": ("sum",),
@@ -58,6 +58,7 @@ class BlockPlan:
     nodes: tuple[Node, ...]
     levels: int
     width: int  # slots per row
+    outputs: bool  # whether the spec's `output` values are computed too
 
     def at(self, level: int) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.level == level)
@@ -104,10 +105,13 @@ def _combine_extremes(running: np.ndarray, block: np.ndarray, op: str) -> None:
     running[wins] = block[wins]
 
 
-def block_plan(plan: RowPlan) -> BlockPlan:
-    """Levels and slots for `plan`'s forward reductions, loads and backward sums. (The `ignore` rule
-    reads no reduction or load: resolve refuses that, so a kernel can decide it before any pass.)"""
-    sources: list[Reduction | Load] = [*plan.loads, *plan.forward, *plan.backward]
+def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
+    """Levels and slots for the forward reductions the loss, its gradient (and with `outputs` the
+    spec's `output` values) need, the loads and the backward sums. (The `ignore` rule reads no
+    reduction or load: resolve refuses that, so a kernel can decide it before any pass.)"""
+    used = [plan.value, *plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward),
+            *(plan.mean_weight,) * (plan.mean_weight is not None), *(e for _, e in plan.outputs if outputs)]
+    sources: list[Reduction | Load] = [*plan.loads, *needed(plan, used), *plan.backward]
     extremes = {arg_symbol(s): s.symbol for s in sources if isinstance(s, Reduction) and s.op in ("max", "min")}
     level: dict[sympy.Symbol, int] = {}
     nodes, slot = [], 0
@@ -121,4 +125,4 @@ def block_plan(plan: RowPlan) -> BlockPlan:
         level[source.symbol] = depth
         nodes.append(Node(source.symbol, op, depth, slot, source))
         slot += len(_SLOTS[op])
-    return BlockPlan(plan, tuple(nodes), max(level.values(), default=-1) + 1, slot)
+    return BlockPlan(plan, tuple(nodes), max(level.values(), default=-1) + 1, slot, outputs)

@@ -71,6 +71,7 @@ class RowPlan:
     ignore: sympy.Expr | None
     mean_weight: sympy.Expr | None
     display: dict = field(compare=False, repr=False)  # readable formulas for `explain`
+    outputs: tuple[tuple[str, sympy.Expr], ...] = ()  # `output` locals: (name, row-level expression)
 
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show: reductions as op(body, c), x[y], softmax, onehot."""
@@ -165,8 +166,19 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
     kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
     shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
     display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
+    outputs = tuple((name, _prepare(local_values[name])) for name in loss.outputs)
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
-                   *kernel, rules["ignore"], rules["mean_weight"], display)
+                   *kernel, rules["ignore"], rules["mean_weight"], display, outputs)
+
+
+def needed(plan: RowPlan, exprs) -> list[Reduction]:
+    """The forward reductions that `exprs` use, directly or through other reductions, in plan order:
+    a local the loss does not use (an `output` not asked for) costs no pass."""
+    symbols = set().union(*(e.free_symbols for e in exprs))
+    for node in reversed(plan.forward):  # users come after what they use
+        if node.symbol in symbols or arg_symbol(node) in symbols:
+            symbols |= node.body.free_symbols | (node.order.free_symbols if node.order is not None else set())
+    return [node for node in plan.forward if node.symbol in symbols or arg_symbol(node) in symbols]
 
 
 def arg_symbol(node: Reduction) -> sympy.Symbol:

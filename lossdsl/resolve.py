@@ -56,6 +56,7 @@ class ResolvedLoss:
     labels: tuple[str, ...] = ()  # inputs used as gather indices: integers in [0, axis length)
     ignore: ir.Expr | None = None  # rows where this holds contribute nothing
     mean_weight: ir.Expr | None = None  # reduction="mean" divides by its sum over the rows not ignored
+    outputs: tuple[str, ...] = ()  # locals a call may ask for beside the loss, one value per row
 
     @property
     def numeric_params(self) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ class ResolvedLoss:
     def cache_text(self) -> str:
         """A canonical text of everything that shapes the generated code (numeric values excluded)."""
         return repr((self.name, self.inputs, self.wrt, self.locals, sorted(self.static_values.items()),
-                     self.numeric_params, self.axis, self.labels, self.ignore, self.mean_weight))
+                     self.numeric_params, self.axis, self.labels, self.ignore, self.mean_weight, self.outputs))
 
 
 def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name, file: None,
@@ -245,7 +246,21 @@ class _Resolver:
         position = loss.axis_position[1] if loss.axis_position else None
         return ResolvedLoss(loss.name, loss.inputs, wrt, params, tuple(values.items()), tuple(locals_),
                             loss.doc, loss.aliases, loss.file, tuple(self.passed_on), self.axis, position,
-                            tuple(dict.fromkeys(self.labels)), **rules)
+                            tuple(dict.fromkeys(self.labels)), outputs=self.outputs(loss, locals_), **rules)
+
+    def outputs(self, loss: ir.LossDef, locals_: list[ir.Local]) -> tuple[str, ...]:
+        """`output a, b`: locals of this loss over an axis, one value per row (they stand beside the loss)."""
+        known = {local.name: local for local in locals_[:-1]}
+        for name in loss.outputs:
+            if self.axis is None:
+                raise self.error(SpecTypeError, "`output` is for losses over a named axis", loss.file, name.pos)
+            if name.id not in known:
+                raise self.error(SpecNameError, f"`output {name.id}`: {name.id} is not a local of {loss.name} "
+                                 "(the loss itself is always returned)", loss.file, name.pos)
+            if name.id in self.axis_locals:
+                raise self.error(SpecTypeError, f"`output {name.id}` varies along {self.axis}: an output has one "
+                                 "value per row", loss.file, name.pos)
+        return tuple(dict.fromkeys(name.id for name in loss.outputs))
 
     def check_axis(self, loss: ir.LossDef) -> str | None:
         """The loss's named axis (one per loss), checked against `axis c = k` and optional inputs."""

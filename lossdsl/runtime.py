@@ -102,7 +102,8 @@ class Loss:
         return call.memory.result(call.reduce(total, out), call)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
-                       batch_axis: int = 0, axis=None, grad_out=None, device: str | None = None, **named_inputs):
+                       batch_axis: int = 0, axis=None, grad_out=None, device: str | None = None,
+                       outputs: bool = False, **named_inputs):
         """(value, gradient) from one fused pass; with several `wrt` inputs, a tuple of gradients.
 
         `grad_out` (an array shaped and typed like the gradient, or a tuple of them) receives
@@ -111,6 +112,8 @@ class Loss:
         A `grad_out` may be the very array it differentiates (`grad_out=logits`): the gradient
         then overwrites that input (no second buffer of its size; the logits are gone after).
         `device` ("cpu" or "cuda") forces a target; by default GPU arrays run on CUDA.
+        `outputs=True` (CPU) also returns a dict of the spec's `output` values, one per row (NaN for
+        rows left out), from the same pass: (value, gradient, {name: values}).
         """
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
         out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
@@ -119,8 +122,15 @@ class Loss:
                                                                                                    call.dtype)
                  for t in targets]
         kernel = "loss_value_and_grad_in_place" if in_place else "loss_value_and_grad"
+        extra = ()
+        if outputs:
+            names = self._resolved.outputs
+            if not names or call.memory is not HOST:
+                why = "declares no `output`" if not names else "computes its outputs on the CPU only"
+                raise LossInputError(f"{self.name} {why}")
+            kernel, extra = "loss_value_and_grad_outputs", (np.empty((call.rows, len(names)), call.dtype),)
         total = self._run(call, kernel, lambda: (*call.head, *self._param_args, call.weights, call.scale,
-                                                 call.grad_scale, out, *grads))
+                                                 call.grad_scale, out, *grads, *extra))
         shaped = [_given_precision(call.unbroadcast(name, g, call.originals[name]), call.dtypes[name])
                   for name, g in zip(self.wrt, grads)]
         for i, target in enumerate(targets):
@@ -129,7 +139,11 @@ class Loss:
                     np.copyto(target, shaped[i])
                 shaped[i] = target
         shaped = [call.memory.result(g, call) for g in shaped]
-        return call.memory.result(call.reduce(total, out), call), (shaped[0] if len(shaped) == 1 else tuple(shaped))
+        value, grad = call.memory.result(call.reduce(total, out), call), (shaped[0] if len(shaped) == 1 else
+                                                                          tuple(shaped))
+        if not outputs:
+            return value, grad
+        return value, grad, {name: extra[0][:, k].reshape(call.shape) for k, name in enumerate(self._resolved.outputs)}
 
     def grad_hess(self, *inputs, sample_weight=None, hessian_floor: float = 1e-6, **named_inputs):
         """Per element, the gradient and the second derivative of the loss with respect to its first

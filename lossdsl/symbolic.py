@@ -63,6 +63,15 @@ _AGAINST_INFINITY = {("==", 1): (">", 1), ("!=", 1): ("<=", 1), ("<", 1): ("<=",
 _FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
+def against_infinity(relation: sympy.Basic) -> tuple[str, int] | None:
+    """(op, ±1) where `relation` is a test against ±inf written as one against ±max (`x > max` is
+    `x == inf`): printed back in that form, which also holds in float32, where max is inf."""
+    for (op, sign), (written, limit) in _AGAINST_INFINITY.items():
+        if relation.rel_op == written and relation.rhs == limit * _FLOAT_MAX:
+            return op, sign
+    return None
+
+
 def _relation(op: str, left: sympy.Expr, right: sympy.Expr) -> sympy.Basic:
     if left in (sympy.oo, -sympy.oo) and right not in (sympy.oo, -sympy.oo):
         op, left, right = _FLIPPED[op], right, left
@@ -233,9 +242,9 @@ class _FormulaPrinter(StrPrinter):
         return text
 
     def _print_Relational(self, expr):
-        for (op, sign), (written, limit) in _AGAINST_INFINITY.items():  # `x > max` reads back as `x == inf`
-            if expr.rel_op == written and expr.rhs == limit * _FLOAT_MAX:
-                return f"{self._print(expr.lhs)} {op} {'-' if sign < 0 else ''}inf"
+        infinite = against_infinity(expr)
+        if infinite is not None:
+            return f"{self._print(expr.lhs)} {infinite[0]} {'-' if infinite[1] < 0 else ''}inf"
         return f"{self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)}"
 
     def _print_And(self, expr):

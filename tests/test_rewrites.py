@@ -58,3 +58,13 @@ def test_rule_values_and_gradients_at_extremes(unstable_forms, name):
         expected_grad = float(mpmath.diff(reference, mpmath.mpf(point)))
         assert value == pytest.approx(expected, rel=1e-14, abs=1e-300), (name, point)
         assert math.isfinite(grad) and grad == pytest.approx(expected_grad, rel=1e-9, abs=1e-300), (name, point)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tests_against_infinity_hold_in_float32(dtype):
+    """`x == inf` and `x > -inf` are compared with the infinities themselves in the kernels (the
+    largest float64 is inf in float32, where `x >= -max` would let -inf through)."""
+    loss = lossdsl.compile("loss t(x, y)\n    t = (1 if x == inf else 0) + (2 if y > -inf else 0)\n")
+    x = np.array([np.inf, 1.0, -np.inf, 3e38], dtype)
+    y = np.array([-np.inf, 0.0, -3e38, np.inf], dtype)
+    np.testing.assert_array_equal(loss(x, y, reduction="none"), np.array([1, 2, 2, 2], dtype))

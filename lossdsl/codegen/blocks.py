@@ -6,9 +6,10 @@ the axis length). Three kernels, serial and `nogil` over rows [start, stop):
 - `loss_block_pass(..., __lo, __C, __level, __done, __partial)`: the partials of one level's
   reductions and loads over this block (lossdsl.partials), written to __partial, reading the
   combined partials of the earlier levels from __done;
-- `loss_block_value(..., __lo, __C, __done, __weight, __scale, __out, __norms, __bad)`: from the
-  combined partials, each row's loss (weighted sum returned, each row in __out), what "mean"
-  divides by (__norms) and labels outside [0, __C) (__bad);
+- `loss_block_value(..., __lo, __C, __done, __weight, __scale, __out, __norms, __bad, __extra)`: from
+  the combined partials, each row's loss (weighted sum returned, each row in __out), what "mean"
+  divides by (__norms), labels outside [0, __C) (__bad) and, in the plan made with outputs, the
+  spec's `output` values (__extra, NaN for rows left out);
 - `loss_block_grad(..., __lo, __C, __done, __weight, __scale, __gscale, grads...)`: this block's
   gradient. Every partial is whole by then, so the pass reads the logits at c and stores their
   gradient at c: the gradient may overwrite the logits.
@@ -93,20 +94,23 @@ def _pass_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
 
 def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     plan = blocks.plan
-    w = _start(blocks, printer, "loss_block_value", ["__weight", "__scale", "__out", "__norms", "__bad"],
+    w = _start(blocks, printer, "loss_block_value", ["__weight", "__scale", "__out", "__norms", "__bad", "__extra"],
                "Each row's loss from its whole partials, what the mean divides by, and labels out of range.")
+    shown = [expr for _, expr in plan.outputs] if blocks.outputs else []
     w.emit(1, "__s = F(__scale)", "__weighted = __weight.size == __rows", "__total = 0.0")
     _prologue(w, CPU.row_loop())
-    w.emit(2, "__w = __s * __weight[__row] if __weighted else __s", "__loss = 0.0", "__norms[__row] = 0.0")
+    w.emit(2, "__w = __s * __weight[__row] if __weighted else __s", "__loss = 0.0", "__norms[__row] = 0.0",
+           *(f"__extra[__row, {k}] = math.nan" for k in range(len(shown))))
     w.emit(2, f"if {_keep(plan, w)}:")
     for label in plan.loss.labels:
         name = safe_name(label)
         w.emit(3, f"if {name} < 0 or {name} >= __C:", "    __bad[__row] = 1")
-    needed = (plan.value.free_symbols | (plan.mean_weight.free_symbols if plan.mean_weight is not None else set()))
-    _read_done(w, 3, [n for n in blocks.nodes if n.symbol in needed])
     weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
-    value, norm = w.statements(3, [], [plan.value, weight])
-    w.emit(3, f"__loss = ({value}) * __w", f"__norms[__row] = {norm}")
+    used = set().union(*(e.free_symbols for e in (plan.value, weight, *shown)))
+    _read_done(w, 3, [n for n in blocks.nodes if n.symbol in used])
+    value, norm, *values = w.statements(3, [], [plan.value, weight, *shown])
+    w.emit(3, f"__loss = ({value}) * __w", f"__norms[__row] = {norm}",
+           *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     w.emit(2, "__out[__row] = __loss", "__total += __loss")
     w.emit(1, "return __total")
     return "\n".join(w.lines) + "\n"

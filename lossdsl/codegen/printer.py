@@ -11,6 +11,8 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
+from ..symbolic import against_infinity
+
 # SymPy's own functions that can appear in a plan, by class name.
 _NATIVE = {
     "exp": "fast_exp({0})",  # the module binds fast_exp to its float type's exp
@@ -152,6 +154,9 @@ class NumbaPrinter(PythonCodePrinter):
         return text
 
     def _print_Relational(self, expr):
+        infinite = against_infinity(expr)  # a test against ±inf, kept one in float32 too
+        if infinite is not None:
+            return f"({self._print(expr.lhs)} {infinite[0]} {self._literal(infinite[1] * float('inf'))})"
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
         return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
 

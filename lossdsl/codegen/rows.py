@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ..reductions import Reduction, RowPlan, arg_symbol, lowered
+from ..reductions import Reduction, RowPlan, arg_symbol, lowered, needed
 from ..symbolic import safe_name
 from .elementwise import IN_PLACE_ALIAS, formula_comment
 from .printer import NumbaPrinter
@@ -44,6 +44,8 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
     if not target.cuda:
         kept, _ = _softmax_kept(plan)
         kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
+        if plan.outputs:
+            kernels.append(_kernel(plan, printer, True, target, outputs=True))
     return target.module(header, dtype, printer, kernels)
 
 
@@ -308,20 +310,26 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
     return general if p.is_Number else sympy.Piecewise((node.body ** 2, sympy.Eq(p, 2)), (general, True))
 
 
-def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False) -> str:
+def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False,
+            outputs: bool = False) -> str:
     """`loss_value` or `loss_value_and_grad`; `in_place`: the latter as `loss_value_and_grad_in_place`,
     whose gradient may be its input's own buffer: it keeps no softmax numerators in the gradient
     row (a later pass would read them as logits). Then every pass over the axis only reads, and
     the gradient pass stores at position c a value computed from what it read at c, so the
     store cannot move before that read; the no-overlap promise still holds for every other
-    access (and keeps the loops vectorised: without it this kernel runs 3x slower)."""
+    access (and keeps the loops vectorised: without it this kernel runs 3x slower).
+    `outputs`: `loss_value_and_grad_outputs`, which also stores the spec's `output` values of row r in
+    __extra[r] (NaN for rows left out); it may run in place too."""
     w = _Writer(plan, printer, target)
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
-    name = "loss_value_and_grad_in_place" if in_place else "loss_value_and_grad" if with_grads else "loss_value"
+    name = ("loss_value_and_grad_outputs" if outputs else "loss_value_and_grad_in_place" if in_place
+            else "loss_value_and_grad" if with_grads else "loss_value")
     extra = ["__gscale"] if with_grads else []
+    shown = [expr for _, expr in plan.outputs] if outputs else []
     w.lines.append(formula_comment(plan))
     w.emit(0, target.kernel_decorator,
-           f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}):")
+           f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}"
+           f"{', __extra' if outputs else ''}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
                                                        else '; each also stored in __out when it has room."""'))
     w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
@@ -335,15 +343,19 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")
     w.emit(2, f"if {_keep(plan, w)}:")
-    reductions = list(plan.forward) + (list(plan.backward) if with_grads else [])
+    used = [plan.value, *shown] + ([*plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward)]
+                                   if with_grads else [])
+    reductions = needed(plan, used) + (list(plan.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
-    kept, gradients = _softmax_kept(plan) if with_grads and not (target.cuda or in_place) else (None, plan.grads)
+    # (not in place, and not with outputs, which a linear head asks for in place)
+    keep = with_grads and not (target.cuda or in_place or outputs)
+    kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     named = list(plan.adjoints) if with_grads else []
-    (value,) = w.statements(3, named, [plan.value])
-    w.emit(3, f"__loss = ({value}) * __w")
+    value, *values = w.statements(3, named, [plan.value, *shown])
+    w.emit(3, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     if with_grads:
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
@@ -355,7 +367,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
         texts = w.statements(4, [], list(gradients))
         for g, text in zip(grads, texts):
             w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
-    w.emit(2, "else:", "    __loss = 0.0")
+    w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(shown))))
     if with_grads:
         w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])
     if target.cuda:  # every thread of the block has the row's loss; one of them keeps it

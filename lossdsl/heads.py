@@ -233,6 +233,7 @@ class LinearHead:
                             (*block.head, *loss._param_args, lo, classes, done, level, partial))
                 plan.combine(done, partial, level)
         if done is None:  # a loss with no reduction over the axis
+            block = call(*blocks[0])
             done = plan.empty(block.rows)
         out, norms, bad = np.empty(block.rows, chunk.dtype), np.empty(block.rows), np.zeros(block.rows, np.int8)
         shown = (chunk.extra[start:stop].reshape(block.rows, -1) if extra  # a view: rows are contiguous

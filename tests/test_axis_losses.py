@@ -479,3 +479,18 @@ def test_the_weighting_rule_of_cross_entropy_as_its_docstring_works_it(load_loss
         expected = rows.sum() / class_weight[y[:2]].sum()
         loss = ce.with_params(label_smoothing=a)
         assert loss(logits, y, class_weight, sample_weight=sample_weight) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "linear_cross_entropy"])
+def test_megatron_label_smoothing_spreads_over_the_other_classes(load_loss, name):
+    """smoothing="megatron": target 1 - a on the label and a/(C-1) on each other class."""
+    rng = np.random.default_rng(12)
+    x, weight = rng.normal(size=(6, 4)), rng.normal(size=(5, 4))
+    logits, y, a = x @ weight.T, rng.integers(0, 5, 6), 0.2
+    target = np.full((6, 5), a / 4)
+    target[np.arange(6), y] = 1 - a
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    expected = -(target * log_p).sum(axis=1).mean()
+    loss = load_loss(name, label_smoothing=a, smoothing="megatron")
+    got = loss(logits, y, axis=-1) if name == "cross_entropy" else loss(x, weight, y)
+    assert got == pytest.approx(expected, rel=1e-12)

@@ -89,6 +89,33 @@ class LinearHead:
         return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
                          (chunk_rows, chunk_classes), gradient=True, with_outputs=outputs)
 
+    def normalizer(self, input, linear_weight, *inputs, **named_inputs) -> float:
+        """What "mean" divides by for these rows (the rows kept, or their class weights), from the
+        labels alone: no logits are computed. Summed over micro-batches (or ranks), it divides their
+        reduction="sum" results into the full batch's "mean" exactly."""
+        x, weight = np.asarray(input), np.asarray(linear_weight)
+        out_shape, rows_shape = weight.shape[:-1], x.shape[:-1]
+        rows = math.prod(rows_shape)
+        per_row = self._per_row(inputs, named_inputs, None, rows_shape, rows, out_shape)
+        step = max(1, _CHUNK_BYTES // (8 * math.prod(out_shape)))
+        total = 0.0
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            arguments = {name: value[start:stop] if kind == "rows" else value
+                         for name, (kind, value, _) in per_row.items()}
+            total += self._chunk_normalizer(np.zeros((stop - start, *out_shape)), arguments, start, out_shape[0])
+        return total
+
+    def _chunk_normalizer(self, logits, arguments: dict, start: int, classes: int) -> float:
+        """The loss's normaliser for the rows from `start` on (the label pass reads no logits); a label
+        out of range is reported at its row of the whole input."""
+        try:
+            return self.loss.normalizer(logits, *arguments.values(), axis=1)
+        except LossLabelError as error:
+            row = (start + error.row[0], *error.row[1:])
+            raise LossLabelError(f"{self.name}: label {error.label} at row {row} is outside the classes of "
+                                 f"linear_weight ({classes})", row, error.label) from None
+
     def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
              gradient: bool, with_outputs: bool = False):
         if reduction not in (*MEANS, "sum", "none"):
@@ -189,10 +216,7 @@ class LinearHead:
         logits, its gradient written over them. Returns the rows' losses and their mean divisor."""
         shaped = chunk.logits(start, stop, 0, chunk.classes_total)
         arguments, weights = chunk.arguments(start, stop, 0, None)
-        try:
-            divisor = self.loss.normalizer(shaped, *arguments.values(), axis=1)
-        except LossLabelError as error:
-            raise self._label_error(error.label, (start + error.row[0], *error.row[1:]), chunk) from None
+        divisor = self._chunk_normalizer(shaped, arguments, start, chunk.classes_total)
         if chunk.grads is None:
             return self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights), divisor
         extra = chunk.extra is not None
@@ -202,10 +226,6 @@ class LinearHead:
             chunk.extra[start:stop] = np.stack(list(shown[0].values()), axis=-1)
         chunk.backward(start, stop, 0, chunk.classes_total, shaped)
         return part, divisor if mean else 0.0
-
-    def _label_error(self, label: int, row: tuple[int, ...], chunk: "_Chunks") -> LossLabelError:
-        return LossLabelError(f"{self.name}: label {label} at row {row} is outside the classes of "
-                              f"linear_weight ({chunk.classes_total})", row, label)
 
     def _by_blocks(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
         """Rows [start, stop) a block of classes at a time (lossdsl.partials): for each level of the
@@ -244,8 +264,9 @@ class LinearHead:
             row = int(np.argmax(bad))
             label = next(int(block.arrays[k][row]) for k in block.label_inputs
                          if not 0 <= block.arrays[k][row] < classes)
-            index = np.unravel_index(row, (stop - start, *chunk.out_shape[1:]))
-            raise self._label_error(label, (start + int(index[0]), *(int(i) for i in index[1:])), chunk)
+            index = tuple(int(i) for i in np.unravel_index(row, (stop - start, *chunk.out_shape[1:])))
+            raise LossLabelError(f"{self.name}: label {label} at row {(start + index[0], *index[1:])} is outside "
+                                 f"the classes of linear_weight ({classes})", (start + index[0], *index[1:]), label)
         if chunk.grads is not None:
             for lo, hi in blocks:
                 block = call(lo, hi)

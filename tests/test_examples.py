@@ -53,3 +53,9 @@ def test_ctc_example_learns_to_read_unaligned_frames():
     history, accuracy = _example("ctc_sequences").main(verbose=False)
     assert history[-1] < 0.2 * history[0]  # the loss falls
     assert accuracy > 0.6  # most test words decoded exactly (120 words of 1-4 letters: chance is under 1 %)
+
+
+def test_large_vocabulary_head_trains_without_whole_logits(capsys):
+    history, accuracy = _example("large_vocabulary").train(steps=20, verbose=True)
+    assert history[-1] < 0.6 * history[0] and accuracy > 0.5
+    assert "mean log-sum-exp" in capsys.readouterr().out

@@ -270,3 +270,21 @@ def test_soft_capping_and_temperature_fuse_into_a_head(torch):
     np.testing.assert_allclose(value, expected.detach().numpy(), rtol=1e-12)
     for got, tensor in zip(grads, tensors):
         np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("chunks", [{"chunk_rows": 8}, {"chunk_rows": 8, "chunk_classes": 7}])
+def test_a_head_gives_the_normaliser_from_the_labels(load_loss, chunks):
+    """head.normalizer: the class weights of the kept rows, the same divisor its own "mean" uses."""
+    rng, x, weight, bias = _layer(13)
+    target = rng.integers(0, CLASSES, ROWS)
+    target[::5] = -100
+    class_weight = rng.uniform(0.5, 2.0, CLASSES)
+    head = load_loss("linear_cross_entropy")
+    normalizer = head.normalizer(x, weight, target, weight=class_weight)
+    assert normalizer == pytest.approx(class_weight[target[target != -100]].sum(), rel=1e-14)
+    total = head(x, weight, target, weight=class_weight, linear_bias=bias, reduction="sum", **chunks)
+    mean = head(x, weight, target, weight=class_weight, linear_bias=bias, **chunks)
+    assert total / normalizer == pytest.approx(mean, rel=1e-13)
+    target[33] = CLASSES + 2
+    with pytest.raises(LossLabelError, match=r"label 32 at row \(33,\)"):
+        head.normalizer(x, weight, target)

@@ -16,10 +16,12 @@ import pickle
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+_LOADING = threading.RLock()
 _CHECKSUM = re.compile(r"\n# sha256 ([0-9a-f]{64})\n\Z")
 
 
@@ -46,15 +48,17 @@ def module_path(name: str, key: str) -> Path:
 
 
 def load(name: str, key: str, build: Callable[[], str]) -> ModuleType:
-    """The module stored under `key`, built with `build()` (its source text) when absent or damaged."""
-    path = module_path(name, key)
-    if _intact(path):
-        try:
-            return _import(path)
-        except Exception:  # a module that no longer imports is rebuilt, not trusted
-            pass
-    write_module(path, build())
-    return _import(path)
+    """The module stored under `key`, built with `build()` (its source text) when absent or damaged.
+    One thread at a time: another would find the module in sys.modules before its kernels exist."""
+    with _LOADING:
+        path = module_path(name, key)
+        if _intact(path):
+            try:
+                return _import(path)
+            except Exception:  # a module that no longer imports is rebuilt, not trusted
+                pass
+        write_module(path, build())
+        return _import(path)
 
 
 def discard_machine_code(name: str, key: str) -> None:

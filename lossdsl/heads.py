@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from . import threads
+from .blocked import BlockRun
 from .errors import LossInputError, LossLabelError
 from .layout import LOW_PRECISION, MEANS, by_name, empty_mean, float_dtype
 
@@ -112,9 +112,13 @@ class LinearHead:
         try:
             return self.loss.normalizer(logits, *arguments.values(), axis=1)
         except LossLabelError as error:
-            row = (start + error.row[0], *error.row[1:])
-            raise LossLabelError(f"{self.name}: label {error.label} at row {row} is outside the classes of "
-                                 f"linear_weight ({classes})", row, error.label) from None
+            raise self._label_error(error, start, classes) from None
+
+    def _label_error(self, error: LossLabelError, start: int, classes: int) -> LossLabelError:
+        """The error at its row of the whole input, not of the chunk that starts at row `start`."""
+        row = (start + error.row[0], *error.row[1:])
+        return LossLabelError(f"{self.name}: label {error.label} at row {row} is outside the classes of "
+                              f"linear_weight ({classes})", row, error.label)
 
     def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
              gradient: bool, with_outputs: bool = False):
@@ -228,53 +232,38 @@ class LinearHead:
         return part, divisor if mean else 0.0
 
     def _by_blocks(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
-        """Rows [start, stop) a block of classes at a time (lossdsl.partials): for each level of the
+        """Rows [start, stop) a block of classes at a time (lossdsl.blocked): for each level of the
         loss's reductions a sweep computing every block's logits and partials, then the losses from
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
-        from .layout import RowCall
-        loss, classes = self.loss, chunk.classes_total
-        extra = chunk.extra is not None
-        module = loss._backend.module(chunk.dtype, target="blocks_outputs" if extra else "blocks")
-        plan = loss._backend.block_plan(extra)
+        classes = chunk.classes_total
+        run = BlockRun(self.loss, classes, chunk.dtype, outputs=chunk.extra is not None)
         blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
 
-        def call(lo: int, hi: int) -> RowCall:
-            shaped = chunk.logits(start, stop, lo, hi)
+        def call(lo: int, hi: int):
             arguments, weights = chunk.arguments(start, stop, lo, hi)
-            return RowCall(loss, {loss._resolved.inputs[0].name: shaped, **arguments}, 1, "none", None, weights, 0)
+            first = self.loss._resolved.inputs[0].name
+            return run.call({first: chunk.logits(start, stop, lo, hi), **arguments}, weights, 1)
 
         done = None
-        for level in range(plan.levels):
+        for level in range(run.plan.levels):
             for lo, hi in blocks:
                 block = call(lo, hi)
-                done = plan.empty(block.rows) if done is None else done
-                partial = plan.empty(block.rows)
-                threads.run(module.loss_block_pass, block.rows, block.work,
-                            (*block.head, *loss._param_args, lo, classes, done, level, partial))
-                plan.combine(done, partial, level)
+                done = run.plan.empty(block.rows) if done is None else done
+                run.plan.combine(done, run.partials(block, lo, done, level), level)
         if done is None:  # a loss with no reduction over the axis
             block = call(*blocks[0])
-            done = plan.empty(block.rows)
-        out, norms, bad = np.empty(block.rows, chunk.dtype), np.empty(block.rows), np.zeros(block.rows, np.int8)
-        shown = (chunk.extra[start:stop].reshape(block.rows, -1) if extra  # a view: rows are contiguous
-                 else np.empty((0, 0), chunk.dtype))
-        threads.run(module.loss_block_value, block.rows, block.rows,
-                    (*block.head, *loss._param_args, 0, classes, done, block.weights, 1.0, out, norms, bad, shown))
-        if bad.any():
-            row = int(np.argmax(bad))
-            label = next(int(block.arrays[k][row]) for k in block.label_inputs
-                         if not 0 <= block.arrays[k][row] < classes)
-            index = tuple(int(i) for i in np.unravel_index(row, (stop - start, *chunk.out_shape[1:])))
-            raise LossLabelError(f"{self.name}: label {label} at row {(start + index[0], *index[1:])} is outside "
-                                 f"the classes of linear_weight ({classes})", (start + index[0], *index[1:]), label)
+            done = run.plan.empty(block.rows)
+        extra = None if chunk.extra is None else chunk.extra[start:stop].reshape(block.rows, -1)  # a view
+        try:
+            out, norms = run.value(block, done, extra)
+        except LossLabelError as error:
+            raise self._label_error(error, start, classes) from None
         if chunk.grads is not None:
             for lo, hi in blocks:
                 block = call(lo, hi)
-                threads.run(module.loss_block_grad, block.rows, block.work,
-                            (*block.head, *loss._param_args, lo, classes, done, block.weights, 1.0, 1.0,
-                             block.arrays[0]))
+                run.gradient(block, lo, done, block.arrays[0])
                 chunk.backward(start, stop, lo, hi, block.arrays[0])
-        return out.reshape(stop - start, *chunk.out_shape[1:]), float(norms.sum()) if mean else 0.0
+        return out, float(norms.sum()) if mean else 0.0
 
     @staticmethod
     def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype):

@@ -193,7 +193,7 @@ class RowCall(Call):
         main = arrays[main_input.name]
         if main.ndim == 0:
             raise LossInputError(f"{name}: {main_input.name} needs the axis {resolved.axis}; got a scalar")
-        first, last = _axis_span(name, main.shape, axis, resolved.axis_position)
+        first, last = axis_span(name, main.shape, axis, resolved.axis_position)
         try:  # inputs with the axis and as many dimensions broadcast together (a (1, D) anchor, say)
             full = np.broadcast_shapes(*(arrays[i.name].shape for i in resolved.inputs
                                          if i.axis and arrays[i.name] is not None
@@ -281,7 +281,7 @@ class RowCall(Call):
         return unbroadcast(grad, target)
 
 
-def _axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str | None) -> tuple[int, int]:
+def axis_span(loss_name: str, shape: tuple[int, ...], axis, default: int | str | None) -> tuple[int, int]:
     """First and last array axis of the named axis: `axis` (an int or a run of adjacent ints, or "all")."""
     ndim = len(shape)
     if axis is None:

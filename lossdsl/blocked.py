@@ -1,0 +1,61 @@
+"""Running a loss over its class axis one block of classes at a time (lossdsl.partials' plan,
+codegen/blocks.py's kernels), for whoever supplies the blocks: a linear head computing each
+block's logits (heads.py), or a process holding one slice of the classes (sharding.py).
+
+A `BlockRun` is one call's rows. For each block of a level, `partials` gives that block's
+partials; the caller merges them (`BlockPlan.combine` in one process, collectives across
+processes) into `done`. Then `value` gives every row's loss from the whole partials, and
+`gradient` each block's gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import threads
+from .errors import LossLabelError
+from .layout import RowCall
+
+
+class BlockRun:
+    """Rows of one call of `loss` whose class axis (length `classes`) comes in blocks."""
+
+    def __init__(self, loss, classes: int, dtype: np.dtype, outputs: bool = False):
+        self.loss, self.classes, self.dtype = loss, classes, np.dtype(dtype)
+        self.module = loss._backend.module(self.dtype, target="blocks_outputs" if outputs else "blocks")
+        self.plan = loss._backend.block_plan(outputs)
+
+    def call(self, arrays: dict, sample_weight, axis) -> RowCall:
+        """The kernels' view of one block's arrays (the loss's inputs by name, the class axis sliced)."""
+        return RowCall(self.loss, arrays, axis, "none", None, sample_weight, 0)
+
+    def partials(self, block: RowCall, lo: int, done: np.ndarray, level: int) -> np.ndarray:
+        """The partials of `level` over this block (classes lo, lo + 1, ...), given `done` for the earlier levels."""
+        partial = self.plan.empty(block.rows)
+        threads.run(self.module.loss_block_pass, block.rows, block.work,
+                    (*block.head, *self.loss._param_args, lo, self.classes, done, level, partial))
+        return partial
+
+    def value(self, block: RowCall, done: np.ndarray, extra: np.ndarray | None = None):
+        """(each row's loss, each row's share of the mean's divisor) from the whole partials; `extra`
+        (rows, outputs) receives the spec's `output` values. A label outside the classes raises
+        LossLabelError naming its row (an index of the rows' shape)."""
+        rows = block.rows
+        out, norms, bad = np.empty(rows, self.dtype), np.empty(rows), np.zeros(rows, np.int8)
+        shown = extra if extra is not None else np.empty((0, 0), self.dtype)
+        threads.run(self.module.loss_block_value, rows, rows,
+                    (*block.head, *self.loss._param_args, 0, self.classes, done, block.weights, 1.0, out, norms,
+                     bad, shown))
+        if bad.any():
+            row = int(np.argmax(bad))
+            label = next(int(block.arrays[k][row]) for k in block.label_inputs
+                         if not 0 <= block.arrays[k][row] < self.classes)
+            index = tuple(int(i) for i in np.unravel_index(row, block.shape))
+            raise LossLabelError(f"{self.loss.name}: label {label} at row {index} is outside the {self.classes} "
+                                 "classes", index, label)
+        return out.reshape(block.shape), norms
+
+    def gradient(self, block: RowCall, lo: int, done: np.ndarray, grad: np.ndarray, scale: float = 1.0) -> None:
+        """This block's gradient (times `scale`) into `grad`, flat and C-ordered like the block's first
+        input, which it may be."""
+        threads.run(self.module.loss_block_grad, block.rows, block.work,
+                    (*block.head, *self.loss._param_args, lo, self.classes, done, block.weights, 1.0, scale, grad))

@@ -1,0 +1,165 @@
+"""A loss over a class axis whose classes are split across processes (tensor-parallel vocabularies).
+
+Each process holds the logits of a slice of the classes, [class_start, class_start + C_local),
+and the same labels. The loss's block plan (lossdsl.partials) says what each level of its
+reductions needs; a process computes its slice's partials, and `reduce_level` makes them whole
+with collective operations that whoever runs the processes supplies (`all_reduce(array, op)`,
+in place, op "sum" or "max": torch.distributed, JAX's psum/pmax, MPI):
+
+    one MAX    the logsumexp shifts (-inf where a slice's exp-sum is 0), the extremes (a min
+               negated), and whether any process saw a NaN there
+    one SUM    sums, means and norms, the gathered label entries (0 on processes without the
+               label), and each exp-sum rescaled to the common shift
+    one MAX    (only with max or min) the first position of the extreme, negated
+
+Every process then computes the same loss from the whole partials, and its own slice of the
+gradient with no further communication. `describe` prints the plan.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .blocked import BlockRun
+from .errors import LossInputError
+from .layout import MEANS, axis_span, by_name, empty_mean, float_dtype
+from .partials import BlockPlan
+
+AllReduce = Callable[[np.ndarray, str], None]  # in place over every process; op "sum" or "max"
+
+
+def reduce_level(plan: BlockPlan, partial: np.ndarray, level: int, all_reduce: AllReduce) -> None:
+    """In place: this process's partials of `level` (rows, slots) become those of all processes."""
+    nodes = plan.at(level)
+    exp_sums = [n.slot for n in nodes if n.op == "logsumexp"]
+    extremes = [n for n in nodes if n.op in ("max", "min")]
+    sums = [n.slot for n in nodes if n.slots == ("sum",)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        if exp_sums or extremes:
+            shift = np.where(partial[:, [k + 1 for k in exp_sums]] == 0, -np.inf, partial[:, exp_sums])
+            value = np.stack([_signed(partial[:, n.slot], n.op) for n in extremes], axis=1) if extremes else None
+            nan = np.isnan(value) if extremes else None
+            largest = np.concatenate([shift] + ([np.where(nan, -np.inf, value), nan.astype(float)] if extremes
+                                                else []), axis=1)
+            all_reduce(largest, "max")
+            common = largest[:, :len(exp_sums)]
+        totals = np.concatenate([partial[:, sums]] + (
+            [np.where(partial[:, [k + 1 for k in exp_sums]] == 0, 0.0,
+                      partial[:, [k + 1 for k in exp_sums]] * np.exp(shift - common))] if exp_sums else []), axis=1)
+        all_reduce(totals, "sum")
+        partial[:, sums] = totals[:, :len(sums)]
+        if exp_sums:
+            partial[:, exp_sums] = common
+            partial[:, [k + 1 for k in exp_sums]] = totals[:, len(sums):]
+        if extremes:
+            count = len(extremes)
+            best, any_nan = largest[:, len(exp_sums):len(exp_sums) + count], largest[:, len(exp_sums) + count:] > 0
+            holds = np.where(any_nan, nan, value == best)  # this process holds the extreme (or a NaN)
+            positions = np.stack([partial[:, n.slot + 1] for n in extremes], axis=1)
+            first = np.where(holds, -positions, -np.inf)
+            all_reduce(first, "max")
+            for j, node in enumerate(extremes):
+                partial[:, node.slot] = np.where(any_nan[:, j], np.nan, _signed(best[:, j], node.op))
+                partial[:, node.slot + 1] = -first[:, j]
+
+
+def _signed(values: np.ndarray, op: str) -> np.ndarray:
+    """A max as it is, a min negated: one MAX serves both."""
+    return values if op == "max" else -values
+
+
+def describe(plan: BlockPlan) -> str:
+    """The collectives of `plan`, level by level, with what each carries per row."""
+    lines = []
+    for level in range(plan.levels):
+        nodes = plan.at(level)
+        shifts = [n for n in nodes if n.op == "logsumexp"]
+        extremes = [n for n in nodes if n.op in ("max", "min")]
+        summed = [n for n in nodes if n.op != "max" and n.op != "min"]
+        lines.append(f"level {level}: {', '.join(_named(n) for n in nodes)}")
+        if shifts or extremes:
+            count = len(shifts) + 2 * len(extremes)
+            lines.append(f"  all-reduce MAX  {count} float64 per row: " + ", ".join(
+                [f"shift of {_named(n)}" for n in shifts] + [f"{_named(n)} and whether a NaN" for n in extremes]))
+        lines.append(f"  all-reduce SUM  {len(summed)} float64 per row: " + ", ".join(
+            f"exp-sum of {_named(n)}" if n.op == "logsumexp" else _named(n) for n in summed))
+        if extremes:
+            lines.append(f"  all-reduce MAX  {len(extremes)} float64 per row: first position of "
+                         + ", ".join(_named(n) for n in extremes))
+    total = sum(2 if n.op == "logsumexp" else 3 if n.op in ("max", "min") else 1 for n in plan.nodes)
+    rounds = sum(1 + bool([n for n in plan.at(k) if n.op in ("logsumexp", "max", "min")])
+                 + bool([n for n in plan.at(k) if n.op in ("max", "min")]) for k in range(plan.levels))
+    lines.append(f"{rounds} all-reduces, {8 * total} bytes per row; then the value on every process and each "
+                 "process's gradient slice, with no more communication")
+    return "\n".join(lines)
+
+
+def _named(node) -> str:
+    from .reductions import Load
+    source = node.source
+    if isinstance(source, Load):
+        return f"{source.input}[{source.label}]"
+    return f"{source.op}({source.body}, c)"
+
+
+class ShardedLoss:
+    """`loss` over a class axis of which this process holds the slice starting at `class_start`, of
+    `classes` in all; `all_reduce` combines across the processes (see the module docstring)."""
+
+    def __init__(self, loss, all_reduce: AllReduce):
+        resolved = getattr(loss, "_resolved", None)
+        if resolved is None or resolved.axis is None or resolved.axis_position == "all":
+            raise LossInputError(f"{getattr(loss, 'name', loss)}: sharding needs a loss over a class axis")
+        self.loss, self.all_reduce = loss, all_reduce
+
+    def plan(self) -> str:
+        return describe(self.loss._backend.block_plan())
+
+    def value_and_grad(self, *inputs, class_start: int, classes: int, reduction: str = "mean", sample_weight=None,
+                       axis=None, **named_inputs):
+        """(the loss, the same on every process; the gradient of this process's slice of the first input).
+
+        Inputs as the loss takes them, with the class axis holding this slice: the logits
+        (..., C_local, ...), probability targets likewise; a per-class vector either whole (C,) or
+        sliced (C_local,); labels and per-row inputs whole, the same on every process."""
+        if reduction not in (*MEANS, "sum", "none"):
+            raise LossInputError(f"{self.loss.name}: reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; "
+                                 f"got {reduction!r}")
+        resolved = self.loss._resolved
+        names = [i.name for i in resolved.inputs]
+        given = by_name(self.loss.name, names, [i.name for i in resolved.inputs if i.default is None], inputs,
+                        named_inputs)
+        arrays = {name: None if given.get(name) is None else np.asarray(given[name]) for name in names}
+        dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
+        first = arrays[resolved.inputs[0].name]
+        low, high = axis_span(self.loss.name, first.shape, axis, resolved.axis_position)
+        local = math.prod(first.shape[low:high + 1])
+        if not (0 <= class_start and class_start + local <= classes):
+            raise LossInputError(f"{self.loss.name}: classes {class_start}..{class_start + local - 1} of this slice "
+                                 f"are not within the {classes} classes")
+        for spec_input in resolved.inputs:  # a whole per-class vector: this slice of it
+            value = arrays[spec_input.name]
+            if spec_input.axis and value is not None and value.shape == (classes,) and classes != local:
+                arrays[spec_input.name] = value[class_start:class_start + local]
+        run = BlockRun(self.loss, int(classes), dtype)
+        block = run.call(arrays, sample_weight, axis)
+        done = run.plan.empty(block.rows)
+        for level in range(run.plan.levels):
+            partial = run.partials(block, class_start, done, level)
+            reduce_level(run.plan, partial, level, self.all_reduce)
+            nodes = run.plan.at(level)
+            for node in nodes:
+                done[:, node.slot:node.slot + len(node.slots)] = partial[:, node.slot:node.slot + len(node.slots)]
+        values, norms = run.value(block, done)
+        divisor = float(norms.sum())
+        if reduction == "none":
+            value = values
+        elif reduction == "sum":
+            value = dtype.type(values.sum(dtype=np.float64))
+        else:
+            value = dtype.type(values.sum(dtype=np.float64) / divisor if divisor else empty_mean(reduction))
+        grad = np.empty(block.grad_size, dtype)
+        run.gradient(block, class_start, done, grad, 1.0 / divisor if reduction in MEANS and divisor else 1.0)
+        return value, grad.reshape(block.full)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import registry
 from .compiler import load
-from .errors import LossError
+from .errors import LossError, LossInputError
 from .runtime import Loss
 
 
@@ -43,6 +43,13 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     loss = _load(args)
+    plan = None
+    if args.plan:
+        from .sharding import describe
+        inner = getattr(loss, "loss", loss)  # a linear head: its loss over the logits
+        if getattr(inner, "_resolved", None) is None or inner._resolved.axis is None:
+            raise LossInputError(f"{loss.name} has no class axis to split across processes")
+        plan = describe(inner._backend.block_plan())
     print(f"loss {loss.name}({', '.join(loss.inputs)}) wrt {', '.join(loss.wrt)}")
     if loss.params:
         print("params: " + ", ".join(f"{k}={v!r}" for k, v in loss.params.items()))
@@ -50,6 +57,8 @@ def cmd_show(args) -> int:
         print("\n" + loss.doc + "\n")
     lines = loss.explain(latex=args.latex).splitlines()
     print("\n".join(lines if args.grad else [line for line in lines if not line.startswith(f"d{loss.name}/d")]))
+    if plan:
+        print(f"\n# the class axis split across processes: each holds a slice of it\n{plan}")
     if args.source or args.grad:
         source = loss.source(args.source or "cpu", args.dtype)
         if not args.source:  # --grad alone: the fused kernel, where the gradient is computed
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--source", nargs="?", const="cpu", choices=["cpu", "cuda"],
                       help="the whole generated module, for the CPU (default) or CUDA")
     show.add_argument("--latex", action="store_true", help="formulas as LaTeX")
+    show.add_argument("--plan", action="store_true",
+                      help="the collectives a loss over a class axis split across processes needs")
     show.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     show.set_defaults(run=cmd_show)
 

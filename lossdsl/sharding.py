@@ -21,11 +21,14 @@ import math
 from typing import Callable
 
 import numpy as np
+import sympy
 
 from .blocked import BlockRun
 from .errors import LossInputError
 from .layout import MEANS, axis_span, by_name, empty_mean, float_dtype
 from .partials import BlockPlan
+from .reductions import Load
+from .symbolic import to_text
 
 AllReduce = Callable[[np.ndarray, str], None]  # in place over every process; op "sum" or "max"
 
@@ -77,31 +80,38 @@ def describe(plan: BlockPlan) -> str:
         nodes = plan.at(level)
         shifts = [n for n in nodes if n.op == "logsumexp"]
         extremes = [n for n in nodes if n.op in ("max", "min")]
-        summed = [n for n in nodes if n.op != "max" and n.op != "min"]
-        lines.append(f"level {level}: {', '.join(_named(n) for n in nodes)}")
+        summed = [n for n in nodes if n.op not in ("max", "min")]
+        lines.append(f"level {level}:")
+        lines += [f"  {_named(n, plan)}" for n in nodes if not isinstance(n.source, Load)]
         if shifts or extremes:
-            count = len(shifts) + 2 * len(extremes)
-            lines.append(f"  all-reduce MAX  {count} float64 per row: " + ", ".join(
-                [f"shift of {_named(n)}" for n in shifts] + [f"{_named(n)} and whether a NaN" for n in extremes]))
+            lines.append(f"  all-reduce MAX  {len(shifts) + 2 * len(extremes)} float64 per row: " + ", ".join(
+                [f"shift of {n.symbol}" for n in shifts] + [f"{n.symbol} and whether a NaN" for n in extremes]))
         lines.append(f"  all-reduce SUM  {len(summed)} float64 per row: " + ", ".join(
-            f"exp-sum of {_named(n)}" if n.op == "logsumexp" else _named(n) for n in summed))
+            f"exp-sum of {n.symbol}" if n.op == "logsumexp" else _label(n) for n in summed))
         if extremes:
             lines.append(f"  all-reduce MAX  {len(extremes)} float64 per row: first position of "
-                         + ", ".join(_named(n) for n in extremes))
+                         + ", ".join(str(n.symbol) for n in extremes))
     total = sum(2 if n.op == "logsumexp" else 3 if n.op in ("max", "min") else 1 for n in plan.nodes)
-    rounds = sum(1 + bool([n for n in plan.at(k) if n.op in ("logsumexp", "max", "min")])
-                 + bool([n for n in plan.at(k) if n.op in ("max", "min")]) for k in range(plan.levels))
+    rounds = sum(1 + any(n.op in ("logsumexp", "max", "min") for n in plan.at(k))
+                 + any(n.op in ("max", "min") for n in plan.at(k)) for k in range(plan.levels))
     lines.append(f"{rounds} all-reduces, {8 * total} bytes per row; then the value on every process and each "
                  "process's gradient slice, with no more communication")
     return "\n".join(lines)
 
 
-def _named(node) -> str:
-    from .reductions import Load
+def _label(node) -> str:
+    source = node.source
+    return f"{source.input}[{source.label}]" if isinstance(source, Load) else str(node.symbol)
+
+
+def _named(node, plan: BlockPlan) -> str:
+    """A node as a formula: x[y], or op(body, c) with the loads and earlier reductions it uses by name."""
     source = node.source
     if isinstance(source, Load):
         return f"{source.input}[{source.label}]"
-    return f"{source.op}({source.body}, c)"
+    names = {n.symbol: sympy.Symbol(_label(n)) for n in plan.nodes}
+    names[plan.plan.length] = sympy.Symbol(f"len({plan.plan.position})")
+    return f"{source.symbol} = {source.op}({to_text(source.body.xreplace(names))}, {plan.plan.position})"
 
 
 class ShardedLoss:

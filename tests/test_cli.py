@@ -22,6 +22,14 @@ def test_show_grad_prints_the_gradient_and_the_kernel(capsys):
     assert "\\begin{cases}" in capsys.readouterr().out
 
 
+def test_show_plan_prints_the_collectives_of_a_split_class_axis(capsys):
+    assert main(["show", "linear_cross_entropy", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "all-reduce MAX  1 float64 per row: shift of" in out and "2 all-reduces, 48 bytes per row" in out
+    assert main(["show", "huber", "--plan"]) == 2
+    assert "huber has no class axis" in capsys.readouterr().err
+
+
 def test_show_source_is_the_whole_module(capsys):
     assert main(["show", "bce_with_logits", "--source", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out

@@ -121,3 +121,57 @@ class _LossFunction(torch.autograd.Function):
         by_name = dict(zip(loss.wrt, scaled))
         grads = [by_name.get(n) for n in ctx.names]
         return (None, None, None, None, *[g if g is None or d is None else g.to(d) for g, d in zip(grads, ctx.dtypes)])
+
+
+class ShardedLoss(torch.nn.Module):
+    """A loss over a class axis whose classes are split across the processes of a torch.distributed
+    `group` (tensor-parallel vocabularies): `ShardedLoss("cross_entropy", label_smoothing=0.1)`.
+
+    Each process calls it with its slice of the logits (the class axis holding classes
+    [class_start, class_start + C_local)), the whole labels (or its slice of probability targets;
+    per-class weights whole or sliced), `class_start=` and `classes=` (C in all). Every process gets
+    the same loss, and backward gives each the gradient of its own slice; the collectives are those
+    `lossdsl show NAME --plan` prints (lossdsl.sharding). Reductions "mean" (default),
+    "mean_or_zero" and "sum"."""
+
+    def __init__(self, loss: str | os.PathLike | _CompiledLoss, /, reduction: str = "mean", group=None, **params):
+        super().__init__()
+        from lossdsl.sharding import ShardedLoss as _Sharded
+        named = isinstance(loss, (str, os.PathLike))
+        compiled = lossdsl.load(loss, **params) if named else loss.with_params(**params)
+        if reduction not in ("mean", "mean_or_zero", "sum"):
+            raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
+        self.reduction, self.group = reduction, group
+        self.sharded = _Sharded(compiled, _all_reduce(group))
+
+    def extra_repr(self) -> str:
+        return f"{self.sharded.loss!r}, reduction={self.reduction!r}"
+
+    def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None):
+        options = {"class_start": class_start, "classes": classes, "axis": axis, "reduction": self.reduction,
+                   "sample_weight": _to_kernel(sample_weight)}
+        return _ShardedFunction.apply(self.sharded, options, logits, *inputs)
+
+
+def _all_reduce(group):
+    """In-place all-reduce of a float64 NumPy array over `group`, through a tensor sharing its memory."""
+    import torch.distributed as dist
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+    def all_reduce(array: np.ndarray, op: str) -> None:
+        dist.all_reduce(torch.from_numpy(array), op=ops[op], group=group)
+    return all_reduce
+
+
+class _ShardedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sharded, options, logits, *inputs):
+        value, grad = sharded.value_and_grad(_to_kernel(logits), *(_to_kernel(i) for i in inputs), **options)
+        ctx.grad, ctx.dtype = torch.from_numpy(np.ascontiguousarray(grad)), logits.dtype
+        result = torch.as_tensor(np.asarray(value))
+        return result.to(torch.float32 if logits.dtype in _LOW_PRECISION else logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = (ctx.grad * grad_output.to(ctx.grad.dtype)).to(ctx.dtype)
+        return (None, None, grad, *([None] * (len(ctx.needs_input_grad) - 3)))

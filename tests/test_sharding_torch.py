@@ -1,0 +1,73 @@
+"""The class axis split across two gloo processes on loopback (torch.distributed), started by the
+test and bounded in time: every process's loss equals the single-process lossdsl loss and
+PyTorch's unsharded one, and the slices' gradients put together equal the whole gradient."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():
+    pytest.skip("this PyTorch has no torch.distributed", allow_module_level=True)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import distributed_worker as worker  # noqa: E402
+
+WORKER = Path(__file__).parent / "distributed_worker.py"
+TIME_LIMIT = 180  # seconds for both processes together: a hung collective fails the test, never hangs it
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Both processes' saved results, or the test fails with what they printed."""
+    folder = tmp_path_factory.mktemp("ranks")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen([sys.executable, str(WORKER), str(rank), "2", str(port), str(folder / f"{rank}.npz")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for rank in range(2)]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=TIME_LIMIT)[0])
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.kill()
+        pytest.fail(f"the gloo processes did not finish within {TIME_LIMIT} s")
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+    return [dict(np.load(folder / f"{rank}.npz")) for rank in range(2)]
+
+
+@pytest.mark.parametrize("split", worker.BOUNDS)
+@pytest.mark.parametrize("name", worker.cases())
+def test_two_gloo_processes_give_the_single_process_result(ranks, load_loss, split, name):
+    spec, params, whole, sliced = worker.cases()[name]
+    expected, expected_grad = load_loss(spec, **params).value_and_grad(worker.logits(), *whole, *sliced, axis=-1)
+    for result in ranks:
+        np.testing.assert_allclose(result[f"{split}/{name}/value"], expected, rtol=1e-12)
+    grad = np.concatenate([result[f"{split}/{name}/grad"] for result in ranks], axis=1)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("split", worker.BOUNDS)
+def test_cross_entropy_equals_pytorch_unsharded(ranks, split):
+    """PyTorch's cross_entropy with class weights, ignore_index and label smoothing, plus the z-loss term
+    (z * lse^2 per kept row, divided like the rest by the kept rows' class weights)."""
+    _, params, (y, class_weight), _ = worker.cases()["cross_entropy"]
+    logits = torch.tensor(worker.logits(), requires_grad=True)
+    target, weights = torch.tensor(y), torch.tensor(class_weight)
+    kept = target != -100
+    ce = torch.nn.functional.cross_entropy(logits, target, weight=weights, label_smoothing=params["label_smoothing"])
+    z = params["z_loss"] * (torch.logsumexp(logits, dim=1)[kept] ** 2).sum() / weights[target[kept]].sum()
+    (ce + z).backward()
+    for result in ranks:
+        np.testing.assert_allclose(result[f"{split}/cross_entropy/value"], (ce + z).item(), rtol=1e-12)
+    grad = np.concatenate([result[f"{split}/cross_entropy/grad"] for result in ranks], axis=1)
+    np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-11, atol=1e-15)

@@ -36,14 +36,16 @@ class Loss(torch.nn.Module):
     options as `lossdsl.Loss`: reduction ("mean" by default, "sum", "none", "batch",
     "batchmean"), weight, sample_weight, batch_axis, axis. Gradients flow to every input
     the spec differentiates (`wrt`); the others (targets, labels) get none.
+    reduction="global_mean" (with torch.distributed, over `group`): the exact mean over every
+    process's elements or kept rows, for DistributedDataParallel (see `_global_mean`).
     """
 
     def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /,
-                 reduction: str = "mean", **params):
+                 reduction: str = "mean", group=None, **params):
         super().__init__()
         named = isinstance(loss, (str, os.PathLike))  # else a loaded loss, sequence loss or linear head
         self.loss = lossdsl.load(loss, **params) if named else loss.with_params(**params)
-        self.reduction = reduction
+        self.reduction, self.group = reduction, group
 
     def extra_repr(self) -> str:
         return f"{self.loss!r}, reduction={self.reduction!r}"
@@ -58,6 +60,8 @@ class Loss(torch.nn.Module):
             raise lossdsl.LossInputError(f"{self.loss.name} takes {len(names)} inputs ({', '.join(names)}); "
                                          f"got {len(inputs)}")
         order = [n for n in names if given.get(n) is not None]
+        if reduction == "global_mean":
+            return self._global_mean(order, given, options)
         if reduction == "batch":  # the per-sample mean is PyTorch's: autograd differentiates it
             values = _LossFunction.apply(self.loss, order, "none", options, *[given[n] for n in order])
             batch_axis = options.get("batch_axis", 0) % values.dim() if values.dim() else 0
@@ -65,6 +69,22 @@ class Loss(torch.nn.Module):
             return values.mean(dim=other) if other else values
         return _LossFunction.apply(self.loss, order, reduction, options, *[given[n] for n in order])
 
+
+    def _global_mean(self, order, given, options):
+        """The mean over every process of `self.group` (a sum and a normaliser all-reduced, not a mean of
+        means), with the gradient scaled for DistributedDataParallel, which averages gradients over
+        the processes: after that average each parameter holds the gradient of the global mean."""
+        import torch.distributed as dist
+        local = _LossFunction.apply(self.loss, order, "sum", options, *[given[n] for n in order])
+        arrays = {n: _to_kernel(given[n]) for n in order}
+        shape = {"axis": options["axis"]} if "axis" in options else {}
+        count = float(self.loss.normalizer(**arrays, **shape))
+        totals = torch.tensor([local.detach().double().item(), count], dtype=torch.float64)
+        dist.all_reduce(totals, group=self.group)
+        total, normalizer = totals.tolist()
+        scale = dist.get_world_size(self.group) / normalizer if normalizer else 0.0
+        mean = total / normalizer if normalizer else float("nan")
+        return local * scale + (mean - local.detach() * scale)  # the global mean; its gradient, local * scale
 
 def _to_kernel(value):
     """A tensor as the kernels take it: a NumPy view on the CPU (bfloat16, which NumPy lacks, as float32;

@@ -36,6 +36,39 @@ def logits():
     return 3 * np.random.default_rng(8).normal(size=(ROWS, CLASSES))
 
 
+DDP_ROWS = [0, 8, 13]  # unequal micro-batches; the ignored rows all in the first
+
+
+def ddp_data():
+    """(inputs (13, 4), class labels with ignored rows, regression targets), the same in every process."""
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, CLASSES, DDP_ROWS[-1])
+    y[[1, 2, 5]] = -100
+    return rng.normal(size=(DDP_ROWS[-1], 4)), y, rng.normal(size=DDP_ROWS[-1])
+
+
+def ddp_model():
+    torch.manual_seed(0)
+    return torch.nn.Linear(4, CLASSES).double()
+
+
+def ddp_case(rank: int, results: dict) -> None:
+    """reduction="global_mean" inside DistributedDataParallel: the parameters' gradients after DDP's
+    averaging, for a loss over classes (ignored rows) and an elementwise one."""
+    from torch.nn.parallel import DistributedDataParallel
+    x, y, target = (torch.tensor(a[DDP_ROWS[rank]:DDP_ROWS[rank + 1]]) for a in ddp_data())
+    for name, spec, labels in (("ddp_ce", "cross_entropy", y), ("ddp_huber", "huber", target)):
+        model = DistributedDataParallel(ddp_model())
+        outputs = model(x)
+        prediction = outputs if spec == "cross_entropy" else outputs[:, 0]
+        value = lossdsl.torch.Loss(spec, reduction="global_mean")(prediction, labels, **(
+            {"axis": -1} if spec == "cross_entropy" else {}))
+        value.backward()
+        results[f"{name}/value"] = value.detach().numpy()
+        results[f"{name}/weight"] = model.module.weight.grad.numpy()
+        results[f"{name}/bias"] = model.module.bias.grad.numpy()
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -50,6 +83,7 @@ def main(rank: int, world: int, port: int, out: str) -> None:
             value.backward()
             results[f"{split}/{name}/value"] = value.detach().numpy()
             results[f"{split}/{name}/grad"] = mine.grad.numpy()
+    ddp_case(rank, results)
     dist.barrier()
     dist.destroy_process_group()
     np.savez(out, **results)

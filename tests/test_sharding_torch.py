@@ -71,3 +71,21 @@ def test_cross_entropy_equals_pytorch_unsharded(ranks, split):
         np.testing.assert_allclose(result[f"{split}/cross_entropy/value"], (ce + z).item(), rtol=1e-12)
     grad = np.concatenate([result[f"{split}/cross_entropy/grad"] for result in ranks], axis=1)
     np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["ddp_ce", "ddp_huber"])
+def test_global_mean_inside_ddp_is_the_full_batch_mean(ranks, name):
+    """Micro-batches of 8 and 5 rows, the ignored rows all in the first: the mean of the two processes'
+    means would weigh rows unequally; global_mean gives the full batch's mean and its gradient."""
+    x, y, target = (torch.tensor(a) for a in worker.ddp_data())
+    model = worker.ddp_model()
+    outputs = model(x)
+    if name == "ddp_ce":
+        expected = torch.nn.functional.cross_entropy(outputs, y)
+    else:
+        expected = torch.nn.functional.huber_loss(outputs[:, 0], target)
+    expected.backward()
+    for result in ranks:
+        np.testing.assert_allclose(result[f"{name}/value"], expected.item(), rtol=1e-12)
+        np.testing.assert_allclose(result[f"{name}/weight"], model.weight.grad.numpy(), rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(result[f"{name}/bias"], model.bias.grad.numpy(), rtol=1e-11, atol=1e-15)

@@ -3,8 +3,9 @@
 Each process holds the logits of a slice of the classes, [class_start, class_start + C_local),
 and the same labels. The loss's block plan (lossdsl.partials) says what each level of its
 reductions needs; a process computes its slice's partials, and `reduce_level` makes them whole
-with collective operations that whoever runs the processes supplies (`all_reduce(array, op)`,
-in place, op "sum" or "max": torch.distributed, JAX's psum/pmax, MPI):
+with collective operations that whoever runs the processes supplies (`all_reduce(array, op)`
+returning the array reduced over all processes, op "sum" or "max": torch.distributed, JAX's
+psum/pmax, MPI):
 
     one MAX    the logsumexp shifts (-inf where a slice's exp-sum is 0), the extremes (a min
                negated), and whether any process saw a NaN there
@@ -30,42 +31,42 @@ from .partials import BlockPlan
 from .reductions import Load
 from .symbolic import to_text
 
-AllReduce = Callable[[np.ndarray, str], None]  # in place over every process; op "sum" or "max"
+AllReduce = Callable[[object, str], object]  # an array reduced over every process, op "sum" or "max"
 
 
-def reduce_level(plan: BlockPlan, partial: np.ndarray, level: int, all_reduce: AllReduce) -> None:
-    """In place: this process's partials of `level` (rows, slots) become those of all processes."""
+def reduce_level(plan: BlockPlan, partial, level: int, all_reduce: AllReduce, xp=np):
+    """This process's partials (rows, slots) with those of `level` made whole over all processes: a new
+    array. `xp` is the array module (NumPy, or jax.numpy with psum/pmax as `all_reduce`)."""
     nodes = plan.at(level)
     exp_sums = [n.slot for n in nodes if n.op == "logsumexp"]
     extremes = [n for n in nodes if n.op in ("max", "min")]
     sums = [n.slot for n in nodes if n.slots == ("sum",)]
-    with np.errstate(invalid="ignore", over="ignore"):
-        if exp_sums or extremes:
-            shift = np.where(partial[:, [k + 1 for k in exp_sums]] == 0, -np.inf, partial[:, exp_sums])
-            value = np.stack([_signed(partial[:, n.slot], n.op) for n in extremes], axis=1) if extremes else None
-            nan = np.isnan(value) if extremes else None
-            largest = np.concatenate([shift] + ([np.where(nan, -np.inf, value), nan.astype(float)] if extremes
-                                                else []), axis=1)
-            all_reduce(largest, "max")
-            common = largest[:, :len(exp_sums)]
-        totals = np.concatenate([partial[:, sums]] + (
-            [np.where(partial[:, [k + 1 for k in exp_sums]] == 0, 0.0,
-                      partial[:, [k + 1 for k in exp_sums]] * np.exp(shift - common))] if exp_sums else []), axis=1)
-        all_reduce(totals, "sum")
-        partial[:, sums] = totals[:, :len(sums)]
-        if exp_sums:
-            partial[:, exp_sums] = common
-            partial[:, [k + 1 for k in exp_sums]] = totals[:, len(sums):]
-        if extremes:
-            count = len(extremes)
-            best, any_nan = largest[:, len(exp_sums):len(exp_sums) + count], largest[:, len(exp_sums) + count:] > 0
-            holds = np.where(any_nan, nan, value == best)  # this process holds the extreme (or a NaN)
-            positions = np.stack([partial[:, n.slot + 1] for n in extremes], axis=1)
-            first = np.where(holds, -positions, -np.inf)
-            all_reduce(first, "max")
-            for j, node in enumerate(extremes):
-                partial[:, node.slot] = np.where(any_nan[:, j], np.nan, _signed(best[:, j], node.op))
-                partial[:, node.slot + 1] = -first[:, j]
+    columns = [partial[:, k] for k in range(plan.width)]
+    totals = [partial[:, k] for k in sums]
+    if exp_sums or extremes:
+        shifts = [xp.where(partial[:, k + 1] == 0, -xp.inf, partial[:, k]) for k in exp_sums]
+        values = [_signed(partial[:, n.slot], n.op) for n in extremes]
+        nans = [xp.isnan(v) for v in values]
+        largest = all_reduce(xp.stack(shifts + [xp.where(nan, -xp.inf, v) for v, nan in zip(values, nans)]
+                                      + [nan.astype(partial.dtype) for nan in nans], axis=1), "max")
+        common = [largest[:, j] for j in range(len(exp_sums))]
+        totals += [xp.where(partial[:, k + 1] == 0, 0.0, partial[:, k + 1] * xp.exp(shift - top))
+                   for k, shift, top in zip(exp_sums, shifts, common)]
+    reduced = all_reduce(xp.stack(totals, axis=1), "sum")
+    for j, k in enumerate(sums):
+        columns[k] = reduced[:, j]
+    for j, k in enumerate(exp_sums):
+        columns[k], columns[k + 1] = common[j], reduced[:, len(sums) + j]
+    if extremes:
+        count, first = len(extremes), len(exp_sums)
+        best, any_nan = largest[:, first:first + count], largest[:, first + count:] > 0
+        holds = [xp.where(any_nan[:, j], nans[j], values[j] == best[:, j]) for j in range(count)]
+        positions = all_reduce(xp.stack([xp.where(held, -partial[:, n.slot + 1], -xp.inf)
+                                         for held, n in zip(holds, extremes)], axis=1), "max")
+        for j, node in enumerate(extremes):
+            columns[node.slot] = xp.where(any_nan[:, j], xp.nan, _signed(best[:, j], node.op))
+            columns[node.slot + 1] = -positions[:, j]
+    return xp.stack(columns, axis=1)
 
 
 def _signed(values: np.ndarray, op: str) -> np.ndarray:
@@ -114,6 +115,24 @@ def _named(node, plan: BlockPlan) -> str:
     return f"{source.symbol} = {source.op}({to_text(source.body.xreplace(names))}, {plan.plan.position})"
 
 
+def shard_arrays(loss, arrays: dict, class_start: int, classes: int, axis) -> dict:
+    """`loss`'s inputs by name as one process holds them (None where left out), with a whole
+    per-class vector cut to this process's slice; the slice must lie within the classes."""
+    resolved = loss._resolved
+    arrays = {i.name: arrays.get(i.name) for i in resolved.inputs}
+    first = arrays[resolved.inputs[0].name]
+    low, high = axis_span(loss.name, first.shape, axis, resolved.axis_position)
+    local = math.prod(first.shape[low:high + 1])
+    if not (0 <= class_start and class_start + local <= classes):
+        raise LossInputError(f"{loss.name}: classes {class_start}..{class_start + local - 1} of this slice are not "
+                             f"within the {classes} classes")
+    for spec_input in resolved.inputs:
+        value = arrays[spec_input.name]
+        if spec_input.axis and value is not None and value.shape == (classes,) and classes != local:
+            arrays[spec_input.name] = value[class_start:class_start + local]
+    return arrays
+
+
 class ShardedLoss:
     """`loss` over a class axis of which this process holds the slice starting at `class_start`, of
     `classes` in all; `all_reduce` combines across the processes (see the module docstring)."""
@@ -143,25 +162,14 @@ class ShardedLoss:
                         named_inputs)
         arrays = {name: None if given.get(name) is None else np.asarray(given[name]) for name in names}
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
-        first = arrays[resolved.inputs[0].name]
-        low, high = axis_span(self.loss.name, first.shape, axis, resolved.axis_position)
-        local = math.prod(first.shape[low:high + 1])
-        if not (0 <= class_start and class_start + local <= classes):
-            raise LossInputError(f"{self.loss.name}: classes {class_start}..{class_start + local - 1} of this slice "
-                                 f"are not within the {classes} classes")
-        for spec_input in resolved.inputs:  # a whole per-class vector: this slice of it
-            value = arrays[spec_input.name]
-            if spec_input.axis and value is not None and value.shape == (classes,) and classes != local:
-                arrays[spec_input.name] = value[class_start:class_start + local]
         run = BlockRun(self.loss, int(classes), dtype)
-        block = run.call(arrays, sample_weight, axis)
+        block = run.call(shard_arrays(self.loss, arrays, class_start, classes, axis), sample_weight, axis)
         done = run.plan.empty(block.rows)
         for level in range(run.plan.levels):
-            partial = run.partials(block, class_start, done, level)
-            reduce_level(run.plan, partial, level, self.all_reduce)
-            nodes = run.plan.at(level)
-            for node in nodes:
-                done[:, node.slot:node.slot + len(node.slots)] = partial[:, node.slot:node.slot + len(node.slots)]
+            with np.errstate(invalid="ignore", over="ignore"):
+                whole = reduce_level(run.plan, run.partials(block, class_start, done, level), level, self.all_reduce)
+            for node in run.plan.at(level):
+                done[:, node.slot:node.slot + len(node.slots)] = whole[:, node.slot:node.slot + len(node.slots)]
         values, norms = run.value(block, done)
         divisor = float(norms.sum())
         if reduction == "none":

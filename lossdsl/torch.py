@@ -174,12 +174,14 @@ class ShardedLoss(torch.nn.Module):
 
 
 def _all_reduce(group):
-    """In-place all-reduce of a float64 NumPy array over `group`, through a tensor sharing its memory."""
+    """All-reduce of a float64 NumPy array over `group`, in place through a tensor sharing its memory."""
     import torch.distributed as dist
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
-    def all_reduce(array: np.ndarray, op: str) -> None:
+    def all_reduce(array: np.ndarray, op: str) -> np.ndarray:
+        array = np.ascontiguousarray(array)
         dist.all_reduce(torch.from_numpy(array), op=ops[op], group=group)
+        return array
     return all_reduce
 
 

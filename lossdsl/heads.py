@@ -53,6 +53,7 @@ class LinearHead:
                                  "differentiated")
         self.loss = loss
         self.chunk_rows, self.chunk_classes = chunk_rows, chunk_classes
+        self.shard = None  # (class_start, classes, all_reduce) where linear_weight holds a slice of the classes
         self._others = resolved.inputs[1:]
 
     name = property(lambda self: self.loss.name)
@@ -73,7 +74,18 @@ class LinearHead:
         return self.loss.source(target, dtype)
 
     def with_params(self, **params) -> "LinearHead":
-        return LinearHead(self.loss.with_params(**params), self.chunk_rows, self.chunk_classes)
+        head = LinearHead(self.loss.with_params(**params), self.chunk_rows, self.chunk_classes)
+        head.shard = self.shard
+        return head
+
+    def sharded(self, class_start: int, classes: int, all_reduce) -> "LinearHead":
+        """This head where linear_weight (and linear_bias) hold only the classes [class_start,
+        class_start + C_local) of `classes`, the other slices on other processes (lossdsl.sharding):
+        every process gets the same loss and the whole input gradient (all-reduced), and the
+        gradients of its own weight and bias slices. Labels whole; per-class vectors whole or sliced."""
+        head = LinearHead(self.loss, self.chunk_rows, self.chunk_classes)
+        head.shard = (int(class_start), int(classes), all_reduce)
+        return head
 
     def __call__(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
                  sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
@@ -144,7 +156,7 @@ class LinearHead:
         per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, out_shape)
         chunk_rows, chunk_classes = (mine if given is None else given
                                      for mine, given in zip((self.chunk_rows, self.chunk_classes), chunking))
-        step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype)
+        step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype, self.shard is not None)
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         grads = None
         if gradient:
@@ -166,6 +178,8 @@ class LinearHead:
             if values is not None:
                 values[start:stop] = part
         d_input, d_weight, d_bias = grads or (None, None, None)
+        if self.shard is not None and gradient:  # each process's classes add their share to the input's gradient
+            d_input = self.shard[2](d_input, "sum")
         if reduction == "none":
             value = values.reshape(*rows_shape, *out_shape[1:])
         elif reduction == "sum":
@@ -202,6 +216,8 @@ class LinearHead:
             value = np.asarray(value)
             with_axis = spec_input.axis is not None
             each_row = out_shape if with_axis else out_shape[1:]  # a row's (C, d1, ...) or (d1, ...)
+            if self.shard is not None and with_axis and value.shape == (self.shard[1],):  # whole: this slice
+                value = value[self.shard[0]:self.shard[0] + out_shape[0]]
             if value.ndim == 0 or (with_axis and value.shape == out_shape[:1]):
                 per_row[spec_input.name] = ("whole", value, value.ndim > 0)
             elif value.shape == (*rows_shape, *each_row):
@@ -236,7 +252,8 @@ class LinearHead:
         loss's reductions a sweep computing every block's logits and partials, then the losses from
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
         classes = chunk.classes_total
-        run = BlockRun(self.loss, classes, chunk.dtype, outputs=chunk.extra is not None)
+        offset, total_classes, all_reduce = self.shard or (0, classes, None)
+        run = BlockRun(self.loss, total_classes, chunk.dtype, outputs=chunk.extra is not None)
         blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
 
         def call(lo: int, hi: int):
@@ -249,7 +266,11 @@ class LinearHead:
             for lo, hi in blocks:
                 block = call(lo, hi)
                 done = run.plan.empty(block.rows) if done is None else done
-                run.plan.combine(done, run.partials(block, lo, done, level), level)
+                run.plan.combine(done, run.partials(block, offset + lo, done, level), level)
+            if all_reduce is not None:  # this process's classes combined: now with every other process's
+                from .sharding import reduce_level
+                with np.errstate(invalid="ignore", over="ignore"):
+                    done = reduce_level(run.plan, done, level, all_reduce)
         if done is None:  # a loss with no reduction over the axis
             block = call(*blocks[0])
             done = run.plan.empty(block.rows)
@@ -257,16 +278,17 @@ class LinearHead:
         try:
             out, norms = run.value(block, done, extra)
         except LossLabelError as error:
-            raise self._label_error(error, start, classes) from None
+            raise self._label_error(error, start, total_classes) from None
         if chunk.grads is not None:
             for lo, hi in blocks:
                 block = call(lo, hi)
-                run.gradient(block, lo, done, block.arrays[0])
+                run.gradient(block, offset + lo, done, block.arrays[0])
                 chunk.backward(start, stop, lo, hi, block.arrays[0])
         return out, float(norms.sum()) if mean else 0.0
 
     @staticmethod
-    def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype):
+    def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype,
+                blocks_only: bool = False):
         """(rows per chunk, classes per block or None for all at once). A chunk's logits stay within
         1/_CHUNK_SHARE of all of them (and 64 MiB); all classes at once while that leaves at least _MIN_ROWS rows
         (or all of them), since the logits are then computed once; else blocks of classes for up to
@@ -277,7 +299,7 @@ class LinearHead:
                 raise LossInputError(f"{name} must be a positive integer; got {given!r}")
         per_class = math.prod(out_shape[1:]) * dtype.itemsize
         budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // _CHUNK_SHARE, _SMALL_BYTES))
-        if chunk_classes is None:
+        if chunk_classes is None and not blocks_only:  # (a slice of the classes always goes in blocks)
             step = chunk_rows or max(1, min(rows, budget // (out_shape[0] * per_class)))
             if chunk_rows is not None or step >= min(rows, _MIN_ROWS):
                 return int(step), None

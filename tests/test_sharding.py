@@ -128,3 +128,35 @@ def test_a_slice_outside_the_classes_is_refused(load_loss):
     with pytest.raises(LossInputError, match="not within the 5 classes"):
         ShardedLoss(load_loss("cross_entropy"), None).value_and_grad(np.zeros((2, 4)), np.array([0, 1]),
                                                                      class_start=3, classes=5, axis=-1)
+
+
+@pytest.mark.parametrize("split", ["two unequal", "three"])
+@pytest.mark.parametrize("name", ["linear_cross_entropy", "poly1_ce"])
+def test_a_linear_head_with_its_weight_split_by_rows(load_loss, name, split):
+    """Each process holds rows of linear_weight (its classes): the same loss and input gradient on every
+    process, and its own slices of the weight and bias gradients, in blocks and row chunks."""
+    rng = np.random.default_rng(4)
+    x, weight, bias = rng.normal(size=(ROWS, 5)), rng.normal(size=(CLASSES, 5)), rng.normal(size=CLASSES)
+    y = rng.integers(0, CLASSES, ROWS)
+    head = (load_loss("linear_cross_entropy", label_smoothing=0.1) if name == "linear_cross_entropy"
+            else load_loss("poly1_ce", epsilon=1.0).with_linear())
+    options = {"weight": rng.uniform(0.5, 2.0, CLASSES)} if name == "linear_cross_entropy" else {}
+    expected, (d_x, d_weight, d_bias) = head.value_and_grad(x, weight, y, linear_bias=bias, **options)
+    bounds, members = SPLITS[split], _group(len(SPLITS[split]) - 1)
+    results = [None] * len(members)
+
+    def run(rank):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        mine = head.sharded(lo, CLASSES, members[rank])
+        results[rank] = mine.value_and_grad(x, weight[lo:hi], y, linear_bias=bias[lo:hi], chunk_rows=4,
+                                            chunk_classes=3, **options)
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(members))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for value, (got_x, _, _) in results:
+        assert value == pytest.approx(expected, rel=1e-12)
+        np.testing.assert_allclose(got_x, d_x, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([r[1][1] for r in results]), d_weight, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([r[1][2] for r in results]), d_bias, rtol=1e-11, atol=1e-15)

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import sympy
 
+from . import buffers
 from .blocked import BlockRun
 from .errors import LossInputError
 from .layout import MEANS, axis_span, by_name, empty_mean, float_dtype
@@ -178,6 +179,6 @@ class ShardedLoss:
             value = dtype.type(values.sum(dtype=np.float64))
         else:
             value = dtype.type(values.sum(dtype=np.float64) / divisor if divisor else empty_mean(reduction))
-        grad = np.empty(block.grad_size, dtype)
+        grad = buffers.empty(block.grad_size, dtype)  # recycled: a fresh slice-sized array costs page faults
         run.gradient(block, class_start, done, grad, 1.0 / divisor if reduction in MEANS and divisor else 1.0)
         return value, grad.reshape(block.full)

@@ -195,5 +195,8 @@ class _ShardedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad = (ctx.grad * grad_output.to(ctx.grad.dtype)).to(ctx.dtype)
+        # loss.backward() passes 1: the kept gradient as it is (a multiply is one more pass over the slice),
+        # and no longer kept here, so that autograd can take it as the logits' .grad without a copy
+        grad, ctx.grad = ctx.grad, None
+        grad = (grad if grad_output.numel() == 1 and grad_output.item() == 1 else grad * grad_output).to(ctx.dtype)
         return (None, None, grad, *([None] * (len(ctx.needs_input_grad) - 3)))

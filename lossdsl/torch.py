@@ -154,7 +154,8 @@ class ShardedLoss(torch.nn.Module):
     `lossdsl show NAME --plan` prints (lossdsl.sharding). Reductions "mean" (default),
     "mean_or_zero" and "sum"."""
 
-    def __init__(self, loss: str | os.PathLike | _CompiledLoss, /, reduction: str = "mean", group=None, **params):
+    def __init__(self, loss: str | os.PathLike | _CompiledLoss | _LinearHead, /, reduction: str = "mean", group=None,
+                 **params):
         super().__init__()
         from lossdsl.sharding import ShardedLoss as _Sharded
         named = isinstance(loss, (str, os.PathLike))
@@ -162,15 +163,42 @@ class ShardedLoss(torch.nn.Module):
         if reduction not in ("mean", "mean_or_zero", "sum"):
             raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
         self.reduction, self.group = reduction, group
-        self.sharded = _Sharded(compiled, _all_reduce(group))
+        self.head = compiled if isinstance(compiled, _LinearHead) else None
+        self.sharded = _Sharded(compiled.loss if self.head is not None else compiled, _all_reduce(group))
 
     def extra_repr(self) -> str:
         return f"{self.sharded.loss!r}, reduction={self.reduction!r}"
 
-    def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None):
+    def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None,
+                linear_bias=None):
+        """For a linear head (`ShardedLoss("linear_cross_entropy")`): (input, linear_weight slice, targets...,
+        linear_bias=its slice); backward gives the whole input gradient (all-reduced) and the slices'."""
+        if self.head is not None:
+            if axis is not None:
+                raise lossdsl.LossInputError(f"{self.head.name}: a linear head's class axis is its weight's rows")
+            head = self.head.sharded(class_start, classes, _all_reduce(self.group))
+            options = {"reduction": self.reduction, "sample_weight": _to_kernel(sample_weight)}
+            return _ShardedHeadFunction.apply(head, options, linear_bias, logits, *inputs)
         options = {"class_start": class_start, "classes": classes, "axis": axis, "reduction": self.reduction,
                    "sample_weight": _to_kernel(sample_weight)}
         return _ShardedFunction.apply(self.sharded, options, logits, *inputs)
+
+
+class _ShardedHeadFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, head, options, bias, x, weight, *inputs):
+        arrays = [_to_kernel(a) for a in (x, weight, *inputs)]
+        value, grads = head.value_and_grad(*arrays, linear_bias=_to_kernel(bias), **options)
+        ctx.grads = [torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
+        ctx.dtypes = [t.dtype for t in (x, weight)] + ([bias.dtype] if bias is not None else [])
+        result = torch.as_tensor(np.asarray(value))
+        return result.to(torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grads = [(g * grad_output).to(d) for g, d in zip(ctx.grads, ctx.dtypes)]
+        d_bias = grads[2] if len(grads) > 2 else None
+        return (None, None, d_bias, grads[0], grads[1], *([None] * (len(ctx.needs_input_grad) - 5)))
 
 
 def _all_reduce(group):

@@ -69,6 +69,29 @@ def ddp_case(rank: int, results: dict) -> None:
         results[f"{name}/bias"] = model.module.bias.grad.numpy()
 
 
+def head_data():
+    """(input (11, 6), linear_weight (10, 6), linear_bias, labels with one ignored, class weights)."""
+    rng = np.random.default_rng(10)
+    y = rng.integers(0, CLASSES, ROWS)
+    y[0] = -100
+    return (rng.normal(size=(ROWS, 6)), rng.normal(size=(CLASSES, 6)), rng.normal(size=CLASSES), y,
+            rng.uniform(0.5, 2.0, CLASSES))
+
+
+def head_case(rank: int, results: dict) -> None:
+    """linear_cross_entropy with linear_weight split by rows (the unequal split)."""
+    lo, hi = BOUNDS["unequal"][rank], BOUNDS["unequal"][rank + 1]
+    x, weight, bias, y, class_weight = head_data()
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight[lo:hi], bias[lo:hi])]
+    loss = lossdsl.torch.ShardedLoss("linear_cross_entropy", label_smoothing=0.1)
+    value = loss(tensors[0], tensors[1], torch.tensor(y), torch.tensor(class_weight), linear_bias=tensors[2],
+                 class_start=lo, classes=CLASSES)
+    value.backward()
+    results["head/value"] = value.detach().numpy()
+    for name, tensor in zip(("input", "weight", "bias"), tensors):
+        results[f"head/{name}"] = tensor.grad.numpy()
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -83,6 +106,7 @@ def main(rank: int, world: int, port: int, out: str) -> None:
             value.backward()
             results[f"{split}/{name}/value"] = value.detach().numpy()
             results[f"{split}/{name}/grad"] = mine.grad.numpy()
+    head_case(rank, results)
     ddp_case(rank, results)
     dist.barrier()
     dist.destroy_process_group()

@@ -89,3 +89,18 @@ def test_global_mean_inside_ddp_is_the_full_batch_mean(ranks, name):
         np.testing.assert_allclose(result[f"{name}/value"], expected.item(), rtol=1e-12)
         np.testing.assert_allclose(result[f"{name}/weight"], model.weight.grad.numpy(), rtol=1e-11, atol=1e-15)
         np.testing.assert_allclose(result[f"{name}/bias"], model.bias.grad.numpy(), rtol=1e-11, atol=1e-15)
+
+
+def test_a_linear_head_with_its_weight_split_by_rows(ranks):
+    """PyTorch's linear_cross_entropy unsharded against two processes holding 3 and 7 of the weight's rows."""
+    x, weight, bias, y, class_weight = (torch.tensor(a) for a in worker.head_data())
+    tensors = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    expected = torch.nn.functional.linear_cross_entropy(tensors[0], tensors[1], y, linear_bias=tensors[2],
+                                                        weight=class_weight, label_smoothing=0.1)
+    expected.backward()
+    for result in ranks:
+        np.testing.assert_allclose(result["head/value"], expected.item(), rtol=1e-12)
+        np.testing.assert_allclose(result["head/input"], tensors[0].grad.numpy(), rtol=1e-11, atol=1e-15)
+    for name, tensor in (("weight", tensors[1]), ("bias", tensors[2])):
+        np.testing.assert_allclose(np.concatenate([r[f"head/{name}"] for r in ranks]), tensor.grad.numpy(),
+                                   rtol=1e-11, atol=1e-15)

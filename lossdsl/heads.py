@@ -106,6 +106,9 @@ class LinearHead:
         labels alone: no logits are computed. Summed over micro-batches (or ranks), it divides their
         reduction="sum" results into the full batch's "mean" exactly."""
         x, weight = np.asarray(input), np.asarray(linear_weight)
+        if self.shard is not None:  # the same on every process: the labels are whole (per-class vectors must be)
+            whole = np.broadcast_to(np.zeros((), weight.dtype), (self.shard[1], *weight.shape[1:]))
+            return LinearHead(self.loss).normalizer(x, whole, *inputs, **named_inputs)
         out_shape, rows_shape = weight.shape[:-1], x.shape[:-1]
         rows = math.prod(rows_shape)
         per_row = self._per_row(inputs, named_inputs, None, rows_shape, rows, out_shape)

@@ -155,6 +155,8 @@ def test_a_linear_head_with_its_weight_split_by_rows(load_loss, name, split):
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    normalizer = head.sharded(bounds[1], CLASSES, None).normalizer(x, weight[bounds[1]:], y, **options)
+    assert normalizer == pytest.approx(head.normalizer(x, weight, y, **options), rel=1e-14)
     for value, (got_x, _, _) in results:
         assert value == pytest.approx(expected, rel=1e-12)
         np.testing.assert_allclose(got_x, d_x, rtol=1e-11, atol=1e-15)

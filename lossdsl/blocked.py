@@ -2,10 +2,10 @@
 codegen/blocks.py's kernels), for whoever supplies the blocks: a linear head computing each
 block's logits (heads.py), or a process holding one slice of the classes (sharding.py).
 
-A `BlockRun` is one call's rows. For each block of a level, `partials` gives that block's
-partials; the caller merges them (`BlockPlan.combine` in one process, collectives across
-processes) into `done`. Then `value` gives every row's loss from the whole partials, and
-`gradient` each block's gradient.
+A `BlockRun` is one call's rows. For each block of a level, `add_partials` combines that block's
+partials into the running ones (`done`); across processes, lossdsl.sharding's collectives then
+make a level whole. Then `value` gives every row's loss from the whole partials, and `gradient`
+each block's gradient.
 """
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ class BlockRun:
         """The kernels' view of one block's arrays (the loss's inputs by name, the class axis sliced)."""
         return RowCall(self.loss, arrays, axis, "none", None, sample_weight, 0)
 
-    def partials(self, block: RowCall, lo: int, done: np.ndarray, level: int) -> np.ndarray:
-        """The partials of `level` over this block (classes lo, lo + 1, ...), given `done` for the earlier levels."""
+    def add_partials(self, block: RowCall, lo: int, done: np.ndarray, level: int) -> np.ndarray:
+        """`done` (returned, changed in place) with the partials of `level` over this block (classes lo,
+        lo + 1, ...) combined into it; its earlier levels must be whole."""
         partial = self.plan.empty(block.rows)
         threads.run(self.module.loss_block_pass, block.rows, block.work,
                     (*block.head, *self.loss._param_args, lo, self.classes, done, level, partial))
-        return partial
+        self.plan.combine(done, partial, level)
+        return done
 
     def value(self, block: RowCall, done: np.ndarray, extra: np.ndarray | None = None):
         """(each row's loss, each row's share of the mean's divisor) from the whole partials; `extra`

@@ -175,7 +175,7 @@ class LinearHead:
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             run = self._by_rows if classes is None else self._by_blocks
-            part, divisor = run(chunk, start, stop, reduction in MEANS)
+            part, divisor = run(chunk, start, stop)
             total += float(np.sum(part, dtype=np.float64))
             normalizer += divisor
             if values is not None:
@@ -234,7 +234,7 @@ class LinearHead:
             per_row["sample_weight"] = ("rows", weights.reshape(rows, *out_shape[1:]), False)
         return per_row
 
-    def _by_rows(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
+    def _by_rows(self, chunk: "_Chunks", start: int, stop: int):
         """Rows [start, stop) with all their classes at once: the loss's own row kernel on the chunk's
         logits, its gradient written over them. Returns the rows' losses and their mean divisor."""
         shaped = chunk.logits(start, stop, 0, chunk.classes_total)
@@ -248,9 +248,9 @@ class LinearHead:
         if extra:
             chunk.extra[start:stop] = np.stack(list(shown[0].values()), axis=-1)
         chunk.backward(start, stop, 0, chunk.classes_total, shaped)
-        return part, divisor if mean else 0.0
+        return part, divisor
 
-    def _by_blocks(self, chunk: "_Chunks", start: int, stop: int, mean: bool):
+    def _by_blocks(self, chunk: "_Chunks", start: int, stop: int):
         """Rows [start, stop) a block of classes at a time (lossdsl.blocked): for each level of the
         loss's reductions a sweep computing every block's logits and partials, then the losses from
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
@@ -269,7 +269,7 @@ class LinearHead:
             for lo, hi in blocks:
                 block = call(lo, hi)
                 done = run.plan.empty(block.rows) if done is None else done
-                run.plan.combine(done, run.partials(block, offset + lo, done, level), level)
+                run.add_partials(block, offset + lo, done, level)
             if all_reduce is not None:  # this process's classes combined: now with every other process's
                 from .sharding import reduce_level
                 with np.errstate(invalid="ignore", over="ignore"):
@@ -287,7 +287,7 @@ class LinearHead:
                 block = call(lo, hi)
                 run.gradient(block, offset + lo, done, block.arrays[0])
                 chunk.backward(start, stop, lo, hi, block.arrays[0])
-        return out, float(norms.sum()) if mean else 0.0
+        return out, float(norms.sum())
 
     @staticmethod
     def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype,

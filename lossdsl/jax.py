@@ -135,7 +135,7 @@ def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, red
 
         def host_partials(level, first, done, *arrays):
             run, call = block(first, arrays)
-            return run.partials(call, int(first), np.asarray(done, np.float64), level).astype(slots)
+            return run.add_partials(call, int(first), np.array(done, np.float64), level).astype(slots)
 
         def host_value(first, done, *arrays):
             run, call = block(first, arrays)
@@ -152,13 +152,9 @@ def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, red
             done = jnp.asarray(plan.empty(rows), slots)
             table = jax.ShapeDtypeStruct((rows, plan.width), slots)
             for level in range(plan.levels):
-                partial = jax.pure_callback(functools.partial(host_partials, level), table, start, done, logits,
-                                            *others)
-                whole = reduce_level(plan, partial, level, all_reduce, xp=jnp)
-                mine = np.zeros(plan.width, bool)
-                for node in plan.at(level):
-                    mine[node.slot:node.slot + len(node.slots)] = True
-                done = jnp.where(mine, whole, done)
+                local = jax.pure_callback(functools.partial(host_partials, level), table, start, done, logits,
+                                          *others)
+                done = reduce_level(plan, local, level, all_reduce, xp=jnp)
             values, norms = jax.pure_callback(host_value, (jax.ShapeDtypeStruct((rows,), dtype),
                                                            jax.ShapeDtypeStruct((rows,), slots)), start, done, logits,
                                               *others)

@@ -109,9 +109,7 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
     """Levels and slots for the forward reductions the loss, its gradient (and with `outputs` the
     spec's `output` values) need, the loads and the backward sums. (The `ignore` rule reads no
     reduction or load: resolve refuses that, so a kernel can decide it before any pass.)"""
-    used = [plan.value, *plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward),
-            *(plan.mean_weight,) * (plan.mean_weight is not None), *(e for _, e in plan.outputs if outputs)]
-    sources: list[Reduction | Load] = [*plan.loads, *needed(plan, used), *plan.backward]
+    sources: list[Reduction | Load] = [*plan.loads, *needed(plan, True, outputs), *plan.backward]
     extremes = {arg_symbol(s): s.symbol for s in sources if isinstance(s, Reduction) and s.op in ("max", "min")}
     level: dict[sympy.Symbol, int] = {}
     nodes, slot = [], 0

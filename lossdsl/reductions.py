@@ -171,9 +171,13 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
                    *kernel, rules["ignore"], rules["mean_weight"], display, outputs)
 
 
-def needed(plan: RowPlan, exprs) -> list[Reduction]:
-    """The forward reductions that `exprs` use, directly or through other reductions, in plan order:
-    a local the loss does not use (an `output` not asked for) costs no pass."""
+def needed(plan: RowPlan, gradient: bool, outputs: bool = False) -> list[Reduction]:
+    """The forward reductions the loss (with `gradient`, its gradient; with `outputs`, the spec's
+    `output` values) uses, directly or through other reductions, in plan order: a local the loss
+    does not use (an `output` not asked for) costs no pass."""
+    exprs = [plan.value, *(e for _, e in plan.outputs if outputs)]
+    if gradient:
+        exprs += [*plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward)]
     symbols = set().union(*(e.free_symbols for e in exprs))
     for node in reversed(plan.forward):  # users come after what they use
         if node.symbol in symbols or arg_symbol(node) in symbols:

@@ -168,9 +168,7 @@ class ShardedLoss:
         done = run.plan.empty(block.rows)
         for level in range(run.plan.levels):
             with np.errstate(invalid="ignore", over="ignore"):
-                whole = reduce_level(run.plan, run.partials(block, class_start, done, level), level, self.all_reduce)
-            for node in run.plan.at(level):
-                done[:, node.slot:node.slot + len(node.slots)] = whole[:, node.slot:node.slot + len(node.slots)]
+                done = reduce_level(run.plan, run.add_partials(block, class_start, done, level), level, self.all_reduce)
         values, norms = run.value(block, done)
         divisor = float(norms.sum())
         if reduction == "none":

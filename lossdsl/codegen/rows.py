@@ -343,9 +343,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")
     w.emit(2, f"if {_keep(plan, w)}:")
-    used = [plan.value, *shown] + ([*plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward)]
-                                   if with_grads else [])
-    reductions = needed(plan, used) + (list(plan.backward) if with_grads else [])
+    reductions = needed(plan, with_grads, outputs) + (list(plan.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them

@@ -23,7 +23,7 @@ import numpy as np
 
 from .blocked import BlockRun
 from .errors import LossInputError, LossLabelError
-from .layout import LOW_PRECISION, MEANS, by_name, empty_mean, float_dtype
+from .layout import LOW_PRECISION, MEANS, by_name, float_dtype, reduced
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
@@ -183,12 +183,9 @@ class LinearHead:
         d_input, d_weight, d_bias = grads or (None, None, None)
         if self.shard is not None and gradient:  # each process's classes add their share to the input's gradient
             d_input = self.shard[2](d_input, "sum")
-        if reduction == "none":
-            value = values.reshape(*rows_shape, *out_shape[1:])
-        elif reduction == "sum":
-            value = dtype.type(total)
-        else:  # every row ignored: NaN as PyTorch, or 0 (the gradients are 0 either way, as PyTorch's)
-            value = dtype.type(total / normalizer if normalizer else empty_mean(reduction))
+        # every row ignored: a NaN or 0 mean (layout.empty_mean); the gradients are 0 either way, as PyTorch's
+        value = (values.reshape(*rows_shape, *out_shape[1:]) if reduction == "none"
+                 else reduced(total, normalizer, reduction, dtype))
         if not gradient:
             return value, None
         if reduction in MEANS and normalizer:

@@ -68,6 +68,13 @@ def empty_mean(reduction: str) -> float:
     return 0.0 if reduction == "mean_or_zero" else np.nan
 
 
+def reduced(total: float, divisor: float, reduction: str, dtype: np.dtype):
+    """The "sum", or a mean (MEANS) over `divisor`, of rows whose losses add up to `total`."""
+    if reduction == "sum":
+        return dtype.type(total)
+    return dtype.type(total / divisor if divisor else empty_mean(reduction))
+
+
 def flat(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A contiguous 1-D array of `dtype` holding `array` broadcast to `shape` (a view when possible)."""
     if array.shape != shape:
@@ -167,10 +174,8 @@ class Call:
         return 1.0 / self.divisor if self.reduction in MEANS and self.divisor else 1.0
 
     def reduce(self, total: float, out: np.ndarray):
-        if self.reduction == "sum":
-            return self.dtype.type(total)
-        if self.reduction in MEANS:
-            return self.dtype.type(total / self.divisor if self.divisor else empty_mean(self.reduction))
+        if self.reduction == "sum" or self.reduction in MEANS:
+            return reduced(total, self.divisor, self.reduction, self.dtype)
         if self.reduction == "batchmean":
             batch = self.shape[self.batch_axis]
             return self.dtype.type(total / batch if batch else np.nan)

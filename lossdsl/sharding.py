@@ -27,7 +27,7 @@ import sympy
 from . import buffers
 from .blocked import BlockRun
 from .errors import LossInputError
-from .layout import MEANS, axis_span, by_name, empty_mean, float_dtype
+from .layout import MEANS, axis_span, by_name, float_dtype, reduced
 from .partials import BlockPlan
 from .reductions import Load
 from .symbolic import to_text
@@ -171,12 +171,7 @@ class ShardedLoss:
                 done = reduce_level(run.plan, run.add_partials(block, class_start, done, level), level, self.all_reduce)
         values, norms = run.value(block, done)
         divisor = float(norms.sum())
-        if reduction == "none":
-            value = values
-        elif reduction == "sum":
-            value = dtype.type(values.sum(dtype=np.float64))
-        else:
-            value = dtype.type(values.sum(dtype=np.float64) / divisor if divisor else empty_mean(reduction))
+        value = values if reduction == "none" else reduced(values.sum(dtype=np.float64), divisor, reduction, dtype)
         grad = buffers.empty(block.grad_size, dtype)  # recycled: a fresh slice-sized array costs page faults
         run.gradient(block, class_start, done, grad, 1.0 / divisor if reduction in MEANS and divisor else 1.0)
         return value, grad.reshape(block.full)

@@ -66,9 +66,9 @@ _FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 def against_infinity(relation: sympy.Basic) -> tuple[str, int] | None:
     """(op, ±1) where `relation` is a test against ±inf written as one against ±max (`x > max` is
     `x == inf`): printed back in that form, which also holds in float32, where max is inf."""
-    for (op, sign), (written, limit) in _AGAINST_INFINITY.items():
+    for (op, side), (written, limit) in _AGAINST_INFINITY.items():
         if relation.rel_op == written and relation.rhs == limit * _FLOAT_MAX:
-            return op, sign
+            return op, side
     return None
 
 

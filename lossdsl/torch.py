@@ -163,11 +163,12 @@ class ShardedLoss(torch.nn.Module):
         if reduction not in ("mean", "mean_or_zero", "sum"):
             raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
         self.reduction, self.group = reduction, group
+        # a linear head is made sharded per call (its slice's start comes with the call)
         self.head = compiled if isinstance(compiled, _LinearHead) else None
-        self.sharded = _Sharded(compiled.loss if self.head is not None else compiled, _all_reduce(group))
+        self.sharded = None if self.head is not None else _Sharded(compiled, _all_reduce(group))
 
     def extra_repr(self) -> str:
-        return f"{self.sharded.loss!r}, reduction={self.reduction!r}"
+        return f"{self.head or self.sharded.loss!r}, reduction={self.reduction!r}"
 
     def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None,
                 linear_bias=None):
@@ -196,7 +197,8 @@ class _ShardedHeadFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grads = [(g * grad_output).to(d) for g, d in zip(ctx.grads, ctx.dtypes)]
+        kept, ctx.grads = ctx.grads, None
+        grads = [_scaled(g, grad_output, d) for g, d in zip(kept, ctx.dtypes)]
         d_bias = grads[2] if len(grads) > 2 else None
         return (None, None, d_bias, grads[0], grads[1], *([None] * (len(ctx.needs_input_grad) - 5)))
 
@@ -223,8 +225,13 @@ class _ShardedFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        # loss.backward() passes 1: the kept gradient as it is (a multiply is one more pass over the slice),
-        # and no longer kept here, so that autograd can take it as the logits' .grad without a copy
-        grad, ctx.grad = ctx.grad, None
-        grad = (grad if grad_output.numel() == 1 and grad_output.item() == 1 else grad * grad_output).to(ctx.dtype)
-        return (None, None, grad, *([None] * (len(ctx.needs_input_grad) - 3)))
+        grad, ctx.grad = ctx.grad, None  # no longer kept here: autograd may take it as .grad without a copy
+        return (None, None, _scaled(grad, grad_output, ctx.dtype), *([None] * (len(ctx.needs_input_grad) - 3)))
+
+
+def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A kept gradient times the incoming scalar one, in `dtype`; loss.backward() passes 1, and then
+    the gradient is returned as it is (a multiply would be one more pass over it)."""
+    if grad_output.numel() == 1 and grad_output.item() == 1:
+        return grad.to(dtype)
+    return (grad * grad_output).to(dtype)

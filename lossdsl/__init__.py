@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from . import registry
 from .compiler import __version__, compile_spec, load
-from .errors import (LossDeviceError, LossError, LossInputError, LossParameterError, LossSpecError, SpecNameError,
-                     SpecSyntaxError,
-                     SpecTypeError, UnknownLossError)
+from .errors import (LossDeviceError, LossError, LossInputError, LossLabelError, LossParameterError, LossSpecError,
+                     SpecNameError, SpecSyntaxError, SpecTypeError, UnknownLossError)
 from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
@@ -30,4 +29,4 @@ def catalogue() -> list[str]:
 
 __all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LinearHead", "LossError", "LossSpecError",
            "SpecSyntaxError", "SpecNameError", "SpecTypeError", "LossParameterError", "LossInputError",
-           "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]
+           "LossLabelError", "LossDeviceError", "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]

@@ -18,7 +18,7 @@ from .errors import SpecNameError, SpecTypeError, UnknownLossError
 from .resolve import ResolvedLoss, Value, resolve
 from .resources import source_fingerprint
 from .heads import LinearHead
-from .runtime import Loss
+from .runtime import Loss, split_bound
 from .sequence import SequenceLoss
 
 __version__ = "0.1.0"
@@ -42,11 +42,17 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
     def lookup(called: str, from_file: str):  # composition: a loss's own file first, then the catalogue
         return (local.get(called) if from_file == file else None) or registry.find(called)
 
+    params = dict(params or {})
+    check_domains = bool(params.pop("check_domains", True))
+    # keywords naming an optional input bind it (class weights given at load)
+    bound, params = split_bound(loss.name, loss.inputs, {p.name for p in loss.params}, params)
     try:
         resolved = resolve(loss, params, lookup, text)               # 2. names, params, inlining
     except RecursionError:
         raise SpecTypeError("expression nested too deeply", file, loss.pos.line, loss.pos.column) from None
     loss_object = Loss(resolved, Backend(resolved))                  # 3-5. SymPy, codegen, Numba: lazily, per dtype
+    if bound or not check_domains:
+        loss_object = loss_object.with_params(**bound, check_domains=check_domains)
     return loss_object.with_linear() if loss.head == "linear" else loss_object
 
 
@@ -171,7 +177,11 @@ def _choose(losses: tuple[ir.LossDef, ...], name: str | None, file: str) -> ir.L
 
 
 def load(name_or_path: str | Path, /, **params: Value) -> Loss | SequenceLoss | LinearHead:
-    """A catalogue loss by name (or alias), or the last loss of a `.loss` file."""
+    """A catalogue loss by name (or alias), or the last loss of a `.loss` file.
+
+    Keywords set its parameters; one that names an optional input binds it, so calls that leave the
+    input out use it (`load("cross_entropy", class_weight=w)`, as PyTorch's `weight=` at construction);
+    `check_domains=False` skips the checks of inputs against their declared domains."""
     path = Path(name_or_path)
     if str(name_or_path).endswith(".loss") or path.is_file():
         if not path.is_file():

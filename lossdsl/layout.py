@@ -44,9 +44,10 @@ def float_dtype(wrt_arrays, wrt_names) -> np.dtype:
 
 
 def by_name(loss_name: str, names: list[str] | tuple[str, ...], required: list[str], inputs: tuple,
-            named_inputs: dict) -> dict:
-    """A call's inputs by name: positional ones in order, then keywords; unknown, doubled and missing
-    (`required` but None or absent) ones refused with the inputs listed."""
+            named_inputs: dict, bound: dict | None = None) -> dict:
+    """A call's inputs by name: positional ones in order, then keywords, then those `bound` at load where the
+    call leaves them out; unknown, doubled and missing (`required` but None or absent) ones refused with the
+    inputs listed."""
     unknown = set(named_inputs) - set(names)
     if unknown:
         raise LossInputError(f"{loss_name} has no input or option {', '.join(sorted(unknown))}; its inputs are "
@@ -56,6 +57,9 @@ def by_name(loss_name: str, names: list[str] | tuple[str, ...], required: list[s
         raise LossInputError(f"{loss_name} takes {len(names)} input{'s' if len(names) != 1 else ''} "
                              f"({', '.join(names)}); got {len(inputs) + len(named_inputs)}")
     given.update(named_inputs)
+    for name, value in (bound or {}).items():
+        if given.get(name) is None:
+            given[name] = value
     missing = [name for name in required if given.get(name) is None]
     if missing:
         raise LossInputError(f"{loss_name} takes {len(required)} input{'s' if len(required) != 1 else ''} "
@@ -91,7 +95,8 @@ def scalar_weight(loss_name: str, weight) -> float:
 
 
 def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Values of one input (in the kernel's dtype) against the domain its spec declares."""
+    """Values of one input (in the kernel's dtype) against the domain its spec declares; the error
+    says how to skip the check (a LinearHead's is its `.loss`'s)."""
     domain = spec_input.domain
     values = values.reshape(-1)
     if domain.unbounded or values.size == 0:
@@ -107,7 +112,9 @@ def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[in
         position = int(np.argmin(ok))
         index = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
         raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
-                             f"found {values[position].item()!r} at index {index}")
+                             f"found {values[position].item()!r} at index {index}. To skip this check, set "
+                             "`loss.check_domains = False` (for a linear head, `head.loss.check_domains = False`) "
+                             "or pass check_domains=False to lossdsl.load or lossdsl.torch.Loss")
 
 
 def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype: np.dtype, memory=None):
@@ -214,6 +221,7 @@ class RowCall(Call):
         self.inner = math.prod(full[last + 1:])
         self.full = full
         rows_shape = full[:first] + full[last + 1:]
+        self.kept_axis_shape = full[:first] + (1,) * (last + 1 - first) + full[last + 1:]  # (N, 1): MindSpore's labels
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
         super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
         self.rows = self.size
@@ -257,6 +265,8 @@ class RowCall(Call):
                                  f"{self.full} nor the axis length {self.length}") from None
 
     def _per_row(self, input_name: str, array: np.ndarray, dtype: np.dtype, is_label: bool):
+        if array.shape == self.kept_axis_shape and array.shape != self.shape:  # the axis kept at length 1
+            array = array.reshape(self.shape)
         if is_label:
             array = integer_labels(self.name, input_name, array)
         if array.size == 1:

@@ -7,8 +7,9 @@ the on-disk cache) one kernel module per float dtype on first use.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -49,6 +50,7 @@ class Loss:
         self._backend = backend
         self._values = dict(resolved.values)
         self._param_args = tuple(float(self._values[p]) for p in resolved.numeric_params)
+        self._bound: dict[str, Any] = {}  # optional inputs given once, at load (class weights, pos_weight)
         #: Check inputs against the domains the spec declares (labels in {0, 1}, p in [0, 1], ...).
         self.check_domains = True
 
@@ -58,6 +60,8 @@ class Loss:
     inputs = property(lambda self: tuple(i.name for i in self._resolved.inputs), doc="Input names, in call order.")
     wrt = property(lambda self: self._resolved.wrt, doc="Inputs the gradient is taken with respect to.")
     params = property(lambda self: dict(self._values), doc="Parameter values of this instance.")
+    bound = property(lambda self: dict(self._bound), doc="Optional inputs given at load, by name (used where a "
+                                                         "call leaves them out).")
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self._values.items())
@@ -84,12 +88,18 @@ class Loss:
         return self._backend.source(np.dtype(dtype), target=target)
 
     def with_params(self, **params) -> "Loss":
-        """The same loss with other parameter values (numeric ones reuse the compiled kernels)."""
+        """The same loss with other parameter values (numeric ones reuse the compiled kernels); keywords that
+        name an optional input (`class_weight=`, `pos_weight=`) bind it, and `check_domains` sets that, as
+        `lossdsl.load` does."""
+        check_domains = params.pop("check_domains", self.check_domains)
+        inputs, params = split_bound(self.name, self._resolved.inputs, {p.name for p in self._resolved.params},
+                                     params)
         values = check_values(self._resolved.params, {**self._values, **params}, self.name, self._resolved.passed_on)
         if any(values[p.name] != self._values[p.name] for p in self._resolved.params if p.static):
             raise LossParameterError("parameters that choose the formula need lossdsl.load(name, **params)")
         clone = Loss(dataclasses.replace(self._resolved, values=tuple(values.items())), self._backend)
-        clone.check_domains = self.check_domains
+        clone.check_domains = bool(check_domains)
+        clone._bound = {**self._bound, **inputs}
         return clone
 
     # --- evaluation ---
@@ -219,6 +229,11 @@ class Loss:
                     raise
 
     def _prepare(self, inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device):
+        if weight is not None and np.ndim(weight) != 0:
+            hint = FRAMEWORK_SPELLINGS["weight"][1] if "class_weight" in self.inputs else "a call's weight= is one "\
+                "scalar factor"
+            raise LossInputError(f"{self.name}: weight must be a real scalar; got an array of shape "
+                                 f"{np.shape(weight)}: {hint}; sample_weight= takes per-element weights")
         memory = memory_for([*inputs, *named_inputs.values(), sample_weight], device)
         arrays = self._gather_inputs(inputs, named_inputs, memory)
         if self._resolved.axis is not None:
@@ -235,7 +250,8 @@ class Loss:
     def _gather_inputs(self, inputs, named_inputs, memory) -> dict[str, np.ndarray | None]:
         """Inputs by name: positional ones in order, optional ones also by keyword (None where left out)."""
         specs = self._resolved.inputs
-        given = by_name(self.name, self.inputs, [i.name for i in specs if i.default is None], inputs, named_inputs)
+        given = by_name(self.name, self.inputs, [i.name for i in specs if i.default is None], inputs, named_inputs,
+                        self._bound)
         arrays: dict[str, np.ndarray | None] = {}
         for spec_input in specs:
             value = given.get(spec_input.name)
@@ -250,6 +266,38 @@ class Loss:
                 raise LossInputError(f"{self.name}: {spec_input.name} must hold numbers; got dtype {array.dtype}")
             arrays[spec_input.name] = array
         return arrays
+
+
+# What other frameworks call an argument that lossdsl names differently: {their name: (lossdsl's, why)}
+FRAMEWORK_SPELLINGS = {
+    "weight": ("class_weight", "PyTorch's per-class weight tensor is the input class_weight here "
+                               "(lossdsl.load(name, class_weight=w), or class_weight= at call time); a call's "
+                               "weight= is one scalar factor"),
+}
+CALL_OPTIONS = ("reduction", "sample_weight", "batch_axis", "axis", "device")
+
+
+def split_bound(loss_name: str, inputs, param_names, keywords: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Load-time keywords split into optional inputs to bind (`inputs` have a name and a default) and
+    parameters; an input that cannot be bound, a call option and a framework's spelling of another
+    name are refused with the right one. Unknown names are left for the parameter check to name."""
+    inputs = {i.name: i for i in inputs}
+    bound, rest = {}, {}
+    for name, value in keywords.items():
+        if name in param_names:
+            rest[name] = value
+        elif name in inputs and inputs[name].default is not None:
+            bound[name] = value
+        elif name in inputs:
+            raise LossParameterError(f"{loss_name}: {name} is an input with no default: pass it when calling")
+        elif name in CALL_OPTIONS:
+            raise LossParameterError(f"{loss_name}: {name} is an option of each call (loss(..., {name}=...)), "
+                                     "not of lossdsl.load")
+        elif name in FRAMEWORK_SPELLINGS and FRAMEWORK_SPELLINGS[name][0] in inputs:
+            raise LossParameterError(f"{loss_name} has no parameter {name!r}: {FRAMEWORK_SPELLINGS[name][1]}")
+        else:
+            rest[name] = value
+    return bound, rest
 
 
 def memory_for(values, device: str | None):
@@ -323,10 +371,14 @@ class ElementCall(Call):
             shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
             raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None
         super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
-        self.head = [self.memory.flat(arrays[n], shape, dtype) for n in names]
+        # an optional input of one value stays one element: the kernels read it so (codegen/elementwise.py)
+        shapes = {i.name: (1,) if i.default is not None and arrays[i.name].size == 1 and math.prod(shape) != 1
+                  else shape for i in resolved.inputs}
+        self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
+                     for n in names]
         if loss.check_domains and self.memory.checks_domains:
             for spec_input, array in zip(resolved.inputs, self.head):
-                check_domain(resolved.name, spec_input, array, shape)
+                check_domain(resolved.name, spec_input, array, shapes[spec_input.name])
         self.grad_size = self.size
 
     def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:

@@ -160,7 +160,7 @@ class ShardedLoss:
         resolved = self.loss._resolved
         names = [i.name for i in resolved.inputs]
         given = by_name(self.loss.name, names, [i.name for i in resolved.inputs if i.default is None], inputs,
-                        named_inputs)
+                        named_inputs, self.loss.bound)
         arrays = {name: None if given.get(name) is None else np.asarray(given[name]) for name in names}
         dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
         run = BlockRun(self.loss, int(classes), dtype)

@@ -9,7 +9,8 @@ chunks, one per thread), on CUDA grid-stride loops adding to `__result[0]`:
   in one pass over memory.
 Reduction and weighting are runtime arguments, so one compiled kernel serves "none",
 "sum", "mean" and the per-sample form, weighted or not. An empty `weight` array means
-unweighted; an empty `out` means no per-element output.
+unweighted; an empty `out` means no per-element output; an optional input of one element holds
+one value for every element.
 
 Names: the spec's own names are used bare, input arrays and parameter arguments are
 `_name_`, CSE temporaries `_0, _1, ...`, and the skeleton's variables `__name`, so no
@@ -67,7 +68,12 @@ def _body(printer: NumbaPrinter, steps, indent: str) -> list[str]:
 
 
 def _loop_head(plan: KernelPlan) -> list[str]:
-    return [f"        {safe_name(i.name)} = _{safe_name(i.name)}_[__i]" for i in plan.loss.inputs]
+    """Each input's element; an optional one (`pos_weight = 1`) may be one value for all, so a call that leaves
+    it out or gives a scalar passes one element rather than a broadcast copy (the test is loop-invariant)."""
+    def read(i) -> str:
+        name = f"_{safe_name(i.name)}_"
+        return f"{name}[__i]" if i.default is None else f"({name}[__i] if {name}.size == __n else {name}[0])"
+    return [f"        {safe_name(i.name)} = {read(i)}" for i in plan.loss.inputs]
 
 
 def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:

@@ -22,6 +22,7 @@ import torch
 
 import lossdsl
 from lossdsl.heads import LinearHead as _LinearHead
+from lossdsl.layout import axis_span
 from lossdsl.runtime import Loss as _CompiledLoss
 from lossdsl.sequence import SequenceLoss as _SequenceLoss
 
@@ -36,8 +37,8 @@ class Loss(torch.nn.Module):
     options as `lossdsl.Loss`: reduction ("mean" by default, "sum", "none", "batch",
     "batchmean"), weight, sample_weight, batch_axis, axis. Gradients flow to every input
     the spec differentiates (`wrt`); the others (targets, labels) get none.
-    reduction="global_mean" (with torch.distributed, over `group`): the exact mean over every
-    process's elements or kept rows, for DistributedDataParallel (see `_global_mean`).
+    reduction="global_mean" or "global_sum" (with torch.distributed, over `group`): the exact mean
+    over every process's elements or kept rows, or their sum, for DistributedDataParallel (see `_global`).
     """
 
     def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /,
@@ -60,8 +61,8 @@ class Loss(torch.nn.Module):
             raise lossdsl.LossInputError(f"{self.loss.name} takes {len(names)} inputs ({', '.join(names)}); "
                                          f"got {len(inputs)}")
         order = [n for n in names if given.get(n) is not None]
-        if reduction == "global_mean":
-            return self._global_mean(order, given, options)
+        if reduction in ("global_mean", "global_sum"):
+            return self._global(reduction, order, given, options)
         if reduction == "batch":  # the per-sample mean is PyTorch's: autograd differentiates it
             values = _LossFunction.apply(self.loss, order, "none", options, *[given[n] for n in order])
             batch_axis = options.get("batch_axis", 0) % values.dim() if values.dim() else 0
@@ -70,21 +71,28 @@ class Loss(torch.nn.Module):
         return _LossFunction.apply(self.loss, order, reduction, options, *[given[n] for n in order])
 
 
-    def _global_mean(self, order, given, options):
-        """The mean over every process of `self.group` (a sum and a normaliser all-reduced, not a mean of
-        means), with the gradient scaled for DistributedDataParallel, which averages gradients over
-        the processes: after that average each parameter holds the gradient of the global mean."""
+    def _global(self, reduction: str, order, given, options):
+        """The sum ("global_sum") or mean ("global_mean": a sum and a normaliser all-reduced, not a mean
+        of means) over every process of `self.group`, with the gradient scaled for
+        DistributedDataParallel, which averages gradients over the processes: after that average each
+        parameter holds the gradient of the global sum or mean."""
         import torch.distributed as dist
         local = _LossFunction.apply(self.loss, order, "sum", options, *[given[n] for n in order])
-        arrays = {n: _to_kernel(given[n]) for n in order}
-        shape = {"axis": options["axis"]} if "axis" in options else {}
-        count = float(self.loss.normalizer(**arrays, **shape))
-        totals = torch.tensor([local.detach().double().item(), count], dtype=torch.float64)
+        totals = [local.detach().double().item()]
+        if reduction == "global_mean":
+            arrays = {n: _to_kernel(given[n]) for n in order}
+            shape = {"axis": options["axis"]} if "axis" in options else {}
+            totals.append(float(self.loss.normalizer(**arrays, **shape)))
+        totals = torch.tensor(totals, dtype=torch.float64)
         dist.all_reduce(totals, group=self.group)
-        total, normalizer = totals.tolist()
-        scale = dist.get_world_size(self.group) / normalizer if normalizer else 0.0
-        mean = total / normalizer if normalizer else float("nan")
-        return local * scale + (mean - local.detach() * scale)  # the global mean; its gradient, local * scale
+        world = dist.get_world_size(self.group)
+        if reduction == "global_sum":
+            value, scale = totals.item(), world
+        else:
+            total, normalizer = totals.tolist()
+            scale = world / normalizer if normalizer else 0.0
+            value = total / normalizer if normalizer else float("nan")
+        return local * scale + (value - local.detach() * scale)  # the global value; its gradient, local * scale
 
 def _to_kernel(value):
     """A tensor as the kernels take it: a NumPy view on the CPU (bfloat16, which NumPy lacks, as float32;
@@ -152,7 +160,9 @@ class ShardedLoss(torch.nn.Module):
     per-class weights whole or sliced), `class_start=` and `classes=` (C in all). Every process gets
     the same loss, and backward gives each the gradient of its own slice; the collectives are those
     `lossdsl show NAME --plan` prints (lossdsl.sharding). Reductions "mean" (default),
-    "mean_or_zero" and "sum"."""
+    "mean_or_zero", "sum" and "none" (one loss per row, as Megatron's vocabulary-parallel
+    cross-entropy gives per token; backward then takes any per-row gradient, the same on every
+    process, as it is when each computes the same from the loss)."""
 
     def __init__(self, loss: str | os.PathLike | _CompiledLoss | _LinearHead, /, reduction: str = "mean", group=None,
                  **params):
@@ -160,8 +170,9 @@ class ShardedLoss(torch.nn.Module):
         from lossdsl.sharding import ShardedLoss as _Sharded
         named = isinstance(loss, (str, os.PathLike))
         compiled = lossdsl.load(loss, **params) if named else loss.with_params(**params)
-        if reduction not in ("mean", "mean_or_zero", "sum"):
-            raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
+        if reduction not in ("mean", "mean_or_zero", "sum", "none"):
+            raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; "
+                                         f"got {reduction!r}")
         self.reduction, self.group = reduction, group
         # a linear head is made sharded per call (its slice's start comes with the call)
         self.head = compiled if isinstance(compiled, _LinearHead) else None
@@ -173,7 +184,9 @@ class ShardedLoss(torch.nn.Module):
     def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None,
                 linear_bias=None):
         """For a linear head (`ShardedLoss("linear_cross_entropy")`): (input, linear_weight slice, targets...,
-        linear_bias=its slice); backward gives the whole input gradient (all-reduced) and the slices'."""
+        linear_bias=its slice); backward gives the whole input gradient (all-reduced) and the slices'.
+        With reduction "none", a head's backward runs it again, collectives included, with the incoming
+        gradient as sample weights: the weight's gradient sums rows, so it cannot be scaled afterwards."""
         if self.head is not None:
             if axis is not None:
                 raise lossdsl.LossInputError(f"{self.head.name}: a linear head's class axis is its weight's rows")
@@ -189,16 +202,28 @@ class _ShardedHeadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, options, bias, x, weight, *inputs):
         arrays = [_to_kernel(a) for a in (x, weight, *inputs)]
-        value, grads = head.value_and_grad(*arrays, linear_bias=_to_kernel(bias), **options)
-        ctx.grads = [torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
         ctx.dtypes = [t.dtype for t in (x, weight)] + ([bias.dtype] if bias is not None else [])
+        if options["reduction"] == "none":  # the weight's gradient sums over the rows: backward runs the head again
+            ctx.head, ctx.options, ctx.arrays, ctx.bias, ctx.grads = head, options, arrays, _to_kernel(bias), None
+            value = head(*arrays, linear_bias=ctx.bias, **options)
+        else:
+            value, grads = head.value_and_grad(*arrays, linear_bias=_to_kernel(bias), **options)
+            ctx.grads = [torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
         result = torch.as_tensor(np.asarray(value))
         return result.to(torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        kept, ctx.grads = ctx.grads, None
-        grads = [_scaled(g, grad_output, d) for g, d in zip(kept, ctx.dtypes)]
+        if ctx.grads is None:  # "none": the gradients of sum(grad_output * loss), grad_output as sample weights
+            given, upstream = ctx.options["sample_weight"], _to_kernel(grad_output)
+            options = {**ctx.options, "reduction": "sum",
+                       "sample_weight": upstream if given is None else given * upstream}
+            _, grads = ctx.head.value_and_grad(*ctx.arrays, linear_bias=ctx.bias, **options)
+            ctx.arrays = None
+            grads = [torch.from_numpy(np.ascontiguousarray(g)).to(d) for g, d in zip(grads, ctx.dtypes)]
+        else:
+            kept, ctx.grads = ctx.grads, None
+            grads = [_scaled(g, grad_output, d) for g, d in zip(kept, ctx.dtypes)]
         d_bias = grads[2] if len(grads) > 2 else None
         return (None, None, d_bias, grads[0], grads[1], *([None] * (len(ctx.needs_input_grad) - 5)))
 
@@ -220,18 +245,25 @@ class _ShardedFunction(torch.autograd.Function):
     def forward(ctx, sharded, options, logits, *inputs):
         value, grad = sharded.value_and_grad(_to_kernel(logits), *(_to_kernel(i) for i in inputs), **options)
         ctx.grad, ctx.dtype = torch.from_numpy(np.ascontiguousarray(grad)), logits.dtype
+        ctx.rows = None  # the shape the incoming gradient takes, broadcast along the class axis, for "none"
+        if options["reduction"] == "none":  # a row's loss reads only its row: its gradient scales by its own
+            loss = sharded.loss
+            low, high = axis_span(loss.name, grad.shape, options["axis"], loss._resolved.axis_position)
+            ctx.rows = (*grad.shape[:low], *[1] * (high - low + 1), *grad.shape[high + 1:])
         result = torch.as_tensor(np.asarray(value))
         return result.to(torch.float32 if logits.dtype in _LOW_PRECISION else logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         grad, ctx.grad = ctx.grad, None  # no longer kept here: autograd may take it as .grad without a copy
-        return (None, None, _scaled(grad, grad_output, ctx.dtype), *([None] * (len(ctx.needs_input_grad) - 3)))
+        upstream = grad_output if ctx.rows is None else grad_output.reshape(ctx.rows)
+        return (None, None, _scaled(grad, upstream, ctx.dtype), *([None] * (len(ctx.needs_input_grad) - 3)))
 
 
 def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A kept gradient times the incoming scalar one, in `dtype`; loss.backward() passes 1, and then
-    the gradient is returned as it is (a multiply would be one more pass over it)."""
+    """A kept gradient times the incoming one (a scalar, or one per row broadcast along the class axis), in
+    `dtype`; loss.backward() passes 1, and then the gradient is returned as it is (a multiply would be one
+    more pass over it)."""
     if grad_output.numel() == 1 and grad_output.item() == 1:
         return grad.to(dtype)
     return (grad * grad_output).to(dtype)

@@ -1,5 +1,6 @@
 """One process of tests/test_sharding_torch.py: joins a gloo group on loopback, computes every case
-with its slice of the classes through lossdsl.torch.ShardedLoss, and saves values and gradients.
+with its slice of the classes through lossdsl.torch.ShardedLoss (and its micro-batch through
+lossdsl.torch.Loss's global reductions under DistributedDataParallel), and saves values and gradients.
 
 Run as: python tests/distributed_worker.py RANK WORLD PORT OUT.npz
 """
@@ -36,6 +37,12 @@ def logits():
     return 3 * np.random.default_rng(8).normal(size=(ROWS, CLASSES))
 
 
+def per_row():
+    """(sample weights, an upstream gradient) for reduction="none": one per row, not uniform."""
+    rng = np.random.default_rng(11)
+    return rng.uniform(0.5, 2.0, ROWS), rng.normal(size=ROWS)
+
+
 DDP_ROWS = [0, 8, 13]  # unequal micro-batches; the ignored rows all in the first
 
 
@@ -47,21 +54,38 @@ def ddp_data():
     return rng.normal(size=(DDP_ROWS[-1], 4)), y, rng.normal(size=DDP_ROWS[-1])
 
 
+def ddp_sum_labels():
+    """ddp_data's labels with the second micro-batch's all ignored: its process's sum is 0."""
+    y = ddp_data()[1].copy()
+    y[DDP_ROWS[1]:] = -100
+    return y
+
+
+DDP_CASES = {  # name: (spec, labels: "classes", "all ignored" or "regression", reduction)
+    "ddp_ce": ("cross_entropy", "classes", "global_mean"),
+    "ddp_huber": ("huber", "regression", "global_mean"),
+    "ddp_ce_sum": ("cross_entropy", "all ignored", "global_sum"),
+    "ddp_huber_sum": ("huber", "regression", "global_sum"),
+}
+
+
 def ddp_model():
     torch.manual_seed(0)
     return torch.nn.Linear(4, CLASSES).double()
 
 
 def ddp_case(rank: int, results: dict) -> None:
-    """reduction="global_mean" inside DistributedDataParallel: the parameters' gradients after DDP's
-    averaging, for a loss over classes (ignored rows) and an elementwise one."""
+    """reduction="global_mean" and "global_sum" inside DistributedDataParallel: the parameters' gradients
+    after DDP's averaging, for a loss over classes (ignored rows) and an elementwise one."""
     from torch.nn.parallel import DistributedDataParallel
-    x, y, target = (torch.tensor(a[DDP_ROWS[rank]:DDP_ROWS[rank + 1]]) for a in ddp_data())
-    for name, spec, labels in (("ddp_ce", "cross_entropy", y), ("ddp_huber", "huber", target)):
+    mine = slice(DDP_ROWS[rank], DDP_ROWS[rank + 1])
+    x, y, target = (torch.tensor(a[mine]) for a in ddp_data())
+    labels_of = {"classes": y, "all ignored": torch.tensor(ddp_sum_labels()[mine]), "regression": target}
+    for name, (spec, labels, reduction) in DDP_CASES.items():
         model = DistributedDataParallel(ddp_model())
         outputs = model(x)
         prediction = outputs if spec == "cross_entropy" else outputs[:, 0]
-        value = lossdsl.torch.Loss(spec, reduction="global_mean")(prediction, labels, **(
+        value = lossdsl.torch.Loss(spec, reduction=reduction)(prediction, labels_of[labels], **(
             {"axis": -1} if spec == "cross_entropy" else {}))
         value.backward()
         results[f"{name}/value"] = value.detach().numpy()
@@ -79,33 +103,41 @@ def head_data():
 
 
 def head_case(rank: int, results: dict) -> None:
-    """linear_cross_entropy with linear_weight split by rows (the unequal split)."""
+    """linear_cross_entropy with linear_weight split by rows (the unequal split): the mean, and the
+    per-row losses with sample weights, backward given a per-row gradient."""
     lo, hi = BOUNDS["unequal"][rank], BOUNDS["unequal"][rank + 1]
     x, weight, bias, y, class_weight = head_data()
-    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight[lo:hi], bias[lo:hi])]
-    loss = lossdsl.torch.ShardedLoss("linear_cross_entropy", label_smoothing=0.1)
-    value = loss(tensors[0], tensors[1], torch.tensor(y), torch.tensor(class_weight), linear_bias=tensors[2],
-                 class_start=lo, classes=CLASSES)
-    value.backward()
-    results["head/value"] = value.detach().numpy()
-    for name, tensor in zip(("input", "weight", "bias"), tensors):
-        results[f"head/{name}"] = tensor.grad.numpy()
+    sample_weight, upstream = per_row()
+    for case, reduction, options in (("head", "mean", {}), ("head_none", "none", {"sample_weight": sample_weight})):
+        tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight[lo:hi], bias[lo:hi])]
+        loss = lossdsl.torch.ShardedLoss("linear_cross_entropy", reduction=reduction, label_smoothing=0.1)
+        value = loss(tensors[0], tensors[1], torch.tensor(y), torch.tensor(class_weight), linear_bias=tensors[2],
+                     class_start=lo, classes=CLASSES, **options)
+        value.backward(None if reduction == "mean" else torch.tensor(upstream))
+        results[f"{case}/value"] = value.detach().numpy()
+        for name, tensor in zip(("input", "weight", "bias"), tensors):
+            results[f"{case}/{name}"] = tensor.grad.numpy()
 
 
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     results = {}
+    sample_weight, upstream = per_row()
     for split, bounds in BOUNDS.items():
         lo, hi = bounds[rank], bounds[rank + 1]
         for name, (spec, params, whole, sliced) in cases().items():
-            mine = torch.tensor(logits()[:, lo:hi], requires_grad=True)
-            loss = lossdsl.torch.ShardedLoss(spec, **params)
-            value = loss(mine, *(torch.tensor(a) for a in whole), *(torch.tensor(a[:, lo:hi]) for a in sliced),
-                         class_start=lo, classes=CLASSES, axis=-1)
-            value.backward()
-            results[f"{split}/{name}/value"] = value.detach().numpy()
-            results[f"{split}/{name}/grad"] = mine.grad.numpy()
+            # the mean, and the per-row losses with sample weights, backward given a per-row gradient
+            for suffix, reduction, weights, grad_output in (("", "mean", None, None),
+                                                            ("/none", "none", sample_weight, upstream)):
+                mine = torch.tensor(logits()[:, lo:hi], requires_grad=True)
+                loss = lossdsl.torch.ShardedLoss(spec, reduction=reduction, **params)
+                value = loss(mine, *(torch.tensor(a) for a in whole), *(torch.tensor(a[:, lo:hi]) for a in sliced),
+                             class_start=lo, classes=CLASSES, axis=-1,
+                             sample_weight=None if weights is None else torch.tensor(weights))
+                value.backward(None if grad_output is None else torch.tensor(grad_output))
+                results[f"{split}/{name}{suffix}/value"] = value.detach().numpy()
+                results[f"{split}/{name}{suffix}/grad"] = mine.grad.numpy()
     head_case(rank, results)
     ddp_case(rank, results)
     dist.barrier()

@@ -1,6 +1,8 @@
 """The class axis split across two gloo processes on loopback (torch.distributed), started by the
 test and bounded in time: every process's loss equals the single-process lossdsl loss and
-PyTorch's unsharded one, and the slices' gradients put together equal the whole gradient."""
+PyTorch's unsharded one (per row too, backward given any per-row gradient), and the slices'
+gradients put together equal the whole gradient; under DistributedDataParallel, global_mean and
+global_sum equal the full batch's mean and sum, with its gradient after DDP's averaging."""
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ if not torch.distributed.is_available():
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import distributed_worker as worker  # noqa: E402
+import lossdsl.torch  # noqa: E402
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
 TIME_LIMIT = 180  # seconds for both processes together: a hung collective fails the test, never hangs it
@@ -73,17 +76,60 @@ def test_cross_entropy_equals_pytorch_unsharded(ranks, split):
     np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-11, atol=1e-15)
 
 
-@pytest.mark.parametrize("name", ["ddp_ce", "ddp_huber"])
-def test_global_mean_inside_ddp_is_the_full_batch_mean(ranks, name):
-    """Micro-batches of 8 and 5 rows, the ignored rows all in the first: the mean of the two processes'
-    means would weigh rows unequally; global_mean gives the full batch's mean and its gradient."""
+@pytest.mark.parametrize("split", worker.BOUNDS)
+@pytest.mark.parametrize("name", worker.cases())
+def test_per_row_losses_give_the_single_process_result(ranks, load_loss, split, name):
+    """reduction="none" with sample weights, backward given a non-uniform per-row gradient: the rows'
+    losses, and the gradient of sum(grad_output * loss)."""
+    spec, params, whole, sliced = worker.cases()[name]
+    sample_weight, upstream = worker.per_row()
+    loss, arguments = load_loss(spec, **params), (worker.logits(), *whole, *sliced)
+    expected = loss(*arguments, axis=-1, reduction="none", sample_weight=sample_weight)
+    _, expected_grad = loss.value_and_grad(*arguments, axis=-1, reduction="sum", sample_weight=sample_weight * upstream)
+    for result in ranks:
+        np.testing.assert_allclose(result[f"{split}/{name}/none/value"], expected, rtol=1e-12)
+    grad = np.concatenate([result[f"{split}/{name}/none/grad"] for result in ranks], axis=1)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("split", worker.BOUNDS)
+def test_per_row_cross_entropy_equals_pytorch_unsharded(ranks, split):
+    """Megatron's vocabulary-parallel case: PyTorch's cross_entropy(reduction="none") with class weights,
+    ignore_index and label smoothing, plus z * lse^2 on kept rows, times the sample weights; the
+    logits' gradient for a random upstream gradient is PyTorch autograd's on the whole logits."""
+    _, params, (y, class_weight), _ = worker.cases()["cross_entropy"]
+    sample_weight, upstream = (torch.tensor(a) for a in worker.per_row())
+    logits = torch.tensor(worker.logits(), requires_grad=True)
+    target = torch.tensor(y)
+    ce = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor(class_weight),
+                                           label_smoothing=params["label_smoothing"], reduction="none")
+    z = params["z_loss"] * torch.logsumexp(logits, dim=1) ** 2 * (target != -100)
+    expected = sample_weight * (ce + z)
+    expected.backward(upstream)
+    for result in ranks:
+        np.testing.assert_allclose(result[f"{split}/cross_entropy/none/value"], expected.detach().numpy(),
+                                   rtol=1e-12)
+    for rank, result in enumerate(ranks):
+        lo, hi = worker.BOUNDS[split][rank], worker.BOUNDS[split][rank + 1]
+        np.testing.assert_allclose(result[f"{split}/cross_entropy/none/grad"], logits.grad[:, lo:hi].numpy(),
+                                   rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", worker.DDP_CASES)
+def test_global_reductions_inside_ddp_are_the_full_batch_ones(ranks, name):
+    """Micro-batches of 8 and 5 rows. global_mean: the ignored rows all in the first, so the mean of the
+    two processes' means would weigh rows unequally; global_sum: every row of the second ignored for
+    cross_entropy. Either gives the full batch's value, and after DDP's averaging its gradient."""
+    spec, labels, reduction = worker.DDP_CASES[name]
     x, y, target = (torch.tensor(a) for a in worker.ddp_data())
     model = worker.ddp_model()
     outputs = model(x)
-    if name == "ddp_ce":
-        expected = torch.nn.functional.cross_entropy(outputs, y)
+    torch_reduction = reduction.removeprefix("global_")
+    if spec == "cross_entropy":
+        y = torch.tensor(worker.ddp_sum_labels()) if labels == "all ignored" else y
+        expected = torch.nn.functional.cross_entropy(outputs, y, reduction=torch_reduction)
     else:
-        expected = torch.nn.functional.huber_loss(outputs[:, 0], target)
+        expected = torch.nn.functional.huber_loss(outputs[:, 0], target, reduction=torch_reduction)
     expected.backward()
     for result in ranks:
         np.testing.assert_allclose(result[f"{name}/value"], expected.item(), rtol=1e-12)
@@ -91,16 +137,27 @@ def test_global_mean_inside_ddp_is_the_full_batch_mean(ranks, name):
         np.testing.assert_allclose(result[f"{name}/bias"], model.bias.grad.numpy(), rtol=1e-11, atol=1e-15)
 
 
-def test_a_linear_head_with_its_weight_split_by_rows(ranks):
-    """PyTorch's linear_cross_entropy unsharded against two processes holding 3 and 7 of the weight's rows."""
+@pytest.mark.parametrize("case", ["head", "head_none"])
+def test_a_linear_head_with_its_weight_split_by_rows(ranks, case):
+    """PyTorch's linear_cross_entropy unsharded against two processes holding 3 and 7 of the weight's rows:
+    the mean, and the per-row losses times sample weights, backward given a per-row gradient."""
     x, weight, bias, y, class_weight = (torch.tensor(a) for a in worker.head_data())
+    sample_weight, upstream = (torch.tensor(a) for a in worker.per_row())
     tensors = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
     expected = torch.nn.functional.linear_cross_entropy(tensors[0], tensors[1], y, linear_bias=tensors[2],
-                                                        weight=class_weight, label_smoothing=0.1)
-    expected.backward()
+                                                        weight=class_weight, label_smoothing=0.1,
+                                                        reduction="mean" if case == "head" else "none")
+    if case == "head_none":
+        expected = sample_weight * expected
+    expected.backward(None if case == "head" else upstream)
     for result in ranks:
-        np.testing.assert_allclose(result["head/value"], expected.item(), rtol=1e-12)
-        np.testing.assert_allclose(result["head/input"], tensors[0].grad.numpy(), rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(result[f"{case}/value"], expected.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(result[f"{case}/input"], tensors[0].grad.numpy(), rtol=1e-11, atol=1e-15)
     for name, tensor in (("weight", tensors[1]), ("bias", tensors[2])):
-        np.testing.assert_allclose(np.concatenate([r[f"head/{name}"] for r in ranks]), tensor.grad.numpy(),
+        np.testing.assert_allclose(np.concatenate([r[f"{case}/{name}"] for r in ranks]), tensor.grad.numpy(),
                                    rtol=1e-11, atol=1e-15)
+
+
+def test_an_unknown_reduction_is_refused_with_the_accepted_ones():
+    with pytest.raises(lossdsl.LossInputError, match="'mean', 'mean_or_zero', 'sum' or 'none'; got 'batch'"):
+        lossdsl.torch.ShardedLoss("cross_entropy", reduction="batch")

@@ -62,6 +62,15 @@ class LinearHead:
     inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others), "linear_bias"))
     wrt = ("input", "linear_weight", "linear_bias")
 
+    @property
+    def check_domains(self) -> bool:
+        """Whether calls check inputs against their declared domains: the loss's own setting."""
+        return self.loss.check_domains
+
+    @check_domains.setter
+    def check_domains(self, value: bool) -> None:
+        self.loss.check_domains = bool(value)
+
     def __repr__(self) -> str:
         return f"<lossdsl.LinearHead {self.loss!r}>"
 
@@ -184,7 +193,8 @@ class LinearHead:
         if self.shard is not None and gradient:  # each process's classes add their share to the input's gradient
             d_input = self.shard[2](d_input, "sum")
         # every row ignored: a NaN or 0 mean (layout.empty_mean); the gradients are 0 either way, as PyTorch's
-        value = (values.reshape(*rows_shape, *out_shape[1:]) if reduction == "none"
+        loss_shape = (*rows_shape, *out_shape[1:])  # () for an unbatched input (D,): PyTorch's 0-d "none"
+        value = (values.reshape(loss_shape) if reduction == "none"
                  else reduced(total, normalizer, reduction, dtype))
         if not gradient:
             return value, None
@@ -199,14 +209,14 @@ class LinearHead:
             grads = (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
         if not with_outputs:
             return value, grads
-        return value, grads, {name: extra[..., k].reshape(*rows_shape, *out_shape[1:]) for k, name in enumerate(names)}
+        return value, grads, {name: extra[..., k].reshape(loss_shape) for k, name in enumerate(names)}
 
     def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row, to be
         sliced with each chunk) or ("whole", a value: a per-class vector, a scalar or a default), and
         whether it runs along the class axis (then sliced with each block of classes too)."""
         given = by_name(self.name, [i.name for i in self._others], [i.name for i in self._others if i.default is None],
-                        inputs, named_inputs)
+                        inputs, named_inputs, self.loss.bound)
         per_row = {}
         for spec_input in self._others:
             value = given.get(spec_input.name)
@@ -225,9 +235,14 @@ class LinearHead:
             else:
                 wanted = (*rows_shape, *each_row)
                 raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}"
-                                     + (f" or {out_shape[:1]}" if with_axis else ""))
+                                     + (f" or {out_shape[:1]}" if with_axis and wanted != out_shape[:1] else ""))
         if sample_weight is not None:
-            weights = np.broadcast_to(np.asarray(sample_weight), (*rows_shape, *out_shape[1:]))
+            losses = (*rows_shape, *out_shape[1:])
+            try:
+                weights = np.broadcast_to(np.asarray(sample_weight), losses)
+            except ValueError:
+                raise LossInputError(f"{self.name}: sample_weight of shape {np.shape(sample_weight)} does not "
+                                     f"broadcast to the loss shape {losses}") from None
             per_row["sample_weight"] = ("rows", weights.reshape(rows, *out_shape[1:]), False)
         return per_row
 

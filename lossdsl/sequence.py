@@ -31,11 +31,13 @@ class SequenceLoss:
     Inputs: the scores (3-D: time, batch and the class axis, placed as the spec's `ragged` and `axis`
     lines say), the labels (2-D padded, or 1-D back to back with their lengths) and the lengths (one
     integer per sequence; optional ones default to the full length, or up to the padding value).
+    Unbatched, as in PyTorch: scores without the batch axis (CTC's (T, C)) are one sequence, its labels
+    1-D (padded past its length, if longer) and its lengths scalars or one-element arrays.
     Reductions: "mean" (the spec's `mean of` averaged over sequences, else the loss), "sum", "none" and
-    "batch" (both one value per sequence). `weight` (a scalar) and `sample_weight` (one per sequence)
-    multiply each sequence's loss. The gradient is that of the reduced loss with respect to the scores.
-    GPU arrays (or device="cuda") run the intrinsic's CUDA kernel; labels and lengths are checked on the
-    host, and the per-sequence stage after the intrinsic runs there (N values).
+    "batch" (both one value per sequence; 0-d for unbatched scores). `weight` (a scalar) and
+    `sample_weight` (one per sequence) multiply each sequence's loss. The gradient is that of the reduced
+    loss with respect to the scores. GPU arrays (or device="cuda") run the intrinsic's CUDA kernel; labels
+    and lengths are checked on the host, and the per-sequence stage after the intrinsic runs there (N values).
     """
 
     def __init__(self, stages: SequenceStages, before, after, mean, reload):
@@ -122,7 +124,8 @@ class SequenceLoss:
         grad_tnc = memory.transpose(grad, call.order)
         nll, _ = run(call.z_tnc, *call.checked, call.blank, guess, False, grad_tnc)
         value, scales = reduced(nll)
-        value = np.asarray(value).astype(dtype) if reduction in ("none", "batch") else dtype.type(value)
+        value = (np.asarray(value).astype(dtype).reshape(call.sequences) if reduction in ("none", "batch")
+                 else dtype.type(value))
         if not gradient:
             return memory.result(value, call), None
         changed = np.isfinite(nll) & (scales != guess)
@@ -135,6 +138,8 @@ class SequenceLoss:
         if self._before is not None:  # the chain rule through the scores expression
             grad = self._before.value_and_grad(call.scores, grad, axis=call.order[2], reduction="sum",
                                                device=device)[1][0]
+        if grad.shape != call.given.shape:  # unbatched: without the batch axis the call added
+            grad = grad.reshape(call.given.shape)
         return memory.result(value, call), memory.result(grad, call)
 
     def _prepare(self, inputs, named_inputs, reduction: str, device) -> SimpleNamespace:
@@ -145,26 +150,29 @@ class SequenceLoss:
         arrays = self._gather(inputs, named_inputs, memory)
         stages = self._stages
         given = arrays[stages.scores]
-        if given.ndim != 3 or given.dtype.kind != "f":
+        if given.ndim not in (2, 3) or given.dtype.kind != "f":
             raise LossInputError(f"{self.name}: {stages.scores} must be a float array with 3 axes (time, batch, "
-                                 f"classes); got {given.dtype} {given.shape}")
+                                 f"classes), or 2 for one sequence; got {given.dtype} {given.shape}")
         dtype = float_dtype([given], [stages.scores]) if memory is HOST else given.dtype
         scores = given.astype(dtype, copy=False) if memory is HOST else given
-        order = self._order(scores.ndim)
+        order = self._order(3)
+        unbatched = given.ndim == 2
+        if unbatched:  # PyTorch's unbatched form: a batch of one, its axis where the spec's layout has it
+            scores = scores.reshape(given.shape[:order[1]] + (1,) + given.shape[order[1]:])
         z = scores
         if self._before is not None:  # z = the scores expression: d/d upstream of sum(upstream*z, c)
             upstream = memory.zeros(scores.shape, dtype)
             z = self._before.value_and_grad(scores, upstream, axis=order[2], reduction="sum", device=device)[1][1]
         z_tnc = memory.transpose(z, order)
         batch = z_tnc.shape[1]
-        labels, label_lengths = self._labels(arrays, batch)
+        labels, label_lengths = self._labels(arrays, batch, unbatched)
         time_lengths = self._lengths(arrays, stages.scores, z_tnc.shape[0], batch)
         blank = self._index + z_tnc.shape[2] if self._index < 0 else self._index
         checked = self._cpu.check_inputs(z_tnc, labels, time_lengths, label_lengths, blank)
         lengths = {stages.ragged[stages.scores].lengths: checked[1], stages.ragged[stages.labels].lengths: checked[2]}
         # `given`: results come back as the kind of array the scores came as (memory.result reads it)
         return SimpleNamespace(memory=memory, given=given, dtype=dtype, scores=scores, order=order, z=z, z_tnc=z_tnc,
-                               blank=blank, checked=checked, lengths=lengths)
+                               blank=blank, checked=checked, lengths=lengths, sequences=() if unbatched else batch)
 
     def sample_inputs(self, seed: int = 0, sequences: int = 4, steps: int = 9, classes: int = 5,
                       longest: int = 3) -> list[np.ndarray]:
@@ -197,13 +205,21 @@ class SequenceLoss:
             raise LossParameterError(f"{self.name}: the time axis and the class axis are both axis {time}")
         return time, 3 - time - classes, classes
 
-    def _labels(self, arrays, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Labels as (N, S) padded or 1-D back to back, and their lengths (derived when left out)."""
+    def _labels(self, arrays, batch: int, unbatched: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Labels as (N, S) padded or 1-D back to back, and their lengths (derived when left out).
+        Unbatched scores (one sequence) take one row of labels: 1-D, or 2-D with one row."""
         stages = self._stages
         ragged = stages.ragged[stages.labels]
         labels = integer_labels(self.name, stages.labels, arrays[stages.labels])
         if labels.ndim == 2 and self._along[stages.labels] % 2 == 0:
             labels = labels.T  # (S, N) → (N, S)
+        if unbatched and labels.ndim == 1:
+            labels = labels[None]  # one sequence: its labels padded or not, read up to its length
+        elif unbatched and labels.ndim == 2 and labels.shape[0] != 1:
+            raise LossInputError(f"{self.name}: {stages.scores} of shape {arrays[stages.scores].shape} is one "
+                                 f"sequence, but {stages.labels} of shape {arrays[stages.labels].shape} hold "
+                                 f"{labels.shape[0]} sequences; a batch's {stages.scores} have 3 axes (time, batch, "
+                                 "classes)")
         if labels.ndim not in (1, 2):
             raise LossInputError(f"{self.name}: {stages.labels} must be 2-D (padded) or 1-D (back to back); got "
                                  f"shape {labels.shape}")

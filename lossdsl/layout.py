@@ -96,7 +96,7 @@ def scalar_weight(loss_name: str, weight) -> float:
 
 def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[int, ...]) -> None:
     """Values of one input (in the kernel's dtype) against the domain its spec declares; the error
-    says how to skip the check (a LinearHead's is its `.loss`'s)."""
+    says how to skip the check."""
     domain = spec_input.domain
     values = values.reshape(-1)
     if domain.unbounded or values.size == 0:
@@ -113,8 +113,8 @@ def check_domain(loss_name: str, spec_input, values: np.ndarray, shape: tuple[in
         index = tuple(int(i) for i in np.unravel_index(position, shape)) if shape else ()
         raise LossInputError(f"{loss_name}: {spec_input.name} must lie in {domain.describe()}; "
                              f"found {values[position].item()!r} at index {index}. To skip this check, set "
-                             "`loss.check_domains = False` (for a linear head, `head.loss.check_domains = False`) "
-                             "or pass check_domains=False to lossdsl.load or lossdsl.torch.Loss")
+                             "`loss.check_domains = False` or pass check_domains=False to lossdsl.load or "
+                             "lossdsl.torch.Loss")
 
 
 def sample_weights(loss_name: str, sample_weight, shape: tuple[int, ...], dtype: np.dtype, memory=None):

@@ -39,14 +39,26 @@ class Loss(torch.nn.Module):
     the spec differentiates (`wrt`); the others (targets, labels) get none.
     reduction="global_mean" or "global_sum" (with torch.distributed, over `group`): the exact mean
     over every process's elements or kept rows, or their sum, for DistributedDataParallel (see `_global`).
+
+    Tensors given at construction are PyTorch's constructor arguments: `weight` (class weights where
+    the loss has a `class_weight` input, as nn.CrossEntropyLoss, NLLLoss, MultiMarginLoss and
+    MultiLabelSoftMarginLoss take them; else per-element weights, as nn.BCELoss's), `pos_weight`
+    (nn.BCEWithLogitsLoss) or any optional input by its own name. They are buffers of the module
+    (moved by `.to(device)`) and used by every call that does not pass its own.
     """
 
     def __init__(self, loss: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /,
                  reduction: str = "mean", group=None, **params):
         super().__init__()
+        tensors = {k: params.pop(k) for k in list(params) if isinstance(params[k], (torch.Tensor, np.ndarray))}
         named = isinstance(loss, (str, os.PathLike))  # else a loaded loss, sequence loss or linear head
         self.loss = lossdsl.load(loss, **params) if named else loss.with_params(**params)
         self.reduction, self.group = reduction, group
+        self._defaults = {}  # {input or "sample_weight": buffer name}, for calls that leave them out
+        for name, tensor in tensors.items():
+            target = _input_for(self.loss, name)
+            self.register_buffer(f"_given_{target}", torch.as_tensor(tensor))
+            self._defaults[target] = f"_given_{target}"
 
     def extra_repr(self) -> str:
         return f"{self.loss!r}, reduction={self.reduction!r}"
@@ -60,6 +72,10 @@ class Loss(torch.nn.Module):
         if len(inputs) > len(names):
             raise lossdsl.LossInputError(f"{self.loss.name} takes {len(names)} inputs ({', '.join(names)}); "
                                          f"got {len(inputs)}")
+        for target, buffer in self._defaults.items():  # tensors given at construction
+            into = options if target == "sample_weight" else given
+            if into.get(target) is None:
+                into[target] = getattr(self, buffer)
         order = [n for n in names if given.get(n) is not None]
         if reduction in ("global_mean", "global_sum"):
             return self._global(reduction, order, given, options)
@@ -93,6 +109,28 @@ class Loss(torch.nn.Module):
             scale = world / normalizer if normalizer else 0.0
             value = total / normalizer if normalizer else float("nan")
         return local * scale + (value - local.detach() * scale)  # the global value; its gradient, local * scale
+
+def _input_for(loss, name: str) -> str:
+    """Where a tensor given at construction goes: the input of that name, PyTorch's `weight` as the class
+    weights or else the per-element weights, or an error naming the inputs there are."""
+    optional = [n for n in loss.inputs if n not in _required(loss)]
+    if name in optional:
+        return name
+    if name == "weight":
+        return "class_weight" if "class_weight" in optional else "sample_weight"
+    raise lossdsl.LossParameterError(f"{loss.name}: a tensor given at construction must name an optional input "
+                                     f"({', '.join(optional) or 'it has none'}) or be PyTorch's weight=; got {name}")
+
+
+def _required(loss) -> set[str]:
+    """The inputs a call must pass (a linear head's own two, and its loss's inputs with no default)."""
+    compiled = loss.loss if isinstance(loss, _LinearHead) else loss
+    resolved = getattr(compiled, "_resolved", None)
+    if resolved is None:  # a sequence loss: every input is its own
+        return set(loss.inputs)
+    required = {i.name for i in resolved.inputs if i.default is None}
+    return required | {"input", "linear_weight"} if isinstance(loss, _LinearHead) else required
+
 
 def _to_kernel(value):
     """A tensor as the kernels take it: a NumPy view on the CPU (bfloat16, which NumPy lacks, as float32;

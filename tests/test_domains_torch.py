@@ -12,8 +12,8 @@ from lossdsl import LossInputError
 SIGNED = np.array([0.0, 0.5, 2.0, -3.0, -0.5, 1.5, 1.0, -1.0])  # labels ±1, and values PyTorch also takes
 SOFT = np.array([-0.5, 1.5, 2.0, -3.0, 0.3, 0.0, 1.0, 1.2])  # probabilities, and values outside [0, 1]
 COUNTS = np.array([-0.5, -3.0, -1.0, -10.0, 0.0, 0.5, 2.0, 5.0])  # counts, and negative ones
-SKIP = ("To skip this check, set `loss.check_domains = False` (for a linear head, "
-        "`head.loss.check_domains = False`) or pass check_domains=False to lossdsl.load or lossdsl.torch.Loss")
+SKIP = ("To skip this check, set `loss.check_domains = False` or pass check_domains=False to lossdsl.load or "
+        "lossdsl.torch.Loss")
 
 
 def unchecked(load_loss, name, **params):
@@ -55,7 +55,8 @@ def test_the_ways_off_the_error_names_work(load_loss):
     message = domain_error(lambda: head(x, w, y))
     assert re.match(r"multilabel_soft_margin: y must lie in \[0, 1\]; found -0\.5 at index \(0, 0\)\. To skip",
                     message)
-    head.loss.check_domains = False
+    head.check_domains = False  # a head's setting is its loss's
+    assert not head.loss.check_domains
     np.testing.assert_allclose(head(x, w, y), unchecked(load_loss, "multilabel_soft_margin")(x @ w.T, y),
                                rtol=1e-12)
 

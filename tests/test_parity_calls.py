@@ -132,3 +132,43 @@ def test_labels_with_the_class_axis_kept_at_length_one():
     np.testing.assert_allclose(value, nll.mean(), rtol=1e-12)
     with pytest.raises(lossdsl.LossInputError, match="does not match the rows"):
         ce(logits, labels[:, :, :2])
+
+
+# --- lossdsl.torch.Loss takes PyTorch's constructor arguments ---
+
+@pytest.mark.parametrize("name, reference", [
+    ("cross_entropy", "cross_entropy"), ("nll", "nll_loss"), ("multi_margin", "multi_margin_loss")])
+def test_torch_loss_takes_class_weights_as_pytorch_modules_do(name, reference):
+    torch = pytest.importorskip("torch")
+    import lossdsl.torch as lt
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(6, 4)), requires_grad=True)
+    y, w = torch.tensor(rng.integers(0, 4, 6)), torch.tensor(rng.random(4) + 0.5)
+    value = lt.Loss(name, weight=w)(x, y)
+    value.backward()
+    ours, x.grad = x.grad, None
+    expected = getattr(torch.nn.functional, reference)(x, y, weight=w)
+    expected.backward()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours, x.grad, rtol=1e-10, atol=1e-15)
+
+
+def test_torch_loss_takes_pos_weight_and_per_element_weight_tensors():
+    torch = pytest.importorskip("torch")
+    import lossdsl.torch as lt
+    F = torch.nn.functional
+    rng = np.random.default_rng(4)
+    x, t = torch.tensor(rng.normal(size=(6, 4))), torch.tensor(rng.random((6, 4)))
+    pw, w = torch.tensor(rng.random(4) * 3), torch.tensor(rng.random(4) + 0.5)
+    p, sw = torch.sigmoid(x), torch.tensor(rng.random((6, 4)))
+    torch.testing.assert_close(lt.Loss("bce_with_logits", pos_weight=pw)(x, t),
+                               F.binary_cross_entropy_with_logits(x, t, pos_weight=pw), rtol=1e-12, atol=0)
+    torch.testing.assert_close(lt.Loss("multilabel_soft_margin", weight=w)(x, t),
+                               F.multilabel_soft_margin_loss(x, t, weight=w), rtol=1e-12, atol=0)
+    # nn.BCELoss's weight= rescales each element: lossdsl's sample_weight
+    torch.testing.assert_close(lt.Loss("bce", weight=sw)(p, t), F.binary_cross_entropy(p, t, weight=sw),
+                               rtol=1e-12, atol=0)
+    module = lt.Loss("cross_entropy", weight=w)
+    assert "_given_class_weight" in dict(module.named_buffers())  # moves with module.to(device)
+    with pytest.raises(lossdsl.LossParameterError, match="optional input"):
+        lt.Loss("mse", no_such=torch.ones(3))

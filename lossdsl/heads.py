@@ -23,7 +23,7 @@ import numpy as np
 
 from .blocked import BlockRun
 from .errors import LossInputError, LossLabelError
-from .layout import LOW_PRECISION, MEANS, by_name, float_dtype, reduced
+from .layout import LOW_PRECISION, MEANS, by_name, check_domain, float_dtype, reduced
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
@@ -224,6 +224,10 @@ class LinearHead:
                 per_row[spec_input.name] = ("whole", np.asarray(spec_input.default), False)
                 continue
             value = np.asarray(value)
+            if self.loss.check_domains and spec_input.name not in self.loss._resolved.labels:
+                # the whole input, so an error gives its own index (each chunk's check would give the chunk's)
+                check_domain(self.name, spec_input, value if value.dtype.kind == "f" else value.astype(np.float64),
+                             value.shape)
             with_axis = spec_input.axis is not None
             each_row = out_shape if with_axis else out_shape[1:]  # a row's (C, d1, ...) or (d1, ...)
             if self.shard is not None and with_axis and value.shape == (self.shard[1],):  # whole: this slice

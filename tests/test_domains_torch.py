@@ -139,3 +139,15 @@ def test_values_and_gradients_off_the_domain_are_pytorchs(load_loss, case, reduc
     for grad, tensor in zip(grads, (t for n, t in zip(loss.inputs, tensors) if n in loss.wrt)):
         assert grad.dtype == dtype
         np.testing.assert_allclose(grad, tensor.grad.numpy(), **tolerance)
+
+
+def test_a_linear_head_names_the_index_in_the_whole_input(load_loss):
+    """Chunks of rows or blocks of classes do not shift the index the domain error gives."""
+    rng = np.random.default_rng(8)
+    x, w = rng.normal(size=(6, 3)), rng.normal(size=(5, 3))
+    y = rng.random((6, 5))
+    y[4, 2] = 1.5
+    head = load_loss("multilabel_soft_margin").with_linear()
+    for chunks in ({"chunk_rows": 2}, {"chunk_rows": 2, "chunk_classes": 2}):
+        with pytest.raises(lossdsl.LossInputError, match=r"found 1\.5 at index \(4, 2\)"):
+            head(x, w, y, **chunks)

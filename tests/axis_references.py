@@ -224,6 +224,14 @@ def _sample_logits_probs(rng, rows, length, params):
     return rng.normal(0.0, 2.0, rows + (length,)), rng.uniform(0.0, 1.0, rows + (length,))
 
 
+def _sample_logp_probs(rng, rows, length, params):
+    # log-probabilities (a log_softmax) and non-negative targets that need not sum to 1, some 0
+    shape = rows + (length,)
+    target = rng.uniform(0.0, 1.0, shape)
+    target.reshape(-1)[::3] = 0.0
+    return _log_softmax(rng.normal(0.0, 2.0, shape)), target
+
+
 def _sample_logits_distribution(rng, rows, length, params):
     return rng.normal(0.0, 2.0, rows + (length,)), _softmax(rng.normal(0.0, 1.0, rows + (length,)))
 
@@ -317,6 +325,23 @@ def nll_grads(logp, y, class_weight=None, *, ignore_index=-100):
     keep, yy = _kept(y, ignore_index)
     w = _class_weight(class_weight, x.shape[-1])
     return (-(w[yy] * keep)[..., None] * _onehot(yy, x.shape[-1]),)
+
+
+def nll_probs_value(logp, target, class_weight=None):
+    # mxnet.gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False, from_logits=True) before its
+    # per-sample mean: -sum_c w[c] * target[c] * logp[c]; a class with w * target == 0 adds 0
+    # (even at logp = -inf, a masked class)
+    x, t = _f(logp), _f(target)
+    wt = _class_weight(class_weight, x.shape[-1]) * t
+    with np.errstate(invalid="ignore"):
+        return -np.sum(np.where(wt == 0, 0.0, wt * x), axis=-1)
+
+
+def nll_probs_grads(logp, target, class_weight=None):
+    # the loss is linear in logp: d/dlogp = -w * target (MXNet's autograd), not
+    # softmax(logp) * sum(w * target) - w * target (torch's cross_entropy on the same input)
+    x, t = _f(logp), _f(target)
+    return (-np.broadcast_to(_class_weight(class_weight, x.shape[-1]) * t, x.shape),)
 
 
 def poly1_ce_value(logits, y, class_weight=None, *, epsilon=1.0, ignore_index=-100, label_smoothing=0.0):
@@ -529,22 +554,35 @@ def cosine_embedding_grads(a, b, y, *, margin=0.0, convention="torch"):
     return dcos * da, dcos * db
 
 
-def cosine_similarity_value(pred, target):
+def cosine_similarity_value(pred, target, *, eps=1e-6):
     # tf.keras.losses.CosineSimilarity(reduction=None): -sum(l2_normalize(pred) * l2_normalize(target)),
-    # l2_normalize(x) = x / sqrt(max(sum(x^2), 1e-12))
+    # l2_normalize(x) = x / sqrt(max(sum(x^2), 1e-12)), i.e. each norm floored at eps = 1e-6;
+    # -torch.nn.functional.cosine_similarity(pred, target, dim=-1, eps): x1.x2 / (max(|x1|, eps) max(|x2|, eps))
     p, t = _f(pred), _f(target)
-    return -np.sum(p * t, axis=-1) / (np.sqrt(np.maximum(np.sum(p * p, axis=-1), _NORM_EPS))
-                                      * np.sqrt(np.maximum(np.sum(t * t, axis=-1), _NORM_EPS)))
+    return -np.sum(p * t, axis=-1) / (np.maximum(np.linalg.norm(p, axis=-1), eps)
+                                      * np.maximum(np.linalg.norm(t, axis=-1), eps))
 
 
-def cosine_similarity_grads(pred, target):
+def cosine_similarity_grads(pred, target, *, eps=1e-6):
     p, t = _f(pred), _f(target)
-    sp = np.sum(p * p, axis=-1)
-    t_hat = t / np.sqrt(np.maximum(np.sum(t * t, axis=-1), _NORM_EPS))[..., None]
-    n = np.sqrt(np.maximum(sp, _NORM_EPS))[..., None]
-    # d/dp of p/n: (I - p p^T / sp)/n where sp > 1e-12, I/n where floored
-    proj = np.where(sp[..., None] > _NORM_EPS, p * np.sum(p * t_hat, axis=-1, keepdims=True) / sp[..., None], 0.0)
+    norm_p = np.linalg.norm(p, axis=-1, keepdims=True)
+    t_hat = t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), eps)
+    n = np.maximum(norm_p, eps)
+    # d/dp of p/n: (I - p p^T / |p|^2)/n where |p| > eps, I/eps where floored (the floor is a constant)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proj = np.where(norm_p > eps, p * np.sum(p * t_hat, axis=-1, keepdims=True) / norm_p ** 2, 0.0)
     return (-(t_hat - proj) / n,)
+
+
+def _sample_cosine(rng, rows, length, params):
+    # normal rows (norms ~ 2), one pred row and one target row scaled to norm 0.05: floored by a
+    # large eps (0.3 below), not by the default; away from the floor by far more than a
+    # finite-difference step
+    pred, target = (rng.normal(0.0, 1.0, rows + (length,)) for _ in range(2))
+    flat_p, flat_t = pred.reshape(-1, length), target.reshape(-1, length)
+    flat_p[0] *= 0.05 / np.linalg.norm(flat_p[0])
+    flat_t[-1] *= 0.05 / np.linalg.norm(flat_t[-1])
+    return pred, target
 
 
 # ---------------------------------------------------------------------------
@@ -581,6 +619,25 @@ def tversky_grads(p, y, *, alpha=0.5, beta=0.5, smooth=1e-5):
 
 
 # ---------------------------------------------------------------------------
+# root mean squared error
+# ---------------------------------------------------------------------------
+
+def rmse_value(pred, target):
+    # mindspore.nn.RMSELoss: sqrt(mean((pred - target)^2)) over the axis (every element by default)
+    d = _f(pred) - _f(target)
+    return np.sqrt(np.mean(d * d, axis=-1))
+
+
+def rmse_grads(pred, target):
+    # d/dpred = (pred - target) / (length * rmse); 0 where rmse == 0 (every error 0), the catalogue's
+    # convention where sqrt's derivative is infinite (torch autograd gives nan there)
+    d = _f(pred) - _f(target)
+    r = np.sqrt(np.mean(d * d, axis=-1, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.where(r > 0, d / (d.shape[-1] * r), 0.0),)
+
+
+# ---------------------------------------------------------------------------
 # the catalogue of axis references
 # ---------------------------------------------------------------------------
 
@@ -612,6 +669,12 @@ _register("nll", AxisReference(
     sample=_sample_logits_labels(log_probs=True), value=nll_value, grads=nll_grads,
     divisor=_weighted_count, labels=True, ignore=True, params=({}, {"ignore_index": 0}),
     source="torch.nn.functional.nll_loss (weight, ignore_index)"))
+
+_register("nll_probs", AxisReference(
+    name="nll_probs", inputs=("logp", "target", "class_weight"), wrt=("logp",), along=("logp", "target"),
+    default_axis=1, sample=_sample_logp_probs, value=nll_probs_value, grads=nll_probs_grads,
+    source="mxnet.gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=False, from_logits=True), "
+           "before the per-sample mean"))
 
 _register("poly1_ce", AxisReference(
     name="poly1_ce", inputs=_CLASS, wrt=("logits",), along=("logits",), default_axis=1,
@@ -697,8 +760,10 @@ _register("cosine_embedding_gluon", AxisReference(
 
 _register("cosine_similarity", AxisReference(
     name="cosine_similarity", inputs=("pred", "target"), wrt=("pred",), along=("pred", "target"),
-    default_axis=-1, sample=_sample_normal(2), value=cosine_similarity_value, grads=cosine_similarity_grads,
-    source="tf.keras.losses.CosineSimilarity(axis=-1, reduction=None)"))
+    default_axis=-1, sample=_sample_cosine, value=cosine_similarity_value, grads=cosine_similarity_grads,
+    params=({}, {"eps": 1e-8}, {"eps": 0.3}),
+    source="tf.keras.losses.CosineSimilarity(axis=-1, reduction=None) (eps=1e-6); "
+           "-torch.nn.functional.cosine_similarity(dim=-1, eps=...)"))
 
 _register("dice", AxisReference(
     name="dice", inputs=("p", "y"), wrt=("p",), along=("p", "y"), default_axis="all",
@@ -715,3 +780,8 @@ _register("tversky", AxisReference(
     sample=_sample_masks, value=tversky_value, grads=tversky_grads,
     params=({}, {"alpha": 0.3, "beta": 0.7}, {"alpha": 0.0, "beta": 1.0, "smooth": 1.0}),
     source="Tversky loss (Salehi et al. 2017)"))
+
+_register("rmse", AxisReference(
+    name="rmse", inputs=("pred", "target"), wrt=("pred",), along=("pred", "target"), default_axis="all",
+    sample=_sample_normal(2), value=rmse_value, grads=rmse_grads,
+    source="mindspore.nn.RMSELoss (one root over every element by default)"))

@@ -213,15 +213,30 @@ def quantile_grads(pred, target, *, q=0.5):
 # 8-11 binary classification on probabilities / logits
 # ---------------------------------------------------------------------------
 
-def bce_value(p, y):
+def bce_value(p, y, *, convention="torch", eps=1e-12, pos_weight=1.0):
     p, y = _f(p), _f(y)
-    return -(y * _clog(p) + (1.0 - y) * _clog1m(p))
+    if convention == "torch":
+        # torch.nn.functional.binary_cross_entropy, logs clamped at -100; pos_weight scales the
+        # positive term as in binary_cross_entropy_with_logits
+        return -(pos_weight * y * _clog(p) + (1.0 - y) * _clog1m(p))
+    if convention == "mxnet":
+        # mxnet.gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=True), 1.5+:
+        # -(log(pred + eps) * label * pos_weight + log(1. - pred + eps) * (1. - label)), no clamp
+        return -(pos_weight * y * np.log(p + eps) + (1.0 - y) * np.log((1.0 - p) + eps))
+    raise ValueError(f"convention must be 'torch' or 'mxnet', got {convention!r}")
 
 
-def bce_grads(p, y):
-    # PyTorch's BCE backward: (p - y) / max(p (1 - p), 1e-12); 0 for a perfect prediction
+def bce_grads(p, y, *, convention="torch", eps=1e-12, pos_weight=1.0):
     p, y = _f(p), _f(y)
-    return ((p - y) / np.maximum(p * (1.0 - p), _GRAD_EPS),)
+    if convention == "torch":
+        # PyTorch's BCE backward: (p - y) / max(p (1 - p), 1e-12), 0 for a perfect prediction; with
+        # pos_weight, its y-part (p - 1) y / max(p (1 - p), 1e-12) (the backward of BCE against
+        # target 1) is scaled by pos_weight, its (1 - y)-part p (1 - y) / max(...) is not
+        return (((1.0 - y) * p - pos_weight * y * (1.0 - p)) / np.maximum(p * (1.0 - p), _GRAD_EPS),)
+    if convention == "mxnet":
+        # the exact derivative of the eps formula (what MXNet's autograd computes)
+        return (-pos_weight * y / (p + eps) + (1.0 - y) / ((1.0 - p) + eps),)
+    raise ValueError(f"convention must be 'torch' or 'mxnet', got {convention!r}")
 
 
 def _sample_prob_soft(rng, shape):
@@ -561,6 +576,21 @@ _register("bce", Reference(
     name="bce", inputs=("p", "y"), wrt=("p",), sample=_sample_prob_soft,
     value=bce_value, grads=bce_grads, edges=_bce_edges,
     source="torch.nn.functional.binary_cross_entropy(reduction='none') (log clamped at -100)"))
+
+_register("bce_pos_weight", Reference(
+    name="bce", inputs=("p", "y"), wrt=("p",), sample=_sample_prob_soft,
+    value=bce_value, grads=bce_grads, edges=_bce_edges,
+    params=({"pos_weight": 3.0}, {"pos_weight": 0.0}, {"pos_weight": 0.5}),
+    source="binary_cross_entropy with the positive term weighted: F.binary_cross_entropy(p, y) "
+           "+ (pos_weight - 1) * y * F.binary_cross_entropy(p, 1) (logs clamped at -100)"))
+
+_register("bce_mxnet", Reference(
+    name="bce", inputs=("p", "y"), wrt=("p",), sample=_sample_prob_soft,
+    value=bce_value, grads=bce_grads, edges=_bce_edges,
+    params=({"convention": "mxnet"}, {"convention": "mxnet", "pos_weight": 2.5},
+            {"convention": "mxnet", "pos_weight": 0.0, "eps": 1e-7}),
+    source="mxnet.gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=True) before its batch mean "
+           "(log(p + eps), no clamp; pos_weight as in MXNet 1.5+); MindSpore BCELoss's CPU/GPU forward"))
 
 _register("bce_with_logits", Reference(
     name="bce_with_logits", inputs=("x", "y"), wrt=("x",), sample=_sample_logit_soft,

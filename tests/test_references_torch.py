@@ -31,7 +31,7 @@ RTOL, ATOL = 1e-10, 1e-12
 # PyTorch's binary_cross_entropy backward divides by max(p (1 - p), EPSILON)
 # with EPSILON = 1e-12 held in float32, i.e. 9.99999996e-13: at a clamped
 # point its gradient is 1.0000000039958e12 where the catalogue has 1e12.
-EDGE_RTOL = {"bce": 1e-8, "focal": 1e-8}
+EDGE_RTOL = {"bce": 1e-8, "bce_pos_weight": 1e-8, "focal": 1e-8}
 
 
 # ---------------------------------------------------------------------------
@@ -85,6 +85,12 @@ TORCH = {
     "log_cosh": lambda p, t: torch.log(torch.cosh(p - t)),
     "quantile": _quantile,
     "bce": lambda p, y: F.binary_cross_entropy(p, y, reduction="none"),
+    # PyTorch's BCE with its positive term counted pos_weight times (BCE against target 1 is -clog(p))
+    "bce_pos_weight": lambda p, y, pos_weight=1.0: F.binary_cross_entropy(p, y, reduction="none") + (
+        (pos_weight - 1) * y * F.binary_cross_entropy(p, torch.ones_like(p), reduction="none")),
+    # MXNet SigmoidBCELoss(from_sigmoid=True) as its source writes it (no clamp; 1. - pred + eps)
+    "bce_mxnet": lambda p, y, convention="mxnet", eps=1e-12, pos_weight=1.0: -(
+        torch.log(p + eps) * y * pos_weight + torch.log(1. - p + eps) * (1. - y)),
     "bce_with_logits": lambda x, y, pos_weight=1.0: F.binary_cross_entropy_with_logits(
         x, y, reduction="none", pos_weight=_t(pos_weight)),
     "focal": _focal_tutorial,

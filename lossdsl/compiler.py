@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from . import cache, ir, registry, staging
-from .errors import SpecNameError, SpecTypeError, UnknownLossError
+from .errors import LossInputError, SpecNameError, SpecTypeError, UnknownLossError
 from .resolve import ResolvedLoss, Value, resolve
 from .resources import source_fingerprint
 from .heads import LinearHead
@@ -53,7 +53,13 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
     loss_object = Loss(resolved, Backend(resolved))                  # 3-5. SymPy, codegen, Numba: lazily, per dtype
     if bound or not check_domains:
         loss_object = loss_object.with_params(**bound, check_domains=check_domains)
-    return loss_object.with_linear() if loss.head == "linear" else loss_object
+    if loss.head != "linear":
+        return loss_object
+    try:
+        return loss_object.with_linear()
+    except LossInputError as exc:  # the spec's `head linear` cannot apply: a spec error, at its loss
+        raise SpecTypeError(f"`head linear` does not apply: {exc}", file, loss.pos.line, loss.pos.column,
+                            text) from None
 
 
 def _compile_sequence(stages: staging.SequenceStages, text: str, params: Mapping[str, Value],

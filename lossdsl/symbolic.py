@@ -7,6 +7,7 @@ all its gradients (that is what makes the kernel fused).
 """
 from __future__ import annotations
 
+import hashlib
 import keyword
 from dataclasses import dataclass, replace
 
@@ -20,14 +21,19 @@ from .resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
 from .sympy_functions import absolute, make_power, sign
 
-# Names the generated module itself uses; a spec name equal to one gets a trailing "_".
+# Names the generated modules themselves use (CPU and CUDA); a spec name equal to one gets a trailing "_".
 _TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "kernel", "load",
                                 "store", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow",
-                                "fast_pow_log", "fast_pow_from_log"}
+                                "fast_pow_log", "fast_pow_from_log", "cuda", "THREADS"}
+LONGEST_NAME = 64  # longer spec names are shortened in generated code (LLVM mangles very long ones into clashes)
 
 
 def safe_name(name: str) -> str:
-    """A spec name as an identifier of generated code; one-to-one (`np` → `np_`, `np_` → `np__`)."""
+    """A spec name as an identifier of generated code; one-to-one (`np` → `np_`, `np_` → `np__`, a name
+    of over LONGEST_NAME characters → its first 32 and a hash: 46 characters ending in one `_`, a form
+    no other rule makes)."""
+    if len(name) > LONGEST_NAME:
+        return f"{name[:32]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}_"
     return name + "_" if name in _TAKEN or name.endswith("_") else name
 
 

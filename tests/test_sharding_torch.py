@@ -53,10 +53,15 @@ def ranks(tmp_path_factory):
 def test_two_gloo_processes_give_the_single_process_result(ranks, load_loss, split, name):
     spec, params, whole, sliced = worker.cases()[name]
     expected, expected_grad = load_loss(spec, **params).value_and_grad(worker.logits(), *whole, *sliced, axis=-1)
+    _assert_ranks(ranks, f"{split}/{name}", expected, expected_grad)
+
+
+def _assert_ranks(ranks, key: str, expected, expected_grad, rtol: float = 1e-12) -> None:
+    """Every process's value is `expected`; their gradient slices, side by side, are `expected_grad`."""
     for result in ranks:
-        np.testing.assert_allclose(result[f"{split}/{name}/value"], expected, rtol=1e-12)
-    grad = np.concatenate([result[f"{split}/{name}/grad"] for result in ranks], axis=1)
-    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(result[f"{key}/value"], expected, rtol=1e-12)
+    grad = np.concatenate([result[f"{key}/grad"] for result in ranks], axis=1)
+    np.testing.assert_allclose(grad, expected_grad, rtol=rtol, atol=1e-15)
 
 
 @pytest.mark.parametrize("split", worker.BOUNDS)
@@ -70,10 +75,7 @@ def test_cross_entropy_equals_pytorch_unsharded(ranks, split):
     ce = torch.nn.functional.cross_entropy(logits, target, weight=weights, label_smoothing=params["label_smoothing"])
     z = params["z_loss"] * (torch.logsumexp(logits, dim=1)[kept] ** 2).sum() / weights[target[kept]].sum()
     (ce + z).backward()
-    for result in ranks:
-        np.testing.assert_allclose(result[f"{split}/cross_entropy/value"], (ce + z).item(), rtol=1e-12)
-    grad = np.concatenate([result[f"{split}/cross_entropy/grad"] for result in ranks], axis=1)
-    np.testing.assert_allclose(grad, logits.grad.numpy(), rtol=1e-11, atol=1e-15)
+    _assert_ranks(ranks, f"{split}/cross_entropy", (ce + z).item(), logits.grad.numpy(), rtol=1e-11)
 
 
 @pytest.mark.parametrize("split", worker.BOUNDS)
@@ -86,10 +88,7 @@ def test_per_row_losses_give_the_single_process_result(ranks, load_loss, split, 
     loss, arguments = load_loss(spec, **params), (worker.logits(), *whole, *sliced)
     expected = loss(*arguments, axis=-1, reduction="none", sample_weight=sample_weight)
     _, expected_grad = loss.value_and_grad(*arguments, axis=-1, reduction="sum", sample_weight=sample_weight * upstream)
-    for result in ranks:
-        np.testing.assert_allclose(result[f"{split}/{name}/none/value"], expected, rtol=1e-12)
-    grad = np.concatenate([result[f"{split}/{name}/none/grad"] for result in ranks], axis=1)
-    np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-15)
+    _assert_ranks(ranks, f"{split}/{name}/none", expected, expected_grad)
 
 
 @pytest.mark.parametrize("split", worker.BOUNDS)

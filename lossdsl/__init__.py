@@ -8,18 +8,21 @@ from __future__ import annotations
 
 from . import registry
 from .compiler import __version__, compile_spec, load
-from .errors import (LossDeviceError, LossError, LossInputError, LossLabelError, LossParameterError, LossSpecError,
-                     SpecNameError, SpecSyntaxError, SpecTypeError, UnknownLossError)
+from .errors import (LossCacheError, LossDeviceError, LossError, LossInputError, LossLabelError, LossParameterError,
+                     LossSpecError, SpecNameError, SpecSyntaxError, SpecTypeError, UnknownLossError)
 from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
 from .threads import get_num_threads, set_num_threads
 
 
-def compile(source: str | bytes, name: str | None = None, /,  # noqa: A001 - the public verb
+def compile(source: str | bytes, name: str | None = None, file: str = "<string>", /,  # noqa: A001 - the public verb
             **params) -> Loss | SequenceLoss | LinearHead:
-    """Compile a loss from spec text (the last loss in it, or the one called `name`)."""
-    return compile_spec(source, name, "<string>", params)
+    """Compile a loss from spec text (the last loss in it, or the one called `name`).
+
+    `file` is the name errors give the text (`compile(text, None, "my.loss")`: `my.loss:2:12: ...`);
+    the arguments before `**params` are positional, so a loss parameter may have any of their names."""
+    return compile_spec(source, name, file, params)
 
 
 def catalogue() -> list[str]:
@@ -29,4 +32,5 @@ def catalogue() -> list[str]:
 
 __all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LinearHead", "LossError", "LossSpecError",
            "SpecSyntaxError", "SpecNameError", "SpecTypeError", "LossParameterError", "LossInputError",
-           "LossLabelError", "LossDeviceError", "UnknownLossError", "get_num_threads", "set_num_threads", "__version__"]
+           "LossLabelError", "LossDeviceError", "LossCacheError", "UnknownLossError", "get_num_threads",
+           "set_num_threads", "__version__"]

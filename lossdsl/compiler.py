@@ -179,19 +179,28 @@ def _choose(losses: tuple[ir.LossDef, ...], name: str | None, file: str) -> ir.L
     for loss in losses:
         if name == loss.name or name in loss.aliases:
             return loss
-    raise UnknownLossError(f"{file} defines {', '.join(d.name for d in losses)}, not {name!r}")
+    names = ", ".join(d.name + (f" (also {', '.join(d.aliases)})" if d.aliases else "") for d in losses)
+    raise UnknownLossError(f"{file} has no loss named {name!r}; it defines {names}")
 
 
-def load(name_or_path: str | Path, /, **params: Value) -> Loss | SequenceLoss | LinearHead:
-    """A catalogue loss by name (or alias), or the last loss of a `.loss` file.
+def load(name_or_path: str | Path, name: str | None = None, /, **params: Value) -> Loss | SequenceLoss | LinearHead:
+    """A catalogue loss by name (or alias), or a loss of a `.loss` file: its last, or the one called
+    `name` (also written `"path/to/file.loss::name"`).
 
     Keywords set its parameters; one that names an optional input binds it, so calls that leave the
     input out use it (`load("cross_entropy", class_weight=w)`, as PyTorch's `weight=` at construction);
     `check_domains=False` skips the checks of inputs against their declared domains."""
-    path = Path(name_or_path)
-    if str(name_or_path).endswith(".loss") or path.is_file():
+    text = str(name_or_path)
+    if "::" in text and not Path(text).is_file():
+        if name is not None:
+            raise TypeError(f"load({text!r}, {name!r}): name the loss once, after :: or as the second argument")
+        text, _, name = text.rpartition("::")
+    path = Path(text)
+    if text.endswith(".loss") or path.is_file():
         if not path.is_file():
             raise UnknownLossError(f"no spec file {str(path)!r}")
-        return compile_spec(path.read_bytes(), None, str(path), params)
-    loss, text = registry.get(str(name_or_path))  # parsed already (the index is cached)
-    return _compile(loss, text, params, {})
+        return compile_spec(path.read_bytes(), name, str(path), params)
+    if name is not None:
+        raise UnknownLossError(f"no spec file {text!r}: a loss name ({text}::{name}) chooses among a file's losses")
+    loss, source = registry.get(text)  # parsed already (the index is cached)
+    return _compile(loss, source, params, {})

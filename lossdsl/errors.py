@@ -61,6 +61,10 @@ class UnknownLossError(LossError, LookupError):
     """A name that is neither in the catalogue nor a spec file."""
 
 
+class LossCacheError(LossError):
+    """A cache folder lossdsl will not use: others could change the code it would load, or nowhere can be written."""
+
+
 def _caret(source: str, line: int, column: int) -> str:
     lines = source.splitlines()
     if not 1 <= line <= len(lines):

@@ -37,11 +37,11 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(count: int) -> None:
-    """Use `count` threads for large calls from now on."""
+    """Use `count` threads for large calls from now on; calls in flight finish on the old pool."""
     global _threads, _pool
-    if not isinstance(count, int) or count < 1:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"the number of threads must be a positive integer; got {count!r}")
-    with _lock:
+    with _lock:  # no call is submitting now; what was submitted still runs after shutdown(wait=False)
         _threads = count
         if _pool is not None:
             _pool.shutdown(wait=False)
@@ -58,7 +58,9 @@ def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple, a
     if chunks <= 1:
         return kernel(0, units, *arguments)
     bounds = [0] + [units * k // chunks // align * align for k in range(1, chunks)] + [units]
-    others = [_executor().submit(kernel, bounds[k], bounds[k + 1], *arguments) for k in range(1, chunks)]
+    with _lock:  # submitted under the lock, so set_num_threads never shuts the pool down in between
+        pool = _executor()
+        others = [pool.submit(kernel, bounds[k], bounds[k + 1], *arguments) for k in range(1, chunks)]
     total = kernel(bounds[0], bounds[1], *arguments)  # the calling thread takes the first chunk
     for future in others:
         total += future.result()
@@ -66,16 +68,17 @@ def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple, a
 
 
 def _executor() -> ThreadPoolExecutor:
+    """The pool of the current thread count (made on first use); called holding `_lock`."""
     global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, _threads - 1), thread_name_prefix="lossdsl")
-        return _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, _threads - 1), thread_name_prefix="lossdsl")
+    return _pool
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has none of its parent's threads
+    global _pool, _lock
+    _pool = None  # a forked child has none of its parent's threads,
+    _lock = threading.Lock()  # and its lock may have been held by one of them
 
 
 if hasattr(os, "register_at_fork"):

@@ -20,8 +20,13 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _run(code: str, cache_dir) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LOSSDSL_CACHE_DIR": str(cache_dir)}
+def _run(code: str, cache_dir, numba_cache_dir=None) -> subprocess.CompletedProcess:
+    """`code` in a new process; Numba keeps machine code beside the modules, or under `numba_cache_dir`
+    (NUMBA_CACHE_DIR is read when Numba is imported, so only a new process can change it)."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["LOSSDSL_CACHE_DIR"] = str(cache_dir)
+    if numba_cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(numba_cache_dir)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -133,19 +138,23 @@ def test_two_processes_compiling_at_once(cache_dir):
     assert len(modules) == 1 and cache._intact(modules[0])
 
 
-def test_damaged_numba_cache_files_are_discarded(cache_dir):
-    first = _run(f"""
+@pytest.mark.parametrize("numba_cache_dir", [None, "numba"], ids=["beside the modules", "NUMBA_CACHE_DIR"])
+def test_damaged_numba_cache_files_are_discarded(cache_dir, tmp_path_factory, numba_cache_dir):
+    """Wherever Numba keeps its files (with NUMBA_CACHE_DIR: under it, in a folder named from the
+    modules' folder), damaged ones are found, discarded and rewritten."""
+    numba_dir = numba_cache_dir and tmp_path_factory.mktemp(numba_cache_dir)
+    code = f"""
         import numpy as np, lossdsl
         print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
-    """, cache_dir)
+    """
+    first = _run(code, cache_dir, numba_dir)
     assert first.returncode == 0, first.stderr
-    machine_code = list(cache_dir.glob("__pycache__/cached_sq_*"))
+    machine_code = list((numba_dir or cache_dir / "__pycache__").rglob("cached_sq_*.nb[ic]"))
     assert machine_code
     for path in machine_code:
         path.write_bytes(path.read_bytes()[:40])  # truncated pickles
-    second = _run(f"""
-        import numpy as np, lossdsl
-        print(lossdsl.compile({SPEC!r})(np.array([3.0]), np.array([1.0]), reduction="sum"))
-    """, cache_dir)
-    assert second.returncode == 0, second.stderr
-    assert second.stdout.strip() == "8.0"
+    for _ in range(2):  # the second process finds the files the first one rewrote
+        again = _run(code, cache_dir, numba_dir)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == "8.0"
+    assert all(len(path.read_bytes()) > 40 for path in machine_code)

@@ -60,3 +60,10 @@ def test_head_linear_without_a_class_axis_is_a_spec_error():
     with pytest.raises(lossdsl.SpecTypeError, match="head linear") as raised:
         lossdsl.compile(text)
     assert (raised.value.file, raised.value.line) == ("<string>", 1)
+
+
+def test_a_loss_name_of_any_length_is_cached():
+    """A loss name of 190+ characters gave a raw OSError: File name too long (the cache's file names)."""
+    name = "n" * 300
+    loss = lossdsl.compile(f"loss {name}(x, y)\n    {name} = (x - y)^2\n")
+    np.testing.assert_allclose(loss(np.array([1.0, 3.0]), np.array([0.0, 1.0])), 2.5, rtol=1e-12)

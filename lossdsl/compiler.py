@@ -19,7 +19,7 @@ from .resolve import ResolvedLoss, Value, resolve
 from .resources import source_fingerprint
 from .heads import LinearHead
 from .runtime import Loss, split_bound
-from .sequence import SequenceLoss
+from .sequence import RowLoss, SequenceLoss
 
 __version__ = "0.1.0"
 
@@ -64,10 +64,12 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
 
 def _compile_sequence(stages: staging.SequenceStages, text: str, params: Mapping[str, Value],
                       local: Mapping[str, ir.LossDef]) -> SequenceLoss:
-    """A loss around an intrinsic: its stages before and after it compiled as ordinary losses."""
+    """A loss around an intrinsic: its stages before and after it compiled as ordinary losses, run as a
+    SequenceLoss (a RowLoss for a rows intrinsic)."""
     before, after, mean = (None if stage is None else _compile(stage, text, params, local)
                            for stage in (stages.before, stages.after, stages.mean))
-    return SequenceLoss(stages, before, after, mean, lambda values: _compile_sequence(stages, text, values, local))
+    runtime = RowLoss if stages.intrinsic.kind == "rows" else SequenceLoss
+    return runtime(stages, before, after, mean, lambda values: _compile_sequence(stages, text, values, local))
 
 
 class Backend:

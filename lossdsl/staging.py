@@ -15,6 +15,9 @@ becomes three pieces, each an ordinary loss definition built from the spec's own
 - the intrinsic call, with its labels (a ragged input) and index arguments;
 - after: an elementwise loss of the intrinsic's per-sequence result (and the lengths),
   from the lines that follow it; `mean of EXPR` gives a second one that reduction="mean" uses.
+A "rows" intrinsic (multilabel_hinge) splits the same way, with no `ragged` lines: its scores and
+its labels are both inputs over the class axis (`loss multilabel_margin(x[c], target[c])`), the
+labels padded (its third argument says with what), and its result has one value per row.
 Nothing here parses text or runs SymPy: the pieces go through resolve and codegen as usual.
 """
 from __future__ import annotations
@@ -31,12 +34,12 @@ class SequenceStages:
     spec: ir.LossDef
     intrinsic: Intrinsic
     scores: str  # the input with the class axis
-    labels: str  # the ragged input of labels
-    index: ir.Expr  # the intrinsic's index argument (the blank), an expression of parameters
+    labels: str  # the input of labels: ragged (sequences), or over the class axis too (rows)
+    index: ir.Expr  # the intrinsic's whole-number argument (CTC's blank, a padding), an expression of parameters
     before: ir.LossDef | None
     after: ir.LossDef
     mean: ir.LossDef | None  # `mean of`, when the spec has it
-    ragged: dict[str, ir.Ragged]  # by input name: the scores' time axis and the labels' axis
+    ragged: dict[str, ir.Ragged]  # by input name: the scores' time axis and the labels' axis (none for rows)
 
 
 def uses_intrinsic(loss: ir.LossDef) -> bool:
@@ -51,8 +54,7 @@ def split(loss: ir.LossDef, source: str | None = None) -> SequenceStages:
     lines = [k for k, local in enumerate(loss.locals) if _calls(local.expr)]
     if len(lines) != 1:
         where = loss.locals[lines[1]].pos if lines else (loss.ragged[0].pos if loss.ragged else loss.pos)
-        raise fail("a sequence loss calls one intrinsic (" + ", ".join(INTRINSICS) + "), on a line of its own",
-                   where)
+        raise fail("a loss calls one intrinsic (" + ", ".join(INTRINSICS) + "), on a line of its own", where)
     line = loss.locals[lines[0]]
     call = line.expr
     if not isinstance(call, ir.Call) or call.func not in INTRINSICS:
@@ -62,26 +64,10 @@ def split(loss: ir.LossDef, source: str | None = None) -> SequenceStages:
     if len(call.args) != len(intrinsic.arguments) or call.kwargs:
         raise fail(f"{intrinsic.doc}", call.pos)
     scores_arg, labels_arg, index = call.args
-    axis_inputs = [i for i in loss.inputs if i.axis]
-    if len(axis_inputs) != 1:
-        raise fail("a sequence loss has one input with the class axis (logits[c])", loss.pos)
-    scores = axis_inputs[0]
-    ragged = _ragged(loss, fail)
-    if not isinstance(labels_arg, ir.Name) or labels_arg.id not in ragged or labels_arg.id == scores.name:
-        raise fail(f"the labels of {call.func}() must be a ragged input (`ragged NAME along ... by LENGTHS`)",
-                   call.pos)
-    if set(ragged) != {scores.name, labels_arg.id}:
-        raise fail(f"declare `ragged {scores.name} along TIME_AXIS by LENGTHS` and the labels' `ragged` line, and "
-                   "no other", loss.pos)
-    lengths = {r.lengths for r in ragged.values()}
-    for spec_input in loss.inputs:
-        if spec_input.name not in {scores.name, labels_arg.id, *lengths}:
-            raise fail(f"input {spec_input.name}: a sequence loss takes its scores, labels and their lengths "
-                       "(per-sequence weights are sample_weight)", spec_input.pos)
-        if spec_input.default is not None or (spec_input.optional and spec_input.name not in lengths):
-            raise fail(f"input {spec_input.name}: only lengths may be left out (`= none`)", spec_input.pos)
+    inputs = _row_inputs if intrinsic.kind == "rows" else _sequence_inputs
+    scores, ragged, lengths = inputs(loss, call.func, labels_arg, call.pos, fail)
     if loss.wrt not in ((), (scores.name,)):
-        raise fail(f"a sequence loss is differentiated with respect to {scores.name}", loss.pos)
+        raise fail(f"a loss around {call.func}() is differentiated with respect to {scores.name}", loss.pos)
     earlier = {local.name: local for local in loss.locals[:lines[0]]}
     result = line.name if line.name != loss.name else f"{loss.name}_nll"
     after_locals = list(loss.locals[lines[0] + 1:]) or [ir.Local(loss.name, ir.Name(result), line.pos)]
@@ -101,6 +87,51 @@ def split(loss: ir.LossDef, source: str | None = None) -> SequenceStages:
         before = _definition(loss, body.name, (scores, ir.Input(upstream, axis=scores.axis)), (scores.name, upstream),
                              _needed([body], earlier) + [body])
     return SequenceStages(loss, intrinsic, scores.name, labels_arg.id, index, before, after, mean, ragged)
+
+
+def _sequence_inputs(loss: ir.LossDef, func: str, labels_arg: ir.Expr, pos: ir.Pos, fail):
+    """(the scores input, the ragged declarations by input, the lengths inputs) of a sequence intrinsic's spec:
+    one input over the class axis, it and the labels ragged, and no inputs besides their lengths."""
+    axis_inputs = [i for i in loss.inputs if i.axis]
+    if len(axis_inputs) != 1:
+        raise fail("a sequence loss has one input with the class axis (logits[c])", loss.pos)
+    scores = axis_inputs[0]
+    ragged = _ragged(loss, fail)
+    if not isinstance(labels_arg, ir.Name) or labels_arg.id not in ragged or labels_arg.id == scores.name:
+        raise fail(f"the labels of {func}() must be a ragged input (`ragged NAME along ... by LENGTHS`)", pos)
+    if set(ragged) != {scores.name, labels_arg.id}:
+        raise fail(f"declare `ragged {scores.name} along TIME_AXIS by LENGTHS` and the labels' `ragged` line, and "
+                   "no other", loss.pos)
+    lengths = {r.lengths for r in ragged.values()}
+    for spec_input in loss.inputs:
+        if spec_input.name not in {scores.name, labels_arg.id, *lengths}:
+            raise fail(f"input {spec_input.name}: a sequence loss takes its scores, labels and their lengths "
+                       "(per-sequence weights are sample_weight)", spec_input.pos)
+        if spec_input.default is not None or (spec_input.optional and spec_input.name not in lengths):
+            raise fail(f"input {spec_input.name}: only lengths may be left out (`= none`)", spec_input.pos)
+    return scores, ragged, lengths
+
+
+def _row_inputs(loss: ir.LossDef, func: str, labels_arg: ir.Expr, pos: ir.Pos, fail):
+    """The same for a rows intrinsic: exactly two inputs, the scores and the labels, both over the class
+    axis (`x[c], target[c]`: the labels have the scores' shape), nothing ragged."""
+    if loss.ragged:
+        raise fail(f"{func}() reads rows, not sequences: no `ragged` lines (its labels end at the padding it "
+                   "takes)", loss.ragged[0].pos)
+    names = {i.name: i for i in loss.inputs}
+    if not isinstance(labels_arg, ir.Name) or labels_arg.id not in names or not names[labels_arg.id].axis:
+        raise fail(f"the labels of {func}() must be an input over the class axis, like its scores (`target[c]`)",
+                   pos)
+    others = [i for i in loss.inputs if i.name != labels_arg.id]
+    if len(others) != 1 or others[0].axis != names[labels_arg.id].axis:
+        where = others[1].pos if len(others) > 1 else loss.pos
+        raise fail(f"a loss around {func}() takes two inputs over one class axis, its scores and its labels "
+                   "(`x[c], target[c]`; per-row weights are sample_weight)", where)
+    for spec_input in loss.inputs:
+        if spec_input.default is not None or spec_input.optional:
+            raise fail(f"input {spec_input.name}: the inputs of a loss around {func}() may not be left out",
+                       spec_input.pos)
+    return others[0], {}, set()
 
 
 def _ragged(loss: ir.LossDef, fail) -> dict[str, ir.Ragged]:

@@ -9,6 +9,7 @@ from lossdsl.gradcheck import check
 from axis_references import AXIS_REFERENCES
 from references import REFERENCES
 from test_ctc_dsl import SEQUENCE_LOSSES
+from test_multilabel_margin import ROW_LOSSES
 from test_linear_heads import HEADS
 
 SHAPE = (6, 5)
@@ -18,7 +19,7 @@ CASES = [(key, index) for key, ref in REFERENCES.items() for index in range(len(
 
 def test_every_catalogue_loss_has_a_reference():
     covered = ({ref.name for ref in REFERENCES.values()} | {ref.name for ref in AXIS_REFERENCES.values()}
-               | set(SEQUENCE_LOSSES) | set(HEADS))
+               | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS))
     assert covered == set(lossdsl.catalogue())
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from . import registry
 from .compiler import __version__, compile_spec, load
 from .errors import (LossCacheError, LossDeviceError, LossError, LossInputError, LossLabelError, LossParameterError,
-                     LossSpecError, SpecNameError, SpecSyntaxError, SpecTypeError, UnknownLossError)
+                     LossSpecError, SpecLimitError, SpecNameError, SpecSyntaxError, SpecTypeError,
+                     UnknownLossError)
 from .heads import LinearHead
 from .runtime import Loss
 from .sequence import SequenceLoss
@@ -31,6 +32,6 @@ def catalogue() -> list[str]:
 
 
 __all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LinearHead", "LossError", "LossSpecError",
-           "SpecSyntaxError", "SpecNameError", "SpecTypeError", "LossParameterError", "LossInputError",
+           "SpecSyntaxError", "SpecNameError", "SpecTypeError", "SpecLimitError", "LossParameterError", "LossInputError",
            "LossLabelError", "LossDeviceError", "LossCacheError", "UnknownLossError", "get_num_threads",
            "set_num_threads", "__version__"]

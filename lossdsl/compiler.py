@@ -46,10 +46,7 @@ def _compile(loss: ir.LossDef, text: str, params: Mapping[str, Value] | None,
     check_domains = bool(params.pop("check_domains", True))
     # keywords naming an optional input bind it (class weights given at load)
     bound, params = split_bound(loss.name, loss.inputs, {p.name for p in loss.params}, params)
-    try:
-        resolved = resolve(loss, params, lookup, text)               # 2. names, params, inlining
-    except RecursionError:
-        raise SpecTypeError("expression nested too deeply", file, loss.pos.line, loss.pos.column) from None
+    resolved = resolve(loss, params, lookup, text)                   # 2. names, params, inlining (bounded)
     loss_object = Loss(resolved, Backend(resolved))                  # 3-5. SymPy, codegen, Numba: lazily, per dtype
     if bound or not check_domains:
         loss_object = loss_object.with_params(**bound, check_domains=check_domains)
@@ -101,6 +98,7 @@ class Backend:
         from .codegen import elementwise, rows  # SymPy and code generation: only on a cache miss
         from .codegen.printer import UnsupportedExpression
         from .codegen.targets import CPU, TARGETS
+        from .symbolic import FormulaTooLarge
         try:
             if target == "grad_hess":
                 from .symbolic import derive_hessian
@@ -111,9 +109,12 @@ class Backend:
             generate = elementwise.generate if self.resolved.axis is None else rows.generate_rows
             return generate(self.plan(), dtype, header, TARGETS[target])  # 4. printer + kernel skeleton
         except UnsupportedExpression as exc:
-            last = self.resolved.locals[-1]
-            raise SpecTypeError(f"cannot generate code: {exc}", self.resolved.file, last.pos.line,
-                                last.pos.column) from None
+            raise self.resolved.error(SpecTypeError, f"cannot generate code: {exc}", self.resolved.locals[-1]) from None
+        except (RecursionError, FormulaTooLarge) as exc:  # the printer recurses as SymPy does; row kernels lower
+            from .errors import SpecLimitError
+            message = (f"`{self.resolved.name}` is nested too deeply to generate code for"
+                       if isinstance(exc, RecursionError) else f"`{self.resolved.name}`: {exc}")
+            raise self.resolved.error(SpecLimitError, message, self.resolved.locals[-1]) from None
 
     def plan(self):
         return _plan(self.resolved)                                    # 3. SymPy: derive, stabilise, CSE
@@ -127,8 +128,10 @@ class Backend:
         return self._blocks[outputs]
 
     def explain(self, latex: bool = False) -> str:
-        from .symbolic import explain
-        return explain(self.plan(), latex)
+        from .symbolic import at, explain
+        plan = self.plan()
+        with at(self.resolved, self.resolved.locals[-1]):  # printing recurses as SymPy does
+            return explain(plan, latex)
 
 
 _PLANS: dict[str, object] = {}  # by cache text: losses that differ only in numeric parameters share a plan

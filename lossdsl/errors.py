@@ -36,6 +36,13 @@ class SpecTypeError(LossSpecError):
     """A well-formed expression used wrongly: wrong arity, a boolean where a number goes."""
 
 
+class SpecLimitError(LossSpecError):
+    """A spec past one of the compiler's stated limits: its size (`parse.MAX_SPEC_CHARS`,
+    `parse.MAX_SPEC_TOKENS`), its nodes once called losses are inlined (`resolve.MAX_NODES`), the
+    nesting of its expressions (`ir.MAX_DEPTH`) or the size of its derivatives
+    (`symbolic.MAX_FORMULA_NODES`)."""
+
+
 class LossParameterError(LossError, ValueError):
     """A parameter that is unknown, of the wrong kind, or breaks its constraint."""
 

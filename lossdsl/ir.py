@@ -4,6 +4,11 @@ Frozen dataclasses, so a spec's IR can be hashed and compared, and its `repr`
 is a canonical text for cache keys. Every node carries the (line, column) of
 the spec text it came from, so later stages can point at the source. `format_expr`
 prints an expression back as DSL text (used for the comments in generated code).
+
+`MAX_DEPTH` bounds how deeply expressions nest: the parser checks the text (`exp(exp(x))` is
+3 deep, `a + b + c` is 3: a chain of operators nests), the resolver the expression of each
+local once called losses are inlined and earlier locals written out, so that no stage (SymPy's
+included) runs out of stack.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ class Pos:
 
 
 NOWHERE = Pos(0, 0)
+
+MAX_DEPTH = 64  # the deepest nesting of an expression (the catalogue's deepest, written out in full: 11)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Lark parses with LALR and keeps positions; a Transformer run after parsing turns
 the tree into `lossdsl.ir` nodes. Spec text is only ever tokenised here: it never
 reaches `eval`, `exec` or SymPy's string parsers.
+
+Limits, checked before the text goes further: `MAX_SPEC_CHARS` characters and `MAX_SPEC_TOKENS`
+tokens per file (checked before Lark, which parses about 20,000 tokens a second), and
+expressions nested at most `ir.MAX_DEPTH` deep (checked on Lark's tree, before it becomes IR).
+Past one, a `SpecLimitError` points at where the text crosses it.
 """
 from __future__ import annotations
 
@@ -13,8 +18,18 @@ import lark
 from lark import Transformer, v_args
 
 from . import ir
-from .errors import SpecSyntaxError
+from .errors import SpecLimitError, SpecSyntaxError
 from .resources import grammar_file
+
+MAX_SPEC_CHARS = 1_000_000  # characters in one spec file (the catalogue's largest: about 4,400)
+MAX_SPEC_TOKENS = 50_000  # names, numbers, strings and operator characters, not comments (catalogue: 258)
+
+# a comment, or a token: a string (to the end of its line if unterminated), a name or number, another character
+_LEXEME = re.compile(r'#[^\n]*|(?P<token>"(?:[^"\\\n]|\\.)*"?|[A-Za-z0-9_.]+|\S)')
+# the rules that become IR expressions: each is one level of nesting (`arguments`, `keyword` and
+# `tuple` only group the arguments of a call or the options of `in`)
+_EXPRESSIONS = frozenset({"ifelse", "or_", "and_", "not_", "compare", "member", "add", "sub", "mul", "div", "pow",
+                          "neg", "number", "string", "true", "false", "name", "call", "gather"})
 
 _TOKEN_TEXT = {
     "LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}", "COMMA": ",",
@@ -46,19 +61,52 @@ def parse(text: str | bytes, file: str = "<string>") -> tuple[ir.LossDef, ...]:
     if not text.strip() or not re.search(r"^\s*loss\b", text, re.MULTILINE):
         line, column = _first_content(text)
         raise SpecSyntaxError("a spec needs at least one `loss NAME(inputs)` block", file, line, column, text)
+    _check_size(text, file)
     try:
-        tree = _parser().parse(text + "\n")
-        return _ToIR(file).transform(tree)
+        tree = _parser().parse(text + "\n")  # LALR: iterative, so any nesting parses
     except lark.exceptions.UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    _check_depth(tree, text, file)
+    try:
+        return _ToIR(file).transform(tree)  # recursive, safe once the depth is bounded
     except lark.exceptions.VisitError as exc:
         if isinstance(exc.orig_exc, SpecSyntaxError):
             raise SpecSyntaxError(exc.orig_exc.message, file, exc.orig_exc.line, exc.orig_exc.column, text) from None
-        if isinstance(exc.orig_exc, RecursionError):
-            raise SpecSyntaxError("expression nested too deeply", file, 1, 1) from None
         raise
-    except RecursionError:
-        raise SpecSyntaxError("expression nested too deeply", file, 1, 1) from None
+
+
+def _check_size(text: str, file: str) -> None:
+    """Refuse text past `MAX_SPEC_CHARS` characters or `MAX_SPEC_TOKENS` tokens, where it crosses the limit."""
+    if len(text) > MAX_SPEC_CHARS:
+        raise _limit_error(f"spec text is longer than {MAX_SPEC_CHARS:,} characters (lossdsl.parse.MAX_SPEC_CHARS)",
+                           text, MAX_SPEC_CHARS, file)
+    tokens = 0
+    for match in _LEXEME.finditer(text):
+        if match.lastgroup:
+            tokens += 1
+            if tokens > MAX_SPEC_TOKENS:
+                raise _limit_error(f"spec has more than {MAX_SPEC_TOKENS:,} tokens (lossdsl.parse.MAX_SPEC_TOKENS)",
+                                   text, match.start(), file)
+
+
+def _limit_error(message: str, text: str, offset: int, file: str) -> SpecLimitError:
+    line = text.count("\n", 0, offset) + 1
+    return SpecLimitError(message, file, line, offset - text.rfind("\n", 0, offset), text)
+
+
+def _check_depth(tree: lark.Tree, text: str, file: str) -> None:
+    """Refuse an expression nested deeper than `ir.MAX_DEPTH`, at the first level past it (an explicit
+    stack: the tree may be far deeper than Python's recursion limit)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in _EXPRESSIONS:
+            depth += 1
+            if depth > ir.MAX_DEPTH:
+                raise SpecLimitError(f"expression nested too deeply: more than {ir.MAX_DEPTH} levels "
+                                     "(lossdsl.ir.MAX_DEPTH; in a + b + c each operator is one)", file,
+                                     node.meta.line, node.meta.column, text)
+        stack.extend((child, depth) for child in node.children if isinstance(child, lark.Tree))
 
 
 def _first_content(text: str) -> tuple[int, int]:

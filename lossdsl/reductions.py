@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import sympy
 
 from . import ir
-from .errors import SpecTypeError
 from .resolve import ResolvedLoss
-from .rewrites import LOWERINGS, stabilize
-from .symbolic import _checked, _ours, safe_name, simplify, to_sympy
+from .rewrites import stabilize
+from .symbolic import _checked, _ours, at, bounded, representable, safe_name, simplify, to_sympy
+from .symbolic import lowered  # noqa: F401 - the row kernels' generator imports it from here
 from .sympy_functions import absolute, make_power, sign
 
 
@@ -153,20 +153,19 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
     length = graph.length
     local_values: dict[str, sympy.Expr] = {}
     for local in loss.locals:
-        try:
-            value = to_sympy(local.expr, env, graph.node)
-        except TypeError as exc:
-            raise SpecTypeError(f"`{local.name}`: {exc}", loss.file, local.pos.line, local.pos.column) from None
-        env[local.name] = local_values[local.name] = _checked(_ours(value), loss, local)
-    value = _prepare(local_values[loss.name])
-    rules = {rule: None if getattr(loss, rule) is None else to_sympy(getattr(loss, rule), env, graph.node)
-             for rule in ("ignore", "mean_weight")}
-    forward = tuple(graph.reductions)
-    wrt = [inputs[name] for name in loss.wrt]
-    kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
-    shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
-    display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
-    outputs = tuple((name, _prepare(local_values[name])) for name in loss.outputs)
+        with at(loss, local):
+            env[local.name] = local_values[local.name] = _checked(_ours(to_sympy(local.expr, env, graph.node)), loss,
+                                                                  local)
+    with at(loss, loss.locals[-1]):
+        value = _prepare(local_values[loss.name])
+        rules = {rule: None if getattr(loss, rule) is None else to_sympy(getattr(loss, rule), env, graph.node)
+                 for rule in ("ignore", "mean_weight")}
+        forward = tuple(graph.reductions)
+        wrt = [inputs[name] for name in loss.wrt]
+        kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
+        shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
+        display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
+        outputs = tuple((name, _prepare(local_values[name])) for name in loss.outputs)
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
                    *kernel, rules["ignore"], rules["mean_weight"], display, outputs)
 
@@ -231,7 +230,7 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
             if existing.body == body:
                 return existing.symbol
         symbol = sympy.Symbol(f"_s{len(backward)}", real=True)
-        backward.append(Reduction(symbol, "sum", body))
+        backward.append(Reduction(symbol, "sum", representable(body)))
         return symbol
 
     grads = [sympy.S.Zero for _ in wrt]
@@ -242,7 +241,7 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
         if display or expr.is_Atom or expr.is_Number:
             return expr
         symbol = sympy.Symbol(f"_a{len(named)}", real=True)
-        named.append((symbol, expr))
+        named.append((symbol, representable(expr)))
         return symbol
 
     for node in reversed(forward):
@@ -269,7 +268,7 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
                 onehot = (sympy.Function("onehot")(sympy.Symbol(safe_name(load.label))) if display else
                           sympy.Piecewise((1, sympy.Eq(position, _label_symbol(load))), (0, True)))
                 grads[index] += name_of(a) * onehot
-    grads = [g if display else simplify(g) for g in grads]
+    grads = [g if display else representable(simplify(bounded(g))) for g in grads]
     return tuple(backward), tuple(named), tuple(grads)
 
 
@@ -278,7 +277,7 @@ def _label_symbol(load: Load) -> sympy.Symbol:
 
 
 def _diff(expr: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
-    return stabilize(_ours(sympy.diff(expr, symbol)))
+    return representable(stabilize(_ours(bounded(sympy.diff(expr, symbol)))))
 
 
 # --- readable formulas ------------------------------------------------------------
@@ -305,8 +304,3 @@ def _display(loss, forward, loads, local_values, value, shown, position, length)
     shown_locals = ((n, text(e)) for n, e in local_values.items() if n != loss.name)
     return {"locals": tuple((n, e) for n, e in shown_locals if not e.is_Atom),
             "value": text(value), "grads": tuple(text(g) for g in grads)}
-
-
-def lowered(expr: sympy.Expr) -> sympy.Expr:
-    """The form the kernel computes (sigmoid and friends as shared exp/log1p)."""
-    return stabilize(expr, LOWERINGS)

@@ -5,17 +5,28 @@ is checked against the function table or inlined from another loss (composition)
 parameter values are validated against their constraints, and parameters that
 choose between formulas (booleans, strings) are folded into the IR, so the
 symbolic stage sees only numbers, inputs and numeric parameters.
+
+Composition inlines, so a loss that calls another twice, which calls another twice, ...
+grows exponentially. The resolver's work on one loss is bounded by `MAX_NODES` expression
+nodes: each node it visits (a called loss's body once per call) and each expression it
+inspects again (an argument of a called loss, the loss's own locals and rules written out in
+full: calls inlined, earlier locals substituted) count. It measures every node once, from its
+children, so its own work stays linear in what it counts; past the limit, or past
+`ir.MAX_DEPTH` levels of nesting written out in full, a `SpecLimitError` points at the call
+(or expression) in the loss being compiled that crosses it.
 """
 from __future__ import annotations
 
 import dataclasses
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from . import ir
-from .errors import LossParameterError, LossSpecError, SpecNameError, SpecTypeError
+from .errors import LossParameterError, LossSpecError, SpecLimitError, SpecNameError, SpecTypeError
 from .functions import CONSTANTS, FUNCTIONS, REDUCTIONS
+
+MAX_NODES = 20_000  # the resolver's work on one loss, in expression nodes (the catalogue's most: 280)
 
 Value = float | bool | str
 Lookup = Callable[[str, str], "ir.LossDef | None"]  # (called name, file of the caller) → its definition
@@ -57,6 +68,11 @@ class ResolvedLoss:
     ignore: ir.Expr | None = None  # rows where this holds contribute nothing
     mean_weight: ir.Expr | None = None  # reduction="mean" divides by its sum over the rows not ignored
     outputs: tuple[str, ...] = ()  # locals a call may ask for beside the loss, one value per row
+    source: str | None = field(default=None, compare=False, repr=False)  # the spec text, for errors' carets
+
+    def error(self, cls, message: str, local: ir.Local) -> LossSpecError:
+        """An error of a later stage, at `local` (a line of this loss's own text)."""
+        return cls(message, self.file, local.pos.line, local.pos.column, self.source)
 
     @property
     def numeric_params(self) -> tuple[str, ...]:
@@ -159,16 +175,26 @@ def evaluate(expr: ir.Expr, env: Mapping[str, Value], file: str) -> Value:
         return result
     if isinstance(expr, ir.Compare):
         values = [evaluate(o, env, file) for o in expr.operands]
+        _same_kind(values, expr, fail)
         try:
             return all(_COMPARE[op](a, b) for op, a, b in zip(expr.ops, values, values[1:]))
         except TypeError:
             fail(f"cannot compare in `{ir.format_expr(expr)}`")
     if isinstance(expr, ir.Member):
-        return evaluate(expr.value, env, file) in [evaluate(o, env, file) for o in expr.options]
+        value, options = evaluate(expr.value, env, file), [evaluate(o, env, file) for o in expr.options]
+        _same_kind([value, *options], expr, fail)
+        return value in options
     if isinstance(expr, ir.IfElse):
         branch = expr.then if evaluate(expr.cond, env, file) else expr.orelse
         return evaluate(branch, env, file)
     fail(f"`{ir.format_expr(expr)}` is not a constant expression")
+
+
+def _same_kind(values: list[Value], expr: ir.Expr, fail) -> None:
+    """A string, a boolean and a number are never equal: comparing two kinds is a mistake in the spec."""
+    kinds = {"a string" if isinstance(v, str) else "a boolean" if isinstance(v, bool) else "a number" for v in values}
+    if len(kinds) > 1:
+        fail(f"`{ir.format_expr(expr)}` compares {' with '.join(sorted(kinds))}")
 
 
 # --- the resolver -------------------------------------------------------------
@@ -212,10 +238,42 @@ class _Resolver:
         self.row_inputs: set[str] = set()
         self.axis_inputs: set[str] = set()
         self.wrt_names: tuple[str, ...] = ()
+        self.work = 0  # expression nodes visited or inspected so far (at most MAX_NODES)
+        self.measured: dict[int, tuple[int, int, ir.Expr]] = {}  # id → (nodes, depth, the node itself)
+        self.kinds: dict[int, tuple[str, ir.Expr]] = {}  # id → (kind, the node itself)
+        self.local_sizes: dict[str, tuple[int, int]] = {}  # the top loss's locals: (nodes, depth) written out
+        self.callees: dict[int, tuple[ir.LossDef, tuple[ParamInfo, ...], int]] = {}  # id → (loss, params, cost)
 
     def error(self, cls, message: str, file: str, pos: ir.Pos) -> LossSpecError:
         in_top_loss = len(self.stack) <= 1  # the source text shown is the top loss's; inlined ones live elsewhere
         return cls(message, file, pos.line, pos.column, self.source if in_top_loss else None)
+
+    def charge(self, nodes: int, loss: ir.LossDef, pos: ir.Pos) -> None:
+        """Count `nodes` of work against MAX_NODES."""
+        self.work += nodes
+        if self.work > MAX_NODES:
+            raise self.error(SpecLimitError, f"more than {MAX_NODES:,} expression nodes once called losses are "
+                             "inlined (lossdsl.resolve.MAX_NODES)", loss.file, pos)
+
+    def measure(self, expr: ir.Expr) -> tuple[int, int]:
+        """(nodes, depth) of `expr` written out in full: calls inlined, the top loss's locals substituted.
+        Each node is measured once, from its children (shared subexpressions are not walked again)."""
+        known = self.measured.get(id(expr))
+        if known is not None and known[2] is expr:
+            return known[0], known[1]
+        if isinstance(expr, ir.Name) and expr.id in self.local_sizes:
+            nodes, depth = self.local_sizes[expr.id]
+        else:
+            parts = [self.measure(child) for child in ir.children(expr)]
+            nodes, depth = 1 + sum(p[0] for p in parts), 1 + max((p[1] for p in parts), default=0)
+        self.measured[id(expr)] = (nodes, depth, expr)
+        return nodes, depth
+
+    def inspect(self, expr: ir.Expr, loss: ir.LossDef, pos: ir.Pos) -> int:
+        """Charge a walk over all of `expr` (written out); its number of nodes."""
+        nodes = self.measure(expr)[0]
+        self.charge(nodes, loss, pos)
+        return nodes
 
     # The loss being compiled: inputs and numeric parameters stay symbolic.
     def top(self, loss: ir.LossDef, overrides: dict[str, Value]) -> ResolvedLoss:
@@ -246,7 +304,8 @@ class _Resolver:
         position = loss.axis_position[1] if loss.axis_position else None
         return ResolvedLoss(loss.name, loss.inputs, wrt, params, tuple(values.items()), tuple(locals_),
                             loss.doc, loss.aliases, loss.file, tuple(self.passed_on), self.axis, position,
-                            tuple(dict.fromkeys(self.labels)), outputs=self.outputs(loss, locals_), **rules)
+                            tuple(dict.fromkeys(self.labels)), outputs=self.outputs(loss, locals_),
+                            source=self.source, **rules)
 
     def outputs(self, loss: ir.LossDef, locals_: list[ir.Local]) -> tuple[str, ...]:
         """`output a, b`: locals of this loss over an axis, one value per row (they stand beside the loss)."""
@@ -287,6 +346,7 @@ class _Resolver:
     def row_rule(self, rule: str, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`ignore if ...` (a condition) or `mean weighted by ...` (a number), one value per row."""
         resolved = self.expr(expr, scope, loss)
+        self.inspect(resolved, loss, expr.pos)
         if _contains(resolved, ir.Reduce):
             raise self.error(SpecTypeError, f"`{ir.format_expr(expr)}` may not reduce: it is computed before "
                              "any pass over the axis", loss.file, expr.pos)
@@ -321,6 +381,15 @@ class _Resolver:
                 raise self.error(SpecTypeError, f"the default of {info.name} breaks its constraint", loss.file,
                                  info.pos)
         return tuple(infos)
+
+    def callee_params(self, callee: ir.LossDef, caller: ir.LossDef, pos: ir.Pos) -> tuple[ParamInfo, ...]:
+        """A called loss's parameters, checked once; each call charges its inputs and parameters' nodes."""
+        known = self.callees.get(id(callee))
+        if known is None or known[0] is not callee:
+            cost = len(callee.inputs) + sum(_nodes(p.default) + _nodes(p.constraint) for p in callee.params)
+            known = self.callees[id(callee)] = (callee, self.params(callee), cost)
+        self.charge(known[2], caller, pos)
+        return known[1]
 
     def wrt(self, loss: ir.LossDef) -> tuple[str, ...]:
         names = {i.name for i in loss.inputs}
@@ -364,12 +433,24 @@ class _Resolver:
                 raise self.error(SpecTypeError, f"`{local.name}` must be a number, not a condition", loss.file,
                                  local.pos)
             resolved.append(ir.Local(local.name, expr, local.pos))
-            if keep_locals and self.varies(expr):
-                self.axis_locals.add(local.name)
+            if keep_locals:  # the symbolic stage writes each out in full
+                self.local_sizes[local.name] = self.inspect(expr, loss, local.pos), self.measure(expr)[1]
+                if self.varies(expr):
+                    self.axis_locals.add(local.name)
             scope[local.name] = ir.Name(local.name) if keep_locals else expr
         return resolved
 
     def expr(self, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        """`expr` resolved in `scope`: one node of work, and at most MAX_DEPTH deep written out."""
+        self.charge(1, loss, expr.pos)
+        resolved = self.build(expr, scope, loss)
+        if self.measure(resolved)[1] > ir.MAX_DEPTH:
+            raise self.error(SpecLimitError, f"expression nested too deeply once called losses are inlined and "
+                             f"locals written out: more than {ir.MAX_DEPTH} levels (lossdsl.ir.MAX_DEPTH)",
+                             loss.file, expr.pos)
+        return resolved
+
+    def build(self, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         if isinstance(expr, ir.Name):
             if expr.id in scope:
                 bound = scope[expr.id]  # a plain name or constant keeps the position it is used at
@@ -381,7 +462,11 @@ class _Resolver:
             return self.gather(expr, scope, loss)
         if isinstance(expr, ir.Call):
             return self.call(expr, scope, loss)
-        return _fold(map_children(expr, lambda e: self.expr(e, scope, loss)), loss.file)
+        resolved = map_children(expr, lambda e: self.expr(e, scope, loss))
+        try:
+            return _fold(resolved, loss.file)
+        except SpecTypeError as exc:  # again, with the line shown
+            raise self.error(SpecTypeError, exc.message, loss.file, resolved.pos) from None
 
     def gather(self, gather: ir.Gather, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`x[y]`: x varies along the axis, y is an integer label input (one per row)."""
@@ -393,6 +478,7 @@ class _Resolver:
         if not (isinstance(index, ir.Name) and index.id in self.row_inputs and index.id not in self.wrt_names):
             raise self.error(SpecTypeError, f"the index in `{ir.format_expr(gather)}` must be an input that holds "
                              f"integer labels, one per row (without the axis {self.axis})", loss.file, gather.pos)
+        self.inspect(array, loss, gather.pos)
         if not self.varies(array):  # the same at every position (a class weight left at its default)
             return array
         self.labels.append(index.id)
@@ -418,6 +504,8 @@ class _Resolver:
                              f"over ({self.axis})", loss.file, axis.pos)
         body = self.expr(call.args[0], scope, loss)
         order = self.expr(call.args[2], scope, loss) if len(call.args) == 3 else None
+        if order is not None:
+            self.inspect(order, loss, call.pos)
         for part in (body, order):
             if part is not None and self.kind(part, loss) != "number":
                 raise self.error(SpecTypeError, f"{call.func}() reduces numbers, not conditions", loss.file, call.pos)
@@ -465,7 +553,16 @@ class _Resolver:
             raise self.error(SpecTypeError, f"{callee.name}() takes {count} inputs "
                              f"({', '.join(i.name for i in callee.inputs)}), got {len(args)}", caller.file, pos)
         self.stack.append(callee.name)
-        params = self.params(callee)
+        try:
+            result = self.inlined(callee, args, kwargs, caller, pos)
+        except SpecLimitError as exc:  # the call crosses the limit, not the called loss's text: point at the call
+            self.stack.pop()
+            raise self.error(SpecLimitError, exc.message, caller.file, pos) from None
+        self.stack.pop()
+        return result
+
+    def inlined(self, callee: ir.LossDef, args, kwargs: dict[str, ir.Expr], caller: ir.LossDef, pos) -> ir.Expr:
+        params = self.callee_params(callee, caller, pos)
         args = args + tuple(ir.Num(i.default) for i in callee.inputs[len(args):])
         scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
         callee_axis = next((i.axis for i in callee.inputs if i.axis), None)
@@ -483,6 +580,7 @@ class _Resolver:
             if info.static and not isinstance(value, _LITERALS):
                 raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
                                  caller.file, pos)
+            self.inspect(value, caller, pos)
             if not _mentions_names(value):
                 constants[name] = value.value if isinstance(value, _LITERALS) else evaluate(value, {}, caller.file)
                 continue
@@ -499,12 +597,18 @@ class _Resolver:
         self.passed_on += [(callee.name, info, kwargs[info.name], tuple(values.items())) for info in computed]
         for p in params:
             scope[p.name] = kwargs.get(p.name, _literal(values[p.name]))
-        locals_ = self.body(callee, scope, keep_locals=False)
-        self.stack.pop()
-        return locals_[-1].expr
+        return self.body(callee, scope, keep_locals=False)[-1].expr
 
     def kind(self, expr: ir.Expr, loss: ir.LossDef) -> str:
-        """"number", "bool" or "str"; raises where an operator gets the wrong kind."""
+        """"number", "bool" or "str"; raises where an operator gets the wrong kind. Each node is checked once."""
+        known = self.kinds.get(id(expr))
+        if known is not None and known[1] is expr:
+            return known[0]
+        kind = self.check_kind(expr, loss)
+        self.kinds[id(expr)] = (kind, expr)
+        return kind
+
+    def check_kind(self, expr: ir.Expr, loss: ir.LossDef) -> str:
         def need(sub: ir.Expr, wanted: str, what: str) -> None:
             if self.kind(sub, loss) != wanted:
                 raise self.error(SpecTypeError, f"{what} needs {'a condition' if wanted == 'bool' else 'a number'}: "
@@ -553,6 +657,10 @@ def _literal(value: Value) -> ir.Expr:
 
 def _contains(expr: ir.Expr, kind: type | tuple[type, ...]) -> bool:
     return isinstance(expr, kind) or any(_contains(child, kind) for child in ir.children(expr))
+
+
+def _nodes(expr: ir.Expr | None) -> int:
+    return 0 if expr is None else 1 + sum(_nodes(child) for child in ir.children(expr))
 
 
 def _mentions_names(expr: ir.Expr) -> bool:

@@ -101,26 +101,38 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def stabilize(expr: sympy.Expr, rules: tuple[Rule, ...] = RULES) -> sympy.Expr:
-    """Apply `rules` bottom-up until the expression stops changing."""
+def stabilize(expr: sympy.Expr, rules: tuple[Rule, ...] = RULES,
+              check: Callable[[sympy.Expr], object] | None = None) -> sympy.Expr:
+    """Apply `rules` bottom-up until the expression stops changing. `check`, if given, sees each
+    rewritten subexpression as soon as it is made: a lowering repeats its argument, so nested ones
+    grow a tree exponentially, and the caller can stop it before SymPy walks it."""
     for _ in range(10):
-        new = _rewrite(expr, rules)
+        new = _rewrite(expr, rules, {}, check)
         if new == expr:
             return new
         expr = new
     return expr
 
 
-def _rewrite(expr, rules):
+def _rewrite(expr, rules, done: dict, check):
+    """One bottom-up pass; `done` holds the subexpressions already rewritten, so a subexpression that
+    occurs many times (a derivative repeats its function's arguments) is rewritten once."""
+    if expr in done:
+        return done[expr]
+    result = expr
     if expr.args and not isinstance(expr, (sympy.Symbol, sympy.Number)):
-        args = tuple(_rewrite(a, rules) for a in expr.args)
+        args = tuple(_rewrite(a, rules, done, check) for a in expr.args)
         if args != expr.args:
-            expr = expr.func(*args)
+            result = expr.func(*args)
     for rule in rules:
-        replacement = rule.apply(expr)
+        replacement = rule.apply(result)
         if replacement is not None:
-            return replacement
-    return expr
+            result = replacement
+            break
+    if check is not None:
+        check(result)
+    done[expr] = result
+    return result
 
 
 # --- lowering: stable primitives as expressions of shared pieces ------------------

@@ -4,18 +4,31 @@ SymPy expressions are built node by node from the IR (never from text). Every
 symbol is real. The result is a `KernelPlan`: target-neutral formulas that the
 code generators print, with common subexpressions shared between the loss and
 all its gradients (that is what makes the kernel fused).
+
+SymPy meets only what the resolver let through (at most `resolve.MAX_NODES` nodes, nested at
+most `ir.MAX_DEPTH` deep), and what could still take it unbounded time is refused or defused:
+a comparison of constants it cannot decide (it loops forever on `2 < abs(3)`) is refused, one of
+if/else values is split into a comparison per branch (at most `MAX_CHOICES`), an exact power of
+constants may have `MAX_EXACT_BITS` (`2^2^2^2^2^2` may not), lgamma of a large whole number is
+taken in floating point (SymPy would compute the factorial), a derivative or lowered formula may
+have `MAX_FORMULA_NODES` nodes written out (the chain rule through nested functions grows the
+tree exponentially), and simplify() multiplies out at most `MAX_EXPANDED_TERMS` terms. Any
+failure of SymPy on a local, RecursionError included, is a `LossSpecError` at that local's line.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import keyword
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import sympy
 from sympy.printing.str import StrPrinter
 
 from . import ir
-from .errors import SpecTypeError
+from .errors import SpecLimitError, SpecTypeError
 from .functions import FUNCTIONS
 from .resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
@@ -26,6 +39,13 @@ _TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min",
                                 "store", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow",
                                 "fast_pow_log", "fast_pow_from_log", "cuda", "THREADS"}
 LONGEST_NAME = 64  # longer spec names are shortened in generated code (LLVM mangles very long ones into clashes)
+
+
+MAX_EXACT_BITS = 4096  # the largest exact power of two constants, in bits (float64 ends at 1024)
+MAX_FORMULA_NODES = 20_000  # a derivative (or split condition) written out, in nodes (the catalogue's most: 416)
+MAX_CHOICES = 64  # the branches a comparison of if/else values is split into (SymPy would solve them)
+MAX_EXPANDED_TERMS = 256  # simplify() tries multiplying out a derivative only up to this many terms
+_EXACT_LGAMMA = 1000  # lgamma of a whole (or half-whole) number above this is taken in floating point
 
 
 def safe_name(name: str) -> str:
@@ -79,6 +99,21 @@ def against_infinity(relation: sympy.Basic) -> tuple[str, int] | None:
 
 
 def _relation(op: str, left: sympy.Expr, right: sympy.Expr) -> sympy.Basic:
+    """`left op right`, without what SymPy would spend unbounded time on: a comparison of constants it
+    cannot decide is refused, and one of if/else values is split into a comparison per branch (SymPy
+    would solve the choice into the condition)."""
+    if not (left.free_symbols or right.free_symbols or (left.is_Number and right.is_Number)):
+        written = f"{to_text(left)} {op} {to_text(right)}"
+        if left.has(sympy.I, sympy.zoo, sympy.nan) or right.has(sympy.I, sympy.zoo, sympy.nan):
+            raise TypeError(f"comparison of a non-real constant: {written}")
+        raise TypeError(f"the condition {written} compares constants (it depends on no input or numeric "
+                        "parameter): write its value instead")
+    if left.has(sympy.Piecewise) or right.has(sympy.Piecewise):
+        if _choices(left) * _choices(right) > MAX_CHOICES:
+            raise TypeError(f"the condition {to_text(left)} {op} {to_text(right)} compares if/else values of more "
+                            f"than {MAX_CHOICES} branches in all (lossdsl.symbolic.MAX_CHOICES)")
+        return bounded(sympy.Or(*[sympy.And(a_if, b_if, _relation(op, a, b))
+                                  for a, a_if in _branches(left) for b, b_if in _branches(right)]), "a condition")
     if left in (sympy.oo, -sympy.oo) and right not in (sympy.oo, -sympy.oo):
         op, left, right = _FLIPPED[op], right, left
     sign = 1 if right == sympy.oo else -1 if right == -sympy.oo else 0
@@ -88,12 +123,51 @@ def _relation(op: str, left: sympy.Expr, right: sympy.Expr) -> sympy.Basic:
     return _RELATIONS[op](left, right)
 
 
+def _choices(expr: sympy.Expr) -> int:
+    """How many branches `_branches` gives: those of its if/else values, times each other's."""
+    if isinstance(expr, sympy.Piecewise):
+        return sum(_choices(value) for value, _ in expr.args)
+    return math.prod(_choices(arg) for arg in expr.args)
+
+
+def _branches(expr: sympy.Expr) -> list[tuple[sympy.Expr, sympy.Basic]]:
+    """`expr` as (value without if/else, condition) pairs; exactly one condition holds."""
+    if not expr.has(sympy.Piecewise):
+        return [(expr, sympy.true)]
+    if isinstance(expr, sympy.Piecewise):
+        branches, before = [], []
+        for value, cond in expr.args:  # the first condition that holds chooses
+            chosen = sympy.And(cond, *[sympy.Not(c) for c in before])
+            branches += [(v, sympy.And(chosen, c)) for v, c in _branches(value)]
+            before.append(cond)
+        return branches
+    return [(expr.func(*(v for v, _ in parts)), sympy.And(*(c for _, c in parts)))
+            for parts in itertools.product(*(_branches(arg) for arg in expr.args))]
+
+
 def _number(value: float) -> sympy.Expr:
     if value == float("inf"):
         return sympy.oo
     if value == float("-inf"):
         return -sympy.oo
     return sympy.Integer(int(value)) if float(value).is_integer() else sympy.Rational(repr(value))
+
+
+def _power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
+    """`base^exponent`, refusing an exact power of two rationals too large to compute (SymPy would try)."""
+    if base.is_Rational and exponent.is_Rational and not (base.q == 1 and abs(base.p) <= 1):
+        bits = abs(exponent) * max(abs(base.p).bit_length(), base.q.bit_length())
+        if bits > MAX_EXACT_BITS:
+            raise TypeError(f"the constant {sympy.Float(base, 4)}^{sympy.Float(exponent, 4)} is beyond the float range")
+    return make_power(base, exponent)
+
+
+def _function(name: str, args: list[sympy.Expr]) -> sympy.Expr:
+    if name == "pow":
+        return _power(*args)
+    if name == "lgamma" and args[0].is_Rational and args[0].q <= 2 and args[0] > _EXACT_LGAMMA:
+        args = [sympy.Float(args[0])]  # SymPy would take the log of the exact factorial
+    return FUNCTIONS[name].builder()(*args)
 
 
 def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr], node=None) -> sympy.Expr:
@@ -112,7 +186,7 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr], node=None) -> sympy.Expr
     if isinstance(expr, ir.Name):
         return env[expr.id]
     if isinstance(expr, ir.Call):
-        return FUNCTIONS[expr.func].builder()(*[to_sympy(a, env, node) for a in expr.args])
+        return _function(expr.func, [to_sympy(a, env, node) for a in expr.args])
     if isinstance(expr, ir.UnaryOp):
         operand = to_sympy(expr.operand, env, node)
         return sympy.Not(operand) if expr.op == "not" else -operand
@@ -123,7 +197,7 @@ def to_sympy(expr: ir.Expr, env: dict[str, sympy.Expr], node=None) -> sympy.Expr
         if expr.op == "or":
             return sympy.Or(left, right)
         if expr.op == "^":
-            return make_power(left, right)
+            return _power(left, right)
         return {"+": sympy.Add, "-": lambda a, b: a - b, "*": sympy.Mul, "/": lambda a, b: a / b}[expr.op](left, right)
     if isinstance(expr, ir.Compare):
         operands = [to_sympy(o, env, node) for o in expr.operands]
@@ -141,12 +215,54 @@ def formulas(loss: ResolvedLoss) -> tuple[dict[str, sympy.Expr], dict[str, sympy
     env: dict[str, sympy.Expr] = dict(symbols)
     local_values: dict[str, sympy.Expr] = {}
     for local in loss.locals:
-        try:
-            value = to_sympy(local.expr, env)
-        except TypeError as exc:  # SymPy refuses, e.g. comparing a non-real constant
-            raise SpecTypeError(f"`{local.name}`: {exc}", loss.file, local.pos.line, local.pos.column) from None
-        env[local.name] = local_values[local.name] = _checked(_ours(value), loss, local)
-    return symbols, local_values, stabilize(local_values[loss.name])
+        with at(loss, local):
+            env[local.name] = local_values[local.name] = _checked(_ours(to_sympy(local.expr, env)), loss, local)
+    with at(loss, loss.locals[-1]):
+        return symbols, local_values, stabilize(local_values[loss.name])
+
+
+class FormulaTooLarge(Exception):
+    """A formula past MAX_FORMULA_NODES; `at` makes it a SpecLimitError."""
+
+
+class _TreeBound:
+    """Refuses an expression whose tree, what SymPy walks, has more than MAX_FORMULA_NODES nodes. Sizes
+    are counted once per distinct subexpression: the tree of a chain rule (or of nested conditions,
+    or of nested lowerings) can grow exponentially while the expression itself grows linearly."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.sizes: dict[sympy.Basic, int] = {}
+
+    def __call__(self, expr: sympy.Basic) -> sympy.Basic:
+        if self.size(expr) > MAX_FORMULA_NODES:
+            raise FormulaTooLarge(f"{self.what} has more than {MAX_FORMULA_NODES:,} nodes written out "
+                                  "(lossdsl.symbolic.MAX_FORMULA_NODES)")
+        return expr
+
+    def size(self, expr: sympy.Basic) -> int:
+        if expr not in self.sizes:
+            self.sizes[expr] = 1 + sum(self.size(a) for a in expr.args)
+        return self.sizes[expr]
+
+
+def bounded(expr: sympy.Basic, what: str = "its derivative") -> sympy.Basic:
+    """`expr` (a derivative, a condition split by branches) if its tree is within MAX_FORMULA_NODES."""
+    return _TreeBound(what)(expr)
+
+
+@contextmanager
+def at(loss: ResolvedLoss, local: ir.Local):
+    """SymPy's failures while working on `local` (too deep for its recursion, a construct it cannot
+    handle or refuses, such as a comparison of a non-real constant) as errors at that line."""
+    try:
+        yield
+    except RecursionError:
+        raise loss.error(SpecLimitError, f"`{local.name}` is nested too deeply for the symbolic stage", local) from None
+    except FormulaTooLarge as exc:
+        raise loss.error(SpecLimitError, f"`{local.name}`: {exc}", local) from None
+    except (TypeError, ValueError, ArithmeticError, LookupError, NotImplementedError) as exc:
+        raise loss.error(SpecTypeError, f"`{local.name}`: {exc}", local) from None
 
 
 def _ours(expr: sympy.Expr) -> sympy.Expr:
@@ -155,21 +271,40 @@ def _ours(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _checked(expr: sympy.Expr, loss: ResolvedLoss, local) -> sympy.Expr:
-    """Reject constants with no real value (log(-1), x/0, inf - inf) where they are written."""
+    """Reject constants with no real value (log(-1), x/0, inf - inf), or beyond the float range, where they are
+    written."""
     if expr.has(sympy.zoo, sympy.nan, sympy.I):
-        raise SpecTypeError(f"`{local.name}` contains a constant with no real value (such as log(-1), x/0 or "
-                            "inf - inf)", loss.file, local.pos.line, local.pos.column)
+        raise loss.error(SpecTypeError, f"`{local.name}` contains a constant with no real value (such as log(-1), "
+                         "x/0 or inf - inf)", local)
+    if not _in_float_range(expr):
+        raise loss.error(SpecTypeError, f"`{local.name}` contains a constant beyond the float range (such as "
+                         "1e300*1e300): write inf", local)
+    return expr
+
+
+def _in_float_range(expr: sympy.Expr) -> bool:
+    return all(abs(number) <= _FLOAT_MAX for number in expr.atoms(sympy.Rational))
+
+
+def representable(expr: sympy.Expr) -> sympy.Expr:
+    """`expr`, a derivative, if its constants are floats: differentiating makes new ones (the derivative
+    of 0^x has log(0), the second derivative of x^1e300 has 1e300*(1e300 - 1))."""
+    if expr.has(sympy.zoo, sympy.nan, sympy.I) or not _in_float_range(expr):
+        raise TypeError("its derivative has a constant with no real value or beyond the float range (as 0^x and "
+                        "x^1e300 have)")
     return expr
 
 
 def derive(loss: ResolvedLoss) -> KernelPlan:
     """The loss element, its stabilised and simplified gradients, and their shared CSE."""
     symbols, local_values, value = formulas(loss)
-    grads = tuple(simplify(stabilize(_ours(sympy.diff(value, symbols[name])))) for name in loss.wrt)
-    # a temporary equal to a spec local (in the lowered form the kernel computes) takes the local's name
-    names = {stabilize(expr, LOWERINGS): safe_name(name) for name, expr in local_values.items() if name != loss.name}
-    value_steps, (value_result,) = _cse([stabilize(value, LOWERINGS)], names)
-    fused_steps, fused_results = _cse([stabilize(e, LOWERINGS) for e in (value, *grads)], names)
+    with at(loss, loss.locals[-1]):
+        grads = tuple(representable(simplify(stabilize(_ours(bounded(sympy.diff(value, symbols[name]))))))
+                      for name in loss.wrt)
+        # a temporary equal to a spec local (in the lowered form the kernel computes) takes the local's name
+        names = {lowered(expr): safe_name(name) for name, expr in local_values.items() if name != loss.name}
+        value_steps, (value_result,) = _cse([lowered(value)], names)
+        fused_steps, fused_results = _cse([lowered(e) for e in (value, *grads)], names)
     return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
                       tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom))
@@ -181,25 +316,48 @@ def derive_hessian(plan: KernelPlan) -> KernelPlan:
     loss = plan.loss
     symbols, local_values, value = formulas(loss)
     x = symbols[loss.wrt[0]]
-    hessian = simplify(stabilize(_ours(sympy.diff(plan.grads[0], x))))
-    names = {stabilize(expr, LOWERINGS): safe_name(name) for name, expr in local_values.items() if name != loss.name}
-    steps, results = _cse([stabilize(e, LOWERINGS) for e in (value, plan.grads[0], hessian)], names)
+    with at(loss, loss.locals[-1]):
+        hessian = representable(simplify(stabilize(_ours(bounded(sympy.diff(plan.grads[0], x))))))
+        names = {lowered(expr): safe_name(name) for name, expr in local_values.items() if name != loss.name}
+        steps, results = _cse([lowered(e) for e in (value, plan.grads[0], hessian)], names)
     return replace(plan, grads=(plan.grads[0], hessian), fused_steps=steps, fused_results=tuple(results))
+
+
+def lowered(expr: sympy.Expr) -> sympy.Expr:
+    """The form the kernel computes (sigmoid and friends as shared exp/log1p), within MAX_FORMULA_NODES:
+    the lowered form of a nested tanh or x^y repeats its argument, so its tree can grow exponentially."""
+    return stabilize(expr, LOWERINGS, _TreeBound("its kernel's formula"))
 
 
 def simplify(expr: sympy.Expr) -> sympy.Expr:
     """A cheap, meaning-preserving simplification: the shortest of a few candidate forms.
 
     `sympy.simplify` is avoided: it is slow on piecewise expressions and may cancel
-    x/x, which changes the value where x is 0 or inf.
+    x/x, which changes the value where x is 0 or inf. The expanded form is tried only where it has
+    at most MAX_EXPANDED_TERMS terms: a product of n sums (the derivative of n nested tanh) has 2^n.
     """
+    transforms = [sympy.factor_terms]
+    if _expanded_terms(expr) <= MAX_EXPANDED_TERMS:
+        transforms.append(lambda e: sympy.factor_terms(sympy.expand(e, deep=False)))
     candidates = [expr]
-    for transform in (sympy.factor_terms, lambda e: sympy.factor_terms(sympy.expand(e, deep=False))):
+    for transform in transforms:
         try:
             candidates.append(transform(expr))
         except (TypeError, ValueError, NotImplementedError):
             continue
     return min(candidates, key=sympy.count_ops)
+
+
+def _expanded_terms(expr: sympy.Expr) -> int:
+    """At least as many terms as `sympy.expand(expr, deep=False)` gives: it multiplies out products and
+    integer powers of sums."""
+    if expr.is_Add:
+        return sum(_expanded_terms(arg) for arg in expr.args)
+    if expr.is_Mul:
+        return math.prod(len(arg.args) if arg.is_Add else _expanded_terms(arg) for arg in expr.args)
+    if expr.is_Pow and expr.base.is_Add and expr.exp.is_Integer:  # a multinomial: C(n + k - 1, k - 1) terms
+        return math.comb(abs(int(expr.exp)) + len(expr.base.args) - 1, len(expr.base.args) - 1)
+    return 1
 
 
 def _cse(exprs: list[sympy.Expr], local_names: dict[sympy.Expr, str]):

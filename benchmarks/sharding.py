@@ -106,7 +106,7 @@ def main() -> None:
         worker(args.worker, args.port, args.rows, args.classes, args.repeats)
         return
     import lossdsl
-    from lossdsl.sharding import describe
+    from lossdsl.classaxis.sharding import describe
     print(machine())
     plan = describe(lossdsl.load("cross_entropy")._backend.block_plan()).splitlines()[-1]
     print(f"\ncross_entropy, lossdsl's plan: {plan}")

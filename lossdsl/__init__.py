@@ -6,15 +6,15 @@
 """
 from __future__ import annotations
 
-from . import registry
+from .frontend import registry
 from .compiler import __version__, compile_spec, load
 from .errors import (LossCacheError, LossDeviceError, LossError, LossInputError, LossLabelError, LossParameterError,
                      LossSpecError, SpecLimitError, SpecNameError, SpecSyntaxError, SpecTypeError,
                      UnknownLossError)
-from .heads import LinearHead
-from .runtime import Loss
-from .sequence import SequenceLoss
-from .threads import get_num_threads, set_num_threads
+from .classaxis.heads import LinearHead
+from .runtime.loss import Loss
+from .runtime.sequence import SequenceLoss
+from .runtime.threads import get_num_threads, set_num_threads
 
 
 def compile(source: str | bytes, name: str | None = None, file: str = "<string>", /,  # noqa: A001 - the public verb

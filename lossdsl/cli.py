@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from . import registry
+from .frontend import registry
 from .compiler import load
 from .errors import LossError, LossInputError
-from .runtime import Loss
+from .runtime.loss import Loss
 
 
 class CommandError(Exception):
@@ -84,7 +84,7 @@ def cmd_show(args) -> int:
     loss = _load(args)
     plan = None
     if args.plan:
-        from .sharding import describe
+        from .classaxis.sharding import describe
         inner = getattr(loss, "loss", loss)  # a linear head: its loss over the logits
         if getattr(inner, "_resolved", None) is None or inner._resolved.axis is None:
             raise LossInputError(f"{loss.name} has no class axis to split across processes")
@@ -152,7 +152,7 @@ def _image_file(text: str) -> Path:
 
 
 def cmd_plot(args) -> int:
-    from .plot import plot
+    from .integrations.plot import plot
     low, high = args.range
     if not low < high:
         raise CommandError(f"--range {low:g} {high:g}: LOW must be below HIGH")

@@ -13,13 +13,14 @@ from typing import Mapping
 import numba
 import numpy as np
 
-from . import cache, ir, registry, staging
+from .runtime import cache
+from .frontend import ir, registry, staging
 from .errors import LossInputError, SpecNameError, SpecTypeError, UnknownLossError
-from .resolve import ResolvedLoss, Value, resolve
-from .resources import source_fingerprint
-from .heads import LinearHead
-from .runtime import Loss, split_bound
-from .sequence import RowLoss, SequenceLoss
+from .frontend.resolve import ResolvedLoss, Value, resolve
+from .frontend.resources import source_fingerprint
+from .classaxis.heads import LinearHead
+from .runtime.loss import Loss, split_bound
+from .runtime.sequence import RowLoss, SequenceLoss
 
 __version__ = "0.1.0"
 
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 def compile_spec(text: str | bytes, name: str | None = None, file: str = "<string>",
                  params: Mapping[str, Value] | None = None) -> Loss | SequenceLoss | LinearHead:
     """Compile the loss `name` (default: the last one) of spec `text` into a callable `Loss`."""
-    from .parse import decode, parse  # Lark: not needed to load a catalogue loss
+    from .frontend.parse import decode, parse  # Lark: not needed to load a catalogue loss
     text = decode(text, file)
     losses = parse(text, file)                                       # 1. Lark → IR
     return _compile(_choose(losses, name, file), text, params, _names_in_file(losses))
@@ -98,10 +99,10 @@ class Backend:
         from .codegen import elementwise, rows  # SymPy and code generation: only on a cache miss
         from .codegen.printer import UnsupportedExpression
         from .codegen.targets import CPU, TARGETS
-        from .symbolic import FormulaTooLarge
+        from .symbolic.derive import FormulaTooLarge
         try:
             if target == "grad_hess":
-                from .symbolic import derive_hessian
+                from .symbolic.derive import derive_hessian
                 return elementwise.generate_grad_hess(derive_hessian(self.plan()), dtype, header, CPU)
             if target in ("blocks", "blocks_outputs"):
                 from .codegen.blocks import generate_blocks
@@ -120,15 +121,15 @@ class Backend:
         return _plan(self.resolved)                                    # 3. SymPy: derive, stabilise, CSE
 
     def block_plan(self, outputs: bool = False):
-        """The row plan's reductions as partials over blocks of the class axis (lossdsl.partials);
+        """The row plan's reductions as partials over blocks of the class axis (lossdsl.classaxis.partials);
         with `outputs`, those the spec's `output` values need too."""
         if outputs not in self._blocks:
-            from .partials import block_plan
+            from .classaxis.partials import block_plan
             self._blocks[outputs] = block_plan(self.plan(), outputs)
         return self._blocks[outputs]
 
     def explain(self, latex: bool = False) -> str:
-        from .symbolic import at, explain
+        from .symbolic.derive import at, explain
         plan = self.plan()
         with at(self.resolved, self.resolved.locals[-1]):  # printing recurses as SymPy does
             return explain(plan, latex)
@@ -138,8 +139,8 @@ _PLANS: dict[str, object] = {}  # by cache text: losses that differ only in nume
 
 
 def _plan(resolved: ResolvedLoss):
-    from .reductions import derive_rows  # SymPy work: only when a module is generated or formulas are asked for
-    from .symbolic import derive
+    from .symbolic.reductions import derive_rows  # SymPy work: only when a module is generated or formulas are asked for
+    from .symbolic.derive import derive
     key = resolved.cache_text()
     if key not in _PLANS:
         _PLANS[key] = derive(resolved) if resolved.axis is None else derive_rows(resolved)
@@ -162,9 +163,8 @@ def _sympy_version() -> str:
 def _compiler_fingerprint() -> str:
     """A hash of the code that shapes generated modules, so editing the compiler invalidates the cache."""
     return cache.digest(__version__, source_fingerprint(
-        "functions.py", "sympy_functions.py", "symbolic.py", "reductions.py", "rewrites.py", "resolve.py",
-        "codegen/printer.py", "codegen/targets.py", "codegen/elementwise.py", "codegen/rows.py", "kernel_math.py",
-        "jit.py", "partials.py", "codegen/blocks.py"))
+        "frontend/resolve.py", "symbolic", "codegen", "classaxis/partials.py", "runtime/kernel_math.py",
+        "runtime/jit.py"))
 
 
 def _names_in_file(losses: tuple[ir.LossDef, ...]) -> dict[str, ir.LossDef]:

@@ -37,10 +37,10 @@ class SpecTypeError(LossSpecError):
 
 
 class SpecLimitError(LossSpecError):
-    """A spec past one of the compiler's stated limits: its size (`parse.MAX_SPEC_CHARS`,
-    `parse.MAX_SPEC_TOKENS`), its nodes once called losses are inlined (`resolve.MAX_NODES`), the
-    nesting of its expressions (`ir.MAX_DEPTH`) or the size of its derivatives
-    (`symbolic.MAX_FORMULA_NODES`)."""
+    """A spec past one of the compiler's stated limits: its size (`frontend.parse.MAX_SPEC_CHARS`,
+    `frontend.parse.MAX_SPEC_TOKENS`), its nodes once called losses are inlined (`frontend.resolve.MAX_NODES`),
+    the nesting of its expressions (`frontend.ir.MAX_DEPTH`) or the size of its derivatives
+    (`symbolic.derive.MAX_FORMULA_NODES`)."""
 
 
 class LossParameterError(LossError, ValueError):

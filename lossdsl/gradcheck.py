@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ir import Domain
-from .heads import LinearHead
-from .runtime import Loss
-from .sequence import SequenceLoss
+from .frontend.ir import Domain
+from .classaxis.heads import LinearHead
+from .runtime.loss import Loss
+from .runtime.sequence import SequenceLoss
 
 
 @dataclass(frozen=True)

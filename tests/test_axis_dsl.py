@@ -8,9 +8,9 @@ import pytest
 
 import lossdsl
 from lossdsl.errors import LossInputError, LossLabelError, SpecNameError, SpecSyntaxError, SpecTypeError
-from lossdsl.parse import parse
-from lossdsl.reductions import derive_rows
-from lossdsl.resolve import resolve
+from lossdsl.frontend.parse import parse
+from lossdsl.symbolic.reductions import derive_rows
+from lossdsl.frontend.resolve import resolve
 
 SPECS = """
 loss sce(logits[c], y)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl import cache, compiler
+from lossdsl import compiler
+from lossdsl.runtime import cache
 
 SPEC = "loss cached_sq(x, y)\n    param k = 2.0\n    cached_sq = k*(x - y)^2\n"
 ROW_SPEC = "loss cached_ce(x[c], y)\n    param k = 1.0\n    cached_ce = k*(logsumexp(x, c) - x[y])\n"
@@ -76,12 +77,12 @@ def test_a_second_process_loads_a_catalogue_loss_without_lark(cache_dir):
 
 
 def test_a_damaged_catalogue_index_is_rebuilt(cache_dir):
-    lossdsl.registry._index.cache_clear()
-    assert "huber" in lossdsl.registry._index()
+    lossdsl.frontend.registry._index.cache_clear()
+    assert "huber" in lossdsl.frontend.registry._index()
     (pickled,) = cache_dir.glob("catalogue_*.pickle")
     pickled.write_bytes(pickled.read_bytes()[:100])  # truncated: the checksum fails
-    lossdsl.registry._index.cache_clear()
-    assert "huber" in lossdsl.registry._index()
+    lossdsl.frontend.registry._index.cache_clear()
+    assert "huber" in lossdsl.frontend.registry._index()
     assert len(pickled.read_bytes()) > 100
 
 

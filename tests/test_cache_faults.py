@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl import cache
+from lossdsl.runtime import cache
 
 SPEC = "loss faulty_sq(x, y)\n    faulty_sq = (x - y)^2\n"
 
@@ -109,10 +109,10 @@ def test_a_file_others_can_write_is_refused(tmp_path, monkeypatch, kind):
         cache.write_module(path, "VALUE = 1\n")
         load = lambda: cache.load("planted", "0" * 64, lambda: "VALUE = 1\n")  # noqa: E731
     else:
-        lossdsl.registry._index.cache_clear()
-        lossdsl.registry._index()
+        lossdsl.frontend.registry._index.cache_clear()
+        lossdsl.frontend.registry._index()
         (path,) = tmp_path.glob("catalogue_*.pickle")
-        load = lambda: (lossdsl.registry._index.cache_clear(), lossdsl.registry._index())  # noqa: E731
+        load = lambda: (lossdsl.frontend.registry._index.cache_clear(), lossdsl.frontend.registry._index())  # noqa: E731
     path.chmod(0o620)
     with pytest.raises(lossdsl.LossCacheError, match=f"file {path}: other users can write it .*chmod go-w {path}"):
         load()

@@ -7,7 +7,7 @@ import pytest
 import lossdsl
 from lossdsl.errors import LossInputError, LossParameterError, SpecNameError, SpecTypeError
 from lossdsl.gradcheck import check
-from lossdsl.layout import is_gpu_array
+from lossdsl.runtime.layout import is_gpu_array
 
 SEQUENCE_LOSSES = ("ctc", "ctc_mxnet")  # tests/test_catalogue.py counts them as covered here
 

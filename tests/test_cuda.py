@@ -107,7 +107,7 @@ def test_device_inputs_are_not_converted_or_broadcast(load_loss):
 
 
 def test_no_gpu_gives_a_clear_error(load_loss, monkeypatch):
-    from lossdsl import gpu
+    from lossdsl.runtime import gpu
     gpu.device_memory.cache_clear()
     monkeypatch.setattr(gpu.cuda, "is_available", lambda: False)
     try:

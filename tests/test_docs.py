@@ -4,7 +4,7 @@ from pathlib import Path
 
 import lossdsl
 from lossdsl import errors
-from lossdsl.functions import FUNCTIONS, REDUCTIONS
+from lossdsl.symbolic.functions import FUNCTIONS, REDUCTIONS
 from lossdsl.intrinsics import INTRINSICS
 
 README = (Path(__file__).parents[1] / "README.md").read_text()

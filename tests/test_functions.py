@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl.functions import FUNCTIONS
+from lossdsl.symbolic.functions import FUNCTIONS
 
 NAMES = list(FUNCTIONS)
 

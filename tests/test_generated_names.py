@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl.symbolic import safe_name
+from lossdsl.symbolic.derive import safe_name
 
 ELEMENTWISE = "loss named({x}, y)\n    {x}_sq = ({x} - y)^2\n    named = {x}_sq + {x}\n"
 ROWS = "loss named({x}[c], y)\n    {x}_lse = logsumexp({x}, c)\n    named = {x}_lse - {x}[y]\n"

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from lossdsl import ir
+from lossdsl.frontend import ir
 from lossdsl.errors import LossError, SpecLimitError, SpecTypeError
-from lossdsl.functions import FUNCTIONS
-from lossdsl.parse import _LEXEME, MAX_SPEC_CHARS, MAX_SPEC_TOKENS
+from lossdsl.symbolic.functions import FUNCTIONS
+from lossdsl.frontend.parse import _LEXEME, MAX_SPEC_CHARS, MAX_SPEC_TOKENS
 
 SPECS = Path(__file__).parents[1] / "specs"
 QUICK = 3.0  # seconds: what "refused quickly" means here (the shapes below took minutes or hours before)

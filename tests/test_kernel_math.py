@@ -1,9 +1,9 @@
-"""The vectorisable exp, log and log1p of float32 kernels (lossdsl.kernel_math) against float64 references."""
+"""The vectorisable exp, log and log1p of float32 kernels (lossdsl.runtime.kernel_math) against float64 references."""
 import numba
 import numpy as np
 import pytest
 
-from lossdsl.kernel_math import (FASTMATH, exp_float32, exp_float64, log1p_float32, log1p_float64, log_float32,
+from lossdsl.runtime.kernel_math import (FASTMATH, exp_float32, exp_float64, log1p_float32, log1p_float64, log_float32,
                                  log_float64, pow_float32, tanh_float32)
 
 
@@ -181,8 +181,8 @@ def test_float32_pow_special_cases_match_c_powf():
 
 
 def test_unchecked_load_and_store_address_elements_exactly():
-    """lossdsl.jit's load/store read and write the element at the index (ints and floats, converted on store)."""
-    from lossdsl.jit import kernel, load, store
+    """lossdsl.runtime.jit's load/store read and write the element at the index (ints and floats, converted on store)."""
+    from lossdsl.runtime.jit import kernel, load, store
 
     @kernel(error_model="numpy")
     def move(source, target, index):
@@ -198,8 +198,8 @@ def test_unchecked_load_and_store_address_elements_exactly():
 
 
 def test_generated_kernels_compile_with_noalias():
-    """lossdsl.jit.kernel reaches into Numba's target options; this fails loudly if a Numba release moves them."""
-    from lossdsl.jit import kernel
+    """lossdsl.runtime.jit.kernel reaches into Numba's target options; this fails loudly if a Numba release moves them."""
+    from lossdsl.runtime.jit import kernel
 
     @kernel(nogil=True)
     def double(a, out):

@@ -9,7 +9,7 @@ import lossdsl
 from lossdsl import intrinsics
 from lossdsl.errors import LossInputError, LossLabelError, LossParameterError, SpecTypeError
 from lossdsl.gradcheck import check
-from lossdsl.layout import is_gpu_array
+from lossdsl.runtime.layout import is_gpu_array
 
 ROW_LOSSES = ("multilabel_margin",)  # losses around a rows intrinsic, checked here (not by tests/references.py)
 

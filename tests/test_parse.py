@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lossdsl import ir
+from lossdsl.frontend import ir
 from lossdsl.errors import LossSpecError, SpecSyntaxError
-from lossdsl.parse import parse
-from lossdsl.resolve import resolve
+from lossdsl.frontend.parse import parse
+from lossdsl.frontend.resolve import resolve
 
 FOCAL = (Path(__file__).parents[1] / "examples" / "focal_design_card.loss").read_text()
 

@@ -1,4 +1,4 @@
-"""Partials of reductions over blocks of the class axis (lossdsl.partials): how a block's partials
+"""Partials of reductions over blocks of the class axis (lossdsl.classaxis.partials): how a block's partials
 merge into the running ones, checked on hand-made slots against the numbers written out here."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl.partials import block_plan
+from lossdsl.classaxis.partials import block_plan
 
 SPEC = """
 loss parts(logits[c], y)

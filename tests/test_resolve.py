@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl import ir, registry
+from lossdsl.frontend import ir, registry
 from lossdsl.errors import LossParameterError, LossSpecError, SpecNameError, SpecTypeError, UnknownLossError
-from lossdsl.parse import parse
-from lossdsl.resolve import resolve
+from lossdsl.frontend.parse import parse
+from lossdsl.frontend.resolve import resolve
 
 
 def resolved(text, **overrides):

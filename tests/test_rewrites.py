@@ -8,8 +8,8 @@ import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 import lossdsl
-from lossdsl.sympy_functions import log_cosh, log_sigmoid, sigmoid, softplus
-from lossdsl.rewrites import RULES, stabilize
+from lossdsl.symbolic.sympy_functions import log_cosh, log_sigmoid, sigmoid, softplus
+from lossdsl.symbolic.rewrites import RULES, stabilize
 
 x = sympy.Symbol("x", real=True)
 

@@ -270,7 +270,7 @@ def test_grad_out_may_be_the_input_itself(load_loss, name, params, shape, dtype)
 def test_threads_split_large_calls_and_sum_in_a_fixed_order(load_loss):
     """Chunked over threads, the result equals the one-thread result bit for bit on repeat calls."""
     rng = np.random.default_rng(8)
-    n = 4 * lossdsl.threads.MIN_WORK_PER_THREAD + 3  # not a multiple of the chunk alignment
+    n = 4 * lossdsl.runtime.threads.MIN_WORK_PER_THREAD + 3  # not a multiple of the chunk alignment
     pred, target = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
     huber = load_loss("huber")
     ce = load_loss("cross_entropy")
@@ -297,7 +297,7 @@ def test_threads_split_large_calls_and_sum_in_a_fixed_order(load_loss):
 
 def test_large_gradients_reuse_memory_only_once_released(huber):
     """Pooled output arrays: a gradient (or a view of it) still referenced is never written again."""
-    from lossdsl import buffers
+    from lossdsl.runtime import buffers
 
     def address(array):
         return array.__array_interface__["data"][0]

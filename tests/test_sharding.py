@@ -1,4 +1,4 @@
-"""A class axis split across processes (lossdsl.sharding), the processes played by threads whose
+"""A class axis split across processes (lossdsl.classaxis.sharding), the processes played by threads whose
 all-reduce meets at a barrier: every slice's loss equals the single-process loss, and the slices'
 gradients put together equal its gradient, for equal and unequal slices; the plan it prints."""
 import threading
@@ -8,7 +8,7 @@ import pytest
 
 import lossdsl
 from lossdsl.errors import LossInputError
-from lossdsl.sharding import ShardedLoss
+from lossdsl.classaxis.sharding import ShardedLoss
 
 ROWS, CLASSES = 9, 12
 SPLITS = {"two equal": [0, 6, 12], "two unequal": [0, 4, CLASSES], "three": [0, 2, 9, CLASSES]}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl import threads
+from lossdsl.runtime import threads
 
 
 def test_set_num_threads_while_calls_are_in_flight(load_loss):

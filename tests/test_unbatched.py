@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lossdsl.errors import LossInputError
-from lossdsl.layout import is_gpu_array
+from lossdsl.runtime.layout import is_gpu_array
 
 WIDTH, CLASSES, SMOOTHING = 6, 30, 0.1
 REDUCTIONS = ("mean", "sum", "none", "mean_or_zero")

@@ -4,7 +4,7 @@ The arrays a call passes hold one block of the axis, positions __lo .. __lo + __
 of a row of length __C (the layout and steps of codegen/rows.py, with the block's width as
 the axis length). Three kernels, serial and `nogil` over rows [start, stop):
 - `loss_block_pass(..., __lo, __C, __level, __done, __partial)`: the partials of one level's
-  reductions and loads over this block (lossdsl.partials), written to __partial, reading the
+  reductions and loads over this block (lossdsl.classaxis.partials), written to __partial, reading the
   combined partials of the earlier levels from __done;
 - `loss_block_value(..., __lo, __C, __done, __weight, __scale, __out, __norms, __bad, __extra)`: from
   the combined partials, each row's loss (weighted sum returned, each row in __out), what "mean"
@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ..partials import BlockPlan, Node
-from ..reductions import arg_symbol
-from ..symbolic import safe_name
+from ..classaxis.partials import BlockPlan, Node
+from ..symbolic.reductions import arg_symbol
+from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
 from .rows import _finish, _keep, _passes, _prologue, _Writer
 from .targets import CPU

@@ -1,7 +1,7 @@
 """Stage 4 for elementwise losses: a `KernelPlan` → the source of a module of Numba kernels.
 
 The module (CPU or CUDA: codegen/targets.py) has two kernels over the elements; on the
-CPU they are serial and `nogil`, over a range [start, stop) (lossdsl.threads runs them in
+CPU they are serial and `nogil`, over a range [start, stop) (lossdsl.runtime.threads runs them in
 chunks, one per thread), on CUDA grid-stride loops adding to `__result[0]`:
 - `loss_value(start, stop, inputs…, params…, weight, scale, out)`: the weighted sum of
   the loss elements (accumulated in float64), also stored per element when `out` has room;
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ir
-from ..symbolic import KernelPlan, safe_name
+from ..frontend import ir
+from ..symbolic.derive import KernelPlan, safe_name
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
-from ..symbolic import against_infinity
+from ..symbolic.derive import against_infinity
 
 # SymPy's own functions that can appear in a plan, by class name.
 _NATIVE = {

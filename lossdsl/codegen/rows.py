@@ -7,7 +7,7 @@ kernel serves any axis position and broadcast per-class vectors (steps 0, 0, 1)
 without copies. Within a row, reductions run in as few passes over the axis as
 their dependencies allow (logsumexp: a max pass, then a sum of exp), then the
 row's loss, then one pass writing the gradient. Elements are read and written through
-lossdsl.jit's `load`/`store`, without NumPy's negative-index wraparound (indices are in
+lossdsl.runtime.jit's `load`/`store`, without NumPy's negative-index wraparound (indices are in
 range by construction: labels are checked first, steps are non-negative), so LLVM can
 vectorise the loops along the axis.
 
@@ -18,7 +18,7 @@ each thread takes rows in a grid-stride loop and sums go to a `__result` array):
   out of range or -1, that label), so no kernel ever reads out of bounds;
 - `loss_value(start, stop, ..., weight, scale, out)`: the weighted sum of the losses of
   rows [start, stop) (float64), each also stored in `out` when it has room (serial and
-  `nogil`: lossdsl.threads runs them in chunks of rows, one per thread);
+  `nogil`: lossdsl.runtime.threads runs them in chunks of rows, one per thread);
 - `loss_value_and_grad(..., weight, scale, gscale, out, grads...)`: the same in
   one fused pass with the gradients.
 """
@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ..reductions import Reduction, RowPlan, arg_symbol, lowered, needed
-from ..symbolic import safe_name
+from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed
+from ..symbolic.derive import safe_name
 from .elementwise import IN_PLACE_ALIAS, formula_comment
 from .printer import NumbaPrinter
 from .targets import CPU, Target

@@ -6,7 +6,7 @@ thread (CUDA) walks, how its partial sum leaves the kernel, and which functions 
 module binds to the names the printer writes (`fast_exp`, `load`, ...).
 
 - CPU: serial `nogil` kernels over [__start, __stop) that return their float64 sum
-  (lossdsl.threads runs them in chunks), vectorisable math from lossdsl.kernel_math.
+  (lossdsl.runtime.threads runs them in chunks), vectorisable math from lossdsl.runtime.kernel_math.
 - CUDA: grid-stride loops; each block sums its threads' totals in shared memory and adds
   the result to `__result[0]` with one float64 atomic; CUDA's own math library.
 """
@@ -28,7 +28,7 @@ THREADS = "8 if numba.config.ENABLE_CUDASIM else 256"
 
 _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.float64"}
 
-# fast_NAME on the CPU: the vectorisable versions of lossdsl.kernel_math where one exists, libm's otherwise
+# fast_NAME on the CPU: the vectorisable versions of lossdsl.runtime.kernel_math where one exists, libm's otherwise
 _CPU_MATH = {
     np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log1p": "log1p_float32",
                            "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
@@ -182,7 +182,7 @@ class Target:
             imports = "from numba import cuda\n" + _CUDA_FUNCTIONS + "\n"
             constants = f"F = {_FLOAT_TYPES[dtype]}\nTHREADS = {THREADS}\n"
         else:
-            imports = f"from lossdsl.jit import kernel, load, store\n{_cpu_math_imports(dtype)}\n"
+            imports = f"from lossdsl.runtime.jit import kernel, load, store\n{_cpu_math_imports(dtype)}\n"
             constants = f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n"
         return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{imports}\n"
                 f"{constants}\n{helpers}\n" + "\n\n".join(kernels))
@@ -193,7 +193,7 @@ def _cpu_math_imports(dtype: np.dtype) -> str:
     chosen = sorted(_CPU_MATH[dtype].items())
     imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
     assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]
-    lines = [f"from lossdsl.kernel_math import {', '.join(imported)}"]
+    lines = [f"from lossdsl.runtime.kernel_math import {', '.join(imported)}"]
     if assigned:
         lines.append(f"{', '.join(n for n, _ in assigned)} = {', '.join(s for _, s in assigned)}")
     return "\n".join(lines)

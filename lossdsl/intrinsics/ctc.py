@@ -7,7 +7,7 @@ its gradient is the true derivative of the loss with respect to the log_probs it
 -posterior(t, c). PyTorch's backward returns exp(log_probs) - posterior instead; the two agree
 once pushed back through a log_softmax, which is what a training loop does.
 
-One kernel call per chunk of sequences (lossdsl.threads): the alpha and beta recursions over the
+One kernel call per chunk of sequences (lossdsl.runtime.threads): the alpha and beta recursions over the
 extended label sequence (blanks interleaved, 2S + 1 states), O(T x (2S + 1)) scratch per
 sequence, the sequence's gradient written in the same call. Every length and label is checked
 before any kernel runs.
@@ -19,9 +19,9 @@ import math
 import numba
 import numpy as np
 
-from .. import buffers, threads
+from ..runtime import buffers, threads
 from ..errors import LossInputError
-from ..kernel_math import exp_float64, log_float64
+from ..runtime.kernel_math import exp_float64, log_float64
 
 _NEG = -np.inf
 _FLOOR = -40.0  # e^x below e^-40 vanishes when added to 1: exps clamped there never compute slow subnormals

@@ -16,8 +16,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ..gpu import DeviceMemory
-from ..layout import is_gpu_array
+from ..runtime.gpu import DeviceMemory
+from ..runtime.layout import is_gpu_array
 
 # threads per block: lossdsl.codegen.targets.THREADS's rule (the simulator runs each thread as a Python thread)
 THREADS = 8 if numba.config.ENABLE_CUDASIM else 256

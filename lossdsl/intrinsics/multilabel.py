@@ -6,7 +6,7 @@ kernel), and the row's value is sum over j in T, i not in T of max(0, 1 - (x[j] 
 A pair's gradient counts only where its hinge is positive, so the gradient is 0 at the kink,
 as PyTorch's backward gives. The sum over pairs of one axis is what the DSL cannot write.
 
-One kernel call per chunk of rows (lossdsl.threads): per row, the labels are marked in a scratch
+One kernel call per chunk of rows (lossdsl.runtime.threads): per row, the labels are marked in a scratch
 mask of C entries (O(C + |T|)), then each label's hinges against every other class are summed
 (O(|T| C)); the gradient is written from per-class counts of the active pairs in the same call.
 Arrays are (outer, inner, C) views of any strides, a row being (o, i): for a class axis last
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .. import threads
+from ..runtime import threads
 from ..errors import LossLabelError
 
 

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ..gpu import DeviceMemory
+from ..runtime.gpu import DeviceMemory
 from .ctc_cuda import THREADS, _on_device
 
 

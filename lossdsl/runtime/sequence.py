@@ -20,11 +20,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import LossInputError, LossParameterError
+from ..errors import LossInputError, LossParameterError
 from .layout import HOST, MEANS, axis_span, by_name, float_dtype, integer_labels
-from .resolve import evaluate
-from .runtime import memory_for
-from .staging import SequenceStages
+from ..frontend.resolve import evaluate
+from .loss import memory_for
+from ..frontend.staging import SequenceStages
 
 REDUCTIONS = ("mean", "mean_or_zero", "sum", "none", "batch")
 
@@ -56,11 +56,11 @@ class SequenceLoss:
         self._index = int(index)
         self._along = {name: int(evaluate(r.along, self._values, file)) for name, r in stages.ragged.items()}
         self._axis = spec.axis_position[1] if spec.axis_position else -1
-        self._cpu = importlib.import_module(f"{__package__}.intrinsics.{stages.intrinsic.cpu}")
+        self._cpu = importlib.import_module(f"lossdsl.intrinsics.{stages.intrinsic.cpu}")
 
     def _cuda(self):
         """The intrinsic's CUDA module (imports numba.cuda: only for a GPU call)."""
-        return importlib.import_module(f"{__package__}.intrinsics.{self._stages.intrinsic.cuda}")
+        return importlib.import_module(f"lossdsl.intrinsics.{self._stages.intrinsic.cuda}")
 
     name = property(lambda self: self._stages.spec.name, doc="The loss's name in its spec.")
     doc = property(lambda self: self._stages.spec.doc, doc="The spec's docstring.")

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import sympy
 
-from . import ir
-from .resolve import ResolvedLoss
+from ..frontend import ir
+from ..frontend.resolve import ResolvedLoss
 from .rewrites import stabilize
-from .symbolic import _checked, _ours, at, bounded, representable, safe_name, simplify, to_sympy
-from .symbolic import lowered  # noqa: F401 - the row kernels' generator imports it from here
+from .derive import _checked, _ours, at, bounded, representable, safe_name, simplify, to_sympy
+from .derive import lowered  # noqa: F401 - the row kernels' generator imports it from here
 from .sympy_functions import absolute, make_power, sign
 
 

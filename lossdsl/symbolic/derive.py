@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 import sympy
 from sympy.printing.str import StrPrinter
 
-from . import ir
-from .errors import SpecLimitError, SpecTypeError
+from ..frontend import ir
+from ..errors import SpecLimitError, SpecTypeError
 from .functions import FUNCTIONS
-from .resolve import ResolvedLoss
+from ..frontend.resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
 from .sympy_functions import absolute, make_power, sign
 
@@ -111,7 +111,7 @@ def _relation(op: str, left: sympy.Expr, right: sympy.Expr) -> sympy.Basic:
     if left.has(sympy.Piecewise) or right.has(sympy.Piecewise):
         if _choices(left) * _choices(right) > MAX_CHOICES:
             raise TypeError(f"the condition {to_text(left)} {op} {to_text(right)} compares if/else values of more "
-                            f"than {MAX_CHOICES} branches in all (lossdsl.symbolic.MAX_CHOICES)")
+                            f"than {MAX_CHOICES} branches in all (lossdsl.symbolic.derive.MAX_CHOICES)")
         return bounded(sympy.Or(*[sympy.And(a_if, b_if, _relation(op, a, b))
                                   for a, a_if in _branches(left) for b, b_if in _branches(right)]), "a condition")
     if left in (sympy.oo, -sympy.oo) and right not in (sympy.oo, -sympy.oo):
@@ -237,7 +237,7 @@ class _TreeBound:
     def __call__(self, expr: sympy.Basic) -> sympy.Basic:
         if self.size(expr) > MAX_FORMULA_NODES:
             raise FormulaTooLarge(f"{self.what} has more than {MAX_FORMULA_NODES:,} nodes written out "
-                                  "(lossdsl.symbolic.MAX_FORMULA_NODES)")
+                                  "(lossdsl.symbolic.derive.MAX_FORMULA_NODES)")
         return expr
 
     def size(self, expr: sympy.Basic) -> int:

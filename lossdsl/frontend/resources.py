@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # lossdsl/
 
 
 def _data_dir(name: str) -> Path:
@@ -26,10 +26,12 @@ def specs_dir() -> Path:
     return _data_dir("specs")
 
 
-def source_fingerprint(*files: str) -> str:
-    """A hash of some of lossdsl's own source files (paths relative to the package): cached
-    results derived by that code are invalid once it is edited."""
+def source_fingerprint(*paths: str) -> str:
+    """A hash of some of lossdsl's own source files or folders of them (paths relative to the package):
+    cached results derived by that code are invalid once it is edited."""
     digest = hashlib.sha256()
-    for name in files:
-        digest.update((_PACKAGE / name).read_bytes())
+    for name in paths:
+        path = _PACKAGE / name
+        for file in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()

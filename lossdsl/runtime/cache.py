@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Callable
 
-from .errors import LossCacheError
+from ..errors import LossCacheError
 
 _LOADING = threading.RLock()
 _CHECKSUM = re.compile(r"\n# sha256 ([0-9a-f]{64})\n\Z")

@@ -1,7 +1,7 @@
 """A loss over a class axis whose classes are split across processes (tensor-parallel vocabularies).
 
 Each process holds the logits of a slice of the classes, [class_start, class_start + C_local),
-and the same labels. The loss's block plan (lossdsl.partials) says what each level of its
+and the same labels. The loss's block plan (lossdsl.classaxis.partials) says what each level of its
 reductions needs; a process computes its slice's partials, and `reduce_level` makes them whole
 with collective operations that whoever runs the processes supplies (`all_reduce(array, op)`
 returning the array reduced over all processes, op "sum" or "max": torch.distributed, JAX's
@@ -24,13 +24,13 @@ from typing import Callable
 import numpy as np
 import sympy
 
-from . import buffers
+from ..runtime import buffers
 from .blocked import BlockRun
-from .errors import LossInputError
-from .layout import MEANS, axis_span, by_name, float_dtype, reduced
+from ..errors import LossInputError
+from ..runtime.layout import MEANS, axis_span, by_name, float_dtype, reduced
 from .partials import BlockPlan
-from .reductions import Load
-from .symbolic import to_text
+from ..symbolic.reductions import Load
+from ..symbolic.derive import to_text
 
 AllReduce = Callable[[object, str], object]  # an array reduced over every process, op "sum" or "max"
 

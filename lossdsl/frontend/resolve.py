@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from . import ir
-from .errors import LossParameterError, LossSpecError, SpecLimitError, SpecNameError, SpecTypeError
-from .functions import CONSTANTS, FUNCTIONS, REDUCTIONS
+from ..errors import LossParameterError, LossSpecError, SpecLimitError, SpecNameError, SpecTypeError
+from ..symbolic.functions import CONSTANTS, FUNCTIONS, REDUCTIONS
 
 MAX_NODES = 20_000  # the resolver's work on one loss, in expression nodes (the catalogue's most: 280)
 
@@ -253,7 +253,7 @@ class _Resolver:
         self.work += nodes
         if self.work > MAX_NODES:
             raise self.error(SpecLimitError, f"more than {MAX_NODES:,} expression nodes once called losses are "
-                             "inlined (lossdsl.resolve.MAX_NODES)", loss.file, pos)
+                             "inlined (lossdsl.frontend.resolve.MAX_NODES)", loss.file, pos)
 
     def measure(self, expr: ir.Expr) -> tuple[int, int]:
         """(nodes, depth) of `expr` written out in full: calls inlined, the top loss's locals substituted.
@@ -446,7 +446,7 @@ class _Resolver:
         resolved = self.build(expr, scope, loss)
         if self.measure(resolved)[1] > ir.MAX_DEPTH:
             raise self.error(SpecLimitError, f"expression nested too deeply once called losses are inlined and "
-                             f"locals written out: more than {ir.MAX_DEPTH} levels (lossdsl.ir.MAX_DEPTH)",
+                             f"locals written out: more than {ir.MAX_DEPTH} levels (lossdsl.frontend.ir.MAX_DEPTH)",
                              loss.file, expr.pos)
         return resolved
 

@@ -19,7 +19,7 @@ from typing import Callable
 class Function:
     name: str
     arity: int
-    build: str  # the SymPy builder: "sympy.NAME", or a NAME in lossdsl.sympy_functions
+    build: str  # the SymPy builder: "sympy.NAME", or a NAME in lossdsl.symbolic.sympy_functions
     doc: str
     domain: tuple[float, float] = (-3.0, 3.0)  # where tests/test_functions.py samples the first argument
     condition_args: tuple[int, ...] = ()  # argument positions that take a condition, not a number

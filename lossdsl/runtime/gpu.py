@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .errors import LossDeviceError, LossInputError
+from ..errors import LossDeviceError, LossInputError
 from .layout import HOST, RowCall
 from .layout import is_gpu_array as _is_device
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from . import buffers, threads
-from .errors import LossInputError, LossLabelError
+from ..errors import LossInputError, LossLabelError
 
 CALL_REDUCTIONS = ("none", "sum", "mean", "mean_or_zero", "batch", "batchmean")  # what a call's `reduction=` may be
 MEANS = ("mean", "mean_or_zero")  # over nothing kept (every label ignored): NaN as PyTorch, or 0

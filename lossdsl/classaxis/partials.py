@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy
 
-from .reductions import Load, Reduction, RowPlan, arg_symbol, needed
+from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, needed
 
 # the slots of each kind of node, and what an empty block holds in them
 _SLOTS = {"sum": ("sum",), "mean": ("sum",), "norm": ("sum",), "load": ("sum",),

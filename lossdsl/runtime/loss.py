@@ -13,10 +13,10 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
-from .errors import LossInputError, LossParameterError
+from ..errors import LossInputError, LossParameterError
 from .layout import (HOST, LOW_PRECISION, Call, RowCall, by_name, check_domain, float_dtype, is_gpu_array,
                      unbroadcast)
-from .resolve import ResolvedLoss, check_values
+from ..frontend.resolve import ResolvedLoss, check_values
 
 
 class _Backend(Protocol):
@@ -209,10 +209,10 @@ class Loss:
         return call.divisor
 
     def with_linear(self, chunk_rows: int | None = None, chunk_classes: int | None = None):
-        """This loss over a class axis fused with the linear layer before it (lossdsl.heads.LinearHead):
+        """This loss over a class axis fused with the linear layer before it (lossdsl.classaxis.heads.LinearHead):
         called with (input, linear_weight, other inputs..., linear_bias=...), it computes the logits
         input @ linear_weight.T + linear_bias a chunk of rows (and of classes) at a time, never all of them."""
-        from .heads import LinearHead
+        from ..classaxis.heads import LinearHead
         return LinearHead(self, chunk_rows, chunk_classes)
 
     def _run(self, call, kernel: str | None, arguments, target: str | None = None):

@@ -1,9 +1,9 @@
-"""Running a loss over its class axis one block of classes at a time (lossdsl.partials' plan,
+"""Running a loss over its class axis one block of classes at a time (lossdsl.classaxis.partials' plan,
 codegen/blocks.py's kernels), for whoever supplies the blocks: a linear head computing each
 block's logits (heads.py), or a process holding one slice of the classes (sharding.py).
 
 A `BlockRun` is one call's rows. For each block of a level, `add_partials` combines that block's
-partials into the running ones (`done`); across processes, lossdsl.sharding's collectives then
+partials into the running ones (`done`); across processes, lossdsl.classaxis.sharding's collectives then
 make a level whole. Then `value` gives every row's loss from the whole partials, and `gradient`
 each block's gradient.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import threads
-from .errors import LossLabelError
-from .layout import RowCall
+from ..runtime import threads
+from ..errors import LossLabelError
+from ..runtime.layout import RowCall
 
 
 class BlockRun:

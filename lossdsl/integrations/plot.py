@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LossInputError
-from .ir import Domain
-from .runtime import Loss
+from ..errors import LossInputError
+from ..frontend.ir import Domain
+from ..runtime.loss import Loss
 
 
 def _span(domain: Domain, low: float, high: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Stage 1: spec text → IR (`LossDef`s), with positioned, friendly syntax errors.
 
 Lark parses with LALR and keeps positions; a Transformer run after parsing turns
-the tree into `lossdsl.ir` nodes. Spec text is only ever tokenised here: it never
+the tree into `lossdsl.frontend.ir` nodes. Spec text is only ever tokenised here: it never
 reaches `eval`, `exec` or SymPy's string parsers.
 
 Limits, checked before the text goes further: `MAX_SPEC_CHARS` characters and `MAX_SPEC_TOKENS`
@@ -18,7 +18,7 @@ import lark
 from lark import Transformer, v_args
 
 from . import ir
-from .errors import SpecLimitError, SpecSyntaxError
+from ..errors import SpecLimitError, SpecSyntaxError
 from .resources import grammar_file
 
 MAX_SPEC_CHARS = 1_000_000  # characters in one spec file (the catalogue's largest: about 4,400)
@@ -78,14 +78,14 @@ def parse(text: str | bytes, file: str = "<string>") -> tuple[ir.LossDef, ...]:
 def _check_size(text: str, file: str) -> None:
     """Refuse text past `MAX_SPEC_CHARS` characters or `MAX_SPEC_TOKENS` tokens, where it crosses the limit."""
     if len(text) > MAX_SPEC_CHARS:
-        raise _limit_error(f"spec text is longer than {MAX_SPEC_CHARS:,} characters (lossdsl.parse.MAX_SPEC_CHARS)",
+        raise _limit_error(f"spec text is longer than {MAX_SPEC_CHARS:,} characters (lossdsl.frontend.parse.MAX_SPEC_CHARS)",
                            text, MAX_SPEC_CHARS, file)
     tokens = 0
     for match in _LEXEME.finditer(text):
         if match.lastgroup:
             tokens += 1
             if tokens > MAX_SPEC_TOKENS:
-                raise _limit_error(f"spec has more than {MAX_SPEC_TOKENS:,} tokens (lossdsl.parse.MAX_SPEC_TOKENS)",
+                raise _limit_error(f"spec has more than {MAX_SPEC_TOKENS:,} tokens (lossdsl.frontend.parse.MAX_SPEC_TOKENS)",
                                    text, match.start(), file)
 
 
@@ -104,7 +104,7 @@ def _check_depth(tree: lark.Tree, text: str, file: str) -> None:
             depth += 1
             if depth > ir.MAX_DEPTH:
                 raise SpecLimitError(f"expression nested too deeply: more than {ir.MAX_DEPTH} levels "
-                                     "(lossdsl.ir.MAX_DEPTH; in a + b + c each operator is one)", file,
+                                     "(lossdsl.frontend.ir.MAX_DEPTH; in a + b + c each operator is one)", file,
                                      node.meta.line, node.meta.column, text)
         stack.extend((child, depth) for child in node.children if isinstance(child, lark.Tree))
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ir
-from .errors import SpecNameError, SpecTypeError
-from .intrinsics import INTRINSICS, Intrinsic
+from ..errors import SpecNameError, SpecTypeError
+from ..intrinsics import INTRINSICS, Intrinsic
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import difflib
 import functools
 from pathlib import Path
 
-from . import cache, ir
-from .errors import SpecNameError, UnknownLossError
+from ..runtime import cache
+from . import ir
+from ..errors import SpecNameError, UnknownLossError
 from .resources import grammar_file, source_fingerprint, specs_dir
 
 
@@ -19,7 +20,7 @@ def _index() -> dict[str, tuple[ir.LossDef, str]]:
     """Every catalogue name and alias → (its LossDef, the text of its file)."""
     files = [(path, path.read_text(encoding="utf-8")) for path in sorted(specs_dir().glob("*.loss"))]
     key = cache.digest(*(f"{path.name}\n{text}" for path, text in files), grammar_file().read_text(encoding="utf-8"),
-                       source_fingerprint("parse.py", "ir.py", "errors.py", "registry.py"))
+                       source_fingerprint("frontend/parse.py", "frontend/ir.py", "errors.py", "frontend/registry.py"))
     return cache.load_object("catalogue", key, lambda: _parse_all(files))
 
 

@@ -121,7 +121,7 @@ class Reduce:
     all-reduce when the axis is sharded across processes.
     """
 
-    op: str  # a key of lossdsl.functions.REDUCTIONS
+    op: str  # a key of lossdsl.symbolic.functions.REDUCTIONS
     body: "Expr"
     axis: str
     order: "Expr | None" = None

@@ -9,7 +9,7 @@ them. It goes through the rows a chunk at a time, in one of two ways:
   of the input, weight and bias gradients by more BLAS products;
 - a block of classes at a time otherwise (few rows, many classes), so that each product still has
   many rows: the loss's reductions over the class axis are combined from per-block partials
-  (lossdsl.partials), one sweep over the blocks per level of reductions, and a last sweep
+  (lossdsl.classaxis.partials), one sweep over the blocks per level of reductions, and a last sweep
   recomputes each block's logits for its gradient. One product more, each at full speed.
 Extra memory either way: one logits buffer of at most 1/_CHUNK_SHARE of all the logits and small
 blocks. "mean" divides by the spec's normaliser summed over every chunk (rows kept, or their
@@ -22,8 +22,8 @@ import math
 import numpy as np
 
 from .blocked import BlockRun
-from .errors import LossInputError, LossLabelError
-from .layout import LOW_PRECISION, MEANS, by_name, check_domain, float_dtype, reduced
+from ..errors import LossInputError, LossLabelError
+from ..runtime.layout import LOW_PRECISION, MEANS, by_name, check_domain, float_dtype, reduced
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
@@ -89,7 +89,7 @@ class LinearHead:
 
     def sharded(self, class_start: int, classes: int, all_reduce) -> "LinearHead":
         """This head where linear_weight (and linear_bias) hold only the classes [class_start,
-        class_start + C_local) of `classes`, the other slices on other processes (lossdsl.sharding):
+        class_start + C_local) of `classes`, the other slices on other processes (lossdsl.classaxis.sharding):
         every process gets the same loss and the whole input gradient (all-reduced), and the
         gradients of its own weight and bias slices. Labels whole; per-class vectors whole or sliced."""
         head = LinearHead(self.loss, self.chunk_rows, self.chunk_classes)
@@ -267,7 +267,7 @@ class LinearHead:
         return part, divisor
 
     def _by_blocks(self, chunk: "_Chunks", start: int, stop: int):
-        """Rows [start, stop) a block of classes at a time (lossdsl.blocked): for each level of the
+        """Rows [start, stop) a block of classes at a time (lossdsl.classaxis.blocked): for each level of the
         loss's reductions a sweep computing every block's logits and partials, then the losses from
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
         classes = chunk.classes_total

@@ -1,0 +1,184 @@
+"""JAX adapter: any lossdsl loss as a JAX function with the generated gradient.
+
+    import lossdsl.jax
+    huber = lossdsl.jax.loss("huber", delta=0.5)      # reduction="mean" by default
+    value, grad = jax.value_and_grad(huber)(pred, target)
+
+The function runs the CPU kernels through `jax.pure_callback` inside a `jax.custom_vjp`, so it
+works under `jax.jit`, `jax.grad` and `jax.value_and_grad`: the forward pass computes value and
+gradient in one kernel call and keeps the gradient; the backward pass scales it. With
+reduction="none" (elementwise losses) the backward pass runs the kernel again with the incoming
+cotangent as per-element weights. Inputs the spec does not differentiate get zero cotangents.
+Needs JAX (`pip install lossdsl[jax]`); lossdsl's core never imports this module.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lossdsl
+from lossdsl.runtime.loss import Loss as _CompiledLoss
+from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
+
+
+def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params) -> Callable:
+    """`f(*inputs, **options)` for a catalogue name, a spec file or a loaded Loss; options (weight,
+    sample_weight as a NumPy array, axis, ...) as in the Python API. Reductions: "mean", "sum",
+    "batchmean" (not for sequence losses), and "none" for elementwise losses."""
+    named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
+    compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
+    if reduction not in ("mean", "mean_or_zero", "sum", "batchmean", "none"):
+        raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero', 'sum', 'batchmean' or 'none'; got "
+                                     f"{reduction!r}")
+    if reduction == "none" and (isinstance(compiled, _SequenceLoss) or compiled._resolved.axis is not None):
+        raise lossdsl.LossInputError(f"{compiled.name}: reduction='none' is for elementwise losses here")
+    wrt = [compiled.inputs.index(name) for name in compiled.wrt]
+
+    def function(*inputs, **options):
+        dtype = jnp.result_type(*[inputs[i] for i in wrt])
+        dtype = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float64
+        out_shape = np.broadcast_shapes(*[np.shape(a) for a in inputs]) if reduction == "none" else ()
+
+        def host_value_and_grad(*arrays):
+            value, grads = compiled.value_and_grad(*[np.asarray(a) for a in arrays], reduction=reduction, **options)
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in grads])
+
+        def host_weighted_grad(cotangent, *arrays):
+            weights = np.asarray(cotangent) * options.get("sample_weight", 1.0)
+            _, grads = compiled.value_and_grad(*[np.asarray(a) for a in arrays], reduction="sum",
+                                               **{**options, "sample_weight": weights})
+            return tuple(np.asarray(g, dtype) for g in (grads if isinstance(grads, tuple) else (grads,)))
+
+        shapes = (jax.ShapeDtypeStruct(out_shape, dtype),
+                  *[jax.ShapeDtypeStruct(np.shape(inputs[i]), dtype) for i in wrt])
+
+        @jax.custom_vjp
+        def call(*arrays):
+            return jax.pure_callback(host_value_and_grad, shapes, *arrays)[0]
+
+        def forward(*arrays):
+            value, *grads = jax.pure_callback(host_value_and_grad, shapes, *arrays)
+            return value, (grads, arrays)
+
+        def backward(residual, cotangent):
+            grads, arrays = residual
+            if reduction == "none":
+                grads = jax.pure_callback(host_weighted_grad, shapes[1:], cotangent, *arrays)
+            else:
+                grads = [g * cotangent for g in grads]
+            by_position = dict(zip(wrt, grads))
+            return tuple(by_position[i] if i in by_position else _zero_cotangent(a) for i, a in enumerate(arrays))
+
+        call.defvjp(forward, backward)
+        return call(*[jnp.asarray(a) for a in inputs])
+
+    function.__name__ = compiled.name
+    function.__doc__ = compiled.doc
+    return function
+
+
+def _varying(array, axis_name: str):
+    """`array` typed as different on every shard of `axis_name`, as the logits slice it differentiates
+    (a host callback's result is not; JAX checks that a cotangent has its input's type)."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(array, axis_name, to="varying")
+    if hasattr(jax.lax, "pvary"):  # JAX before pcast
+        return jax.lax.pvary(array, (axis_name,))
+    return array
+
+
+def _zero_cotangent(array):
+    """No gradient for an input the spec does not differentiate (integer labels get JAX's float0)."""
+    if jnp.issubdtype(array.dtype, jnp.inexact):
+        return jnp.zeros_like(array)
+    return np.zeros(np.shape(array), dtype=jax.dtypes.float0)
+
+
+def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, reduction: str = "mean",
+                 **params) -> Callable:
+    """A loss over a class axis split across the devices of the mesh axis `axis_name`, for use inside
+    `jax.shard_map`: `f(logits_local, *inputs, classes=C, axis=-1)` on each shard gives the loss (the
+    same on every shard), and its gradient each shard's slice. shard_map splits evenly: shard k
+    holds classes [k * C_local, (k + 1) * C_local). Labels and per-row inputs whole, probability
+    targets sliced like the logits, per-class vectors whole (C,) or sliced. The collectives are
+    lossdsl.classaxis.sharding's plan as psum and pmax; they run inside the custom_vjp's forward pass (JAX
+    cannot differentiate pmax), whose backward pass scales the kept gradient slice. Reductions
+    "mean", "mean_or_zero" and "sum"."""
+    from lossdsl.classaxis.sharding import reduce_level, shard_arrays
+    named = isinstance(spec, (str, os.PathLike))
+    compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
+    if reduction not in ("mean", "mean_or_zero", "sum"):
+        raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
+    plan = compiled._backend.block_plan()
+
+    def all_reduce(array, op: str):
+        return jax.lax.psum(array, axis_name) if op == "sum" else jax.lax.pmax(array, axis_name)
+
+    def function(logits, *inputs, classes: int, axis: int = -1):
+        from lossdsl.classaxis.blocked import BlockRun
+        dtype = logits.dtype if logits.dtype in (jnp.float32, jnp.float64) else jnp.float64
+        slots = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+        position = axis % logits.ndim
+        rows = int(np.prod([n for k, n in enumerate(logits.shape) if k != position]))
+        start = jax.lax.axis_index(axis_name) * logits.shape[position]
+
+        def block(first, arrays):
+            run = BlockRun(compiled, classes, np.dtype(dtype))
+            given = dict(zip(compiled.inputs, (np.asarray(a) for a in arrays)))
+            return run, run.call(shard_arrays(compiled, given, int(first), classes, axis), None, axis)
+
+        def host_partials(level, first, done, *arrays):
+            run, call = block(first, arrays)
+            return run.add_partials(call, int(first), np.array(done, np.float64), level).astype(slots)
+
+        def host_value(first, done, *arrays):
+            run, call = block(first, arrays)
+            values, norms = run.value(call, np.asarray(done, np.float64))
+            return values.reshape(rows).astype(dtype), norms.astype(slots)
+
+        def host_grad(first, done, scale, *arrays):
+            run, call = block(first, arrays)
+            grad = np.empty(call.grad_size, dtype)
+            run.gradient(call, int(first), np.asarray(done, np.float64), grad, float(scale))
+            return grad.reshape(np.shape(arrays[0]))
+
+        def forward(logits, *others):
+            done = jnp.asarray(plan.empty(rows), slots)
+            table = jax.ShapeDtypeStruct((rows, plan.width), slots)
+            for level in range(plan.levels):
+                local = jax.pure_callback(functools.partial(host_partials, level), table, start, done, logits,
+                                          *others)
+                done = reduce_level(plan, local, level, all_reduce, xp=jnp)
+            values, norms = jax.pure_callback(host_value, (jax.ShapeDtypeStruct((rows,), dtype),
+                                                           jax.ShapeDtypeStruct((rows,), slots)), start, done, logits,
+                                              *others)
+            total, divisor = jnp.sum(values), jnp.sum(norms)
+            if reduction == "sum":
+                value, scale = total, jnp.ones((), slots)
+            else:
+                empty = 0.0 if reduction == "mean_or_zero" else jnp.nan
+                value = jnp.where(divisor != 0, total / divisor, empty).astype(dtype)
+                scale = jnp.where(divisor != 0, 1.0 / divisor, 1.0)
+            grad = jax.pure_callback(host_grad, jax.ShapeDtypeStruct(logits.shape, dtype), start, done, scale, logits,
+                                     *others)
+            return value, (_varying(grad, axis_name), others)
+
+        @jax.custom_vjp
+        def call(logits, *others):
+            return forward(logits, *others)[0]
+
+        def backward(residual, cotangent):
+            grad, others = residual
+            return (grad * cotangent, *(_zero_cotangent(a) for a in others))
+
+        call.defvjp(forward, backward)
+        return call(logits, *[jnp.asarray(a) for a in inputs])
+
+    function.__name__ = compiled.name
+    return function

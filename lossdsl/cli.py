@@ -12,6 +12,7 @@ from .frontend import registry
 from .compiler import load
 from .errors import LossError, LossInputError
 from .runtime.loss import Loss
+from .runtime.protocol import LossKind
 
 
 class CommandError(Exception):
@@ -86,9 +87,9 @@ def cmd_show(args) -> int:
     if args.plan:
         from .classaxis.sharding import describe
         inner = getattr(loss, "loss", loss)  # a linear head: its loss over the logits
-        if getattr(inner, "_resolved", None) is None or inner._resolved.axis is None:
+        if inner.signature.kind is not LossKind.ROWS:
             raise LossInputError(f"{loss.name} has no class axis to split across processes")
-        plan = describe(inner._backend.block_plan())
+        plan = describe(inner.block_plan())
     print(f"loss {loss.name}({', '.join(loss.inputs)}) wrt {', '.join(loss.wrt)}")
     if loss.params:
         print("params: " + ", ".join(f"{k}={v!r}" for k, v in loss.params.items()))
@@ -101,7 +102,7 @@ def cmd_show(args) -> int:
     if args.source or args.grad:
         source = loss.source(args.source or "cpu", args.dtype)
         if not args.source:  # --grad alone: the fused kernel, where the gradient is computed
-            source = source[source.rindex("# loss ", 0, source.index("def loss_value_and_grad(")):]
+            source = source[source.rindex("\n@", 0, source.index("def loss_value_and_grad(")) + 1:]
         print("\n" + source)
     return 0
 

@@ -50,12 +50,12 @@ def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5
     """Random inputs inside the spec's domains: `points` elements, or rows of `classes` positions
     along the last axis with labels in range; optional inputs are left out."""
     rng = np.random.default_rng(seed)
-    resolved = loss._resolved
+    spec = loss.signature
     inputs = []
-    for spec_input in resolved.inputs:
+    for spec_input in spec.inputs:
         if spec_input.default is not None:
             break  # optional inputs keep their defaults
-        if spec_input.name in resolved.labels:
+        if spec_input.name in spec.labels:
             inputs.append(rng.integers(0, classes, points))
         else:
             shape = (points, classes) if spec_input.axis else (points,)
@@ -76,7 +76,7 @@ def check(loss: Loss | SequenceLoss | LinearHead, points: int = 256, seed: int =
         return [_compare_sequence(loss, loss.sample_inputs(seed, classes=classes))]
     if isinstance(loss, LinearHead):  # its derived gradient is the row loss's; the rest is BLAS products
         loss = loss.loss
-    options = {"axis": -1} if loss._resolved.axis else {}
+    options = {"axis": -1} if loss.signature.axis else {}
     inputs = sample_inputs(loss, points, seed, classes)
     grads = loss.grad(*inputs, reduction="none", **options)
     grads = grads if isinstance(grads, tuple) else (grads,)

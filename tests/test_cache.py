@@ -32,6 +32,36 @@ def _run(code: str, cache_dir, numba_cache_dir=None) -> subprocess.CompletedProc
                           timeout=300)
 
 
+BLOCK_MODE = """
+    import sys
+    import numpy as np, lossdsl
+    from lossdsl.classaxis.heads import LinearHead
+    from lossdsl.classaxis.sharding import ShardedLoss
+    rng = np.random.default_rng(0)
+    x, w, y = rng.normal(size=(12, 4)), rng.normal(size=(10, 4)), np.arange(12) % 10
+    head = LinearHead(lossdsl.load("linear_cross_entropy").loss, chunk_rows=4, chunk_classes=3)  # blocks of classes
+    print(repr(float(head.value_and_grad(x, w, y)[0])))
+    logits = x @ w.T
+    sharded = ShardedLoss(lossdsl.load("cross_entropy"), lambda array, op: array)  # one process: its own partials
+    print(repr(float(sharded.value_and_grad(logits, y, class_start=0, classes=10)[0])))
+    print("sympy" in sys.modules, "lark" in sys.modules)
+"""
+
+
+def test_block_mode_losses_load_without_sympy_once_cached(cache_dir):
+    """A head met a block of classes at a time and a sharded loss read their partials' layout from the
+    cached block module, so a second process imports neither SymPy nor Lark."""
+    first, second = _run(BLOCK_MODE, cache_dir), _run(BLOCK_MODE, cache_dir)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    rng = np.random.default_rng(0)
+    x, w, y = rng.normal(size=(12, 4)), rng.normal(size=(10, 4)), np.arange(12) % 10
+    logits = x @ w.T
+    reference = np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(12), y])  # PyTorch's mean CE
+    head_value, sharded_value, *imported = second.stdout.split()
+    np.testing.assert_allclose([float(head_value), float(sharded_value)], reference, rtol=1e-12)
+    assert imported == ["False", "False"]
+
+
 def test_location_follows_the_environment(cache_dir):
     assert cache.cache_dir() == cache_dir
 

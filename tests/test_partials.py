@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import lossdsl
-from lossdsl.classaxis.partials import block_plan
 
 SPEC = """
 loss parts(logits[c], y)
@@ -16,7 +15,7 @@ loss parts(logits[c], y)
 
 @pytest.fixture(scope="module")
 def plan():
-    return block_plan(lossdsl.compile(SPEC)._backend.plan())
+    return lossdsl.compile(SPEC).block_plan().layout
 
 
 def _slots(plan, op):

@@ -61,7 +61,7 @@ def test_reductions_and_batch_form(huber):
     np.testing.assert_allclose(huber(pred, target, reduction="batch"), elements.mean(axis=(1, 2)))
     np.testing.assert_allclose(huber(pred, target, reduction="batch", batch_axis=1), elements.mean(axis=(0, 2)))
     np.testing.assert_allclose(huber(pred, target, reduction="none"), elements)
-    with pytest.raises(LossInputError, match="reduction must be one of"):
+    with pytest.raises(LossInputError, match="reduction must be"):
         huber(pred, target, reduction="avg")
     with pytest.raises(LossInputError, match="batch axis"):
         huber(np.float64(1.0), np.float64(0.0), reduction="batch")

@@ -119,8 +119,8 @@ def test_masked_slices_ties_and_nan(load_loss):
 
 def test_the_plan_names_its_collectives(load_loss):
     text = ShardedLoss(load_loss("cross_entropy"), None).plan()
-    assert "_r0 = logsumexp(logits, c)" in text and "all-reduce MAX  1 float64 per row: shift of _r0" in text
-    assert "all-reduce SUM  5 float64 per row: class_weight[y], logits[y], exp-sum of _r0" in text
+    assert "lse = logsumexp(logits, c)" in text and "all-reduce MAX  1 float64 per row: shift of lse" in text
+    assert "all-reduce SUM  5 float64 per row: class_weight[y], logits[y], exp-sum of lse, _r1, _r2" in text
     assert text.splitlines()[-1].startswith("2 all-reduces")
 
 

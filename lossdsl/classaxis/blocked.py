@@ -1,5 +1,5 @@
 """Running a loss over its class axis one block of classes at a time (lossdsl.classaxis.partials' plan,
-codegen/blocks.py's kernels), for whoever supplies the blocks: a linear head computing each
+as its `Levels`; codegen/blocks.py's kernels), for whoever supplies the blocks: a linear head computing each
 block's logits (heads.py), or a process holding one slice of the classes (sharding.py).
 
 A `BlockRun` is one call's rows. For each block of a level, `add_partials` combines that block's
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.protocol import Kind
 from ..runtime import threads
 from ..errors import LossLabelError
 from ..runtime.layout import RowCall
+from .levels import Levels
 
 
 class BlockRun:
@@ -21,8 +23,8 @@ class BlockRun:
 
     def __init__(self, loss, classes: int, dtype: np.dtype, outputs: bool = False):
         self.loss, self.classes, self.dtype = loss, classes, np.dtype(dtype)
-        self.module = loss._backend.module(self.dtype, target="blocks_outputs" if outputs else "blocks")
-        self.plan = loss._backend.block_plan(outputs)
+        self.module = loss.module(self.dtype, Kind.BLOCKS_OUTPUTS if outputs else Kind.BLOCKS)
+        self.levels = Levels.of(self.module.PARTIALS)  # the block plan's slots, without SymPy
 
     def call(self, arrays: dict, sample_weight, axis) -> RowCall:
         """The kernels' view of one block's arrays (the loss's inputs by name, the class axis sliced)."""
@@ -31,10 +33,10 @@ class BlockRun:
     def add_partials(self, block: RowCall, lo: int, done: np.ndarray, level: int) -> np.ndarray:
         """`done` (returned, changed in place) with the partials of `level` over this block (classes lo,
         lo + 1, ...) combined into it; its earlier levels must be whole."""
-        partial = self.plan.empty(block.rows)
+        partial = self.levels.empty(block.rows)
         threads.run(self.module.loss_block_pass, block.rows, block.work,
-                    (*block.head, *self.loss._param_args, lo, self.classes, done, level, partial))
-        self.plan.combine(done, partial, level)
+                    (*block.head, *self.loss.kernel_params, lo, self.classes, done, level, partial))
+        self.levels.combine(done, partial, level)
         return done
 
     def value(self, block: RowCall, done: np.ndarray, extra: np.ndarray | None = None):
@@ -45,7 +47,7 @@ class BlockRun:
         out, norms, bad = np.empty(rows, self.dtype), np.empty(rows), np.zeros(rows, np.int8)
         shown = extra if extra is not None else np.empty((0, 0), self.dtype)
         threads.run(self.module.loss_block_value, rows, rows,
-                    (*block.head, *self.loss._param_args, 0, self.classes, done, block.weights, 1.0, out, norms,
+                    (*block.head, *self.loss.kernel_params, 0, self.classes, done, block.weights, 1.0, out, norms,
                      bad, shown))
         if bad.any():
             row = int(np.argmax(bad))
@@ -60,4 +62,4 @@ class BlockRun:
         """This block's gradient (times `scale`) into `grad`, flat and C-ordered like the block's first
         input, which it may be."""
         threads.run(self.module.loss_block_grad, block.rows, block.work,
-                    (*block.head, *self.loss._param_args, lo, self.classes, done, block.weights, 1.0, scale, grad))
+                    (*block.head, *self.loss.kernel_params, lo, self.classes, done, block.weights, 1.0, scale, grad))

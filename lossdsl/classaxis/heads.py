@@ -17,13 +17,16 @@ class weights), as the unfused loss does.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from .blocked import BlockRun
+from .levels import sweep
 from ..errors import LossInputError, LossLabelError
-from ..runtime.layout import LOW_PRECISION, MEANS, by_name, check_domain, float_dtype, reduced
+from ..runtime.layout import LOW_PRECISION, by_name, check_domain, float_dtype, reduced
+from ..runtime.protocol import MEANS, LossKind, Signature
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
@@ -44,23 +47,28 @@ class LinearHead:
     """
 
     def __init__(self, loss, chunk_rows: int | None = None, chunk_classes: int | None = None):
-        resolved = getattr(loss, "_resolved", None)
-        if resolved is None or resolved.axis is None or resolved.axis_position == "all":
+        spec = loss.signature
+        if spec.kind is not LossKind.ROWS or spec.axis_position == "all":
             raise LossInputError(f"{loss.name}: a linear head needs a loss over a class axis (logits[c])")
-        first = resolved.inputs[0]
-        if first.axis is None or resolved.wrt != (first.name,):
+        first = spec.inputs[0]
+        if first.axis is None or spec.wrt != (first.name,):
             raise LossInputError(f"{loss.name}: a linear head needs the logits as the first input, the only one "
                                  "differentiated")
         self.loss = loss
         self.chunk_rows, self.chunk_classes = chunk_rows, chunk_classes
         self.shard = None  # (class_start, classes, all_reduce) where linear_weight holds a slice of the classes
-        self._others = resolved.inputs[1:]
+        self._others = spec.inputs[1:]
 
     name = property(lambda self: self.loss.name)
     doc = property(lambda self: self.loss.doc)
     params = property(lambda self: self.loss.params)
     inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others), "linear_bias"))
     wrt = ("input", "linear_weight", "linear_bias")
+
+    @property
+    def signature(self) -> Signature:
+        """The loss's own, as a head: called with `inputs`, differentiated with respect to `wrt`."""
+        return dataclasses.replace(self.loss.signature, kind=LossKind.HEAD, wrt=self.wrt, call_inputs=self.inputs)
 
     @property
     def check_domains(self) -> bool:
@@ -146,9 +154,7 @@ class LinearHead:
 
     def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
              gradient: bool, with_outputs: bool = False):
-        if reduction not in (*MEANS, "sum", "none"):
-            raise LossInputError(f"{self.name}: reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; got "
-                                 f"{reduction!r}")
+        self.signature.check_reduction(reduction)
         x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
         dtype = float_dtype([x, weight], ["input", "linear_weight"])
         # gradients in the dtype of what they differentiate (float16 and bfloat16 are computed in float32)
@@ -175,7 +181,7 @@ class LinearHead:
             once = step >= rows  # one chunk: each gradient is written once, not accumulated
             new = np.empty if once else np.zeros
             grads = (np.empty_like(x), new(weight.shape, dtype), new(outputs, np.float64) if bias is not None else None)
-        names = self.loss._resolved.outputs
+        names = self.loss.signature.outputs
         if with_outputs and not names:
             raise LossInputError(f"{self.name} declares no `output`")
         extra = np.empty((rows, *out_shape[1:], len(names)), dtype) if with_outputs else None
@@ -224,7 +230,7 @@ class LinearHead:
                 per_row[spec_input.name] = ("whole", np.asarray(spec_input.default), False)
                 continue
             value = np.asarray(value)
-            if self.loss.check_domains and spec_input.name not in self.loss._resolved.labels:
+            if self.loss.check_domains and spec_input.name not in self.loss.signature.labels:
                 # the whole input, so an error gives its own index (each chunk's check would give the chunk's)
                 check_domain(self.name, spec_input, value if value.dtype.kind == "f" else value.astype(np.float64),
                              value.shape)
@@ -277,22 +283,19 @@ class LinearHead:
 
         def call(lo: int, hi: int):
             arguments, weights = chunk.arguments(start, stop, lo, hi)
-            first = self.loss._resolved.inputs[0].name
+            first = self.loss.inputs[0]
             return run.call({first: chunk.logits(start, stop, lo, hi), **arguments}, weights, 1)
 
-        done = None
-        for level in range(run.plan.levels):
+        seen = []  # the last block called: the value kernel reads its rows' inputs
+
+        def add_level(level: int, done: np.ndarray) -> np.ndarray:  # this process's blocks, in order
             for lo, hi in blocks:
-                block = call(lo, hi)
-                done = run.plan.empty(block.rows) if done is None else done
-                run.add_partials(block, offset + lo, done, level)
-            if all_reduce is not None:  # this process's classes combined: now with every other process's
-                from .sharding import reduce_level
-                with np.errstate(invalid="ignore", over="ignore"):
-                    done = reduce_level(run.plan, done, level, all_reduce)
-        if done is None:  # a loss with no reduction over the axis
-            block = call(*blocks[0])
-            done = run.plan.empty(block.rows)
+                seen[:] = [call(lo, hi)]
+                run.add_partials(seen[0], offset + lo, done, level)
+            return done
+
+        done = sweep(run.levels, run.levels.empty((stop - start) * chunk.inner), add_level, all_reduce)
+        block = seen[0] if seen else call(*blocks[0])  # none for a loss with no reduction over the axis
         extra = None if chunk.extra is None else chunk.extra[start:stop].reshape(block.rows, -1)  # a view
         try:
             out, norms = run.value(block, done, extra)

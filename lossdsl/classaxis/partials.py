@@ -16,24 +16,18 @@ A reduction whose body uses another reduction (the exp-sum of a softmax that nee
 logsumexp, a backward sum that needs them all) must wait for that one to be whole: the nodes
 fall into levels, each level one sweep over the blocks. The kernels (codegen/blocks.py) read
 combined partials of the earlier levels, finish them (logsumexp = shift + log(sum), mean =
-sum / C, ...) and write their own level's partials; `combine` merges a block's partials into
-the running ones. What is combined is only ever these slots, so a collective operation over
-processes could merge them the same way.
+sum / C, ...) and write their own level's partials. What is combined is only ever these slots
+(lossdsl.classaxis.levels, which the runtime reads without SymPy), so a collective operation over
+processes merges them the same way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import sympy
 
 from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, needed
-
-# the slots of each kind of node, and what an empty block holds in them
-_SLOTS = {"sum": ("sum",), "mean": ("sum",), "norm": ("sum",), "load": ("sum",),
-          "logsumexp": ("shift", "exp_sum"), "max": ("max", "position"), "min": ("min", "position")}
-_EMPTY = {"sum": 0.0, "exp_sum": 0.0, "shift": -np.inf, "max": -np.inf, "min": np.inf, "position": 0.0}
-
+from .levels import SLOTS, Levels, Slot
 
 @dataclass(frozen=True)
 class Node:
@@ -47,7 +41,7 @@ class Node:
 
     @property
     def slots(self) -> tuple[str, ...]:
-        return _SLOTS[self.op]
+        return SLOTS[self.op]
 
 
 @dataclass(frozen=True)
@@ -63,46 +57,10 @@ class BlockPlan:
     def at(self, level: int) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.level == level)
 
-    def empty(self, rows: int) -> np.ndarray:
-        """Partials of no block at all: (rows, width) float64."""
-        partials = np.empty((rows, self.width))
-        for node in self.nodes:
-            for k, kind in enumerate(node.slots):
-                partials[:, node.slot + k] = _EMPTY[kind]
-        return partials
-
-    def combine(self, running: np.ndarray, block: np.ndarray, level: int) -> None:
-        """Merge one block's partials of `level` (rows, width) into the running ones, in place; blocks
-        come in order along the axis (a tie between extremes keeps the earlier position)."""
-        with np.errstate(invalid="ignore", over="ignore"):
-            for node in self.at(level):
-                k = node.slot
-                if node.slots == ("sum",):
-                    running[:, k] += block[:, k]
-                elif node.op == "logsumexp":
-                    _combine_exp_sums(running[:, k], running[:, k + 1], block[:, k], block[:, k + 1])
-                else:
-                    _combine_extremes(running[:, k:k + 2], block[:, k:k + 2], node.op)
-
-
-def _combine_exp_sums(shift, total, block_shift, block_total) -> None:
-    """(shift, sum of exp(x - shift)) pairs: both sums rescaled to the larger shift; a sum of 0
-    (an empty or all -inf block, whose shift the kernel sets to 0) has no say in the shift and
-    stays 0, and NaN and inf sums carry through."""
-    new_shift = np.maximum(np.where(total == 0, -np.inf, shift), np.where(block_total == 0, -np.inf, block_shift))
-    mine = np.where(total == 0, 0.0, total * np.exp(shift - new_shift))
-    theirs = np.where(block_total == 0, 0.0, block_total * np.exp(block_shift - new_shift))
-    total[:] = mine + theirs
-    shift[:] = new_shift
-
-
-def _combine_extremes(running: np.ndarray, block: np.ndarray, op: str) -> None:
-    """(extreme, position) pairs: the block's wins if strictly more extreme, or NaN where the running
-    one is not (NaN wins, as in torch.max)."""
-    value, candidate = running[:, 0], block[:, 0]
-    better = candidate > value if op == "max" else candidate < value
-    wins = better | (np.isnan(candidate) & ~np.isnan(value))
-    running[wins] = block[wins]
+    @property
+    def layout(self) -> Levels:
+        """What the runtime needs of this plan, without SymPy: written into the block kernels' module."""
+        return Levels(tuple(Slot(n.op, n.level, n.slot) for n in self.nodes))
 
 
 def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
@@ -122,5 +80,5 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
             depth, op = max((level[d] + 1 for d in deps), default=0), source.op
         level[source.symbol] = depth
         nodes.append(Node(source.symbol, op, depth, slot, source))
-        slot += len(_SLOTS[op])
+        slot += len(SLOTS[op])
     return BlockPlan(plan, tuple(nodes), max(level.values(), default=-1) + 1, slot, outputs)

@@ -24,14 +24,17 @@ from ..classaxis.partials import BlockPlan, Node
 from ..symbolic.reductions import arg_symbol
 from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
-from .rows import _finish, _keep, _passes, _prologue, _Writer
+from .elementwise import with_formula
+from .rows import _finish, _keep, _passes, _prologue, _Writer, accumulator
 from .targets import CPU
 
 
 def generate_blocks(blocks: BlockPlan, dtype: np.dtype, header: str) -> str:
     printer = NumbaPrinter()
     kernels = [_pass_kernel(blocks, printer), _value_kernel(blocks, printer), _grad_kernel(blocks, printer)]
-    return CPU.module(header, dtype, printer, kernels)
+    # each reduction's and load's (op, level, first slot), read by the runtime (lossdsl.classaxis.levels)
+    data = f"PARTIALS = {blocks.layout.literal()!r}\n"
+    return CPU.module(with_formula(header, blocks.plan), dtype, printer, kernels, data)
 
 
 def _start(blocks: BlockPlan, printer: NumbaPrinter, name: str, extra: list[str], doc: str) -> _Writer:
@@ -47,7 +50,7 @@ def _start(blocks: BlockPlan, printer: NumbaPrinter, name: str, extra: list[str]
 def _read_done(w: _Writer, indent: int, nodes) -> None:
     """Each node's combined partials, finished: its value as the row kernels name it."""
     for node in nodes:
-        acc = f"__{node.symbol.name}"
+        acc = accumulator(node)
         if node.op == "load":
             w.emit(indent, f"{node.symbol} = F(__done[__row, {node.slot}])")
             continue
@@ -60,7 +63,7 @@ def _read_done(w: _Writer, indent: int, nodes) -> None:
 
 
 def _store_partials(node: Node, slot_of: dict) -> list[str]:
-    acc, k = f"__{node.symbol.name}", slot_of[node.symbol]
+    acc, k = accumulator(node), slot_of[node.symbol]
     second = {"logsumexp": f"{acc}_sum", "max": str(arg_symbol(node.source)), "min": str(arg_symbol(node.source))}
     lines = [f"__partial[__row, {k}] = {acc}"]
     if node.op in second:

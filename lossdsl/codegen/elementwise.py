@@ -28,6 +28,7 @@ from .targets import CPU, Target
 
 def generate(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
     """The complete module source; `header` is a comment block (origin, cache key)."""
+    header = with_formula(header, plan)
     printer = NumbaPrinter()
     kernels = [_kernel(plan, printer, False, target), _kernel(plan, printer, True, target)]
     if not target.cuda:
@@ -38,6 +39,11 @@ def generate(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CP
 # Element i's gradient is stored after everything at i is read, so the fused kernel may write a
 # gradient over its own input (`grad_out=` that input) as it is
 IN_PLACE_ALIAS = "loss_value_and_grad_in_place = loss_value_and_grad  # reads each element before storing there\n"
+
+
+def with_formula(header: str, plan) -> str:
+    """The module's header followed by the spec's formula, once for all its kernels."""
+    return f"{header}\n#\n{formula_comment(plan)}"
 
 
 def formula_comment(plan: KernelPlan) -> str:
@@ -79,7 +85,8 @@ def _loop_head(plan: KernelPlan) -> list[str]:
 def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
     """A module with one kernel, `loss_grad_hess`: `plan` from symbolic.derive_hessian."""
     printer = NumbaPrinter()
-    return target.module(header, dtype, printer, [_kernel(plan, printer, True, target, ("__grad", "__hess"))])
+    return target.module(with_formula(header, plan), dtype, printer,
+                         [_kernel(plan, printer, True, target, ("__grad", "__hess"))])
 
 
 def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: Target,
@@ -97,7 +104,6 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
     if outputs:
         name, doc = "loss_grad_hess", "loss_value, with each gradient and second derivative times weight and __gscale."
     lines = [
-        formula_comment(plan),
         target.kernel_decorator,
         f"def {name}({target.parameters(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
         f'    """{doc}"""',

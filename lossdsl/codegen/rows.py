@@ -29,12 +29,19 @@ import sympy
 
 from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed
 from ..symbolic.derive import safe_name
-from .elementwise import IN_PLACE_ALIAS, formula_comment
+from .elementwise import IN_PLACE_ALIAS, with_formula
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
+
+
+def accumulator(node) -> str:
+    """A reduction's running value in a kernel: `___r0` for `_r0`, `__lse_acc` for a spec local `lse` (a suffix,
+    so no spec name meets the skeleton's own `__` names)."""
+    name = node.symbol.name
+    return f"__{name}" if name.startswith("_") else f"__{name}_acc"
 
 
 def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
@@ -46,7 +53,7 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
         kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
         if plan.outputs:
             kernels.append(_kernel(plan, printer, True, target, outputs=True))
-    return target.module(header, dtype, printer, kernels)
+    return target.module(with_formula(header, plan), dtype, printer, kernels)
 
 
 class _Writer:
@@ -186,7 +193,7 @@ def _schedule(reductions: list[Reduction], online: bool = False) -> dict[sympy.S
 def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol,
                 online: bool = False) -> list[str]:
     """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators."""
-    acc = f"__{node.symbol.name}"
+    acc = accumulator(node)
     if node.op == "logsumexp" and online:  # a new maximum rescales the sum; equal values add exp(0) exactly
         return [f"{acc}_v = {body}", f"if {acc}_v > {acc}:",
                 f"    {acc}_sum = {acc}_sum * fast_exp({acc} - {acc}_v) + 1.0", f"    {acc} = {acc}_v",
@@ -207,7 +214,7 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None, positio
 
 
 def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
-    acc, out = f"__{node.symbol.name}", node.symbol.name
+    acc, out = accumulator(node), node.symbol.name
     if node.op == "logsumexp":
         return [f"{out} = F({acc} + math.log({acc}_sum))"]
     if node.op == "mean":
@@ -226,7 +233,7 @@ def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
 
 def _combine(node: Reduction, part: int) -> str:
     """CUDA: the block's threads each hold a partial of the reduction; every thread gets the whole."""
-    acc = f"__{node.symbol.name}"
+    acc = accumulator(node)
     if node.op in ("max", "min"):
         arg = arg_symbol(node)
         return f"{acc}, {arg} = _block_best(__shared, __shared_i, {acc}, {arg}, {1 if node.op == 'max' else -1})"
@@ -254,13 +261,13 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
         parts = [(n, k - start[n.symbol]) for n in reductions if 0 <= k - start[n.symbol] < _pass_count(n, online)]
         for node, part in parts:
             if part == 0:
-                w.emit(indent, f"__{node.symbol.name} = {_START[node.op]}")
+                w.emit(indent, f"{accumulator(node)} = {_START[node.op]}")
                 if node.op in ("max", "min"):
                     w.emit(indent, f"{arg_symbol(node)} = 0")
                 if node.op == "logsumexp" and online:
-                    w.emit(indent, f"__{node.symbol.name}_sum = 0.0")
+                    w.emit(indent, f"{accumulator(node)}_sum = 0.0")
             else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
-                acc = f"__{node.symbol.name}"
+                acc = accumulator(node)
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
         bodies = [_reduced_body(n, part) for n, part in parts]
         w.emit(indent, w.axis_loop())
@@ -326,7 +333,6 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
             else "loss_value_and_grad" if with_grads else "loss_value")
     extra = ["__gscale"] if with_grads else []
     shown = [expr for _, expr in plan.outputs] if outputs else []
-    w.lines.append(formula_comment(plan))
     w.emit(0, target.kernel_decorator,
            f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}"
            f"{', __extra' if outputs else ''}):")
@@ -357,7 +363,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
-            w.emit(3, f"__inv = F(1.0 / __{kept.symbol.name}_sum)")
+            w.emit(3, f"__inv = F(1.0 / {accumulator(kept)}_sum)")
         w.emit(3, w.axis_loop())
         if kept is not None:
             w.emit(4, f"__softmax = load({grads[0]}, {element}) * __inv")

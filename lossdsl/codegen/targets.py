@@ -12,6 +12,7 @@ module binds to the names the printer writes (`fast_exp`, `load`, ...).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,13 +40,10 @@ _CPU_MATH = {
 }
 
 # On CUDA, math.* is CUDA's own (libdevice); the lowered forms fall back to the plain functions
+# (under the simulator, which runs Python's math and so raises where CUDA gives inf or NaN, NumPy's)
+_CUDA_MATH = {"exp": ("math.exp", "np.exp"), "log": ("math.log", "np.log"), "log1p": ("math.log1p", "np.log1p"),
+              "tanh": ("math.tanh", "np.tanh"), "pow": ("math.pow", "np.power")}
 _CUDA_FUNCTIONS = '''
-if numba.config.ENABLE_CUDASIM:  # the simulator runs Python's math, which raises where CUDA gives inf or NaN
-    fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = np.exp, np.log, np.log1p, np.tanh, np.power
-else:
-    fast_exp, fast_log, fast_log1p, fast_tanh, fast_pow = math.exp, math.log, math.log1p, math.tanh, math.pow
-
-
 @cuda.jit(device=True, inline=True)
 def fast_tanh_exp(x, z):
     return fast_tanh(x)
@@ -173,30 +171,65 @@ class Target:
             return [f"return {total}"]
         return [line.replace("__total", total) for line in _BLOCK_SUM]
 
-    def module(self, header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str]) -> str:
-        """A generated module: header, imports, the float type, the helpers the printer used, the kernels."""
+    def module(self, header: str, dtype: np.dtype, printer: NumbaPrinter, kernels: list[str],
+               data: str = "") -> str:
+        """A generated module: header, imports, the float type (and `data`: constants the runtime reads),
+        the helpers the printer used, the kernels. It binds only the names its code calls."""
         dtype = np.dtype(dtype)
         helpers = "".join(f"\n{self.helper_decorator}\n{source.strip()}\n\n"
                           for _, source in sorted(printer.helpers.items()))
+        code = helpers + "\n".join(kernels)
         if self.cuda:
-            imports = "from numba import cuda\n" + _CUDA_FUNCTIONS + "\n"
+            imports = "from numba import cuda\n" + _cuda_functions(code)
             constants = f"F = {_FLOAT_TYPES[dtype]}\nTHREADS = {THREADS}\n"
         else:
-            imports = f"from lossdsl.runtime.jit import kernel, load, store\n{_cpu_math_imports(dtype)}\n"
-            constants = f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n"
+            imports = _cpu_imports(code, dtype)
+            constants = f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n{data}"
         return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{imports}\n"
                 f"{constants}\n{helpers}\n" + "\n\n".join(kernels))
 
 
-def _cpu_math_imports(dtype: np.dtype) -> str:
-    """Binds every fast_NAME of a CPU module: imports from kernel_math, assignments from math."""
-    chosen = sorted(_CPU_MATH[dtype].items())
+def _called(code: str) -> set[str]:
+    """The helper names `code` uses: fast_NAME math, CUDA block reductions, load and store."""
+    return set(re.findall(r"\b(fast_\w+|_block_\w+|load|store)\b", code))
+
+
+def _cpu_imports(code: str, dtype: np.dtype) -> str:
+    """Binds what a CPU module's code calls: jit helpers, and fast_NAME from kernel_math or math."""
+    used = _called(code)
+    jit = [name for name in ("kernel", "load", "store") if name in used or (name == "kernel" and "@kernel(" in code)]
+    chosen = [(name, source) for name, source in sorted(_CPU_MATH[dtype].items()) if f"fast_{name}" in used]
     imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
     assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]
-    lines = [f"from lossdsl.runtime.kernel_math import {', '.join(imported)}"]
+    lines = [f"from lossdsl.runtime.jit import {', '.join(jit)}"] if jit else []
+    if imported:
+        lines.append(f"from lossdsl.runtime.kernel_math import {', '.join(imported)}")
     if assigned:
         lines.append(f"{', '.join(n for n, _ in assigned)} = {', '.join(s for _, s in assigned)}")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def _cuda_functions(code: str) -> str:
+    """The device functions a CUDA module's code calls, and those they call in turn."""
+    definitions = {re.search(r"def (\w+)\(", part).group(1): part.strip()
+                   for part in _CUDA_FUNCTIONS.split("\n\n\n") if part.strip()}
+    used, todo = set(), _called(code)
+    while todo:
+        name = todo.pop()
+        if name not in used:
+            used.add(name)
+            todo |= _called(definitions.get(name, "")) - {name}
+    math_names = [name for name in _CUDA_MATH if f"fast_{name}" in used]
+    lines = []
+    if math_names:
+        targets = ", ".join(f"fast_{name}" for name in math_names)
+        lines += ["if numba.config.ENABLE_CUDASIM:",
+                  f"    {targets} = {', '.join(_CUDA_MATH[n][1] for n in math_names)}",
+                  "else:",
+                  f"    {targets} = {', '.join(_CUDA_MATH[n][0] for n in math_names)}"]
+    parts = ["\n".join(lines)] if lines else []
+    parts += [definition for name, definition in definitions.items() if name in used]  # callees before callers
+    return "".join(f"\n\n{part}\n" for part in parts)
 
 
 CPU = Target("cpu", '@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)',

@@ -23,6 +23,7 @@ import numpy as np
 
 import lossdsl
 from lossdsl.runtime.loss import Loss as _CompiledLoss
+from lossdsl.runtime.protocol import LossKind
 from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
 
 
@@ -32,11 +33,9 @@ def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: 
     "batchmean" (not for sequence losses), and "none" for elementwise losses."""
     named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
-    if reduction not in ("mean", "mean_or_zero", "sum", "batchmean", "none"):
-        raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero', 'sum', 'batchmean' or 'none'; got "
-                                     f"{reduction!r}")
-    if reduction == "none" and (isinstance(compiled, _SequenceLoss) or compiled._resolved.axis is not None):
-        raise lossdsl.LossInputError(f"{compiled.name}: reduction='none' is for elementwise losses here")
+    scalar = ("mean", "mean_or_zero", "sum", "batchmean")  # "none" for elementwise losses only: one value each
+    compiled.signature.check_reduction(reduction, (*scalar, "none") if compiled.signature.kind is LossKind.ELEMENTWISE
+                                       else scalar)
     wrt = [compiled.inputs.index(name) for name in compiled.wrt]
 
     def function(*inputs, **options):
@@ -110,12 +109,11 @@ def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, red
     lossdsl.classaxis.sharding's plan as psum and pmax; they run inside the custom_vjp's forward pass (JAX
     cannot differentiate pmax), whose backward pass scales the kept gradient slice. Reductions
     "mean", "mean_or_zero" and "sum"."""
-    from lossdsl.classaxis.sharding import reduce_level, shard_arrays
+    from lossdsl.classaxis.levels import sweep
+    from lossdsl.classaxis.sharding import shard_arrays
     named = isinstance(spec, (str, os.PathLike))
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
-    if reduction not in ("mean", "mean_or_zero", "sum"):
-        raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero' or 'sum'; got {reduction!r}")
-    plan = compiled._backend.block_plan()
+    compiled.signature.check_reduction(reduction, ("mean", "mean_or_zero", "sum"))
 
     def all_reduce(array, op: str):
         return jax.lax.psum(array, axis_name) if op == "sum" else jax.lax.pmax(array, axis_name)
@@ -148,13 +146,15 @@ def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, red
             run.gradient(call, int(first), np.asarray(done, np.float64), grad, float(scale))
             return grad.reshape(np.shape(arrays[0]))
 
+        levels = BlockRun(compiled, classes, np.dtype(dtype)).levels
+
         def forward(logits, *others):
-            done = jnp.asarray(plan.empty(rows), slots)
-            table = jax.ShapeDtypeStruct((rows, plan.width), slots)
-            for level in range(plan.levels):
-                local = jax.pure_callback(functools.partial(host_partials, level), table, start, done, logits,
-                                          *others)
-                done = reduce_level(plan, local, level, all_reduce, xp=jnp)
+            table = jax.ShapeDtypeStruct((rows, levels.width), slots)
+
+            def add_level(level, done):  # this shard's partials of the level, computed on the host
+                return jax.pure_callback(functools.partial(host_partials, level), table, start, done, logits, *others)
+
+            done = sweep(levels, jnp.asarray(levels.empty(rows), slots), add_level, all_reduce, xp=jnp)
             values, norms = jax.pure_callback(host_value, (jax.ShapeDtypeStruct((rows,), dtype),
                                                            jax.ShapeDtypeStruct((rows,), slots)), start, done, logits,
                                               *others)

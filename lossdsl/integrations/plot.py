@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import LossInputError
 from ..frontend.ir import Domain
 from ..runtime.loss import Loss
+from ..runtime.protocol import LossKind
 
 
 def _span(domain: Domain, low: float, high: float) -> np.ndarray:
@@ -45,12 +46,11 @@ def plot(losses: list[Loss], output: str | Path, target: float | None = None,
         raise LossInputError("plotting needs matplotlib: pip install lossdsl[plot]") from None
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     for loss in losses:
-        resolved = getattr(loss, "_resolved", None)
-        if resolved is None:
-            raise LossInputError(f"{loss.name} is a sequence loss: plot draws elementwise losses")
-        if resolved.axis is not None:
-            raise LossInputError(f"{loss.name} is a loss over an axis: plot draws elementwise losses")
-        first, *others = [i for i in resolved.inputs if i.default is None]
+        kind = loss.signature.kind
+        if kind is not LossKind.ELEMENTWISE:
+            what = {LossKind.SEQUENCE: "a sequence loss", LossKind.HEAD: "a linear head"}.get(kind, "a loss over an axis")
+            raise LossInputError(f"{loss.name} is {what}: plot draws elementwise losses")
+        first, *others = [i for i in loss.signature.inputs if i.default is None]
         x = _span(first.domain, *span)
         held = [np.full_like(x, _held(i.domain, target)) for i in others]
         fixed = ", ".join(f"{i.name} = {h[0]:g}" for i, h in zip(others, held))

@@ -24,6 +24,7 @@ import lossdsl
 from lossdsl.classaxis.heads import LinearHead as _LinearHead
 from lossdsl.runtime.layout import axis_span
 from lossdsl.runtime.loss import Loss as _CompiledLoss
+from lossdsl.runtime.protocol import REDUCTIONS, LossKind
 from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
 
 _SCALAR_REDUCTIONS = ("mean", "mean_or_zero", "sum", "batchmean")
@@ -124,11 +125,10 @@ def _input_for(loss, name: str) -> str:
 
 def _required(loss) -> set[str]:
     """The inputs a call must pass (a linear head's own two, and its loss's inputs with no default)."""
-    compiled = loss.loss if isinstance(loss, _LinearHead) else loss
-    resolved = getattr(compiled, "_resolved", None)
-    if resolved is None:  # a sequence loss: every input is its own
+    spec = loss.signature
+    if spec.kind is LossKind.SEQUENCE:  # every input is its own
         return set(loss.inputs)
-    required = {i.name for i in resolved.inputs if i.default is None}
+    required = {i.name for i in spec.inputs if i.default is None}
     return required | {"input", "linear_weight"} if isinstance(loss, _LinearHead) else required
 
 
@@ -208,9 +208,7 @@ class ShardedLoss(torch.nn.Module):
         from lossdsl.classaxis.sharding import ShardedLoss as _Sharded
         named = isinstance(loss, (str, os.PathLike))
         compiled = lossdsl.load(loss, **params) if named else loss.with_params(**params)
-        if reduction not in ("mean", "mean_or_zero", "sum", "none"):
-            raise lossdsl.LossInputError(f"reduction must be 'mean', 'mean_or_zero', 'sum' or 'none'; "
-                                         f"got {reduction!r}")
+        compiled.signature.check_reduction(reduction, REDUCTIONS[LossKind.SHARDED])
         self.reduction, self.group = reduction, group
         # a linear head is made sharded per call (its slice's start comes with the call)
         self.head = compiled if isinstance(compiled, _LinearHead) else None
@@ -286,7 +284,7 @@ class _ShardedFunction(torch.autograd.Function):
         ctx.rows = None  # the shape the incoming gradient takes, broadcast along the class axis, for "none"
         if options["reduction"] == "none":  # a row's loss reads only its row: its gradient scales by its own
             loss = sharded.loss
-            low, high = axis_span(loss.name, grad.shape, options["axis"], loss._resolved.axis_position)
+            low, high = axis_span(loss.name, grad.shape, options["axis"], loss.signature.axis_position)
             ctx.rows = (*grad.shape[:low], *[1] * (high - low + 1), *grad.shape[high + 1:])
         result = torch.as_tensor(np.asarray(value))
         return result.to(torch.float32 if logits.dtype in _LOW_PRECISION else logits.dtype)

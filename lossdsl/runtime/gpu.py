@@ -20,6 +20,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from .protocol import Target
 from ..errors import LossDeviceError, LossInputError
 from .layout import HOST, RowCall
 from .layout import is_gpu_array as _is_device
@@ -38,7 +39,7 @@ def device_memory() -> "DeviceMemory":
 class DeviceMemory:
     """layout.HostMemory's interface for arrays on the CUDA device."""
 
-    target = "cuda"
+    target = Target.CUDA
     checks_domains = False
 
     @staticmethod

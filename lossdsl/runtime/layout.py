@@ -15,9 +15,8 @@ import numpy as np
 
 from . import buffers, threads
 from ..errors import LossInputError, LossLabelError
+from .protocol import MEANS, REDUCTIONS, LossKind, Target
 
-CALL_REDUCTIONS = ("none", "sum", "mean", "mean_or_zero", "batch", "batchmean")  # what a call's `reduction=` may be
-MEANS = ("mean", "mean_or_zero")  # over nothing kept (every label ignored): NaN as PyTorch, or 0
 
 
 def is_gpu_array(value) -> bool:
@@ -151,8 +150,9 @@ class Call:
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
                  batch_axis, memory=None):
         self.memory = memory or HOST  # where the arrays live: HostMemory, or gpu.DeviceMemory
-        if reduction not in CALL_REDUCTIONS:
-            raise LossInputError(f"reduction must be one of {', '.join(CALL_REDUCTIONS)}; got {reduction!r}")
+        if reduction not in REDUCTIONS[LossKind.ELEMENTWISE]:
+            raise LossInputError(f"reduction must be one of {', '.join(REDUCTIONS[LossKind.ELEMENTWISE])}; got "
+                                 f"{reduction!r}")
         self.name, self.shape, self.dtype, self.reduction = name, shape, dtype, reduction
         self.size = math.prod(shape)
         self.units = self.work = self.size  # kernel loop iterations, and elements they touch
@@ -192,6 +192,38 @@ class Call:
         values = self.memory.to_host(values)  # the per-sample mean is taken on the host
         other_axes = tuple(a for a in range(len(self.shape)) if a != self.batch_axis)
         return values.mean(axis=other_axes, dtype=np.float64).astype(self.dtype) if other_axes else values
+
+
+class ElementCall(Call):
+    """A call of an elementwise loss: inputs broadcast NumPy's way, flat."""
+
+    def __init__(self, loss, arrays: dict[str, np.ndarray | None], reduction, weight, sample_weight,
+                 batch_axis, memory=None):
+        resolved = loss._resolved
+        dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
+        for spec_input in resolved.inputs:  # an optional input left out takes its default
+            if arrays[spec_input.name] is None:
+                arrays[spec_input.name] = np.asarray(spec_input.default)
+        names = list(arrays)
+        try:
+            shapes = {a.shape for a in arrays.values()}
+            shape = shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
+        except ValueError:
+            shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
+            raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None
+        super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
+        # an optional input of one value stays one element: the kernels read it so (codegen/elementwise.py)
+        shapes = {i.name: (1,) if i.default is not None and arrays[i.name].size == 1 and math.prod(shape) != 1
+                  else shape for i in resolved.inputs}
+        self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
+                     for n in names]
+        if loss.check_domains and self.memory.checks_domains:
+            for spec_input, array in zip(resolved.inputs, self.head):
+                check_domain(resolved.name, spec_input, array, shapes[spec_input.name])
+        self.grad_size = self.size
+
+    def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+        return unbroadcast(grad.reshape(self.shape), target)
 
 
 class RowCall(Call):
@@ -337,7 +369,7 @@ class HostMemory:
     """Arrays in host memory: NumPy conversions and checks, kernels on the CPU's threads.
     (gpu.DeviceMemory is the same interface for arrays on a CUDA device.)"""
 
-    target = "cpu"
+    target = Target.CPU
     checks_domains = True
 
     @staticmethod

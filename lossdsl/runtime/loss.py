@@ -7,22 +7,23 @@ the on-disk cache) one kernel module per float dtype on first use.
 from __future__ import annotations
 
 import dataclasses
-import math
 import pickle
 from typing import Any, Mapping, Protocol
 
 import numpy as np
 
 from ..errors import LossInputError, LossParameterError
-from .layout import (HOST, LOW_PRECISION, Call, RowCall, by_name, check_domain, float_dtype, is_gpu_array,
-                     unbroadcast)
 from ..frontend.resolve import ResolvedLoss, check_values
+from .layout import HOST, LOW_PRECISION, Call, ElementCall, RowCall, by_name, is_gpu_array
+from .protocol import Kind, LossKind, Signature, Target
 
 
 class _Backend(Protocol):
-    def module(self, dtype: np.dtype, fresh: bool = False, target: str = "cpu") -> Any: ...
-    def source(self, dtype: np.dtype = ..., key: str | None = None, target: str = "cpu") -> str: ...
+    def module(self, dtype: np.dtype, kind: Kind = Kind.LOSS, target: Target = Target.CPU,
+               fresh: bool = False) -> Any: ...
+    def source(self, dtype: np.dtype = ..., kind: Kind = Kind.LOSS, target: Target = Target.CPU) -> str: ...
     def plan(self) -> Any: ...
+    def block_plan(self, outputs: bool = False) -> Any: ...
     def explain(self, latex: bool = False) -> str: ...
 
 
@@ -63,6 +64,27 @@ class Loss:
     bound = property(lambda self: dict(self._bound), doc="Optional inputs given at load, by name (used where a "
                                                          "call leaves them out).")
 
+    @property
+    def signature(self) -> Signature:
+        """The public metadata adapters and the CLI read (lossdsl.runtime.protocol)."""
+        r = self._resolved
+        return Signature(r.name, LossKind.ELEMENTWISE if r.axis is None else LossKind.ROWS, r.inputs, r.wrt,
+                         dict(self._values), r.axis, r.axis_position, r.labels, r.outputs, self.inputs)
+
+    @property
+    def kernel_params(self) -> tuple[float, ...]:
+        """The numeric parameters' values in the order every kernel takes them, after its arrays."""
+        return self._param_args
+
+    def module(self, dtype, kind: Kind = Kind.LOSS, target: Target = Target.CPU):
+        """The generated module of `kind` for `dtype` on `target` (built or loaded from the cache on first use)."""
+        return self._backend.module(dtype, kind, target)
+
+    def block_plan(self, outputs: bool = False):
+        """For a loss over a class axis, its reductions as partials over blocks of classes
+        (lossdsl.classaxis.partials), with those its `output` values need when `outputs`."""
+        return self._backend.block_plan(outputs)
+
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self._values.items())
         return f"<lossdsl.Loss {self.name}({', '.join(self.inputs)}{params})>"
@@ -83,9 +105,9 @@ class Loss:
 
     def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
         """The generated Numba module, as Python source, for the "cpu" or "cuda" target."""
-        if target not in ("cpu", "cuda"):
-            raise ValueError(f"unknown target {target!r}; available: 'cpu', 'cuda'")
-        return self._backend.source(np.dtype(dtype), target=target)
+        if target not in tuple(Target):
+            raise ValueError(f"unknown target {target!r}; available: {', '.join(repr(t.value) for t in Target)}")
+        return self._backend.source(np.dtype(dtype), Kind.LOSS, Target(target))
 
     def with_params(self, **params) -> "Loss":
         """The same loss with other parameter values (numeric ones reuse the compiled kernels); keywords that
@@ -172,7 +194,7 @@ class Loss:
         grad, hess = np.empty(call.size, call.dtype), np.empty(call.size, call.dtype)
         self._run(call, "loss_grad_hess", lambda: (*call.head, *self._param_args, call.weights, call.scale,
                                                    call.grad_scale, np.empty(0, call.dtype), grad, hess),
-                  target="grad_hess")
+                  kind=Kind.GRAD_HESS)
         np.maximum(hess, call.dtype.type(hessian_floor), out=hess)
         name = self.wrt[0]
         return (call.unbroadcast(name, grad, call.originals[name]), call.unbroadcast(name, hess, call.originals[name]))
@@ -215,13 +237,13 @@ class Loss:
         from ..classaxis.heads import LinearHead
         return LinearHead(self, chunk_rows, chunk_classes)
 
-    def _run(self, call, kernel: str | None, arguments, target: str | None = None):
+    def _run(self, call, kernel: str | None, arguments, kind: Kind = Kind.LOSS):
         """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor; None:
         the checks alone);
         if Numba's on-disk cache for it is damaged, discard it and retry once."""
         for fresh in (False, True):
             try:
-                module = self._backend.module(call.dtype, fresh=fresh, target=target or call.memory.target)
+                module = self._backend.module(call.dtype, kind, call.memory.target, fresh=fresh)
                 call.before(module, self._param_args)
                 return None if kernel is None else call.memory.launch(module, kernel, call, arguments())
             except (EOFError, pickle.UnpicklingError):
@@ -351,35 +373,3 @@ def _same_buffer(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two arrays are the same C-ordered memory, element for element."""
     return (a.size == b.size and a.dtype == b.dtype and a.flags.c_contiguous and b.flags.c_contiguous
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-
-
-class ElementCall(Call):
-    """A call of an elementwise loss: inputs broadcast NumPy's way, flat."""
-
-    def __init__(self, loss: Loss, arrays: dict[str, np.ndarray | None], reduction, weight, sample_weight,
-                 batch_axis, memory=None):
-        resolved = loss._resolved
-        dtype = float_dtype([arrays[n] for n in resolved.wrt], resolved.wrt)
-        for spec_input in resolved.inputs:  # an optional input left out takes its default
-            if arrays[spec_input.name] is None:
-                arrays[spec_input.name] = np.asarray(spec_input.default)
-        names = list(arrays)
-        try:
-            shapes = {a.shape for a in arrays.values()}
-            shape = shapes.pop() if len(shapes) == 1 else np.broadcast_shapes(*shapes)
-        except ValueError:
-            shapes = ", ".join(f"{n} {a.shape}" for n, a in arrays.items())
-            raise LossInputError(f"{resolved.name}: input shapes do not match or broadcast: {shapes}") from None
-        super().__init__(resolved.name, shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
-        # an optional input of one value stays one element: the kernels read it so (codegen/elementwise.py)
-        shapes = {i.name: (1,) if i.default is not None and arrays[i.name].size == 1 and math.prod(shape) != 1
-                  else shape for i in resolved.inputs}
-        self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
-                     for n in names]
-        if loss.check_domains and self.memory.checks_domains:
-            for spec_input, array in zip(resolved.inputs, self.head):
-                check_domain(resolved.name, spec_input, array, shapes[spec_input.name])
-        self.grad_size = self.size
-
-    def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
-        return unbroadcast(grad.reshape(self.shape), target)

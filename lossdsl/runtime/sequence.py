@@ -21,13 +21,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..errors import LossInputError, LossParameterError
-from .layout import HOST, MEANS, axis_span, by_name, float_dtype, integer_labels
+from .layout import HOST, axis_span, by_name, float_dtype, integer_labels
+from .protocol import MEANS, REDUCTIONS, LossKind, Signature
 from ..frontend.resolve import evaluate
 from .loss import memory_for
 from ..frontend.staging import SequenceStages
-
-REDUCTIONS = ("mean", "mean_or_zero", "sum", "none", "batch")
-
 
 class SequenceLoss:
     """A loss over sequences (CTC, ...). Call it for the value; `value_and_grad` for value and gradient.
@@ -69,6 +67,13 @@ class SequenceLoss:
     params = property(lambda self: dict(self._values), doc="Parameter values of this instance.")
 
     unit = "sequence"  # what the intrinsic gives one value for
+
+    @property
+    def signature(self) -> Signature:
+        """The public metadata adapters and the CLI read (lossdsl.runtime.protocol)."""
+        spec = self._stages.spec
+        return Signature(spec.name, LossKind.SEQUENCE, spec.inputs, self.wrt, dict(self._values),
+                         call_inputs=self.inputs)
 
     def __repr__(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self._values.items())
@@ -155,8 +160,9 @@ class SequenceLoss:
     def _scores(self, inputs, named_inputs, reduction: str, device):
         """(memory, arrays by input, the scores as given, the call's dtype, the scores in it): what every call
         starts with."""
-        if reduction not in REDUCTIONS:
-            raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        if reduction not in REDUCTIONS[LossKind.SEQUENCE]:
+            raise LossInputError(f"{self.name}: reduction must be one of {', '.join(REDUCTIONS[LossKind.SEQUENCE])}; "
+                                 f"got {reduction!r}")
         memory = memory_for([*inputs, *named_inputs.values()], device)
         arrays = self._gather(inputs, named_inputs, memory)
         given = arrays[self._stages.scores]

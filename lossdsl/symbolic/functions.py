@@ -63,7 +63,7 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
 ]}
 
 # Reductions over a named axis: `op(body, axis)`; norm also takes its order p (default 2).
-# Their derivatives are the compiler's (symbolic.py), so they are not SymPy functions.
+# Their derivatives are the compiler's (derive.py), so they are not SymPy functions.
 REDUCTIONS: dict[str, str] = {
     "sum": "sum over the axis",
     "mean": "sum / length of the axis",

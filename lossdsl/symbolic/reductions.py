@@ -92,6 +92,7 @@ class _Graph:
         self.length = sympy.Symbol("_len", positive=True)
         self.reductions: list[Reduction] = []
         self.loads: list[Load] = []
+        self.local: ir.Local | None = None  # the local being built: a reduction that is all of it takes its name
 
     def node(self, expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
         if isinstance(expr, ir.Reduce):
@@ -102,7 +103,7 @@ class _Graph:
             for existing in self.reductions:  # the same reduction written twice is computed once
                 if (existing.op, existing.body, existing.order) == (expr.op, body, order):
                     return existing.symbol
-            symbol = sympy.Symbol(f"_r{len(self.reductions)}", real=True)
+            symbol = sympy.Symbol(self.reduction_name(expr), real=True)
             self.reductions.append(Reduction(symbol, expr.op, body, order))
             return symbol
         array = to_sympy(expr.array, env, self.node)
@@ -112,6 +113,17 @@ class _Graph:
             if symbol in array.free_symbols:
                 swaps[symbol] = self.load(name, label)
         return array.xreplace(swaps)
+
+    def reduction_name(self, expr: ir.Reduce) -> str:
+        """The local's own name where the reduction is all of it (`lse = logsumexp(x, c)`), so kernels
+        read like the spec; `_r<n>` otherwise, or where that name is taken."""
+        fallback = f"_r{len(self.reductions)}"
+        if self.local is None or expr is not self.local.expr:
+            return fallback
+        name = safe_name(self.local.name)
+        taken = {str(s) for s in self.env.values() if isinstance(s, sympy.Symbol)} | {r.symbol.name for r in
+                                                                                      self.reductions}
+        return fallback if name.startswith("_") or name in taken else name
 
     def load(self, name: str, label: str) -> sympy.Symbol:
         for existing in self.loads:
@@ -153,9 +165,11 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
     length = graph.length
     local_values: dict[str, sympy.Expr] = {}
     for local in loss.locals:
+        graph.local = local
         with at(loss, local):
             env[local.name] = local_values[local.name] = _checked(_ours(to_sympy(local.expr, env, graph.node)), loss,
                                                                   local)
+    graph.local = None
     with at(loss, loss.locals[-1]):
         value = _prepare(local_values[loss.name])
         rules = {rule: None if getattr(loss, rule) is None else to_sympy(getattr(loss, rule), env, graph.node)

@@ -69,3 +69,16 @@ def test_every_kind_of_loss_states_its_signature_and_reductions():
         head.check_reduction("batch")
     assert cases[LossKind.ROWS].signature.labels == ("y",)
     assert isinstance(cases[LossKind.ELEMENTWISE].formula, sympy.Expr)
+
+
+def test_a_function_of_sympys_is_one_table_row_with_its_template():
+    """A row built from SymPy names how it is printed; SymPy's other functions are refused, not printed as
+    bare names Numba cannot resolve (PythonCodePrinter would print atan(x))."""
+    from lossdsl.codegen.printer import NumbaPrinter, UnsupportedExpression
+    from lossdsl.symbolic.functions import FUNCTIONS
+    native = [f for f in FUNCTIONS.values() if f.build.startswith("sympy.") and f.name != "sqrt"]  # sqrt: a power
+    assert native and all(f.numba for f in native)
+    x = sympy.Symbol("x", real=True)
+    assert NumbaPrinter().doprint(sympy.cosh(x)) == "math.cosh(x)"
+    with pytest.raises(UnsupportedExpression, match="atan"):
+        NumbaPrinter().doprint(sympy.atan(x))

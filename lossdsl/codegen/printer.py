@@ -12,17 +12,16 @@ import sympy
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..symbolic.derive import against_infinity
+from ..symbolic.functions import FUNCTIONS
 
-# SymPy's own functions that can appear in a plan, by class name.
+# SymPy's own functions that can appear in a plan, by class name: the function table's (its `numba`
+# templates), and those only derivatives and rewrites make
 _NATIVE = {
-    "exp": "fast_exp({0})",  # the module binds fast_exp to its float type's exp
-    "log": "fast_log({0})",
+    **{f.build.removeprefix("sympy."): f.numba for f in FUNCTIONS.values() if f.numba},
     "log1p": "fast_log1p({0})",
     "expm1": "math.expm1({0})",
-    "tanh": "fast_tanh({0})",
-    "cosh": "math.cosh({0})",
-    "sinh": "math.sinh({0})",
-    "loggamma": "math.lgamma({0})",
+    "sinh": "math.sinh({0})",  # cosh's derivative
+    "Abs": "abs({0})",  # stability rewrites and derivatives make it
 }
 
 DIGAMMA_HELPER = """
@@ -58,8 +57,9 @@ class NumbaPrinter(PythonCodePrinter):
         return expr.name  # plan symbols are already safe identifiers; SymPy would rename some
 
     def _print(self, expr, **kwargs):
-        # lossdsl's own functions first: SymPy's printer has methods for some of their names (sign)
-        if getattr(type(expr), "numba", None) is not None:
+        # every function by this printer's rules: SymPy's has methods for some names (sign), and prints
+        # the math functions it knows (atan, erf) as bare names Numba cannot resolve
+        if isinstance(expr, sympy.Function) and f"_print_{type(expr).__name__}" not in NumbaPrinter.__dict__:
             return self._print_Function(expr)
         return super()._print(expr, **kwargs)
 
@@ -133,9 +133,6 @@ class NumbaPrinter(PythonCodePrinter):
         if helper:
             self.helpers[name] = helper
         return template.format(*args)
-
-    _print_exp = _print_log = _print_log1p = _print_expm1 = _print_tanh = _print_cosh = _print_Function
-    _print_sinh = _print_loggamma = _print_Function
 
     def _print_polygamma(self, expr):
         order, x = expr.args

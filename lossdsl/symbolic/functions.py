@@ -7,7 +7,8 @@ in `sympy_functions.py` whose `fdiff` states PyTorch's convention at kinks and w
 from, and a line of documentation. The table itself does not import SymPy, so the
 resolver and a cached load never do.
 
-Adding a function = a row here (plus a class in sympy_functions.py when SymPy lacks one).
+Adding a function = a row here: for one of SymPy's, with its `numba` template; otherwise a class in
+sympy_functions.py, which carries its own.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Function:
     doc: str
     domain: tuple[float, float] = (-3.0, 3.0)  # where tests/test_functions.py samples the first argument
     condition_args: tuple[int, ...] = ()  # argument positions that take a condition, not a number
+    numba: str = ""  # for a SymPy function ("sympy.NAME"): how it is printed, e.g. "math.cosh({0})"
 
     def builder(self) -> Callable:
         """The callable that builds this function's SymPy expression (imports SymPy)."""
@@ -35,9 +37,9 @@ class Function:
 
 FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("abs", 1, "absolute", "|x|; derivative sign(x), 0 at 0"),
-    Function("sqrt", 1, "sympy.sqrt", "square root", (0.1, 4.0)),
-    Function("exp", 1, "sympy.exp", "e^x"),
-    Function("log", 1, "sympy.log", "natural logarithm", (0.1, 4.0)),
+    Function("sqrt", 1, "sympy.sqrt", "square root", (0.1, 4.0)),  # a power: printed as one
+    Function("exp", 1, "sympy.exp", "e^x", numba="fast_exp({0})"),  # the module binds its float type's exp
+    Function("log", 1, "sympy.log", "natural logarithm", (0.1, 4.0), numba="fast_log({0})"),
     Function("log1p", 1, "log1p", "log(1 + x), accurate for small x", (-0.9, 3.0)),
     Function("expm1", 1, "expm1", "exp(x) - 1, accurate for small x"),
     Function("pow", 2, "make_power", "x^y (same as x^y)", (0.1, 3.0)),
@@ -49,11 +51,11 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("sigmoid", 1, "sigmoid", "1 / (1 + exp(-x)), stable for large |x|"),
     Function("log_sigmoid", 1, "log_sigmoid", "log(sigmoid(x)) = -softplus(-x), stable"),
     Function("softplus", 1, "softplus", "log(1 + exp(x)), stable"),
-    Function("tanh", 1, "sympy.tanh", "hyperbolic tangent"),
-    Function("cosh", 1, "sympy.cosh", "hyperbolic cosine"),
+    Function("tanh", 1, "sympy.tanh", "hyperbolic tangent", numba="fast_tanh({0})"),
+    Function("cosh", 1, "sympy.cosh", "hyperbolic cosine", numba="math.cosh({0})"),
     Function("log_cosh", 1, "log_cosh", "log(cosh(x)), stable for large |x|"),
     Function("xlogy", 2, "xlogy", "x*log(y), 0 where x = 0 (torch.xlogy)", (0.1, 3.0)),
-    Function("lgamma", 1, "sympy.loggamma", "log|Gamma(x)|", (0.5, 5.0)),
+    Function("lgamma", 1, "sympy.loggamma", "log|Gamma(x)|", (0.5, 5.0), numba="math.lgamma({0})"),
     Function("log_clamped", 1, "log_clamped", "max(log(x), -100); derivative 1/max(x, 1e-12) (PyTorch BCE)",
              (0.05, 0.95)),
     Function("bce_clamped", 2, "bce_clamped", "PyTorch's BCE of probability x against target y, logs clamped at -100; "

@@ -82,3 +82,28 @@ def test_a_function_of_sympys_is_one_table_row_with_its_template():
     assert NumbaPrinter().doprint(sympy.cosh(x)) == "math.cosh(x)"
     with pytest.raises(UnsupportedExpression, match="atan"):
         NumbaPrinter().doprint(sympy.atan(x))
+
+
+@pytest.mark.parametrize("name, kind, target", [("huber", Kind.LOSS, Target.CPU), ("huber", Kind.LOSS, Target.CUDA),
+                                                ("huber", Kind.GRAD_HESS, Target.CPU),
+                                                ("cross_entropy", Kind.LOSS, Target.CPU),
+                                                ("cross_entropy", Kind.BLOCKS, Target.CPU)])
+def test_every_module_declares_its_kernels_arguments(name, kind, target):
+    """The runtime binds arguments by the names a module declares; they are the kernels' own, in order."""
+    import ast
+
+    from lossdsl.runtime.protocol import bind
+    source = compiler.build(lossdsl.load(name)._resolved, np.dtype("float64"), kind, target)
+    tree = ast.parse(source)
+    declared = ast.literal_eval(next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                                     and getattr(node.targets[0], "id", "") == "KERNELS"))
+    defined = {node.name: [a.arg for a in node.args.args] for node in tree.body if isinstance(node, ast.FunctionDef)
+               and node.name.startswith("loss_")}
+    own = {"__result"} if target is Target.CUDA else {"__start", "__stop"}
+    assert set(defined) <= set(declared)
+    for kernel, arguments in defined.items():
+        assert list(declared[kernel]) == [a for a in arguments if a not in own]
+    module = type("Module", (), {"KERNELS": declared})
+    first = next(iter(defined))
+    with pytest.raises(lossdsl.LossError, match="internal error"):
+        bind(module, first, {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.protocol import Kind
+from ..runtime.protocol import Kind, bind, safe_name
 from ..runtime import threads
 from ..errors import LossLabelError
 from ..runtime.layout import RowCall
@@ -35,7 +35,7 @@ class BlockRun:
         lo + 1, ...) combined into it; its earlier levels must be whole."""
         partial = self.levels.empty(block.rows)
         threads.run(self.module.loss_block_pass, block.rows, block.work,
-                    (*block.head, *self.loss.kernel_params, lo, self.classes, done, level, partial))
+                    self.arguments(block, "loss_block_pass", lo, done, {"__level": level, "__partial": partial}))
         self.levels.combine(done, partial, level)
         return done
 
@@ -47,8 +47,9 @@ class BlockRun:
         out, norms, bad = np.empty(rows, self.dtype), np.empty(rows), np.zeros(rows, np.int8)
         shown = extra if extra is not None else np.empty((0, 0), self.dtype)
         threads.run(self.module.loss_block_value, rows, rows,
-                    (*block.head, *self.loss.kernel_params, 0, self.classes, done, block.weights, 1.0, out, norms,
-                     bad, shown))
+                    self.arguments(block, "loss_block_value", 0, done, {
+                        "__weight": block.weights, "__scale": 1.0, "__out": out, "__norms": norms, "__bad": bad,
+                        "__extra": shown}))
         if bad.any():
             row = int(np.argmax(bad))
             label = next(int(block.arrays[k][row]) for k in block.label_inputs
@@ -61,5 +62,13 @@ class BlockRun:
     def gradient(self, block: RowCall, lo: int, done: np.ndarray, grad: np.ndarray, scale: float = 1.0) -> None:
         """This block's gradient (times `scale`) into `grad`, flat and C-ordered like the block's first
         input, which it may be."""
+        gradient = {f"__grad_{safe_name(name)}": grad for name in self.loss.wrt}  # the logits, the only one
         threads.run(self.module.loss_block_grad, block.rows, block.work,
-                    (*block.head, *self.loss.kernel_params, lo, self.classes, done, block.weights, 1.0, scale, grad))
+                    self.arguments(block, "loss_block_grad", lo, done, {
+                        "__weight": block.weights, "__scale": 1.0, "__gscale": scale, **gradient}))
+
+    def arguments(self, block: RowCall, kernel: str, lo: int, done: np.ndarray, others: dict) -> tuple:
+        """`kernel`'s arguments for one block: its classes lo .. lo + __width - 1 of __C."""
+        named = {**block.named, **self.loss.kernel_params, "__width": block.length, "__lo": lo, "__C": self.classes,
+                 "__done": done}
+        return bind(self.module, kernel, {**named, **others})

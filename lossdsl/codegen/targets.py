@@ -12,6 +12,7 @@ module binds to the names the printer writes (`fast_exp`, `load`, ...).
 """
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -186,7 +187,19 @@ class Target:
             imports = _cpu_imports(code, dtype)
             constants = f"F = {_FLOAT_TYPES[dtype]}\nFASTMATH = {FASTMATH}\n{data}"
         return (f"{header}\n\nimport math\n\nimport numba\nimport numpy as np\n\n{imports}\n"
-                f"{constants}\n{helpers}\n" + "\n\n".join(kernels))
+                f"{constants}\n{helpers}\n" + "\n\n".join(kernels) + self.declaration(kernels))
+
+    def declaration(self, kernels: list[str]) -> str:
+        """`KERNELS`: each kernel's arguments in order, without this target's own (the runtime binds by name)."""
+        own = {"__result"} if self.cuda else {"__start", "__stop"}
+        signatures: dict[str, tuple[str, ...]] = {}
+        for node in ast.parse("\n".join(kernels)).body:
+            if isinstance(node, ast.FunctionDef):
+                signatures[node.name] = tuple(a.arg for a in node.args.args if a.arg not in own)
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):  # an alias of a kernel
+                signatures[node.targets[0].id] = signatures[node.value.id]
+        lines = "".join(f"    {name!r}: {arguments!r},\n" for name, arguments in signatures.items())
+        return f"\n\n# each kernel's arguments, by name (lossdsl.runtime.protocol.bind)\nKERNELS = {{\n{lines}}}\n"
 
 
 def _called(code: str) -> set[str]:

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .protocol import Target
+from .protocol import Target, bind
 from ..errors import LossDeviceError, LossInputError
 from .layout import HOST, RowCall
 from .layout import is_gpu_array as _is_device
@@ -96,16 +96,17 @@ class DeviceMemory:
         return array.copy_to_host() if _is_device(array) else array
 
     @staticmethod
-    def launch(module, kernel: str, call, arguments: tuple) -> float:
+    def launch(module, kernel: str, call, arguments: dict) -> float:
         """Run `kernel` over the call's elements (a thread each) or rows (a block each); its float64 sum."""
         threads = call.units * module.THREADS if isinstance(call, RowCall) else call.units
-        return _launch(module, getattr(module, kernel), threads, arguments)
+        return _launch(module, getattr(module, kernel), threads, bind(module, kernel, arguments))
 
     @staticmethod
     def check_rows(module, call, params) -> tuple[float, int, int]:
         """The label pass on the device: (mean divisor, first bad row or -1, its label)."""
         bad = cuda.to_device(np.array([call.rows], np.int64))
-        divisor = _launch(module, module.loss_rows, call.rows, (*call.head, *params, bad))
+        divisor = _launch(module, module.loss_rows, call.rows, bind(module, "loss_rows",
+                                                                    {**call.named, **params, "__bad": bad}))
         row = int(bad.copy_to_host()[0])
         return (divisor, -1, 0) if row == call.rows else (0.0, row, _label_at(call, row))
 

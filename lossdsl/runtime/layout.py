@@ -15,7 +15,7 @@ import numpy as np
 
 from . import buffers, threads
 from ..errors import LossInputError, LossLabelError
-from .protocol import MEANS, REDUCTIONS, LossKind, Target
+from .protocol import MEANS, REDUCTIONS, LossKind, Target, argument, bind
 
 
 
@@ -217,6 +217,7 @@ class ElementCall(Call):
                   else shape for i in resolved.inputs}
         self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
                      for n in names]
+        self.named = {argument(n): a for n, a in zip(names, self.head)}  # the kernels' arguments
         if loss.check_domains and self.memory.checks_domains:
             for spec_input, array in zip(resolved.inputs, self.head):
                 check_domain(resolved.name, spec_input, array, shapes[spec_input.name])
@@ -280,6 +281,8 @@ class RowCall(Call):
         self.steps = self.steps.reshape(len(steps), 3)
         self.label_inputs = [k for k, i in enumerate(resolved.inputs) if i.name in resolved.labels]
         self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
+        self.named = {**{argument(i.name): a for i, a in zip(resolved.inputs, self.arrays)}, "__steps": self.steps,
+                      "__rows": self.rows, "__C": self.length, "__inner": self.inner}  # the kernels' arguments
         self.grad_size = math.prod(full)
         self.needs_rows = bool(resolved.labels) or resolved.ignore is not None or resolved.mean_weight is not None
 
@@ -392,13 +395,13 @@ class HostMemory:
         return value
 
     @staticmethod
-    def launch(module, kernel: str, call: Call, arguments: tuple) -> float:
-        return threads.run(getattr(module, kernel), call.units, call.work, arguments)
+    def launch(module, kernel: str, call: Call, arguments: dict) -> float:
+        return threads.run(getattr(module, kernel), call.units, call.work, bind(module, kernel, arguments))
 
     @staticmethod
-    def check_rows(module, call: "RowCall", params) -> tuple[float, int, int]:
+    def check_rows(module, call: "RowCall", params: dict) -> tuple[float, int, int]:
         """(what "mean" divides by, first row with a label out of range or -1, that label)."""
-        return module.loss_rows(*call.head, *params)
+        return module.loss_rows(*bind(module, "loss_rows", {**call.named, **params}))
 
 
 HOST = HostMemory()

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import LossInputError, LossParameterError
 from ..frontend.resolve import ResolvedLoss, check_values
 from .layout import HOST, LOW_PRECISION, Call, ElementCall, RowCall, by_name, is_gpu_array
-from .protocol import Kind, LossKind, Signature, Target
+from .protocol import Kind, LossKind, Signature, Target, argument, safe_name
 
 
 class _Backend(Protocol):
@@ -50,7 +50,7 @@ class Loss:
         self._resolved = resolved
         self._backend = backend
         self._values = dict(resolved.values)
-        self._param_args = tuple(float(self._values[p]) for p in resolved.numeric_params)
+        self._param_args = {argument(p): float(self._values[p]) for p in resolved.numeric_params}
         self._bound: dict[str, Any] = {}  # optional inputs given once, at load (class weights, pos_weight)
         #: Check inputs against the domains the spec declares (labels in {0, 1}, p in [0, 1], ...).
         self.check_domains = True
@@ -72,8 +72,8 @@ class Loss:
                          dict(self._values), r.axis, r.axis_position, r.labels, r.outputs, self.inputs)
 
     @property
-    def kernel_params(self) -> tuple[float, ...]:
-        """The numeric parameters' values in the order every kernel takes them, after its arrays."""
+    def kernel_params(self) -> dict[str, float]:
+        """The numeric parameters' values, by the names of the kernel arguments that carry them."""
         return self._param_args
 
     def module(self, dtype, kind: Kind = Kind.LOSS, target: Target = Target.CPU):
@@ -130,7 +130,8 @@ class Loss:
         """The loss, reduced as asked; runs the value-only kernel."""
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
         out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
-        total = self._run(call, "loss_value", lambda: (*call.head, *self._param_args, call.weights, call.scale, out))
+        total = self._run(call, "loss_value", lambda: {**call.named, **self._param_args, "__weight": call.weights,
+                                                       "__scale": call.scale, "__out": out})
         return call.memory.result(call.reduce(total, out), call)
 
     def value_and_grad(self, *inputs, reduction: str = "mean", weight: float | None = None, sample_weight=None,
@@ -161,8 +162,10 @@ class Loss:
                 why = "declares no `output`" if not names else "computes its outputs on the CPU only"
                 raise LossInputError(f"{self.name} {why}")
             kernel, extra = "loss_value_and_grad_outputs", (np.empty((call.rows, len(names)), call.dtype),)
-        total = self._run(call, kernel, lambda: (*call.head, *self._param_args, call.weights, call.scale,
-                                                 call.grad_scale, out, *grads, *extra))
+        total = self._run(call, kernel, lambda: {
+            **call.named, **self._param_args, "__weight": call.weights, "__scale": call.scale,
+            "__gscale": call.grad_scale, "__out": out, "__extra": extra[0] if extra else None,
+            **{f"__grad_{safe_name(name)}": g for name, g in zip(self.wrt, grads)}})
         shaped = [_given_precision(call.unbroadcast(name, g, call.originals[name]), call.dtypes[name])
                   for name, g in zip(self.wrt, grads)]
         for i, target in enumerate(targets):
@@ -192,8 +195,9 @@ class Loss:
         if call.memory is not HOST:
             raise LossInputError(f"{self.name}: grad_hess takes host arrays")
         grad, hess = np.empty(call.size, call.dtype), np.empty(call.size, call.dtype)
-        self._run(call, "loss_grad_hess", lambda: (*call.head, *self._param_args, call.weights, call.scale,
-                                                   call.grad_scale, np.empty(0, call.dtype), grad, hess),
+        self._run(call, "loss_grad_hess", lambda: {**call.named, **self._param_args, "__weight": call.weights,
+                                                   "__scale": call.scale, "__gscale": call.grad_scale,
+                                                   "__out": np.empty(0, call.dtype), "__grad": grad, "__hess": hess},
                   kind=Kind.GRAD_HESS)
         np.maximum(hess, call.dtype.type(hessian_floor), out=hess)
         name = self.wrt[0]
@@ -238,8 +242,8 @@ class Loss:
         return LinearHead(self, chunk_rows, chunk_classes)
 
     def _run(self, call, kernel: str | None, arguments, kind: Kind = Kind.LOSS):
-        """Call a kernel (its `arguments` made after the call's checks, which set the mean's divisor; None:
-        the checks alone);
+        """Call a kernel (its `arguments`, by name, made after the call's checks, which set the mean's
+        divisor; None: the checks alone);
         if Numba's on-disk cache for it is damaged, discard it and retry once."""
         for fresh in (False, True):
             try:

@@ -7,14 +7,19 @@
 - What a generated module holds, named apart from where it runs: a kernel `Kind` and a `Target`
   (`codegen/targets.py` holds each target's dialect). Both are string enums, so cache keys, CLI
   options and messages stay plain text.
+- The kernel ABI: every generated module declares `KERNELS`, each kernel's argument names in order
+  (without the target's own: a CPU kernel's row range, a CUDA kernel's result array), and the runtime
+  binds its arguments by those names (`bind`). Spec names become identifiers by `safe_name`.
 """
 from __future__ import annotations
 
+import hashlib
+import keyword
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
 
-from ..errors import LossInputError
+from ..errors import LossError, LossInputError
 from ..frontend.ir import Input
 
 Value = float | bool | str
@@ -92,3 +97,35 @@ class Signature:
 def _alternatives(names: tuple[str, ...]) -> str:
     quoted = [repr(n) for n in names]
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+# --- the kernel ABI -----------------------------------------------------------------------------------
+
+# Names the generated modules themselves use (CPU and CUDA); a spec name equal to one gets a trailing "_".
+_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "kernel", "load",
+                                "store", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow",
+                                "fast_pow_log", "fast_pow_from_log", "cuda", "THREADS", "KERNELS", "PARTIALS"}
+LONGEST_NAME = 64  # longer spec names are shortened in generated code (LLVM mangles very long ones into clashes)
+
+
+def safe_name(name: str) -> str:
+    """A spec name as an identifier of generated code; one-to-one (`np` → `np_`, `np_` → `np__`, a name
+    of over LONGEST_NAME characters → its first 32 and a hash: 46 characters ending in one `_`, a form
+    no other rule makes)."""
+    if len(name) > LONGEST_NAME:
+        return f"{name[:32]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}_"
+    return name + "_" if name in _TAKEN or name.endswith("_") else name
+
+
+def argument(name: str) -> str:
+    """The kernel argument that carries the input or numeric parameter `name`."""
+    return f"_{safe_name(name)}_"
+
+
+def bind(module, kernel: str, arguments: Mapping[str, object]) -> tuple:
+    """`kernel`'s arguments in the order its module declares (`KERNELS`), picked from `arguments` by name."""
+    names = module.KERNELS[kernel]
+    missing = [name for name in names if name not in arguments]
+    if missing:  # a runtime that disagrees with its generator: a bug in lossdsl, not in the call
+        raise LossError(f"internal error: {kernel} takes {', '.join(missing)}, which the runtime did not give")
+    return tuple(arguments[name] for name in names)

@@ -17,9 +17,7 @@ failure of SymPy on a local, RecursionError included, is a `LossSpecError` at th
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
-import keyword
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,32 +27,17 @@ from sympy.printing.str import StrPrinter
 
 from ..frontend import ir
 from ..errors import SpecLimitError, SpecTypeError
+from ..runtime.protocol import safe_name
 from .functions import FUNCTIONS
 from ..frontend.resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
 from .sympy_functions import absolute, make_power, sign
-
-# Names the generated modules themselves use (CPU and CUDA); a spec name equal to one gets a trailing "_".
-_TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "kernel", "load",
-                                "store", "fast_exp", "fast_log", "fast_log1p", "fast_tanh", "fast_tanh_exp", "fast_pow",
-                                "fast_pow_log", "fast_pow_from_log", "cuda", "THREADS"}
-LONGEST_NAME = 64  # longer spec names are shortened in generated code (LLVM mangles very long ones into clashes)
-
 
 MAX_EXACT_BITS = 4096  # the largest exact power of two constants, in bits (float64 ends at 1024)
 MAX_FORMULA_NODES = 20_000  # a derivative (or split condition) written out, in nodes (the catalogue's most: 416)
 MAX_CHOICES = 64  # the branches a comparison of if/else values is split into (SymPy would solve them)
 MAX_EXPANDED_TERMS = 256  # simplify() tries multiplying out a derivative only up to this many terms
 _EXACT_LGAMMA = 1000  # lgamma of a whole (or half-whole) number above this is taken in floating point
-
-
-def safe_name(name: str) -> str:
-    """A spec name as an identifier of generated code; one-to-one (`np` → `np_`, `np_` → `np__`, a name
-    of over LONGEST_NAME characters → its first 32 and a hash: 46 characters ending in one `_`, a form
-    no other rule makes)."""
-    if len(name) > LONGEST_NAME:
-        return f"{name[:32]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}_"
-    return name + "_" if name in _TAKEN or name.endswith("_") else name
 
 
 @dataclass(frozen=True)

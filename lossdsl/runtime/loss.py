@@ -204,22 +204,14 @@ class Loss:
         return (call.unbroadcast(name, grad, call.originals[name]), call.unbroadcast(name, hess, call.originals[name]))
 
     def xgboost_objective(self, hessian_floor: float = 1e-6):
-        """`obj(predt, dtrain)` for `xgboost.train(..., obj=...)`: this loss's gradient and second
-        derivative with respect to the raw prediction (margins, for losses on logits), the
-        DMatrix's labels as the second input and its weights, if any, as sample weights."""
-        return lambda predt, dtrain: self._boosting_step(predt, dtrain, hessian_floor)
+        """`obj(predt, dtrain)` for `xgboost.train(..., obj=...)` (lossdsl.integrations.boosting)."""
+        from ..integrations.boosting import xgboost_objective
+        return xgboost_objective(self, hessian_floor)
 
     def lightgbm_objective(self, hessian_floor: float = 1e-6):
-        """`objective(preds, train_data)` for LightGBM (`params["objective"] = ...`), as `xgboost_objective`."""
-        return lambda preds, train_data: self._boosting_step(preds, train_data, hessian_floor)
-
-    def _boosting_step(self, predictions, data, hessian_floor: float):
-        """grad_hess for a boosting library's data set (xgboost's DMatrix and LightGBM's Dataset both
-        have get_label and get_weight; no weights is an empty array in one and None in the other)."""
-        labels = np.asarray(data.get_label()).reshape(predictions.shape)
-        weights = data.get_weight()
-        weights = None if weights is None or np.size(weights) == 0 else np.asarray(weights).reshape(predictions.shape)
-        return self.grad_hess(predictions, labels, sample_weight=weights, hessian_floor=hessian_floor)
+        """`objective(preds, train_data)` for LightGBM (lossdsl.integrations.boosting)."""
+        from ..integrations.boosting import lightgbm_objective
+        return lightgbm_objective(self, hessian_floor)
 
     def grad(self, *inputs, **options):
         """d(reduced loss)/d(input) for the `wrt` input(s); same options as calling the loss."""

@@ -33,9 +33,10 @@ def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: 
     "batchmean" (not for sequence losses), and "none" for elementwise losses."""
     named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
-    scalar = ("mean", "mean_or_zero", "sum", "batchmean")  # "none" for elementwise losses only: one value each
-    compiled.signature.check_reduction(reduction, (*scalar, "none") if compiled.signature.kind is LossKind.ELEMENTWISE
-                                       else scalar)
+    scalar = ("mean", "mean_or_zero", "sum", "batchmean")
+    elementwise = compiled.signature.kind is LossKind.ELEMENTWISE
+    compiled.signature.check_reduction(reduction, (*scalar, "none") if elementwise else scalar,
+                                       "" if elementwise else "'none' is for elementwise losses here")
     wrt = [compiled.inputs.index(name) for name in compiled.wrt]
 
     def function(*inputs, **options):

@@ -87,11 +87,13 @@ class Signature:
         """The spec inputs a call must pass (no default, not optional)."""
         return tuple(i.name for i in self.inputs if i.default is None and not i.optional)
 
-    def check_reduction(self, reduction: str, allowed: tuple[str, ...] | None = None) -> None:
-        """Refuse a reduction this loss (or the caller, with `allowed`) does not accept, naming those it does."""
+    def check_reduction(self, reduction: str, allowed: tuple[str, ...] | None = None, why: str = "") -> None:
+        """Refuse a reduction this loss (or the caller, with `allowed` and the reason `why`) does not accept,
+        naming those it does."""
         allowed = self.reductions if allowed is None else tuple(r for r in allowed if r in self.reductions)
         if reduction not in allowed:
-            raise LossInputError(f"{self.name}: reduction must be {_alternatives(allowed)}; got {reduction!r}")
+            raise LossInputError(f"{self.name}: reduction must be {_alternatives(allowed)}; got {reduction!r}"
+                                 + (f" ({why})" if why else ""))
 
 
 def _alternatives(names: tuple[str, ...]) -> str:

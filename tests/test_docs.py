@@ -4,6 +4,7 @@ from pathlib import Path
 
 import lossdsl
 from lossdsl import errors
+from lossdsl.frontend import registry
 from lossdsl.symbolic.functions import FUNCTIONS, REDUCTIONS
 from lossdsl.intrinsics import INTRINSICS
 
@@ -15,9 +16,56 @@ def test_readme_lists_every_function():
     assert not missing
 
 
-def test_readme_lists_every_catalogue_loss():
-    missing = [name for name in lossdsl.catalogue() if f"| `{name}`" not in README]
-    assert not missing
+def _section(heading: str) -> list[str]:
+    """README's lines under `heading`, up to the next heading of the same or a higher level."""
+    lines = README.splitlines()
+    assert heading in lines, f"README has no {heading!r} heading"
+    level = len(heading.split()[0])
+    body = []
+    for line in lines[lines.index(heading) + 1:]:
+        if re.match(rf"#{{1,{level}}} ", line):
+            break
+        body.append(line)
+    return body
+
+
+def _first_cells(lines: list[str]) -> list[str]:
+    """The first cell of each table body row (header and separator rows left out)."""
+    rows = [line for line in lines if line.startswith("|")]
+    separator = re.compile(r"\|\s*-")
+    return [re.split(r"(?<!\\)\|", row)[1] for row, following in zip(rows, rows[1:] + [""])
+            if not separator.match(row) and not separator.match(following)]
+
+
+def test_readme_functions_table_is_the_function_table():
+    """The "### Functions" table lists each DSL function, and nothing the DSL lacks."""
+    cells = _first_cells(_section("### Functions"))
+    listed = [name for cell in cells for name in re.findall(r"`(\w+)\(", cell)]
+    assert cells and all(re.search(r"`\w+\(", cell) for cell in cells), cells
+    assert sorted(listed) == sorted(FUNCTIONS)
+
+
+def _catalogue_rows() -> dict[str, list[str]]:
+    """Catalogue table rows: loss name → the aliases in parentheses after it."""
+    rows: dict[str, list[str]] = {}
+    for cell in _first_cells(_section("## The catalogue")):
+        name, *aliases = re.findall(r"`(\w+)`", cell)
+        assert name not in rows, f"{name} has two rows"
+        rows[name] = aliases
+    return rows
+
+
+def test_readme_catalogue_tables_are_the_catalogue():
+    """Every loss has a row under "## The catalogue", and every row is a loss."""
+    assert sorted(_catalogue_rows()) == lossdsl.catalogue()
+
+
+def test_readme_catalogue_aliases_are_real():
+    """An alias README gives a loss loads that loss (README lists only some of them)."""
+    aliases = registry.aliases()
+    wrong = {(name, alias) for name, listed in _catalogue_rows().items() for alias in listed
+             if aliases.get(alias) != name}
+    assert not wrong
 
 
 def test_every_error_readme_names_is_importable_from_lossdsl():

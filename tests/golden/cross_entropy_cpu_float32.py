@@ -1,0 +1,317 @@
+#
+# loss cross_entropy(logits[c], y, class_weight[c]) wrt logits
+#     smoothing = 'pytorch'
+#     ignore if y == ignore_index
+#     mean weighted by class_weight[y]
+#     lse = logsumexp(logits, c)
+#     smooth = lse * mean(class_weight, c) - mean(class_weight * logits, c)
+#     alpha = label_smoothing
+#     smoothed = alpha * smooth if label_smoothing > 0 else 0
+#     entropy = lse - sum(exp(logits - lse) * logits if logits > -inf else 0, c)
+#     hard = (1 - alpha) * class_weight[y] * (lse - logits[y]) if alpha != 1 else 0
+#     z_term = z_loss * lse^2 if z_loss > 0 else 0
+#     cross_entropy = hard + smoothed + z_term
+
+import math
+
+import numba
+import numpy as np
+
+from lossdsl.runtime.jit import kernel, load, store
+from lossdsl.runtime.kernel_math import exp_float32 as fast_exp
+
+F = np.float32
+FASTMATH = {"contract", "reassoc"}
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_rows(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_):
+    __norm = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    for __row in range(__rows):
+        __o = __row // __inner
+        __q = __row - __o * __inner
+        __b0 = __o * __steps[0, 0] + __q * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        y = load(_y_, __o * __steps[1, 0] + __q * __steps[1, 1])
+        __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        if not (y == ignore_index):
+            if y < 0 or y >= __C:
+                return __norm, __row, y
+            _g0 = load(_class_weight_, __b2 + y * __t2)
+            __norm += _g0
+    return __norm, -1, 0
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __out):
+    """Weighted sum of the row losses; each also stored in __out when it has room."""
+    __s = F(__scale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    for __row in range(__start, __stop):
+        __o = __row // __inner
+        __q = __row - __o * __inner
+        __b0 = __o * __steps[0, 0] + __q * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        y = load(_y_, __o * __steps[1, 0] + __q * __steps[1, 1])
+        __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __w = __s * __weight[__row] if __weighted else __s
+        if not (y == ignore_index):
+            _g0 = load(_class_weight_, __b2 + y * __t2)
+            _g1 = load(_logits_, __b0 + y * __t0)
+            __lse_acc = F(-math.inf)
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                __lse_acc = max(__lse_acc, logits)
+            __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
+            __lse_acc_sum = 0.0
+            ___r1 = 0.0
+            ___r2 = 0.0
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                __lse_acc_sum += fast_exp(logits - __lse_acc)
+                ___r1 += class_weight
+                ___r2 += class_weight*logits
+            lse = F(__lse_acc + math.log(__lse_acc_sum))
+            _r1 = F(___r1 / _len)
+            _r2 = F(___r2 / _len)
+            __loss = ((label_smoothing*(_r1*lse - _r2) if (label_smoothing > F(0.0)) else F(0.0)) + ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0)) + (_g0*(F(1.0) - label_smoothing)*(-_g1 + lse) if (label_smoothing != F(1.0)) else F(0.0))) * __w
+        else:
+            __loss = 0.0
+        if __elementwise:
+            __out[__row] = __loss
+        __total += __loss
+    return __total
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
+    """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __s = F(__scale)
+    __gs = F(__gscale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    for __row in range(__start, __stop):
+        __o = __row // __inner
+        __q = __row - __o * __inner
+        __b0 = __o * __steps[0, 0] + __q * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        y = load(_y_, __o * __steps[1, 0] + __q * __steps[1, 1])
+        __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __w = __s * __weight[__row] if __weighted else __s
+        __gb = __o * __C * __inner + __q
+        if not (y == ignore_index):
+            _g0 = load(_class_weight_, __b2 + y * __t2)
+            _g1 = load(_logits_, __b0 + y * __t0)
+            __lse_acc = F(-math.inf)
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                __lse_acc = max(__lse_acc, logits)
+            __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
+            __lse_acc_sum = 0.0
+            ___r1 = 0.0
+            ___r2 = 0.0
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                __e = fast_exp(logits - __lse_acc)
+                store(__grad_logits, __gb + c * __inner, __e)
+                __lse_acc_sum += __e
+                ___r1 += class_weight
+                ___r2 += class_weight*logits
+            lse = F(__lse_acc + math.log(__lse_acc_sum))
+            _r1 = F(___r1 / _len)
+            _r2 = F(___r2 / _len)
+            _t3_0 = (label_smoothing > F(0.0))
+            _t3_1 = (z_loss > F(0.0))
+            _t3_2 = _g0*(F(1.0) - label_smoothing)
+            _t3_3 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t3_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t3_0 else F(0.0))
+            _a2 = (_t3_2 if _t3_3 else F(0.0)) + (_r1*label_smoothing if _t3_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t3_1 else F(0.0))
+            _a3 = (-_t3_2 if _t3_3 else F(0.0))
+            __loss = ((_t3_2*(-_g1 + lse) if _t3_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t3_0 else F(0.0)) + ((lse*lse)*z_loss if _t3_1 else F(0.0))) * __w
+            __gw = __w * __gs
+            __inv = F(1.0 / __lse_acc_sum)
+            for c in range(__C):
+                __softmax = load(__grad_logits, __gb + c * __inner) * __inv
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                store(__grad_logits, __gb + c * __inner, (__softmax*_a2 + _a0*class_weight/_len + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+        else:
+            __loss = 0.0
+            for c in range(__C):
+                store(__grad_logits, __gb + c * __inner, F(0.0))
+        if __elementwise:
+            __out[__row] = __loss
+        __total += __loss
+    return __total
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
+    """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __s = F(__scale)
+    __gs = F(__gscale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    for __row in range(__start, __stop):
+        __o = __row // __inner
+        __q = __row - __o * __inner
+        __b0 = __o * __steps[0, 0] + __q * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        y = load(_y_, __o * __steps[1, 0] + __q * __steps[1, 1])
+        __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __w = __s * __weight[__row] if __weighted else __s
+        __gb = __o * __C * __inner + __q
+        if not (y == ignore_index):
+            _g0 = load(_class_weight_, __b2 + y * __t2)
+            _g1 = load(_logits_, __b0 + y * __t0)
+            __lse_acc = F(-math.inf)
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                __lse_acc = max(__lse_acc, logits)
+            __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
+            __lse_acc_sum = 0.0
+            ___r1 = 0.0
+            ___r2 = 0.0
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                __lse_acc_sum += fast_exp(logits - __lse_acc)
+                ___r1 += class_weight
+                ___r2 += class_weight*logits
+            lse = F(__lse_acc + math.log(__lse_acc_sum))
+            _r1 = F(___r1 / _len)
+            _r2 = F(___r2 / _len)
+            _t3_0 = (label_smoothing > F(0.0))
+            _t3_1 = (z_loss > F(0.0))
+            _t3_2 = _g0*(F(1.0) - label_smoothing)
+            _t3_3 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t3_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t3_0 else F(0.0))
+            _a2 = (_t3_2 if _t3_3 else F(0.0)) + (_r1*label_smoothing if _t3_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t3_1 else F(0.0))
+            _a3 = (-_t3_2 if _t3_3 else F(0.0))
+            __loss = ((_t3_2*(-_g1 + lse) if _t3_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t3_0 else F(0.0)) + ((lse*lse)*z_loss if _t3_1 else F(0.0))) * __w
+            __gw = __w * __gs
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                store(__grad_logits, __gb + c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+        else:
+            __loss = 0.0
+            for c in range(__C):
+                store(__grad_logits, __gb + c * __inner, F(0.0))
+        if __elementwise:
+            __out[__row] = __loss
+        __total += __loss
+    return __total
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits, __extra):
+    """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __s = F(__scale)
+    __gs = F(__gscale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    for __row in range(__start, __stop):
+        __o = __row // __inner
+        __q = __row - __o * __inner
+        __b0 = __o * __steps[0, 0] + __q * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        y = load(_y_, __o * __steps[1, 0] + __q * __steps[1, 1])
+        __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __w = __s * __weight[__row] if __weighted else __s
+        __gb = __o * __C * __inner + __q
+        if not (y == ignore_index):
+            _g0 = load(_class_weight_, __b2 + y * __t2)
+            _g1 = load(_logits_, __b0 + y * __t0)
+            __lse_acc = F(-math.inf)
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                __lse_acc = max(__lse_acc, logits)
+            __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
+            __lse_acc_sum = 0.0
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                __lse_acc_sum += fast_exp(logits - __lse_acc)
+            lse = F(__lse_acc + math.log(__lse_acc_sum))
+            ___r1 = 0.0
+            ___r2 = 0.0
+            ___r3 = 0.0
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                ___r1 += class_weight
+                ___r2 += class_weight*logits
+                ___r3 += (logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0))
+            _r1 = F(___r1 / _len)
+            _r2 = F(___r2 / _len)
+            _r3 = F(___r3)
+            _t4_0 = (label_smoothing > F(0.0))
+            _t4_1 = (z_loss > F(0.0))
+            _t4_2 = _g0*(F(1.0) - label_smoothing)
+            _t4_3 = (label_smoothing != F(1.0))
+            _t4_4 = -lse
+            _a0 = (-label_smoothing if _t4_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t4_0 else F(0.0))
+            _a2 = (_t4_2 if _t4_3 else F(0.0)) + (_r1*label_smoothing if _t4_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t4_1 else F(0.0))
+            _a3 = (-_t4_2 if _t4_3 else F(0.0))
+            __loss = ((_t4_2*(-_g1 - _t4_4) if _t4_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t4_0 else F(0.0)) + ((lse*lse)*z_loss if _t4_1 else F(0.0))) * __w
+            __extra[__row, 0] = lse
+            __extra[__row, 1] = -_r3 - _t4_4
+            __gw = __w * __gs
+            for c in range(__C):
+                logits = load(_logits_, __b0 + c * __t0)
+                class_weight = load(_class_weight_, __b2 + c * __t2)
+                store(__grad_logits, __gb + c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+        else:
+            __loss = 0.0
+            __extra[__row, 0] = math.nan
+            __extra[__row, 1] = math.nan
+            for c in range(__C):
+                store(__grad_logits, __gb + c * __inner, F(0.0))
+        if __elementwise:
+            __out[__row] = __loss
+        __total += __loss
+    return __total
+
+
+# each kernel's arguments, by name (lossdsl.runtime.protocol.bind)
+KERNELS = {
+    'loss_rows': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_'),
+    'loss_value': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__out'),
+    'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits'),
+    'loss_value_and_grad_in_place': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits'),
+    'loss_value_and_grad_outputs': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits', '__extra'),
+}

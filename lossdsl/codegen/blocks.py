@@ -111,7 +111,7 @@ def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
     used = set().union(*(e.free_symbols for e in (plan.value, weight, *shown)))
     _read_done(w, 3, [n for n in blocks.nodes if n.symbol in used])
-    value, norm, *values = w.statements(3, [], [plan.value, weight, *shown])
+    value, norm, *values = w.statements(3, [], [plan.value, weight, *shown], row_locals=True)
     w.emit(3, f"__loss = ({value}) * __w", f"__norms[__row] = {norm}",
            *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     w.emit(2, "__out[__row] = __loss", "__total += __loss")

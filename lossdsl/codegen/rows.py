@@ -83,9 +83,13 @@ class _Writer:
     def text(self, expr: sympy.Expr) -> str:
         return self.printer.doprint(expr)
 
-    def statements(self, indent: int, named: list[tuple[sympy.Symbol, sympy.Expr]], results: list[sympy.Expr]):
-        """CSE'd assignments for `named` values and `results`; returns the printed results."""
+    def statements(self, indent: int, named: list[tuple[sympy.Symbol, sympy.Expr]], results: list[sympy.Expr],
+                   row_locals: bool = False):
+        """CSE'd assignments for `named` values and `results`; returns the printed results. With `row_locals`
+        (row-level code), the spec's row-level locals they contain are computed first, by name."""
         exprs = [lowered(e) for _, e in named] + [lowered(e) for e in results]
+        if row_locals:
+            exprs = self._spec_locals(indent, exprs)
         self.segment += 1
         steps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(f"_t{self.segment}_"), order="canonical")
         for temp, definition in steps:
@@ -93,6 +97,26 @@ class _Writer:
         for (symbol, _), expr in zip(named, reduced):
             self.emit(indent, f"{symbol} = {self.text(expr)}")
         return [self.text(e) for e in reduced[len(named):]]
+
+    def _spec_locals(self, indent: int, exprs: list[sympy.Expr]) -> list[sympy.Expr]:
+        """Assign each row-level spec local that `exprs` contain (written out exactly), later locals first
+        so that a local made of others keeps them by name too; returns `exprs` over those names."""
+        locals_ = [(symbol, lowered(expr)) for symbol, expr in self.plan.row_locals]
+        definitions = []
+        for k, (symbol, expr) in enumerate(locals_):
+            for earlier, key in reversed(locals_[:k]):
+                expr = expr.xreplace({key: earlier})
+            definitions.append((symbol, expr))
+        for symbol, key in reversed(locals_):
+            exprs = [e.xreplace({key: symbol}) for e in exprs]
+        used = set().union(*(e.free_symbols for e in exprs))
+        for symbol, expr in reversed(definitions):
+            if symbol in used:
+                used |= expr.free_symbols
+        for symbol, expr in definitions:  # one at a time: each one's temporaries may use the ones before
+            if symbol in used:
+                self.statements(indent, [(symbol, expr)], [])
+        return exprs
 
     def loads_along_axis(self, indent: int, exprs) -> None:
         """Read, at position `c` of the axis, each axis input the expressions use."""
@@ -358,7 +382,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     named = list(plan.adjoints) if with_grads else []
-    value, *values = w.statements(3, named, [plan.value, *shown])
+    value, *values = w.statements(3, named, [plan.value, *shown], row_locals=True)
     w.emit(3, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     if with_grads:
         w.emit(3, "__gw = __w * __gs")

@@ -72,6 +72,8 @@ class RowPlan:
     mean_weight: sympy.Expr | None
     display: dict = field(compare=False, repr=False)  # readable formulas for `explain`
     outputs: tuple[tuple[str, sympy.Expr], ...] = ()  # `output` locals: (name, row-level expression)
+    # the spec's other row-level locals (smooth = lse*mean(w, c) - ...), which the kernels compute by name
+    row_locals: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
 
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show: reductions as op(body, c), x[y], softmax, onehot."""
@@ -125,11 +127,19 @@ class _Graph:
                                                                                       self.reductions}
         return fallback if name.startswith("_") or name in taken else name
 
+    def load_name(self, name: str, label: str) -> str:
+        """`logits_y` for logits[y], so kernels read like the spec; `_g<n>` where a spec name has it."""
+        fallback = f"_g{len(self.loads)}"
+        wanted = safe_name(f"{name}_{label}")
+        taken = ({str(s) for s in self.env.values() if isinstance(s, sympy.Symbol)}
+                 | {safe_name(local.name) for local in self.loss.locals} | {g.symbol.name for g in self.loads})
+        return fallback if wanted.startswith("_") or wanted in taken else wanted
+
     def load(self, name: str, label: str) -> sympy.Symbol:
         for existing in self.loads:
             if (existing.input, existing.label) == (name, label):
                 return existing.symbol
-        symbol = sympy.Symbol(f"_g{len(self.loads)}", real=True)
+        symbol = sympy.Symbol(self.load_name(name, label), real=True)
         self.loads.append(Load(symbol, name, label))
         return symbol
 
@@ -180,8 +190,23 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
         shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
         display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
         outputs = tuple((name, _prepare(local_values[name])) for name in loss.outputs)
+        row_locals = _row_locals(loss, local_values, graph.varying, set(env.values()) | {length})
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
-                   *kernel, rules["ignore"], rules["mean_weight"], display, outputs)
+                   *kernel, rules["ignore"], rules["mean_weight"], display, outputs, row_locals)
+
+
+def _row_locals(loss: ResolvedLoss, local_values: dict[str, sympy.Expr], varying: set, taken: set):
+    """The locals that are one value per row and more than a name (not the loss itself, not a reduction that
+    is all of a local and so already has its name), each as a symbol of its own name and its formula."""
+    taken = {str(s) for s in taken if isinstance(s, sympy.Symbol)}
+    named = []
+    for name, expr in local_values.items():
+        expr = _prepare(expr)
+        symbol = safe_name(name)
+        if name == loss.name or expr.is_Atom or _varies(expr, varying) or symbol in taken or symbol.startswith("_"):
+            continue
+        named.append((sympy.Symbol(symbol, real=True), expr))
+    return tuple(named)
 
 
 def needed(plan: RowPlan, gradient: bool, outputs: bool = False) -> list[Reduction]:

@@ -42,14 +42,14 @@ def loss_block_pass(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
         __t2 = __steps[2, 2]
         if not (y == ignore_index):
             if __level == 0:
-                _g0 = 0.0
+                class_weight_y = 0.0
                 if __lo <= y and y < __lo + __width:
-                    _g0 = load(_class_weight_, __b2 + (y - __lo) * __t2)
-                __partial[__row, 0] = _g0
-                _g1 = 0.0
+                    class_weight_y = load(_class_weight_, __b2 + (y - __lo) * __t2)
+                __partial[__row, 0] = class_weight_y
+                logits_y = 0.0
                 if __lo <= y and y < __lo + __width:
-                    _g1 = load(_logits_, __b0 + (y - __lo) * __t0)
-                __partial[__row, 1] = _g1
+                    logits_y = load(_logits_, __b0 + (y - __lo) * __t0)
+                __partial[__row, 1] = logits_y
                 __lse_acc = F(-math.inf)
                 for __c in range(__width):
                     c = __lo + __c
@@ -97,8 +97,8 @@ def loss_block_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __
         if not (y == ignore_index):
             if y < 0 or y >= __C:
                 __bad[__row] = 1
-            _g0 = F(__done[__row, 0])
-            _g1 = F(__done[__row, 1])
+            class_weight_y = F(__done[__row, 0])
+            logits_y = F(__done[__row, 1])
             __lse_acc = __done[__row, 2]
             __lse_acc_sum = __done[__row, 3]
             lse = F(__lse_acc + math.log(__lse_acc_sum))
@@ -106,8 +106,12 @@ def loss_block_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __
             _r1 = F(___r1 / _len)
             ___r2 = __done[__row, 5]
             _r2 = F(___r2 / _len)
-            __loss = ((label_smoothing*(_r1*lse - _r2) if (label_smoothing > F(0.0)) else F(0.0)) + ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0)) + (_g0*(F(1.0) - label_smoothing)*(-_g1 + lse) if (label_smoothing != F(1.0)) else F(0.0))) * __w
-            __norms[__row] = _g0
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
+            __norms[__row] = class_weight_y
         __out[__row] = __loss
         __total += __loss
     return __total
@@ -134,8 +138,8 @@ def loss_block_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
         __gw = __s * __gs * (__weight[__row] if __weighted else F(1.0))
         __gb = __o * __width * __inner + __q
         if not (y == ignore_index):
-            _g0 = F(__done[__row, 0])
-            _g1 = F(__done[__row, 1])
+            class_weight_y = F(__done[__row, 0])
+            logits_y = F(__done[__row, 1])
             __lse_acc = __done[__row, 2]
             __lse_acc_sum = __done[__row, 3]
             lse = F(__lse_acc + math.log(__lse_acc_sum))
@@ -144,7 +148,7 @@ def loss_block_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
             ___r2 = __done[__row, 5]
             _r2 = F(___r2 / _len)
             _t1_0 = (label_smoothing > F(0.0))
-            _t1_1 = _g0*(F(1.0) - label_smoothing)
+            _t1_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t1_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t1_0 else F(0.0))
             _a1 = (label_smoothing*lse if _t1_0 else F(0.0))

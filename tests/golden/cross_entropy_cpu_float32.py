@@ -42,8 +42,8 @@ def loss_rows(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ign
         if not (y == ignore_index):
             if y < 0 or y >= __C:
                 return __norm, __row, y
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            __norm += _g0
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            __norm += class_weight_y
     return __norm, -1, 0
 
 
@@ -68,8 +68,8 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
@@ -87,7 +87,11 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
-            __loss = ((label_smoothing*(_r1*lse - _r2) if (label_smoothing > F(0.0)) else F(0.0)) + ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0)) + (_g0*(F(1.0) - label_smoothing)*(-_g1 + lse) if (label_smoothing != F(1.0)) else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
         else:
             __loss = 0.0
         if __elementwise:
@@ -119,8 +123,8 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
         __w = __s * __weight[__row] if __weighted else __s
         __gb = __o * __C * __inner + __q
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
@@ -140,15 +144,18 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
-            _t3_0 = (label_smoothing > F(0.0))
-            _t3_1 = (z_loss > F(0.0))
-            _t3_2 = _g0*(F(1.0) - label_smoothing)
-            _t3_3 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t3_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t3_0 else F(0.0))
-            _a2 = (_t3_2 if _t3_3 else F(0.0)) + (_r1*label_smoothing if _t3_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t3_1 else F(0.0))
-            _a3 = (-_t3_2 if _t3_3 else F(0.0))
-            __loss = ((_t3_2*(-_g1 + lse) if _t3_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t3_0 else F(0.0)) + ((lse*lse)*z_loss if _t3_1 else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _t7_0 = (label_smoothing > F(0.0))
+            _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t7_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t7_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t7_0 else F(0.0))
+            _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t7_1 if _t7_2 else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
             __inv = F(1.0 / __lse_acc_sum)
             for c in range(__C):
@@ -188,8 +195,8 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
         __w = __s * __weight[__row] if __weighted else __s
         __gb = __o * __C * __inner + __q
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
@@ -207,15 +214,18 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
-            _t3_0 = (label_smoothing > F(0.0))
-            _t3_1 = (z_loss > F(0.0))
-            _t3_2 = _g0*(F(1.0) - label_smoothing)
-            _t3_3 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t3_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t3_0 else F(0.0))
-            _a2 = (_t3_2 if _t3_3 else F(0.0)) + (_r1*label_smoothing if _t3_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t3_1 else F(0.0))
-            _a3 = (-_t3_2 if _t3_3 else F(0.0))
-            __loss = ((_t3_2*(-_g1 + lse) if _t3_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t3_0 else F(0.0)) + ((lse*lse)*z_loss if _t3_1 else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _t7_0 = (label_smoothing > F(0.0))
+            _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t7_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t7_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t7_0 else F(0.0))
+            _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t7_1 if _t7_2 else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
@@ -254,8 +264,8 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
         __w = __s * __weight[__row] if __weighted else __s
         __gb = __o * __C * __inner + __q
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
@@ -278,18 +288,21 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
             _r3 = F(___r3)
-            _t4_0 = (label_smoothing > F(0.0))
-            _t4_1 = (z_loss > F(0.0))
-            _t4_2 = _g0*(F(1.0) - label_smoothing)
-            _t4_3 = (label_smoothing != F(1.0))
-            _t4_4 = -lse
-            _a0 = (-label_smoothing if _t4_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t4_0 else F(0.0))
-            _a2 = (_t4_2 if _t4_3 else F(0.0)) + (_r1*label_smoothing if _t4_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t4_1 else F(0.0))
-            _a3 = (-_t4_2 if _t4_3 else F(0.0))
-            __loss = ((_t4_2*(-_g1 - _t4_4) if _t4_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t4_0 else F(0.0)) + ((lse*lse)*z_loss if _t4_1 else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            entropy = -_r3 + lse
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _t9_0 = (label_smoothing > F(0.0))
+            _t9_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t9_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t9_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t9_0 else F(0.0))
+            _a2 = (_t9_1 if _t9_2 else F(0.0)) + (_r1*label_smoothing if _t9_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t9_1 if _t9_2 else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
             __extra[__row, 0] = lse
-            __extra[__row, 1] = -_r3 - _t4_4
+            __extra[__row, 1] = entropy
             __gw = __w * __gs
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)

@@ -98,8 +98,8 @@ def loss_rows(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ign
             if y < 0 or y >= __C:
                 cuda.atomic.min(__bad, 0, __row)
                 continue
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            __norm += _g0
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            __norm += class_weight_y
     __partials = cuda.shared.array(THREADS, numba.float64)
     __norm = _block_sum(__partials, __norm)
     if cuda.threadIdx.x == 0:
@@ -130,8 +130,8 @@ def loss_value(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ig
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             __lse_acc_sum = 0.0
             ___r1 = 0.0
@@ -153,7 +153,11 @@ def loss_value(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ig
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
-            __loss = ((label_smoothing*(_r1*lse - _r2) if (label_smoothing > F(0.0)) else F(0.0)) + ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0)) + (_g0*(F(1.0) - label_smoothing)*(-_g1 + lse) if (label_smoothing != F(1.0)) else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
         else:
             __loss = 0.0
         if cuda.threadIdx.x == 0:
@@ -192,8 +196,8 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
         __w = __s * __weight[__row] if __weighted else __s
         __gb = __o * __C * __inner + __q
         if not (y == ignore_index):
-            _g0 = load(_class_weight_, __b2 + y * __t2)
-            _g1 = load(_logits_, __b0 + y * __t0)
+            class_weight_y = load(_class_weight_, __b2 + y * __t2)
+            logits_y = load(_logits_, __b0 + y * __t0)
             __lse_acc = F(-math.inf)
             __lse_acc_sum = 0.0
             ___r1 = 0.0
@@ -215,15 +219,18 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
-            _t2_0 = (label_smoothing > F(0.0))
-            _t2_1 = (z_loss > F(0.0))
-            _t2_2 = _g0*(F(1.0) - label_smoothing)
-            _t2_3 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t2_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t2_0 else F(0.0))
-            _a2 = (_t2_2 if _t2_3 else F(0.0)) + (_r1*label_smoothing if _t2_0 else F(0.0)) + (F(2.0)*lse*z_loss if _t2_1 else F(0.0))
-            _a3 = (-_t2_2 if _t2_3 else F(0.0))
-            __loss = ((_t2_2*(-_g1 + lse) if _t2_3 else F(0.0)) + (label_smoothing*(_r1*lse - _r2) if _t2_0 else F(0.0)) + ((lse*lse)*z_loss if _t2_1 else F(0.0))) * __w
+            smooth = _r1*lse - _r2
+            smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
+            hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _t6_0 = (label_smoothing > F(0.0))
+            _t6_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t6_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t6_0 else F(0.0))
+            _a1 = (label_smoothing*lse if _t6_0 else F(0.0))
+            _a2 = (_t6_1 if _t6_2 else F(0.0)) + (_r1*label_smoothing if _t6_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t6_1 if _t6_2 else F(0.0))
+            __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
             for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
                 logits = load(_logits_, __b0 + c * __t0)

@@ -23,6 +23,7 @@ SPEC = "loss under_test(x, y, z, k) wrt x, y, z\n    under_test = " + " else ".j
     f"{_call(name)} if k == {index}" for index, name in enumerate(NAMES)) + " else 0\n"
 
 _lgamma = np.vectorize(math.lgamma)
+_erf = np.vectorize(math.erf)
 REFERENCE = {  # independent NumPy definitions of each function of (x, y, z)
     "abs": lambda x, y, z: np.abs(x),
     "sqrt": lambda x, y, z: np.sqrt(x),
@@ -43,6 +44,7 @@ REFERENCE = {  # independent NumPy definitions of each function of (x, y, z)
     "cosh": lambda x, y, z: np.cosh(x),
     "log_cosh": lambda x, y, z: np.log(np.cosh(x)),
     "xlogy": lambda x, y, z: x * np.log(y),
+    "erf": lambda x, y, z: _erf(x),
     "lgamma": lambda x, y, z: _lgamma(x),
     "log_clamped": lambda x, y, z: np.maximum(np.log(x), -100.0),
     "bce_clamped": lambda x, y, z: -(y * np.maximum(np.log(x), -100.0) + (1 - y) * np.maximum(np.log1p(-x), -100.0)),

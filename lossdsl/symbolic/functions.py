@@ -55,6 +55,8 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("cosh", 1, "sympy.cosh", "hyperbolic cosine", numba="math.cosh({0})"),
     Function("log_cosh", 1, "log_cosh", "log(cosh(x)), stable for large |x|"),
     Function("xlogy", 2, "xlogy", "x*log(y), 0 where x = 0 (torch.xlogy)", (0.1, 3.0)),
+    Function("erf", 1, "sympy.erf", "error function, 2/sqrt(pi) times the integral of exp(-t^2) from 0 to x",
+             numba="math.erf({0})"),
     Function("lgamma", 1, "sympy.loggamma", "log|Gamma(x)|", (0.5, 5.0), numba="math.lgamma({0})"),
     Function("log_clamped", 1, "log_clamped", "max(log(x), -100); derivative 1/max(x, 1e-12) (PyTorch BCE)",
              (0.05, 0.95)),

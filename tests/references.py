@@ -438,6 +438,29 @@ def _poisson_edges():
     return x.ravel(), t.ravel()
 
 
+def tweedie_value(pred, target, *, variance_power=1.5):
+    # XGBoost's tweedie-nloglik on the mean mu = exp(pred), written with powers of mu
+    mu, t, p = np.exp(_f(pred)), _f(target), variance_power
+    return -t * mu ** (1 - p) / (1 - p) + mu ** (2 - p) / (2 - p)
+
+
+def tweedie_grads(pred, target, *, variance_power=1.5):
+    # d/d pred = mu * d/d mu; XGBoost's TweedieRegression gradient
+    mu, t, p = np.exp(_f(pred)), _f(target), variance_power
+    return (mu ** (2 - p) - t * mu ** (1 - p),)
+
+
+def _sample_tweedie(rng, shape):
+    # compound Poisson-gamma targets: a Poisson number of gamma claims, zero where there are none
+    claims = rng.poisson(1.0, shape)
+    return rng.uniform(-2.0, 2.0, shape), np.where(claims > 0, rng.gamma(2.0 * np.maximum(claims, 1), 0.5), 0.0)
+
+
+def _tweedie_edges():
+    x, t = np.meshgrid(np.array([-30.0, 0.0, 1e-12, 30.0]), np.array([0.0, 1e-12, 1.0, 50.0]), indexing="ij")
+    return x.ravel(), t.ravel()
+
+
 def gaussian_nll_value(input, target, var, *, full=False, eps=1e-6):
     x, t, v = _f(input), _f(target), np.maximum(_f(var), eps)
     d = x - t
@@ -657,6 +680,13 @@ _register("poisson_nll", Reference(
             {"log_input": False, "full": True, "eps": 1e-3}),
     edges=_poisson_edges,
     source="torch.nn.functional.poisson_nll_loss(reduction='none')"))
+
+_register("tweedie", Reference(
+    name="tweedie", inputs=("pred", "target"), wrt=("pred",), sample=_sample_tweedie,
+    value=tweedie_value, grads=tweedie_grads,
+    params=({}, {"variance_power": 1.1}, {"variance_power": 1.9}),
+    edges=_tweedie_edges,
+    source="xgboost reg:tweedie (tweedie-nloglik and its gradient), LightGBM tweedie"))
 
 _register("gaussian_nll", Reference(
     name="gaussian_nll", inputs=("input", "target", "var"), wrt=("input", "var"),

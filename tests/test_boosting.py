@@ -98,3 +98,21 @@ def test_lightgbm_trains_with_a_dsl_objective_like_its_own():
     ours, theirs = rmse(lossdsl.load("mse").lightgbm_objective()), rmse("l2")
     assert ours < 0.5 * float(np.std(labels[900:]))
     assert abs(ours - theirs) < 0.05 * theirs  # mse = 2 x l2: gradient and Hessian doubled, the same leaves
+
+
+def test_xgboost_tweedie_objective_is_its_built_in_reg_tweedie():
+    # the same trees, round after round, when gradient and Hessian are XGBoost's own (margins equal)
+    xgboost = pytest.importorskip("xgboost")
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(1000, 4))
+    mean = np.exp(0.5 * features[:, 0] - 0.3 * features[:, 1])
+    claims = rng.poisson(mean)
+    labels = np.where(claims > 0, rng.gamma(2.0 * np.maximum(claims, 1), 0.5), 0.0)
+    dtrain = xgboost.DMatrix(features, label=labels, base_margin=np.zeros(1000))
+    params = {"max_depth": 3, "eta": 0.1, "nthread": 2, "tweedie_variance_power": 1.3}
+    ours = xgboost.train(params, dtrain, num_boost_round=30,
+                         obj=lossdsl.load("tweedie", variance_power=1.3).xgboost_objective(hessian_floor=0.0))
+    theirs = xgboost.train({**params, "objective": "reg:tweedie"}, dtrain, num_boost_round=30)
+    dtest = xgboost.DMatrix(features, base_margin=np.zeros(1000))
+    np.testing.assert_allclose(ours.predict(dtest, output_margin=True), theirs.predict(dtest, output_margin=True),
+                               rtol=1e-4, atol=1e-4)

@@ -175,6 +175,12 @@ def _log_cosh(p, t):
     return d + F.softplus(-2 * d) - math.log(2)       # Keras' log_cosh, on |d|
 
 
+def _tweedie(x, t, power=1.5):
+    # XGBoost's tweedie-nloglik on mu = exp(x), its target term 0 where the target is 0
+    claims = torch.where(t > 0, t * torch.exp((1 - power) * x), torch.zeros_like(x))
+    return torch.exp((2 - power) * x) / (2 - power) - claims / (1 - power)
+
+
 def _focal(p, y, alpha=0.25, gamma=2.0):
     # the PyTorch tutorial's FocalLoss, on F.binary_cross_entropy
     bce = F.binary_cross_entropy(p, y, reduction="none")
@@ -328,6 +334,7 @@ CASES = [
          overflows=True),
     Case("margin_ranking", "margin_ranking", lambda dt: _grid(_extremes(dt), _extremes(dt), np.asarray([-1, 1], dt)),
          lambda a, b, y: F.margin_ranking_loss(a, b, y, margin=0.0, reduction="none"), wrt=(0, 1)),
+    Case("tweedie", "tweedie", _against([0, 1, 1e30]), _tweedie),
     Case("kl_div", "kl_div", _against([0, 1e-30, 0.5, 1]), lambda x, t: F.kl_div(x, t, reduction="none")),
     # over an axis: class axis 1 of (N, C), feature axis last
     Case("cross_entropy", "cross_entropy", _each_label(_logit_rows), _ce(), labels=(1,)),

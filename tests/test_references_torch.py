@@ -104,6 +104,9 @@ TORCH = {
         x, t, log_input=log_input, full=full, eps=eps, reduction="none"),
     "gaussian_nll": lambda x, t, v, full=False, eps=1e-6: F.gaussian_nll_loss(
         x, t, v, full=full, eps=eps, reduction="none"),
+    # XGBoost's tweedie-nloglik on mu = exp(x), in torch ops (PyTorch has no Tweedie loss)
+    "tweedie": lambda x, t, variance_power=1.5: (torch.exp((2 - variance_power) * x) / (2 - variance_power)
+                                                 - t * torch.exp((1 - variance_power) * x) / (1 - variance_power)),
     "margin_ranking": lambda a, b, y, margin=0.0: F.margin_ranking_loss(
         a, b, y, margin=margin, reduction="none"),
     "hinge_embedding": lambda x, y, margin=1.0: F.hinge_embedding_loss(

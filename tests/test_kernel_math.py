@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lossdsl.runtime.kernel_math import (FASTMATH, exp_float32, exp_float64, log1p_float32, log1p_float64, log_float32,
-                                 log_float64, pow_float32, tanh_float32)
+                                 log1p_unit_float32, log_float64, pow_float32, tanh_float32)
 
 
 @numba.njit(fastmath=FASTMATH)
@@ -83,6 +83,23 @@ def test_log_and_log1p_within_two_ulps():
     x = np.concatenate([rng.uniform(-0.999, 1, 500_000), np.exp(rng.uniform(-80, 88, 500_000)),
                         -np.exp(rng.uniform(-80, -0.001, 300_000))]).astype(np.float32)
     assert _ulps(_apply("log1p", x), np.log1p(x.astype(np.float64))).max() <= 2.1
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def _log1p_unit_all(z, out):
+    for i in range(z.size):
+        out[i] = log1p_unit_float32(z[i], np.float32(1.0) / (np.float32(1.0) + z[i]))
+
+
+def test_log1p_on_the_unit_interval_within_two_ulps():
+    """log1p_unit, for z = exp(-|x|) in [0, 1] given 1/(1 + z): as accurate as log1p there, and NaN stays NaN."""
+    rng = np.random.default_rng(4)
+    z = np.concatenate([rng.uniform(0, 1, 1_000_000), np.exp(rng.uniform(-103, 0, 1_000_000)),
+                        [0.0, 1.0, 1e-45, 1e-30, 2 ** -24, np.sqrt(2) - 1, np.nan]]).astype(np.float32)
+    got = np.empty_like(z)
+    _log1p_unit_all(z, got)
+    assert np.isnan(got[-1]) and got[-7] == 0.0
+    assert _ulps(got[:-1], np.log1p(z[:-1].astype(np.float64))).max() <= 2.1
 
 
 @pytest.mark.parametrize("function", ["log", "log1p"])

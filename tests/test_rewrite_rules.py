@@ -22,7 +22,7 @@ import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
 from lossdsl.symbolic.rewrites import LOWERINGS, RULES, stabilize
-from lossdsl.symbolic.sympy_functions import (absolute, log_cosh, log_of_base, log_sigmoid, minimum, power,
+from lossdsl.symbolic.sympy_functions import (absolute, log1p_unit, log_cosh, log_of_base, log_sigmoid, minimum, power,
                                               power_from_log, relu, sigmoid, softplus, tanh_from_exp)
 
 x, e = sympy.symbols("x e", real=True)
@@ -87,6 +87,7 @@ EXACT = {
     power: mpmath.power,
     tanh_from_exp: lambda v, z: mpmath.sign(v) * (1 - z) / (1 + z),  # z = exp(-2|x|)
     log_of_base: lambda v: mpmath.log(abs(v)), power_from_log: _power_from_log(mpmath),
+    log1p_unit: lambda z, r: mpmath.log1p(z),  # r = 1/(1 + z), shared with a sigmoid
 }
 
 # float64, for lowered trees: the stable primitives (sigmoid, softplus, ...) have no entry, as the compiler
@@ -96,6 +97,7 @@ FLOAT64 = {
     absolute: np.abs, minimum: np.minimum, relu: lambda v: np.maximum(v, 0.0),
     tanh_from_exp: lambda v, z: np.sign(v) * (1 - 2 * z / (1 + z)) if abs(v) > 0.625 else np.tanh(v),
     log_of_base: lambda v: np.log(np.abs(v)), power_from_log: _power_from_log(np),
+    log1p_unit: lambda z, r: np.log1p(z),
 }
 
 # the textbook float64 formulas a spec author would write

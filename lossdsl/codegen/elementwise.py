@@ -79,7 +79,7 @@ def _loop_head(plan: KernelPlan) -> list[str]:
     def read(i) -> str:
         name = f"_{safe_name(i.name)}_"
         return f"{name}[__i]" if i.default is None else f"({name}[__i] if {name}.size == __n else {name}[0])"
-    return [f"        {safe_name(i.name)} = {read(i)}" for i in plan.loss.inputs]
+    return [f"{safe_name(i.name)} = {read(i)}" for i in plan.loss.inputs]
 
 
 def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
@@ -114,16 +114,15 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
         "    __weighted = __weight.size == __n",
         "    __elementwise = __out.size == __n",
         "    __total = 0.0",
-        f"    for __i in {target.element_loop('__n')}:",
-        *_loop_head(plan),
-        *_body(printer, steps, "        "),
-        "        __w = __s * __weight[__i] if __weighted else __s",
-        f"        __loss = ({printer.doprint(value)}) * __w",
-        "        if __elementwise:",
-        "            __out[__i] = __loss",
-        "        __total += __loss",
-        *(["        __gw = __w * __gs"] if with_grads else []),
-        *[f"        {g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)],
+        *(f"    {line}" for line in target.element_loop("__n", [
+            *_loop_head(plan),
+            *_body(printer, steps, ""),
+            "__w = __s * __weight[__i] if __weighted else __s",
+            f"__loss = ({printer.doprint(value)}) * __w",
+            "if __elementwise:",
+            "    __out[__i] = __loss",
+            *(["__gw = __w * __gs"] if with_grads else []),
+            *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]])),
         *[f"    {line}" for line in target.finish()],
     ]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,8 @@ from typing import Callable
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p
 
-from .sympy_functions import (absolute, log_cosh, log_of_base, log_sigmoid, minimum, power, power_from_log, relu, sigmoid,
-                              softplus, tanh_from_exp)
+from .sympy_functions import (absolute, log1p_unit, log_cosh, log_of_base, log_sigmoid, minimum, power,
+                              power_from_log, relu, sigmoid, softplus, tanh_from_exp)
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,11 @@ def _abs_exp(x):
     return sympy.exp(-absolute(x))
 
 
+def _log1p_unit(z):
+    """log1p(z) for z in [0, 1], with the 1/(1 + z) a sigmoid of the same z computes."""
+    return log1p_unit(z, 1 / (1 + z))
+
+
 def _lower_sigmoid(expr):
     if isinstance(expr, sigmoid):
         x = expr.args[0]
@@ -158,21 +163,21 @@ def _lower_sigmoid(expr):
 def _lower_log_sigmoid(expr):
     if isinstance(expr, log_sigmoid):
         x = expr.args[0]
-        return minimum(x, 0) - log1p(_abs_exp(x))
+        return minimum(x, 0) - _log1p_unit(_abs_exp(x))
     return None
 
 
 def _lower_softplus(expr):
     if isinstance(expr, softplus):
         x = expr.args[0]
-        return relu(x) + log1p(_abs_exp(x))
+        return relu(x) + _log1p_unit(_abs_exp(x))
     return None
 
 
 def _lower_log_cosh(expr):
     if isinstance(expr, log_cosh):
         x = expr.args[0]
-        return absolute(x) + log1p(sympy.exp(-2 * absolute(x))) - sympy.log(2)
+        return absolute(x) + _log1p_unit(sympy.exp(-2 * absolute(x))) - sympy.log(2)
     return None
 
 
@@ -193,9 +198,10 @@ def _lower_power(expr):
 LOWERINGS: tuple[Rule, ...] = (
     Rule("lower_sigmoid", "sigmoid(x) → 1/(1+z) or z/(1+z) with z = exp(-|x|), shared with its neighbours.",
          _lower_sigmoid),
-    Rule("lower_log_sigmoid", "log_sigmoid(x) → min(x, 0) - log1p(exp(-|x|)).", _lower_log_sigmoid),
-    Rule("lower_softplus", "softplus(x) → relu(x) + log1p(exp(-|x|)).", _lower_softplus),
-    Rule("lower_log_cosh", "log_cosh(x) → |x| + log1p(exp(-2|x|)) - log 2.", _lower_log_cosh),
+    Rule("lower_log_sigmoid", "log_sigmoid(x) → min(x, 0) - log1p(z), z = exp(-|x|) (log1p_unit: z in [0, 1], "
+         "with the 1/(1 + z) of a sigmoid beside it).", _lower_log_sigmoid),
+    Rule("lower_softplus", "softplus(x) → relu(x) + log1p(z), z = exp(-|x|) (log1p_unit).", _lower_softplus),
+    Rule("lower_log_cosh", "log_cosh(x) → |x| + log1p(exp(-2|x|)) - log 2 (log1p_unit).", _lower_log_cosh),
     Rule("lower_tanh", "tanh(x) → from z = exp(-2|x|): sign(x) (1 - 2z/(1 + z)) for |x| > 0.625, the exp "
          "shared with log_cosh (the gradient of log_cosh is tanh).", _lower_tanh),
     Rule("lower_power", "x^e (runtime e) → exp(e log|x|) from a log|x| shared with x^(e-1), its derivative.",

@@ -187,6 +187,14 @@ class tanh_from_exp(_Real):
     numba = "fast_tanh_exp({0}, {1})"
 
 
+class log1p_unit(_Real):
+    """log(1 + z) for z = exp(-|x|) in [0, 1], given r = 1/(1 + z): a form only the lowering writes, so that
+    softplus and its kin share 1/(1 + z) with their sigmoid (`fast_log1p_unit` in generated code)."""
+
+    nargs = 2
+    numba = "fast_log1p_unit({0}, {1})"
+
+
 class xlogy(_Real):
     """x*log(y), defined as 0 where x = 0 (torch.xlogy)."""
 

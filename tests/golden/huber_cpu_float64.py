@@ -28,15 +28,19 @@ def loss_value(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __
     __weighted = __weight.size == __n
     __elementwise = __out.size == __n
     __total = 0.0
-    for __i in range(np.uint64(__start), np.uint64(__stop)):
-        pred = _pred_[__i]
-        target = _target_[__i]
-        d = abs(pred - target)
-        __w = __s * __weight[__i] if __weighted else __s
-        __loss = (((F(0.5))*(d*d) if (d < delta) else delta*(d - F(0.5)*delta))) * __w
-        if __elementwise:
-            __out[__i] = __loss
-        __total += __loss
+    __stop_u = np.uint64(__stop)
+    for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+        __block = F(0.0)
+        for __i in range(__b, min(__b + np.uint64(512), __stop_u)):
+            pred = _pred_[__i]
+            target = _target_[__i]
+            d = abs(pred - target)
+            __w = __s * __weight[__i] if __weighted else __s
+            __loss = (((F(0.5))*(d*d) if (d < delta) else delta*(d - F(0.5)*delta))) * __w
+            if __elementwise:
+                __out[__i] = __loss
+            __block += __loss
+        __total += __block
     return __total
 
 
@@ -50,20 +54,24 @@ def loss_value_and_grad(__start, __stop, _pred_, _target_, _delta_, __weight, __
     __weighted = __weight.size == __n
     __elementwise = __out.size == __n
     __total = 0.0
-    for __i in range(np.uint64(__start), np.uint64(__stop)):
-        pred = _pred_[__i]
-        target = _target_[__i]
-        _0 = pred - target
-        d = abs(_0)
-        _2 = (delta > d)
-        _3 = _sign(_0)
-        __w = __s * __weight[__i] if __weighted else __s
-        __loss = (((F(0.5))*(d*d) if _2 else delta*(d - F(0.5)*delta))) * __w
-        if __elementwise:
-            __out[__i] = __loss
-        __total += __loss
-        __gw = __w * __gs
-        __grad_pred[__i] = ((_3*d if _2 else _3*delta)) * __gw
+    __stop_u = np.uint64(__stop)
+    for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+        __block = F(0.0)
+        for __i in range(__b, min(__b + np.uint64(512), __stop_u)):
+            pred = _pred_[__i]
+            target = _target_[__i]
+            _0 = pred - target
+            d = abs(_0)
+            _2 = (delta > d)
+            _3 = _sign(_0)
+            __w = __s * __weight[__i] if __weighted else __s
+            __loss = (((F(0.5))*(d*d) if _2 else delta*(d - F(0.5)*delta))) * __w
+            if __elementwise:
+                __out[__i] = __loss
+            __gw = __w * __gs
+            __grad_pred[__i] = ((_3*d if _2 else _3*delta)) * __gw
+            __block += __loss
+        __total += __block
     return __total
 
 

@@ -109,10 +109,11 @@ def test_xgboost_tweedie_objective_is_its_built_in_reg_tweedie():
     claims = rng.poisson(mean)
     labels = np.where(claims > 0, rng.gamma(2.0 * np.maximum(claims, 1), 0.5), 0.0)
     dtrain = xgboost.DMatrix(features, label=labels, base_margin=np.zeros(1000))
-    params = {"max_depth": 3, "eta": 0.1, "nthread": 2, "tweedie_variance_power": 1.3}
+    params = {"max_depth": 3, "eta": 0.1, "nthread": 2}
     ours = xgboost.train(params, dtrain, num_boost_round=30,
                          obj=lossdsl.load("tweedie", variance_power=1.3).xgboost_objective(hessian_floor=0.0))
-    theirs = xgboost.train({**params, "objective": "reg:tweedie"}, dtrain, num_boost_round=30)
+    theirs = xgboost.train({**params, "objective": "reg:tweedie", "tweedie_variance_power": 1.3}, dtrain,
+                           num_boost_round=30)
     dtest = xgboost.DMatrix(features, base_margin=np.zeros(1000))
     np.testing.assert_allclose(ours.predict(dtest, output_margin=True), theirs.predict(dtest, output_margin=True),
                                rtol=1e-4, atol=1e-4)

@@ -69,17 +69,56 @@ def _signature(plan: KernelPlan) -> tuple[list[str], list[str]]:
     return inputs + params, prologue
 
 
-def _body(printer: NumbaPrinter, steps, indent: str) -> list[str]:
-    return [f"{indent}{temp} = {printer.doprint(expr)}" for temp, expr in steps]
-
-
-def _loop_head(plan: KernelPlan) -> list[str]:
+def _loop_head(plan: KernelPlan, plain: bool) -> list[str]:
     """Each input's element; an optional one (`pos_weight = 1`) may be one value for all, so a call that leaves
-    it out or gives a scalar passes one element rather than a broadcast copy (the test is loop-invariant)."""
+    it out or gives a scalar passes one element rather than a broadcast copy (the test is loop-invariant;
+    `plain`: in the loop for calls where it holds)."""
     def read(i) -> str:
         name = f"_{safe_name(i.name)}_"
-        return f"{name}[__i]" if i.default is None else f"({name}[__i] if {name}.size == __n else {name}[0])"
+        if i.default is None:
+            return f"{name}[__i]"
+        return f"{name}[0]" if plain else f"({name}[__i] if {name}.size == __n else {name}[0])"
     return [f"{safe_name(i.name)} = {read(i)}" for i in plan.loss.inputs]
+
+
+def _element(plan: KernelPlan, printer: NumbaPrinter, steps, value, gradients, grads: list[str], with_grads: bool,
+             plain: bool) -> list[str]:
+    """The lines of one element: its inputs, the CSE steps, its weighted loss (stored where `__out` has room)
+    and gradients. `plain`: for calls with no weights, no per-element output and one value per optional input."""
+    return [*_loop_head(plan, plain),
+            *(f"{temp} = {printer.doprint(expr)}" for temp, expr in steps),
+            "__w = __s" if plain else "__w = __s * __weight[__i] if __weighted else __s",
+            f"__loss = ({printer.doprint(value)}) * __w",
+            *([] if plain else ["if __elementwise:", "    __out[__i] = __loss"]),
+            *(["__gw = __w * __gs"] if with_grads else []),
+            *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]]
+
+
+def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: list[str], hessian: bool):
+    """(condition, element lines) of the loops a kernel has: for plain calls first, then the general loop;
+    each twice where the loss has powers with runtime exponents, first for calls where all are small whole
+    numbers (x^2 as x*x) and then for the rest."""
+    def plan_of(source):
+        return ((source.fused_steps, source.fused_results) if with_grads
+                else (source.value_steps, (source.value_result,)))
+
+    whole = None if hessian else plan.whole_powers
+    forms = [(None, plan_of(plan))]
+    if whole is not None:
+        check = " and ".join(f"fast_whole_exponent({printer.doprint(e)})" for e in whole.exponents)
+        forms.insert(0, (check, plan_of(whole)))
+    variants = []
+    for plain in (True, False):
+        for check, (steps, (value, *gradients)) in forms:
+            condition = " and ".join(c for c in ("__plain" if plain else None, check) if c) or None
+            variants.append((condition, _element(plan, printer, steps, value, gradients, grads, with_grads, plain)))
+    return variants
+
+
+def _plain_test(plan: KernelPlan) -> str:
+    """Whether a call has no weights, no per-element output, and one value for each optional input."""
+    optional = [f"_{safe_name(i.name)}_.size == 1" for i in plan.loss.inputs if i.default is not None]
+    return " and ".join(["not __weighted", "not __elementwise", *optional])
 
 
 def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
@@ -95,8 +134,6 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
     (gradient, second derivative) `loss_grad_hess`: one skeleton for all three."""
     args, prologue = _signature(plan)
     grads = list(outputs) or ([f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else [])
-    steps, (value, *gradients) = ((plan.fused_steps, plan.fused_results) if with_grads
-                                  else (plan.value_steps, (plan.value_result,)))
     name, extra, doc = (("loss_value_and_grad", ["__gscale"], "loss_value, and each gradient times weight and "
                          "__gscale, in one pass.") if with_grads else
                         ("loss_value", [], "Weighted sum of the loss elements; each one is also stored in __out "
@@ -113,16 +150,10 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
         f"    __n = _{safe_name(plan.loss.inputs[0].name)}_.size",
         "    __weighted = __weight.size == __n",
         "    __elementwise = __out.size == __n",
+        *([] if target.cuda else [f"    __plain = {_plain_test(plan)}"]),
         "    __total = 0.0",
-        *(f"    {line}" for line in target.element_loop("__n", [
-            *_loop_head(plan),
-            *_body(printer, steps, ""),
-            "__w = __s * __weight[__i] if __weighted else __s",
-            f"__loss = ({printer.doprint(value)}) * __w",
-            "if __elementwise:",
-            "    __out[__i] = __loss",
-            *(["__gw = __w * __gs"] if with_grads else []),
-            *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]])),
+        *(f"    {line}" for line in target.element_loop("__n", _variants(plan, printer, with_grads, grads,
+                                                                         bool(outputs)))),
         *[f"    {line}" for line in target.finish()],
     ]
     return "\n".join(lines) + "\n"

@@ -33,11 +33,13 @@ _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.fl
 # fast_NAME on the CPU: the vectorisable versions of lossdsl.runtime.kernel_math where one exists, libm's otherwise
 _CPU_MATH = {
     np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log1p": "log1p_float32",
-                           "log1p_unit": "log1p_unit_float32",
+                           "log1p_unit": "log1p_unit_float32", "ipow": "ipow_float32",
+                           "whole_exponent": "whole_exponent_float32",
                            "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
                            "pow_log": "pow_log_float32", "pow_from_log": "pow_from_log_float32"},
     np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log1p": "log1p_float64",
-                           "log1p_unit": "log1p_unit_float64",
+                           "log1p_unit": "log1p_unit_float64", "ipow": "ipow_float64",
+                           "whole_exponent": "whole_exponent_float64",
                            "tanh": "math.tanh", "tanh_exp": "tanh_exp_float64", "pow": "math.pow",
                            "pow_log": "pow_log_float64", "pow_from_log": "pow_from_log_float64"},
 }
@@ -142,7 +144,7 @@ def store(array, index, value):
     array[index] = value
 '''
 
-ELEMENT_BLOCK = 512  # elements whose losses a CPU kernel sums in its float type (see Target.element_loop)
+ELEMENT_BLOCK = 512  # elements whose losses a CPU kernel buffers before adding them up (see Target.element_loop)
 
 _BLOCK_SUM = [
     "__partials = cuda.shared.array(THREADS, numba.float64)",
@@ -163,23 +165,29 @@ class Target:
         """A kernel's parameter list: CPU kernels take their range first, CUDA kernels a result array last."""
         return ", ".join(arguments + ["__result"] if self.cuda else ["__start", "__stop", *arguments])
 
-    def element_loop(self, count: str, body: list[str]) -> list[str]:
-        """The loop over the elements one call (CPU) or thread walks around `body` (each element's lines, which
-        end with its weighted `__loss`), adding the losses into the float64 `__total`.
+    def element_loop(self, count: str, variants: list[tuple[str | None, list[str]]]) -> list[str]:
+        """The loop over the elements one call (CPU) or thread walks, adding each element's weighted `__loss` into
+        the float64 `__total`. `variants`: (a condition the loop does not change, or None for the last, the
+        general one; the lines of one element), so that a call meeting a condition runs a loop without the
+        selects or work it makes needless. CUDA runs the general loop (its threads take one branch alike).
 
-        On the CPU, unsigned indices (no wraparound), and the losses of each block of ELEMENT_BLOCK elements are
-        summed in the float type first: a float64 sum in the loop would make LLVM vectorise a float32 kernel at
-        the width of float64 (4 lanes of AVX2, not 8). A float32 block sum spreads over LLVM's vector lanes
-        (ELEMENT_BLOCK / 32 terms each), so its error stays near float32's epsilon of the block's sum."""
+        On the CPU, unsigned indices (no wraparound), and each block of ELEMENT_BLOCK losses is kept in a small
+        buffer and then added into the float64 total by a loop of its own: a float64 sum in the element loop
+        would make LLVM vectorise a float32 kernel at the width of float64 (4 lanes of AVX2, not 8). The sum is
+        float64 all the same (its range too: float32 losses near the largest float add up without overflow)."""
         if self.cuda:
             return [f"for __i in range(cuda.grid(1), {count}, cuda.gridsize(1)):",
-                    *(f"    {line}" for line in body), "    __total += __loss"]
-        return ["__stop_u = np.uint64(__stop)",
-                f"for __b in range(np.uint64(__start), __stop_u, np.uint64({ELEMENT_BLOCK})):",
-                "    __block = F(0.0)",
-                f"    for __i in range(__b, min(__b + np.uint64({ELEMENT_BLOCK}), __stop_u)):",
-                *(f"        {line}" for line in body), "        __block += __loss",
-                "    __total += __block"]
+                    *(f"    {line}" for line in variants[-1][1]), "    __total += __loss"]
+        lines = ["__stop_u = np.uint64(__stop)", f"__losses = np.empty({ELEMENT_BLOCK}, F)"]
+        for k, (condition, body) in enumerate(variants):
+            lines.append("else:" if condition is None else f"{'if' if k == 0 else 'elif'} {condition}:")
+            lines += [f"    for __b in range(np.uint64(__start), __stop_u, np.uint64({ELEMENT_BLOCK})):",
+                      f"        __end = min(__b + np.uint64({ELEMENT_BLOCK}), __stop_u)",
+                      "        for __i in range(__b, __end):",
+                      *(f"            {line}" for line in body), "            __losses[__i - __b] = __loss",
+                      "        for __j in range(__end - __b):",
+                      "            __total += __losses[__j]"]
+        return lines if len(variants) > 1 else [*lines[:2], *(line[4:] for line in lines[3:])]
 
     def row_loop(self, per_block: bool = False) -> str:
         """The rows one call (CPU) walks, or on CUDA one thread, or with `per_block` one block."""

@@ -18,6 +18,8 @@ overflow and underflow through the subnormals match libm.
   z = e^(-2|x|) above, <= 1.5 ulp; `tanh_exp` takes z from the caller, who may share it (log_cosh).
 - pow (float32): e^(y log|x|) through the float64 exp and log below, so the error of y log|x|
   does not reach the float32 result; C's special cases (negative bases, zeros, ones, infinities).
+- whole powers: x^e for a runtime e that a call finds whole and small (a focal loss's gamma = 2), by
+  squarings, in a copy of the element loop the kernel takes for such calls.
 - float64 exp (degree-12 Taylor after the same reduction) and log (fdlibm's polynomial in
   s = (m-1)/(m+1)), <= 1.5 ulp, and log1p from them; 2-3x libm's per core.
 
@@ -255,6 +257,45 @@ def pow_from_log_float32(x, y, log_base):
 def pow_float32(x, y):
     """x^y for float32 (<= 1 ulp); inlined by Numba like pow_from_log_float32."""
     return pow_from_log_float32(x, y, pow_log_float32(x))
+
+
+# Whole exponents up to these take fast_ipow's products (float32: in float64, so <= 0.5 ulp plus a rounding
+# of float64; float64: <= 1.5 ulp at x^4); larger ones and the rest, the general powers above and below
+MAX_WHOLE_POWER_FLOAT32, MAX_WHOLE_POWER_FLOAT64 = 8, 4
+
+
+def _whole_exponent(largest):
+    @numba.njit(fastmath=FASTMATH, error_model="numpy")
+    def whole_exponent(e):
+        """Whether x^e may be taken as products of squarings (checked once per call, outside the loop)."""
+        return (e >= 0) & (e <= largest) & (e == np.floor(e))
+    return whole_exponent
+
+
+whole_exponent_float32 = _whole_exponent(MAX_WHOLE_POWER_FLOAT32)
+whole_exponent_float64 = _whole_exponent(MAX_WHOLE_POWER_FLOAT64)
+
+
+def _ipow(F, through):
+    @numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+    def ipow(x, e):
+        """x^e for a whole e in [0, 15] by squarings; selects on the bits of e, which the loop does not change.
+        x^0 = 1 for every x, NaN^e = NaN, and signs, zeros and infinities follow from the products."""
+        n = np.int32(e)
+        b, r = through(x), through(1.0)
+        r = r * b if n & 1 else r
+        b = b * b
+        r = r * b if n & 2 else r
+        b = b * b
+        r = r * b if n & 4 else r
+        b = b * b
+        r = r * b if n & 8 else r
+        return F(r)
+    return ipow
+
+
+ipow_float32 = _ipow(_f32, _f64)
+ipow_float64 = _ipow(_f64, _f64)
 
 
 @numba.njit(fastmath=FASTMATH, error_model="numpy")

@@ -31,7 +31,7 @@ from ..runtime.protocol import safe_name
 from .functions import FUNCTIONS
 from ..frontend.resolve import ResolvedLoss
 from .rewrites import LOWERINGS, stabilize
-from .sympy_functions import absolute, make_power, sign
+from .sympy_functions import absolute, make_power, power_from_log, sign, whole_power
 
 MAX_EXACT_BITS = 4096  # the largest exact power of two constants, in bits (float64 ends at 1024)
 MAX_FORMULA_NODES = 20_000  # a derivative (or split condition) written out, in nodes (the catalogue's most: 416)
@@ -53,6 +53,9 @@ class KernelPlan:
     fused_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]  # CSE shared by value and gradients
     fused_results: tuple[sympy.Expr, ...]  # value, then one gradient per `wrt` input
     local_values: tuple[tuple[str, sympy.Expr], ...]  # the spec's own locals, for display
+    # where powers have runtime exponents: the same CSEs with each x^e a product of squarings, for calls where
+    # every exponent is a small whole number (WholePowers), else None
+    whole_powers: "WholePowers | None" = None
 
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show."""
@@ -61,6 +64,18 @@ class KernelPlan:
     @property
     def readable_locals(self) -> tuple[tuple[str, sympy.Expr], ...]:
         return self.local_values
+
+
+@dataclass(frozen=True)
+class WholePowers:
+    """A kernel plan's value and fused CSEs with every runtime power x^e as whole_power(x, e), valid where each
+    of `exponents` is a whole number from 0 to MAX_WHOLE_POWER (checked once per call, outside the loop)."""
+
+    exponents: tuple[sympy.Expr, ...]
+    value_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    value_result: sympy.Expr
+    fused_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    fused_results: tuple[sympy.Expr, ...]
 
 
 _RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
@@ -288,9 +303,25 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
         names = {lowered(expr): safe_name(name) for name, expr in local_values.items() if name != loss.name}
         value_steps, (value_result,) = _cse([lowered(value)], names)
         fused_steps, fused_results = _cse([lowered(e) for e in (value, *grads)], names)
+        params = {symbols[p] for p in loss.numeric_params}
+        whole = _whole_powers([lowered(e) for e in (value, *grads)], names, params)
     return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
-                      tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom))
+                      tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom), whole)
+
+
+def _whole_powers(exprs: list[sympy.Expr], names: dict[sympy.Expr, str], params: set) -> WholePowers | None:
+    """The plan's CSEs again with each power x^e (lowered: power_from_log) whose exponent is made of parameters
+    alone, so the same for every element, as whole_power(x, e)."""
+    powers = {p for e in exprs for p in e.atoms(power_from_log) if p.args[1].free_symbols <= params}
+    if not powers:
+        return None
+    whole = {p: whole_power(p.args[0], p.args[1]) for p in powers}
+    exprs = [e.xreplace(whole) for e in exprs]
+    exponents = tuple(sorted({p.args[1] for p in powers}, key=sympy.default_sort_key))
+    value_steps, (value_result,) = _cse(exprs[:1], names)
+    fused_steps, fused_results = _cse(exprs, names)
+    return WholePowers(exponents, value_steps, value_result, fused_steps, tuple(fused_results))
 
 
 def derive_hessian(plan: KernelPlan) -> KernelPlan:
@@ -303,7 +334,8 @@ def derive_hessian(plan: KernelPlan) -> KernelPlan:
         hessian = representable(simplify(stabilize(_ours(bounded(sympy.diff(plan.grads[0], x))))))
         names = {lowered(expr): safe_name(name) for name, expr in local_values.items() if name != loss.name}
         steps, results = _cse([lowered(e) for e in (value, plan.grads[0], hessian)], names)
-    return replace(plan, grads=(plan.grads[0], hessian), fused_steps=steps, fused_results=tuple(results))
+    return replace(plan, grads=(plan.grads[0], hessian), fused_steps=steps, fused_results=tuple(results),
+                   whole_powers=None)
 
 
 def lowered(expr: sympy.Expr) -> sympy.Expr:

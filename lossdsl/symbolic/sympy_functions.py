@@ -306,6 +306,14 @@ class power_from_log(_Real):
     numba = "fast_pow_from_log({0}, {1}, {2})"
 
 
+class whole_power(_Real):
+    """x^e for a runtime e that the kernel has checked to be a whole number in [0, MAX_WHOLE_POWER]: products
+    of squarings (focal losses' gamma = 2 is x*x), in a copy of the element loop (`fast_ipow`)."""
+
+    nargs = 2
+    numba = "fast_ipow({0}, {1})"
+
+
 def make_power(base: sympy.Expr, exponent: sympy.Expr) -> sympy.Expr:
     """`^`: SymPy's own Pow for a numeric exponent (it simplifies well), `power` otherwise."""
     return base ** exponent if exponent.is_Number else power(base, exponent)

@@ -27,20 +27,36 @@ def loss_value(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __
     __n = _pred_.size
     __weighted = __weight.size == __n
     __elementwise = __out.size == __n
+    __plain = not __weighted and not __elementwise
     __total = 0.0
     __stop_u = np.uint64(__stop)
-    for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
-        __block = F(0.0)
-        for __i in range(__b, min(__b + np.uint64(512), __stop_u)):
-            pred = _pred_[__i]
-            target = _target_[__i]
-            d = abs(pred - target)
-            __w = __s * __weight[__i] if __weighted else __s
-            __loss = (((F(0.5))*(d*d) if (d < delta) else delta*(d - F(0.5)*delta))) * __w
-            if __elementwise:
-                __out[__i] = __loss
-            __block += __loss
-        __total += __block
+    __losses = np.empty(512, F)
+    if __plain:
+        for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+            __end = min(__b + np.uint64(512), __stop_u)
+            for __i in range(__b, __end):
+                pred = _pred_[__i]
+                target = _target_[__i]
+                d = abs(pred - target)
+                __w = __s
+                __loss = (((F(0.5))*(d*d) if (d < delta) else delta*(d - F(0.5)*delta))) * __w
+                __losses[__i - __b] = __loss
+            for __j in range(__end - __b):
+                __total += __losses[__j]
+    else:
+        for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+            __end = min(__b + np.uint64(512), __stop_u)
+            for __i in range(__b, __end):
+                pred = _pred_[__i]
+                target = _target_[__i]
+                d = abs(pred - target)
+                __w = __s * __weight[__i] if __weighted else __s
+                __loss = (((F(0.5))*(d*d) if (d < delta) else delta*(d - F(0.5)*delta))) * __w
+                if __elementwise:
+                    __out[__i] = __loss
+                __losses[__i - __b] = __loss
+            for __j in range(__end - __b):
+                __total += __losses[__j]
     return __total
 
 
@@ -53,25 +69,46 @@ def loss_value_and_grad(__start, __stop, _pred_, _target_, _delta_, __weight, __
     __n = _pred_.size
     __weighted = __weight.size == __n
     __elementwise = __out.size == __n
+    __plain = not __weighted and not __elementwise
     __total = 0.0
     __stop_u = np.uint64(__stop)
-    for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
-        __block = F(0.0)
-        for __i in range(__b, min(__b + np.uint64(512), __stop_u)):
-            pred = _pred_[__i]
-            target = _target_[__i]
-            _0 = pred - target
-            d = abs(_0)
-            _2 = (delta > d)
-            _3 = _sign(_0)
-            __w = __s * __weight[__i] if __weighted else __s
-            __loss = (((F(0.5))*(d*d) if _2 else delta*(d - F(0.5)*delta))) * __w
-            if __elementwise:
-                __out[__i] = __loss
-            __gw = __w * __gs
-            __grad_pred[__i] = ((_3*d if _2 else _3*delta)) * __gw
-            __block += __loss
-        __total += __block
+    __losses = np.empty(512, F)
+    if __plain:
+        for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+            __end = min(__b + np.uint64(512), __stop_u)
+            for __i in range(__b, __end):
+                pred = _pred_[__i]
+                target = _target_[__i]
+                _0 = pred - target
+                d = abs(_0)
+                _2 = (delta > d)
+                _3 = _sign(_0)
+                __w = __s
+                __loss = (((F(0.5))*(d*d) if _2 else delta*(d - F(0.5)*delta))) * __w
+                __gw = __w * __gs
+                __grad_pred[__i] = ((_3*d if _2 else _3*delta)) * __gw
+                __losses[__i - __b] = __loss
+            for __j in range(__end - __b):
+                __total += __losses[__j]
+    else:
+        for __b in range(np.uint64(__start), __stop_u, np.uint64(512)):
+            __end = min(__b + np.uint64(512), __stop_u)
+            for __i in range(__b, __end):
+                pred = _pred_[__i]
+                target = _target_[__i]
+                _0 = pred - target
+                d = abs(_0)
+                _2 = (delta > d)
+                _3 = _sign(_0)
+                __w = __s * __weight[__i] if __weighted else __s
+                __loss = (((F(0.5))*(d*d) if _2 else delta*(d - F(0.5)*delta))) * __w
+                if __elementwise:
+                    __out[__i] = __loss
+                __gw = __w * __gs
+                __grad_pred[__i] = ((_3*d if _2 else _3*delta)) * __gw
+                __losses[__i - __b] = __loss
+            for __j in range(__end - __b):
+                __total += __losses[__j]
     return __total
 
 

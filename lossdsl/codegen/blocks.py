@@ -92,7 +92,7 @@ def _pass_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
         reductions = [n.source for n in here if n.op != "load"]
         _passes(w, 4, reductions, complete=lambda r, plan, writer: _store_partials(node_of[r], slot_of))
     w.emit(1, "return 0.0")
-    return "\n".join(w.lines) + "\n"
+    return w.source()
 
 
 def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
@@ -116,7 +116,7 @@ def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
            *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     w.emit(2, "__out[__row] = __loss", "__total += __loss")
     w.emit(1, "return __total")
-    return "\n".join(w.lines) + "\n"
+    return w.source()
 
 
 def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
@@ -139,4 +139,4 @@ def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
         w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
     w.emit(2, "else:", "    " + w.axis_loop(), *[f"        store({g}, {element}, F(0.0))" for g in grads])
     w.emit(1, "return 0.0")
-    return "\n".join(w.lines) + "\n"
+    return w.source()

@@ -33,6 +33,10 @@ from .elementwise import IN_PLACE_ALIAS, with_formula
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 
+# Positions along the axis whose terms a CPU pass keeps in a float buffer before adding them into its float64 sum:
+# a float64 sum inside the loop would make LLVM vectorise a float32 kernel at float64's width (half the lanes)
+AXIS_CHUNK = 256
+
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
 
@@ -68,6 +72,15 @@ class _Writer:
         # read at the local __c; the position the formulas see is the global one
         self.blocked = blocked
         self.local = "__c" if blocked else str(plan.position)
+        self.buffers = 0  # float buffers of AXIS_CHUNK terms the CPU passes add up in float64 (`_passes`)
+
+    def source(self) -> str:
+        """The kernel's text, its buffers allocated once, after the docstring (not once per row)."""
+        lines = list(self.lines)
+        if self.buffers:
+            at = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
+            lines[at:at] = [f"    __part{k} = np.empty({AXIS_CHUNK}, F)" for k in range(self.buffers)]
+        return "\n".join(lines) + "\n"
 
     def axis_loop(self) -> str:
         """The positions along the axis one call (CPU) or one thread of the row's block (CUDA) visits."""
@@ -181,7 +194,7 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
     (text,) = w.statements(3, [], [weight])
     w.emit(3, f"__norm += {text}")
     w.emit(1, *(target.finish("__norm") if target.cuda else ["return __norm, -1, 0"]))
-    return "\n".join(w.lines) + "\n"
+    return w.source()
 
 
 def _pass_count(node: Reduction, online: bool = False) -> int:
@@ -214,10 +227,34 @@ def _schedule(reductions: list[Reduction], online: bool = False) -> dict[sympy.S
     return start
 
 
+def _runtime_power(expr: sympy.Expr) -> bool:
+    """Whether `expr` has a power with a runtime exponent: float32 kernels take it through float64, and
+    such a pass vectorises only with its sums in float64 (buffered, LLVM left triplet's norm loop scalar)."""
+    return any(not p.exp.is_Number for p in expr.atoms(sympy.Pow)) or any(
+        type(f).__name__ in ("power", "power_from_log") for f in expr.atoms(sympy.Function))
+
+
+def _summed(node: Reduction, part: int) -> bool:
+    """Whether this pass of `node` adds terms up (a sum, mean or norm; logsumexp's sum of exps)."""
+    return node.op in ("sum", "mean", "norm") or (node.op == "logsumexp" and part == 1)
+
+
+def _sum_of(node: Reduction) -> str:
+    """The float64 running sum of a summed pass."""
+    return f"{accumulator(node)}_sum" if node.op == "logsumexp" else accumulator(node)
+
+
 def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol,
-                online: bool = False) -> list[str]:
-    """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators."""
+                online: bool = False, buffer: str | None = None) -> list[str]:
+    """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators;
+    `buffer` ("array, index"), where a summed pass stores its term instead of adding it (`_passes` adds the
+    buffer up)."""
     acc = accumulator(node)
+    if buffer is not None:
+        term = f"fast_exp({body} - {acc})" if node.op == "logsumexp" else body
+        if keep is None:
+            return [f"store({buffer}, {term})"]
+        return [f"__e = {term}", f"store({keep[0]}, {keep[1]}, __e)", f"store({buffer}, __e)"]
     if node.op == "logsumexp" and online:  # a new maximum rescales the sum; equal values add exp(0) exactly
         return [f"{acc}_v = {body}", f"if {acc}_v > {acc}:",
                 f"    {acc}_sum = {acc}_sum * fast_exp({acc} - {acc}_v) + 1.0", f"    {acc} = {acc}_v",
@@ -294,12 +331,25 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
                 acc = accumulator(node)
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
         bodies = [_reduced_body(n, part) for n, part in parts]
-        w.emit(indent, w.axis_loop())
-        w.loads_along_axis(indent + 1, bodies)
-        texts = w.statements(indent + 1, [], bodies)
+        summed = [] if online or any(map(_runtime_power, bodies)) else [(n, p) for n, p in parts if _summed(n, p)]
+        inner = indent + (2 if summed else 1)
+        if summed:  # a chunk's terms in float buffers, then added in float64 (see AXIS_CHUNK)
+            w.buffers = max(w.buffers, len(summed))
+            count = "__width" if w.blocked else "__C"
+            w.emit(indent, f"for __c0 in range(0, {count}, {AXIS_CHUNK}):",
+                   f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})", f"    for {w.local} in range(__c0, __c1):")
+        else:
+            w.emit(indent, w.axis_loop())
+        w.loads_along_axis(inner, bodies)
+        texts = w.statements(inner, [], bodies)
         for (node, part), text in zip(parts, texts):
             keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
-            w.emit(indent + 1, *_accumulate(node, part, text, keep, w.plan.position, online))
+            buffer = f"__part{summed.index((node, part))}" if (node, part) in summed else None
+            w.emit(inner, *_accumulate(node, part, text, keep, w.plan.position, online,
+                                       None if buffer is None else f"{buffer}, {w.local} - __c0"))
+        if summed:
+            w.emit(indent + 1, "for __j in range(__c1 - __c0):",
+                   *(f"    {_sum_of(node)} += load(__part{k}, __j)" for k, (node, _) in enumerate(summed)))
         if w.target.cuda:
             for node, part in parts:
                 w.emit(indent, _combine(node, part))
@@ -404,4 +454,4 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     else:
         w.emit(2, "if __elementwise:", "    __out[__row] = __loss", "__total += __loss")
     w.emit(1, *target.finish())
-    return "\n".join(w.lines) + "\n"
+    return w.source()

@@ -28,6 +28,9 @@ PARTIALS = (('load', 0, 0), ('load', 0, 1), ('logsumexp', 0, 2), ('mean', 0, 4),
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_block_pass(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __width, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __lo, __C, __done, __level, __partial):
     """Partials over this block of the nodes of one level; rows left out keep theirs."""
+    __part0 = np.empty(256, F)
+    __part1 = np.empty(256, F)
+    __part2 = np.empty(256, F)
     ignore_index = F(_ignore_index_)
     label_smoothing = F(_label_smoothing_)
     z_loss = F(_z_loss_)
@@ -59,13 +62,19 @@ def loss_block_pass(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
                 __lse_acc_sum = 0.0
                 ___r1 = 0.0
                 ___r2 = 0.0
-                for __c in range(__width):
-                    c = __lo + __c
-                    logits = load(_logits_, __b0 + __c * __t0)
-                    class_weight = load(_class_weight_, __b2 + __c * __t2)
-                    __lse_acc_sum += fast_exp(logits - __lse_acc)
-                    ___r1 += class_weight
-                    ___r2 += class_weight*logits
+                for __c0 in range(0, __width, 256):
+                    __c1 = min(__c0 + 256, __width)
+                    for __c in range(__c0, __c1):
+                        c = __lo + __c
+                        logits = load(_logits_, __b0 + __c * __t0)
+                        class_weight = load(_class_weight_, __b2 + __c * __t2)
+                        store(__part0, __c - __c0, fast_exp(logits - __lse_acc))
+                        store(__part1, __c - __c0, class_weight)
+                        store(__part2, __c - __c0, class_weight*logits)
+                    for __j in range(__c1 - __c0):
+                        __lse_acc_sum += load(__part0, __j)
+                        ___r1 += load(__part1, __j)
+                        ___r2 += load(__part2, __j)
                 __partial[__row, 2] = __lse_acc
                 __partial[__row, 3] = __lse_acc_sum
                 __partial[__row, 4] = ___r1

@@ -50,6 +50,9 @@ def loss_rows(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ign
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __out):
     """Weighted sum of the row losses; each also stored in __out when it has room."""
+    __part0 = np.empty(256, F)
+    __part1 = np.empty(256, F)
+    __part2 = np.empty(256, F)
     __s = F(__scale)
     __weighted = __weight.size == __rows
     __elementwise = __out.size == __rows
@@ -78,12 +81,18 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                __lse_acc_sum += fast_exp(logits - __lse_acc)
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
+            for __c0 in range(0, __C, 256):
+                __c1 = min(__c0 + 256, __C)
+                for c in range(__c0, __c1):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
+                    store(__part1, c - __c0, class_weight)
+                    store(__part2, c - __c0, class_weight*logits)
+                for __j in range(__c1 - __c0):
+                    __lse_acc_sum += load(__part0, __j)
+                    ___r1 += load(__part1, __j)
+                    ___r2 += load(__part2, __j)
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -103,6 +112,9 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __part0 = np.empty(256, F)
+    __part1 = np.empty(256, F)
+    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -133,14 +145,20 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                __e = fast_exp(logits - __lse_acc)
-                store(__grad_logits, __gb + c * __inner, __e)
-                __lse_acc_sum += __e
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
+            for __c0 in range(0, __C, 256):
+                __c1 = min(__c0 + 256, __C)
+                for c in range(__c0, __c1):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    __e = fast_exp(logits - __lse_acc)
+                    store(__grad_logits, __gb + c * __inner, __e)
+                    store(__part0, c - __c0, __e)
+                    store(__part1, c - __c0, class_weight)
+                    store(__part2, c - __c0, class_weight*logits)
+                for __j in range(__c1 - __c0):
+                    __lse_acc_sum += load(__part0, __j)
+                    ___r1 += load(__part1, __j)
+                    ___r2 += load(__part2, __j)
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -175,6 +193,9 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __part0 = np.empty(256, F)
+    __part1 = np.empty(256, F)
+    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -205,12 +226,18 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                __lse_acc_sum += fast_exp(logits - __lse_acc)
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
+            for __c0 in range(0, __C, 256):
+                __c1 = min(__c0 + 256, __C)
+                for c in range(__c0, __c1):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
+                    store(__part1, c - __c0, class_weight)
+                    store(__part2, c - __c0, class_weight*logits)
+                for __j in range(__c1 - __c0):
+                    __lse_acc_sum += load(__part0, __j)
+                    ___r1 += load(__part1, __j)
+                    ___r2 += load(__part2, __j)
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -244,6 +271,9 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits, __extra):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
+    __part0 = np.empty(256, F)
+    __part1 = np.empty(256, F)
+    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -272,19 +302,29 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
                 __lse_acc = max(__lse_acc, logits)
             __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
             __lse_acc_sum = 0.0
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                __lse_acc_sum += fast_exp(logits - __lse_acc)
+            for __c0 in range(0, __C, 256):
+                __c1 = min(__c0 + 256, __C)
+                for c in range(__c0, __c1):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
+                for __j in range(__c1 - __c0):
+                    __lse_acc_sum += load(__part0, __j)
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             ___r1 = 0.0
             ___r2 = 0.0
             ___r3 = 0.0
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
-                ___r3 += (logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0))
+            for __c0 in range(0, __C, 256):
+                __c1 = min(__c0 + 256, __C)
+                for c in range(__c0, __c1):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__part0, c - __c0, class_weight)
+                    store(__part1, c - __c0, class_weight*logits)
+                    store(__part2, c - __c0, (logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0)))
+                for __j in range(__c1 - __c0):
+                    ___r1 += load(__part0, __j)
+                    ___r2 += load(__part1, __j)
+                    ___r3 += load(__part2, __j)
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
             _r3 = F(___r3)

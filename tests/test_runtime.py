@@ -96,6 +96,23 @@ def test_domains_are_checked(load_loss):
     assert np.isfinite(unchecked(np.array([0.5, 0.5]), np.array([1.0, 0.5])))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_domain_checks_of_large_inputs_name_the_first_element_outside(load_loss, dtype):
+    """Large inputs are checked a chunk per thread: the error still names the first element outside, at
+    a chunk's end or start; NaN is outside, and so is the float just above a bound."""
+    bce = load_loss("bce")
+    n = 400_001  # several chunks
+    for position, bad in [(n - 1, np.nextafter(dtype(1), dtype(2))), (200_000, np.nan), (0, -np.finfo(dtype).tiny)]:
+        p, y = np.full(n, 0.5, dtype), np.full(n, 1.0, dtype)
+        p[position] = bad
+        p[position + 1:][:3] = 2.0  # later elements outside too: the first is named
+        with pytest.raises(LossInputError, match=rf"p must lie in \[0, 1\]; found .* at index \({position},\)"):
+            bce(p, y)
+    p = np.full(n, 1.0, dtype)  # the bounds themselves lie inside
+    p[::2] = 0.0
+    assert np.isfinite(bce(p, np.full(n, 0.5, dtype)))
+
+
 def test_empty_scalar_and_non_contiguous_inputs(huber):
     assert math.isnan(huber(np.zeros(0), np.zeros(0)))
     assert huber(np.zeros(0), np.zeros(0), reduction="sum") == 0.0

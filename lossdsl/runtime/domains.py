@@ -1,0 +1,47 @@
+"""Domain checks of a call's inputs (`p in [0, 1]`, `y in {0, 1}`): one pass per input, on every thread.
+
+A NumPy test (`(v >= low) & (v <= high)`, then `.all()`) makes three temporaries the size of the input
+and took longer than the loss itself (bce at 1e7 elements: 19 ms of checks beside a 20 ms kernel). These
+kernels count the elements outside the domain, a chunk per thread; only a call that fails looks for the
+first of them. NaN lies outside every domain. Comparisons are exact (no fastmath).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import threads
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _outside_interval(start, stop, values, low, high, low_open, high_open):
+    count = 0
+    for i in range(start, stop):
+        v = values[i]
+        above = (v > low) if low_open else (v >= low)
+        below = (v < high) if high_open else (v <= high)
+        count += np.int64(not (above & below))
+    return float(count)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _outside_choices(start, stop, values, choices):
+    count = 0
+    for i in range(start, stop):
+        v = values[i]
+        inside = False
+        for choice in choices:
+            inside |= v == choice
+        count += np.int64(not inside)
+    return float(count)
+
+
+def any_outside(values: np.ndarray, domain) -> bool:
+    """Whether any of `values` (1-D, contiguous) lies outside `domain` (bounds in the values' own precision)."""
+    n = values.size
+    if domain.choices is not None:
+        arguments = (values, np.array(domain.choices, values.dtype))
+        return threads.run(_outside_choices, n, n, arguments) > 0
+    as_dtype = values.dtype.type
+    arguments = (values, as_dtype(domain.low), as_dtype(domain.high), bool(domain.low_open), bool(domain.high_open))
+    return threads.run(_outside_interval, n, n, arguments) > 0

@@ -25,23 +25,28 @@ def _outside_interval(start, stop, values, low, high, low_open, high_open):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _outside_choices(start, stop, values, choices):
+def _outside_choices(start, stop, values, a, b, c, d):
+    """Elements equal to none of a, b, c, d (a set of fewer values repeats one): four comparisons, which
+    vectorise where a loop over the set would not."""
     count = 0
     for i in range(start, stop):
         v = values[i]
-        inside = False
-        for choice in choices:
-            inside |= v == choice
-        count += np.int64(not inside)
+        count += np.int64(not ((v == a) | (v == b) | (v == c) | (v == d)))
     return float(count)
+
+
+_MAX_CHOICES = 4
 
 
 def any_outside(values: np.ndarray, domain) -> bool:
     """Whether any of `values` (1-D, contiguous) lies outside `domain` (bounds in the values' own precision)."""
     n = values.size
     if domain.choices is not None:
-        arguments = (values, np.array(domain.choices, values.dtype))
-        return threads.run(_outside_choices, n, n, arguments) > 0
+        choices = np.array(domain.choices, values.dtype)
+        if choices.size > _MAX_CHOICES:
+            return not np.isin(values, choices).all()
+        padded = np.resize(choices, _MAX_CHOICES)  # {0, 1} as 0, 1, 0, 1
+        return threads.run(_outside_choices, n, n, (values, *padded)) > 0
     as_dtype = values.dtype.type
     arguments = (values, as_dtype(domain.low), as_dtype(domain.high), bool(domain.low_open), bool(domain.high_open))
     return threads.run(_outside_interval, n, n, arguments) > 0

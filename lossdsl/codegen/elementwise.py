@@ -8,7 +8,10 @@ chunks, one per thread), on CUDA grid-stride loops adding to `__result[0]`:
 - `loss_value_and_grad(…, gscale, out, grads…)`: the same sum plus every gradient,
   in one pass over memory.
 Reduction and weighting are runtime arguments, so one compiled kernel serves "none",
-"sum", "mean" and the per-sample form, weighted or not. An empty `weight` array means
+"sum", "mean" and the per-sample form, weighted or not. On the CPU a kernel holds more than one
+copy of its loop, chosen once per call: one for plain calls (no weights, no per-element output,
+one value per optional input) without their selects, and where the loss has powers whose exponents
+are parameters, one for calls where each is a small whole number (products, not exp and log). An empty `weight` array means
 unweighted; an empty `out` means no per-element output; an optional input of one element holds
 one value for every element.
 
@@ -94,7 +97,7 @@ def _element(plan: KernelPlan, printer: NumbaPrinter, steps, value, gradients, g
             *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]]
 
 
-def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: list[str], hessian: bool):
+def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: list[str]):
     """(condition, element lines) of the loops a kernel has: for plain calls first, then the general loop;
     each twice where the loss has powers with runtime exponents, first for calls where all are small whole
     numbers (x^2 as x*x) and then for the rest."""
@@ -102,7 +105,7 @@ def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: 
         return ((source.fused_steps, source.fused_results) if with_grads
                 else (source.value_steps, (source.value_result,)))
 
-    whole = None if hessian else plan.whole_powers
+    whole = plan.whole_powers  # None in a grad_hess plan (symbolic.derive_hessian)
     forms = [(None, plan_of(plan))]
     if whole is not None:
         check = " and ".join(f"fast_whole_exponent({printer.doprint(e)})" for e in whole.exponents)
@@ -152,8 +155,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
         "    __elementwise = __out.size == __n",
         *([] if target.cuda else [f"    __plain = {_plain_test(plan)}"]),
         "    __total = 0.0",
-        *(f"    {line}" for line in target.element_loop("__n", _variants(plan, printer, with_grads, grads,
-                                                                         bool(outputs)))),
+        *(f"    {line}" for line in target.element_loop("__n", _variants(plan, printer, with_grads, grads))),
         *[f"    {line}" for line in target.finish()],
     ]
     return "\n".join(lines) + "\n"

@@ -11,8 +11,8 @@ Reduction and weighting are runtime arguments, so one compiled kernel serves "no
 "sum", "mean" and the per-sample form, weighted or not. On the CPU a kernel holds more than one
 copy of its loop, chosen once per call: one for plain calls (no weights, no per-element output,
 one value per optional input) without their selects, and where the loss has powers whose exponents
-are parameters, one for calls where each is a small whole number (products, not exp and log). An empty `weight` array means
-unweighted; an empty `out` means no per-element output; an optional input of one element holds
+are parameters, one for calls where each is a small whole number (products, not exp and log).
+An empty `weight` array means unweighted; an empty `out` means no per-element output; an optional input of one element holds
 one value for every element.
 
 Names: the spec's own names are used bare, input arrays and parameter arguments are

@@ -29,6 +29,7 @@ import sympy
 
 from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed
 from ..symbolic.derive import safe_name
+from ..symbolic.sympy_functions import power, power_from_log
 from .elementwise import IN_PLACE_ALIAS, with_formula
 from .printer import NumbaPrinter
 from .targets import CPU, Target
@@ -230,8 +231,7 @@ def _schedule(reductions: list[Reduction], online: bool = False) -> dict[sympy.S
 def _runtime_power(expr: sympy.Expr) -> bool:
     """Whether `expr` has a power with a runtime exponent: float32 kernels take it through float64, and
     such a pass vectorises only with its sums in float64 (buffered, LLVM left triplet's norm loop scalar)."""
-    return any(not p.exp.is_Number for p in expr.atoms(sympy.Pow)) or any(
-        type(f).__name__ in ("power", "power_from_log") for f in expr.atoms(sympy.Function))
+    return any(not p.exp.is_Number for p in expr.atoms(sympy.Pow)) or bool(expr.atoms(power, power_from_log))
 
 
 def _summed(node: Reduction, part: int) -> bool:

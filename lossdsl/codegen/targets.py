@@ -168,8 +168,9 @@ class Target:
     def element_loop(self, count: str, variants: list[tuple[str | None, list[str]]]) -> list[str]:
         """The loop over the elements one call (CPU) or thread walks, adding each element's weighted `__loss` into
         the float64 `__total`. `variants`: (a condition the loop does not change, or None for the last, the
-        general one; the lines of one element), so that a call meeting a condition runs a loop without the
-        selects or work it makes needless. CUDA runs the general loop (its threads take one branch alike).
+        general one; the lines of one element), at least one conditional before the general one, so that a
+        call meeting a condition runs a loop without the selects or work it makes needless. CUDA runs the
+        general loop (its threads take one branch alike).
 
         On the CPU, unsigned indices (no wraparound), and each block of ELEMENT_BLOCK losses is kept in a small
         buffer and then added into the float64 total by a loop of its own: a float64 sum in the element loop
@@ -187,7 +188,7 @@ class Target:
                       *(f"            {line}" for line in body), "            __losses[__i - __b] = __loss",
                       "        for __j in range(__end - __b):",
                       "            __total += __losses[__j]"]
-        return lines if len(variants) > 1 else [*lines[:2], *(line[4:] for line in lines[3:])]
+        return lines
 
     def row_loop(self, per_block: bool = False) -> str:
         """The rows one call (CPU) walks, or on CUDA one thread, or with `per_block` one block."""

@@ -139,8 +139,6 @@ def log1p_unit_float32(z, r):
     return y + (z - (u - _f32(1.0))) * r
 
 
-
-
 @numba.njit(fastmath=FASTMATH, error_model="numpy")
 def tanh_exp_float32(x, z):
     """tanh(x) for float32 given z = e^(-2|x|) (shared with log_cosh): sign(x) (1 - 2z/(1 + z))

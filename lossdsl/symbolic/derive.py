@@ -69,7 +69,8 @@ class KernelPlan:
 @dataclass(frozen=True)
 class WholePowers:
     """A kernel plan's value and fused CSEs with every runtime power x^e as whole_power(x, e), valid where each
-    of `exponents` is a whole number from 0 to MAX_WHOLE_POWER (checked once per call, outside the loop)."""
+    of `exponents` is a whole number the kernel's `fast_whole_exponent` accepts (kernel_math.MAX_WHOLE_POWER_*),
+    checked once per call, outside the loop."""
 
     exponents: tuple[sympy.Expr, ...]
     value_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
@@ -301,10 +302,10 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
                       for name in loss.wrt)
         # a temporary equal to a spec local (in the lowered form the kernel computes) takes the local's name
         names = {lowered(expr): safe_name(name) for name, expr in local_values.items() if name != loss.name}
-        value_steps, (value_result,) = _cse([lowered(value)], names)
-        fused_steps, fused_results = _cse([lowered(e) for e in (value, *grads)], names)
-        params = {symbols[p] for p in loss.numeric_params}
-        whole = _whole_powers([lowered(e) for e in (value, *grads)], names, params)
+        fused = [lowered(e) for e in (value, *grads)]
+        value_steps, (value_result,) = _cse(fused[:1], names)
+        fused_steps, fused_results = _cse(fused, names)
+        whole = _whole_powers(fused, names, {symbols[p] for p in loss.numeric_params})
     return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
                       tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom), whole)

@@ -123,16 +123,15 @@ class _Graph:
         if self.local is None or expr is not self.local.expr:
             return fallback
         name = safe_name(self.local.name)
-        taken = {str(s) for s in self.env.values() if isinstance(s, sympy.Symbol)} | {r.symbol.name for r in
-                                                                                      self.reductions}
+        taken = _symbol_names(self.env.values()) | {r.symbol.name for r in self.reductions}
         return fallback if name.startswith("_") or name in taken else name
 
     def load_name(self, name: str, label: str) -> str:
         """`logits_y` for logits[y], so kernels read like the spec; `_g<n>` where a spec name has it."""
         fallback = f"_g{len(self.loads)}"
         wanted = safe_name(f"{name}_{label}")
-        taken = ({str(s) for s in self.env.values() if isinstance(s, sympy.Symbol)}
-                 | {safe_name(local.name) for local in self.loss.locals} | {g.symbol.name for g in self.loads})
+        taken = (_symbol_names(self.env.values()) | {safe_name(local.name) for local in self.loss.locals}
+                 | {g.symbol.name for g in self.loads})
         return fallback if wanted.startswith("_") or wanted in taken else wanted
 
     def load(self, name: str, label: str) -> sympy.Symbol:
@@ -142,6 +141,11 @@ class _Graph:
         symbol = sympy.Symbol(self.load_name(name, label), real=True)
         self.loads.append(Load(symbol, name, label))
         return symbol
+
+
+def _symbol_names(values) -> set[str]:
+    """The names of those of `values` that are symbols (the graph's environment also holds expressions)."""
+    return {s.name for s in values if isinstance(s, sympy.Symbol)}
 
 
 def _prepare(expr: sympy.Expr) -> sympy.Expr:
@@ -198,7 +202,7 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
 def _row_locals(loss: ResolvedLoss, local_values: dict[str, sympy.Expr], varying: set, taken: set):
     """The locals that are one value per row and more than a name (not the loss itself, not a reduction that
     is all of a local and so already has its name), each as a symbol of its own name and its formula."""
-    taken = {str(s) for s in taken if isinstance(s, sympy.Symbol)}
+    taken = _symbol_names(taken)
     named = []
     for name, expr in local_values.items():
         expr = _prepare(expr)

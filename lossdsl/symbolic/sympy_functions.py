@@ -307,8 +307,9 @@ class power_from_log(_Real):
 
 
 class whole_power(_Real):
-    """x^e for a runtime e that the kernel has checked to be a whole number in [0, MAX_WHOLE_POWER]: products
-    of squarings (focal losses' gamma = 2 is x*x), in a copy of the element loop (`fast_ipow`)."""
+    """x^e for a runtime e that the kernel has checked to be a small whole number (kernel_math's
+    MAX_WHOLE_POWER_*): products of squarings (focal losses' gamma = 2 is x*x), in a copy of the element loop
+    (`fast_ipow`)."""
 
     nargs = 2
     numba = "fast_ipow({0}, {1})"

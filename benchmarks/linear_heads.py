@@ -1,15 +1,20 @@
 """lossdsl's linear_cross_entropy head beside PyTorch's eager linear + cross_entropy and its chunked
-linear_cross_entropy: time of value and all gradients, and peak extra memory against the N x C logits.
+linear_cross_entropy, and beside the three matrix products any head has to do: time of value and
+all gradients, quiet and with one core busy, and peak extra memory against the N x C logits.
 
 Run: python benchmarks/linear_heads.py [--repeats 3] [--small]. float32, integer targets, a bias,
-reduction "mean". Times: median of interleaved repeats in one process. Memory: each runner once in a
-fresh process (the inputs made first), its peak resident memory above what it had before (sampled
-every millisecond), less the gradients every runner returns (input, weight, bias), as a share of
-the N x C float32 logits. `--small` shrinks the shapes (a smoke test, not a measurement).
+reduction "mean". Times: median of interleaved repeats in one process, first on a quiet machine,
+then with a competing process spinning on one core (started and stopped by the script, as a data
+loader would share the cores of a training job). "3 products" is the floor: logits = x W^T, the input
+gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand. Memory: each
+runner once in a fresh process (the inputs made first), its peak resident memory above what it had
+before (sampled every millisecond), less the gradients every runner returns (input, weight, bias),
+as a share of the N x C float32 logits. `--small` shrinks the shapes (a smoke test, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import resource
@@ -57,6 +62,30 @@ def runners(x, weight, bias, target) -> dict:
     return found
 
 
+def products(x, weight):
+    """The floor: the three products of a linear head, into buffers made beforehand."""
+    logits = np.empty((x.shape[0], weight.shape[0]), x.dtype)
+    d_input, d_weight = np.empty_like(x), np.empty_like(weight)
+
+    def call():
+        np.matmul(x, weight.T, out=logits)
+        np.matmul(logits, weight, out=d_input)
+        np.matmul(logits.T, x, out=d_weight)
+    return call
+
+
+@contextlib.contextmanager
+def one_core_busy():
+    """A competing process spinning on one core while the block runs."""
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        rival.kill()
+        rival.wait()
+
+
 def resident_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize()
@@ -99,18 +128,24 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
     args = parser.parse_args()
     print(machine())
-    print("\n| (N, D, C) | runner | time | vs lossdsl | peak extra memory | of the N x C logits |")
-    print("|---|---|---|---|---|---|")
+    print("\n| (N, D, C) | runner | time, quiet | vs lossdsl | one core busy | busy / quiet | peak extra memory "
+          "| of the N x C logits |")
+    print("|---|---|---|---|---|---|---|---|")
     for shape in SMALL if args.small else SHAPES:
-        found = runners(*inputs(*shape))
-        times = median_times(found, args.repeats, settle=0.02)
+        made = inputs(*shape)
+        found = {**runners(*made), "3 products": products(*made[:2])}
+        quiet = median_times(found, args.repeats, settle=0.02)
+        with one_core_busy():
+            busy = median_times(found, args.repeats, settle=0.02)
         logits = 4 * shape[0] * shape[2]
-        for name, seconds in times.items():
-            extra = peak_extra_bytes(shape, name)
-            print(f"| {shape} | {name} | {seconds:.3g} s | {seconds / times['lossdsl']:.2f}x | "
-                  f"{extra / 2**20:.0f} MiB | {extra / logits:.1%} |")
-        del found
-
+        for name, seconds in quiet.items():
+            memory = "| — | — |"
+            if name != "3 products":
+                extra = peak_extra_bytes(shape, name)
+                memory = f"| {extra / 2**20:.0f} MiB | {extra / logits:.1%} |"
+            print(f"| {shape} | {name} | {seconds:.3g} s | {seconds / quiet['lossdsl']:.2f}x | {busy[name]:.3g} s | "
+                  f"{busy[name] / seconds:.2f}x {memory}")
+        del found, made
 
 if __name__ == "__main__":
     main()

@@ -60,6 +60,22 @@ def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction
                                     **chunks), value, rtol=tolerance)
 
 
+@pytest.mark.parametrize("chunk_rows, chunk_classes", [(8, None), (9, 10)])
+def test_a_head_without_an_in_place_gemm(load_loss, torch, monkeypatch, chunk_rows, chunk_classes):
+    """Where NumPy's BLAS is not found, the weight gradient goes through a block-sized scratch."""
+    from lossdsl.runtime import blas
+    monkeypatch.setattr(blas, "_gemm", lambda: None)
+    monkeypatch.setattr("lossdsl.classaxis.heads._BLOCK_BYTES", 7 * WIDTH * 8)  # blocks of 7 classes
+    rng, x, weight, bias = _layer(4)
+    target = rng.integers(0, CLASSES, ROWS)
+    value, grads = load_loss("linear_cross_entropy").value_and_grad(
+        x, weight, target, linear_bias=bias, chunk_rows=chunk_rows, chunk_classes=chunk_classes)
+    expected, expected_grads = _pytorch(torch, x, weight, target, "mean", bias)
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, rtol=1e-10, atol=1e-12)
+
+
 def test_k_dimensional_logits_without_bias(load_loss, torch):
     """PyTorch's K-dimensional form: linear_weight (C, d1, D), logits (N, C, d1), targets (N, d1)."""
     rng, x, weight, _ = _layer(1)

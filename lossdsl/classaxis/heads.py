@@ -25,10 +25,11 @@ import numpy as np
 from .blocked import BlockRun
 from .levels import sweep
 from ..errors import LossInputError, LossLabelError
+from ..runtime import blas
 from ..runtime.layout import LOW_PRECISION, by_name, check_domain, float_dtype, reduced
 from ..runtime.protocol import MEANS, LossKind, Signature
 
-_BLOCK_BYTES = 2 << 20  # the weight gradient's temporary: a block of classes x D
+_BLOCK_BYTES = 2 << 20  # the weight gradient's temporary, where BLAS cannot add in place: classes x D
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
 _SMALL_BYTES = 1 << 20  # a buffer this small is allowed whatever the share: small calls are not chunked finely
@@ -332,8 +333,8 @@ class LinearHead:
 
 class _Chunks:
     """A head call's operands and buffers: one chunk's logits are computed here, and its gradient's
-    share of the input, weight and bias gradients accumulated (BLAS products; the weight gradient
-    through a block-sized scratch, so no C x D temporary)."""
+    share of the input, weight and bias gradients accumulated (BLAS products, each chunk's weight
+    gradient added in place by lossdsl.runtime.blas, so no C x D temporary)."""
 
     def __init__(self, x, weight, bias, out_shape, per_row: dict, step: int, classes: int | None, dtype, grads,
                  extra: np.ndarray | None):
@@ -344,13 +345,11 @@ class _Chunks:
         self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis
         self.buffer = np.empty(min(step, x.shape[0]) * self.classes * self.inner, dtype)
         width = x.shape[1]
-        self.scratch = None
         self.once = step >= x.shape[0]
-        if grads is not None and not self.once:
+        self.scratch = None  # the weight gradient's blocks, where BLAS cannot add a product in place
+        if grads is not None and not self.once and not blas.accumulates():
             self.scratch = np.empty(max(1, min(self.classes * self.inner, _BLOCK_BYTES // (width * dtype.itemsize)))
                                     * width, dtype)
-        blocked = grads is not None and classes is not None and classes < out_shape[0]
-        self.d_rows = np.empty((min(step, x.shape[0]), width), dtype) if blocked else None
 
     def logits(self, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
         """input[start:stop] @ linear_weight[classes lo..hi].T + bias, as (rows, hi - lo, d1, ..., dK)."""
@@ -382,20 +381,12 @@ class _Chunks:
         if lo == 0:
             np.matmul(grad, weight, out=d_input[start:stop])
         else:
-            part = self.d_rows[:stop - start]
-            np.matmul(grad, weight, out=part)
-            d_input[start:stop] += part
+            blas.add_product(d_input[start:stop], grad, weight)
         if self.once:
             np.matmul(grad.T, self.x, out=d_weight[columns])
             if d_bias is not None:
                 d_bias[columns] = grad.sum(axis=0, dtype=np.float64)
             return
-        width = self.x.shape[1]
-        block = self.scratch.size // width
-        for low in range(0, grad.shape[1], block):
-            high = min(grad.shape[1], low + block)
-            scratch = self.scratch[:(high - low) * width].reshape(high - low, width)
-            np.matmul(grad[:, low:high].T, self.x[start:stop], out=scratch)
-            d_weight[columns.start + low:columns.start + high] += scratch
+        blas.add_product(d_weight[columns], grad.T, self.x[start:stop], self.scratch)
         if d_bias is not None:
             d_bias[columns] += grad.sum(axis=0, dtype=np.float64)

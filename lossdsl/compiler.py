@@ -97,7 +97,7 @@ def _callable(loss: ir.LossDef, resolved: ResolvedLoss, options: dict, text: str
     if loss.head != "linear":
         return loss_object
     try:
-        return loss_object.with_linear()
+        return loss_object.with_linear(heads=tuple(n.id for n in loss.head_inputs) or None)
     except LossInputError as exc:  # the spec's `head linear` cannot apply: a spec error, at its loss
         raise SpecTypeError(f"`head linear` does not apply: {exc}", loss.file, loss.pos.line, loss.pos.column,
                             text) from None

@@ -59,10 +59,11 @@ class BlockRun:
                                  "classes", index, label)
         return out.reshape(block.shape), norms
 
-    def gradient(self, block: RowCall, lo: int, done: np.ndarray, grad: np.ndarray, scale: float = 1.0) -> None:
+    def gradient(self, block: RowCall, lo: int, done: np.ndarray, grad: np.ndarray | dict, scale: float = 1.0) -> None:
         """This block's gradient (times `scale`) into `grad`, flat and C-ordered like the block's first
-        input, which it may be."""
-        gradient = {f"__grad_{safe_name(name)}": grad for name in self.loss.wrt}  # the logits, the only one
+        input, which it may be; or, for a loss differentiated for several inputs, into `grad[name]` for each."""
+        grads = grad if isinstance(grad, dict) else {name: grad for name in self.loss.wrt}
+        gradient = {f"__grad_{safe_name(name)}": grads[name] for name in self.loss.wrt}
         threads.run(self.module.loss_block_grad, block.rows, block.work,
                     self.arguments(block, "loss_block_grad", lo, done, {
                         "__weight": block.weights, "__scale": 1.0, "__gscale": scale, **gradient}))

@@ -45,26 +45,60 @@ class LinearHead:
     linear_weight (C, d1, ..., dK, D) gives K-dimensional logits (N, C, d1, ..., dK), the class axis 1,
     with targets (N, d1, ..., dK). Scalar `weight` is not an option here: PyTorch's heads name the
     class weights so.
+
+    Several heads (`head linear student, teacher`: `heads=("student", "teacher")`): each named input is
+    the logits of a linear layer of its own, called as (student_input, student_weight, teacher_input,
+    teacher_weight, the other inputs..., student_bias=, teacher_bias=); widths may differ, the classes
+    may not. The gradients are those of each differentiated head (the spec's `wrt`, by default the first
+    input), one per name of `wrt`: input, weight and bias (None where no bias is given).
     """
 
-    def __init__(self, loss, chunk_rows: int | None = None, chunk_classes: int | None = None):
+    def __init__(self, loss, chunk_rows: int | None = None, chunk_classes: int | None = None,
+                 heads: tuple[str, ...] | None = None):
         spec = loss.signature
         if spec.kind is not LossKind.ROWS or spec.axis_position == "all":
             raise LossInputError(f"{loss.name}: a linear head needs a loss over a class axis (logits[c])")
         first = spec.inputs[0]
-        if first.axis is None or spec.wrt != (first.name,):
-            raise LossInputError(f"{loss.name}: a linear head needs the logits as the first input, the only one "
-                                 "differentiated")
-        self.loss = loss
+        self.named = bool(heads)  # heads named in the spec: their own input, weight and bias names
+        heads = tuple(heads) if heads else (first.name,)
+        axis_inputs = {i.name for i in spec.inputs if i.axis is not None}
+        if len(set(heads)) != len(heads) or not set(heads) <= axis_inputs:
+            raise LossInputError(f"{loss.name}: heads must be distinct inputs along the class axis "
+                                 f"({', '.join(sorted(axis_inputs)) or 'it has none'}); got {', '.join(heads)}")
+        if not set(spec.wrt) <= set(heads):
+            raise LossInputError(f"{loss.name}: a linear head differentiates heads only; "
+                                 + ("needs the logits as the first input, the only one differentiated"
+                                    if not self.named else f"wrt {', '.join(spec.wrt)} is not among {', '.join(heads)}"))
+        self.loss, self.heads = loss, heads
         self.chunk_rows, self.chunk_classes = chunk_rows, chunk_classes
         self.shard = None  # (class_start, classes, all_reduce) where linear_weight holds a slice of the classes
-        self._others = spec.inputs[1:]
+        self._others = tuple(i for i in spec.inputs if i.name not in heads)
 
     name = property(lambda self: self.loss.name)
     doc = property(lambda self: self.loss.doc)
     params = property(lambda self: self.loss.params)
-    inputs = property(lambda self: ("input", "linear_weight", *(i.name for i in self._others), "linear_bias"))
-    wrt = ("input", "linear_weight", "linear_bias")
+
+    def layer_names(self, head: str) -> tuple[str, str, str]:
+        """The call's names for one head's input, weight and bias."""
+        return (f"{head}_input", f"{head}_weight", f"{head}_bias") if self.named else ("input", "linear_weight",
+                                                                                       "linear_bias")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The names a call takes, in order: each head's input and weight, the loss's other inputs, the biases."""
+        layers = [self.layer_names(h) for h in self.heads]
+        return (*(n for names in layers for n in names[:2]), *(i.name for i in self._others),
+                *(names[2] for names in layers))
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The call inputs that must be given: each head's input and weight, the loss's inputs with no default."""
+        return (*(n for h in self.heads for n in self.layer_names(h)[:2]),
+                *(i.name for i in self._others if i.default is None))
+
+    @property
+    def wrt(self) -> tuple[str, ...]:
+        return tuple(n for h in self.heads if h in self.loss.wrt for n in self.layer_names(h))
 
     @property
     def signature(self) -> Signature:
@@ -84,109 +118,140 @@ class LinearHead:
         return f"<lossdsl.LinearHead {self.loss!r}>"
 
     def explain(self, latex: bool = False) -> str:
-        return ("# logits = input @ linear_weight.T + linear_bias, a chunk of rows at a time\n"
-                + self.loss.explain(latex))
+        made = "".join(f"# {h} = {names[0]} @ {names[1]}.T + {names[2]}, a chunk of rows at a time\n"
+                       for h in self.heads for names in [self.layer_names(h)])
+        return (made if self.named else "# logits = input @ linear_weight.T + linear_bias, a chunk of rows at a time\n"
+                ) + self.loss.explain(latex)
 
     def source(self, target: str = "cpu", dtype: str | np.dtype = "float64") -> str:
         """The row kernel's generated module (the linear layer's products are NumPy's BLAS calls)."""
         return self.loss.source(target, dtype)
 
-    def with_params(self, **params) -> "LinearHead":
-        head = LinearHead(self.loss.with_params(**params), self.chunk_rows, self.chunk_classes)
+    def _like(self, loss) -> "LinearHead":
+        head = LinearHead(loss, self.chunk_rows, self.chunk_classes, self.heads if self.named else None)
         head.shard = self.shard
         return head
+
+    def with_params(self, **params) -> "LinearHead":
+        return self._like(self.loss.with_params(**params))
 
     def sharded(self, class_start: int, classes: int, all_reduce) -> "LinearHead":
         """This head where linear_weight (and linear_bias) hold only the classes [class_start,
         class_start + C_local) of `classes`, the other slices on other processes (lossdsl.classaxis.sharding):
         every process gets the same loss and the whole input gradient (all-reduced), and the
         gradients of its own weight and bias slices. Labels whole; per-class vectors whole or sliced."""
-        head = LinearHead(self.loss, self.chunk_rows, self.chunk_classes)
+        head = self._like(self.loss)
         head.shard = (int(class_start), int(classes), all_reduce)
         return head
 
-    def __call__(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
-                 sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
-                 **named_inputs):
-        return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
-                         (chunk_rows, chunk_classes), gradient=False)[0]
+    def __call__(self, *inputs, reduction: str = "mean", sample_weight=None, chunk_rows: int | None = None,
+                 chunk_classes: int | None = None, **named_inputs):
+        return self._run(inputs, named_inputs, reduction, sample_weight, (chunk_rows, chunk_classes),
+                         gradient=False)[0]
 
-    def value_and_grad(self, input, linear_weight, *inputs, linear_bias=None, reduction: str = "mean",
-                       sample_weight=None, chunk_rows: int | None = None, chunk_classes: int | None = None,
-                       outputs: bool = False, **named_inputs):
+    def value_and_grad(self, *inputs, reduction: str = "mean", sample_weight=None, chunk_rows: int | None = None,
+                       chunk_classes: int | None = None, outputs: bool = False, **named_inputs):
         """`outputs=True`: also the spec's `output` values per row, from the same pass, as the loss's own
         `value_and_grad(..., outputs=True)` gives them: (value, gradients, {name: values})."""
-        return self._run(input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight,
-                         (chunk_rows, chunk_classes), gradient=True, with_outputs=outputs)
+        return self._run(inputs, named_inputs, reduction, sample_weight, (chunk_rows, chunk_classes),
+                         gradient=True, with_outputs=outputs)
 
-    def normalizer(self, input, linear_weight, *inputs, **named_inputs) -> float:
+    def normalizer(self, *inputs, **named_inputs) -> float:
         """What "mean" divides by for these rows (the rows kept, or their class weights), from the
         labels alone: no logits are computed. Summed over micro-batches (or ranks), it divides their
         reduction="sum" results into the full batch's "mean" exactly."""
-        x, weight = np.asarray(input), np.asarray(linear_weight)
+        given = by_name(self.name, self.inputs, self.required, inputs, named_inputs, self.loss.bound)
+        x, weight = (np.asarray(given[n]) for n in self.layer_names(self.heads[0])[:2])
         if self.shard is not None:  # the same on every process: the labels are whole (per-class vectors must be)
             whole = np.broadcast_to(np.zeros((), weight.dtype), (self.shard[1], *weight.shape[1:]))
-            return LinearHead(self.loss).normalizer(x, whole, *inputs, **named_inputs)
+            layers = {n: whole for h in self.heads for n in self.layer_names(h)[1:2]}
+            return LinearHead(self.loss, heads=self.heads if self.named else None).normalizer(**{**given, **layers})
         out_shape, rows_shape = weight.shape[:-1], x.shape[:-1]
         rows = math.prod(rows_shape)
-        per_row = self._per_row(inputs, named_inputs, None, rows_shape, rows, out_shape)
+        per_row = self._per_row(given, None, rows_shape, rows, out_shape)
         step = max(1, _CHUNK_BYTES // (8 * math.prod(out_shape)))
         total = 0.0
         for start in range(0, rows, step):
             stop = min(rows, start + step)
             arguments = {name: value[start:stop] if kind == "rows" else value
                          for name, (kind, value, _) in per_row.items()}
-            total += self._chunk_normalizer(np.zeros((stop - start, *out_shape)), arguments, start, out_shape[0])
+            zeros = np.zeros((stop - start, *out_shape))
+            total += self._chunk_normalizer({h: zeros for h in self.heads}, arguments, start, out_shape[0])
         return total
 
-    def _chunk_normalizer(self, logits, arguments: dict, start: int, classes: int) -> float:
+    def _chunk_normalizer(self, logits: dict, arguments: dict, start: int, classes: int) -> float:
         """The loss's normaliser for the rows from `start` on (the label pass reads no logits); a label
         out of range is reported at its row of the whole input."""
         try:
-            return self.loss.normalizer(logits, *arguments.values(), axis=1)
+            return self.loss.normalizer(*self._in_order(logits, arguments), axis=1)
         except LossLabelError as error:
             raise self._label_error(error, start, classes) from None
+
+    def _in_order(self, logits: dict, arguments: dict) -> list:
+        """The loss's inputs in its own order, from the heads' logits and the other inputs (by position: a
+        spec input may share its name with an option of the loss's call, as `weight` does)."""
+        return [logits[i.name] if i.name in logits else arguments[i.name] for i in self.loss.signature.inputs]
 
     def _label_error(self, error: LossLabelError, start: int, classes: int) -> LossLabelError:
         """The error at its row of the whole input, not of the chunk that starts at row `start`."""
         row = (start + error.row[0], *error.row[1:])
+        weight = self.layer_names(self.heads[0])[1]
         return LossLabelError(f"{self.name}: label {error.label} at row {row} is outside the classes of "
-                              f"linear_weight ({classes})", row, error.label)
+                              f"{weight} ({classes})", row, error.label)
 
-    def _run(self, input, linear_weight, inputs, named_inputs, linear_bias, reduction, sample_weight, chunking,
-             gradient: bool, with_outputs: bool = False):
+    def _layers(self, given: dict, gradient: bool):
+        """Each head's operands as the chunks use them, checked: (layers, the rows' shape, (C, d1, ..., dK), dtype)."""
+        arrays = {h: tuple(None if given.get(n) is None else np.asarray(given[n]) for n in self.layer_names(h))
+                  for h in self.heads}
+        names = [n for h in self.heads for n in self.layer_names(h)[:2]]
+        dtype = float_dtype([a for h in self.heads for a in arrays[h][:2]], names)
+        first_x, first_weight, _ = arrays[self.heads[0]]
+        rows_shape, out_shape = first_x.shape[:-1], first_weight.shape[:-1]
+        layers = []
+        for head in self.heads:
+            x, weight, bias = arrays[head]
+            input_name, weight_name, bias_name = self.layer_names(head)
+            if weight.ndim < 2 or x.ndim < 1 or x.shape[-1] != weight.shape[-1]:
+                raise LossInputError(f"{self.name}: {input_name} (..., D) and {weight_name} (C, ..., D) do not fit: "
+                                     f"{x.shape} and {weight.shape}")
+            if x.shape[:-1] != rows_shape or weight.shape[:-1] != out_shape:
+                first = self.layer_names(self.heads[0])
+                raise LossInputError(f"{self.name}: {input_name} {x.shape} and {weight_name} {weight.shape} make "
+                                     f"other logits than {first[0]} {first_x.shape} and {first[1]} "
+                                     f"{first_weight.shape}: the rows and classes of every head must agree")
+            if bias is not None and bias.shape != out_shape:
+                raise LossInputError(f"{self.name}: {bias_name} must have shape {out_shape}; got {bias.shape}")
+            # gradients in the dtype of what they differentiate (float16 and bfloat16 are computed in float32)
+            given_dtypes = [a.dtype if a is not None and a.dtype.name in LOW_PRECISION else dtype for a in (x, weight, bias)]
+            width, outputs = x.shape[-1], math.prod(out_shape)
+            layers.append(_Layer(head, np.ascontiguousarray(x.reshape(-1, width), dtype),
+                                 np.ascontiguousarray(weight.reshape(outputs, width), dtype),
+                                 None if bias is None else bias.reshape(outputs).astype(dtype, copy=False),
+                                 tuple(given_dtypes), gradient and head in self.loss.wrt))
+        return layers, rows_shape, out_shape, dtype
+
+    def _run(self, inputs, named_inputs, reduction, sample_weight, chunking, gradient: bool, with_outputs: bool = False):
         self.signature.check_reduction(reduction)
-        x, weight, bias = (None if a is None else np.asarray(a) for a in (input, linear_weight, linear_bias))
-        dtype = float_dtype([x, weight], ["input", "linear_weight"])
-        # gradients in the dtype of what they differentiate (float16 and bfloat16 are computed in float32)
-        given = [a.dtype if a is not None and a.dtype.name in LOW_PRECISION else dtype for a in (x, weight, bias)]
-        if weight.ndim < 2 or x.ndim < 1 or x.shape[-1] != weight.shape[-1]:
-            raise LossInputError(f"{self.name}: input (..., D) and linear_weight (C, ..., D) do not fit: {x.shape} "
-                                 f"and {weight.shape}")
-        out_shape, width = weight.shape[:-1], weight.shape[-1]  # (C, d1, ..., dK): PyTorch's K-dimensional loss
-        outputs = math.prod(out_shape)
-        if bias is not None and bias.shape != out_shape:
-            raise LossInputError(f"{self.name}: linear_bias must have shape {out_shape}; got {bias.shape}")
-        rows_shape = x.shape[:-1]
+        given = by_name(self.name, self.inputs, self.required, inputs, named_inputs, self.loss.bound)
+        layers, rows_shape, out_shape, dtype = self._layers(given, gradient)
         rows = math.prod(rows_shape)
-        x = np.ascontiguousarray(x.reshape(rows, width), dtype)
-        weight = np.ascontiguousarray(weight.reshape(outputs, width), dtype)
-        bias = None if bias is None else bias.reshape(outputs).astype(dtype, copy=False)
-        per_row = self._per_row(inputs, named_inputs, sample_weight, rows_shape, rows, out_shape)
-        chunk_rows, chunk_classes = (mine if given is None else given
-                                     for mine, given in zip((self.chunk_rows, self.chunk_classes), chunking))
-        step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype, self.shard is not None)
+        per_row = self._per_row(given, sample_weight, rows_shape, rows, out_shape)
+        chunk_rows, chunk_classes = (mine if asked is None else asked
+                                     for mine, asked in zip((self.chunk_rows, self.chunk_classes), chunking))
+        step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype, self.shard is not None,
+                                     len(layers))
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
-        grads = None
-        if gradient:
-            once = step >= rows  # one chunk: each gradient is written once, not accumulated
-            new = np.empty if once else np.zeros
-            grads = (np.empty_like(x), new(weight.shape, dtype), new(outputs, np.float64) if bias is not None else None)
+        once = step >= rows  # one chunk: each gradient is written once, not accumulated
+        for layer in layers:
+            if layer.differentiated:
+                new = np.empty if once else np.zeros
+                layer.grads = (np.empty_like(layer.x), new(layer.weight.shape, dtype),
+                               new(layer.weight.shape[0], np.float64) if layer.bias is not None else None)
         names = self.loss.signature.outputs
         if with_outputs and not names:
             raise LossInputError(f"{self.name} declares no `output`")
         extra = np.empty((rows, *out_shape[1:], len(names)), dtype) if with_outputs else None
-        chunk = _Chunks(x, weight, bias, out_shape, per_row, step, classes, dtype, grads, extra)
+        chunk = _Chunks(layers, out_shape, per_row, step, classes, dtype, gradient, extra)
         total, normalizer = 0.0, 0.0
         for start in range(0, rows, step):
             stop = min(rows, start + step)
@@ -196,34 +261,41 @@ class LinearHead:
             normalizer += divisor
             if values is not None:
                 values[start:stop] = part
-        d_input, d_weight, d_bias = grads or (None, None, None)
-        if self.shard is not None and gradient:  # each process's classes add their share to the input's gradient
-            d_input = self.shard[2](d_input, "sum")
         # every row ignored: a NaN or 0 mean (layout.empty_mean); the gradients are 0 either way, as PyTorch's
         loss_shape = (*rows_shape, *out_shape[1:])  # () for an unbatched input (D,): PyTorch's 0-d "none"
         value = (values.reshape(loss_shape) if reduction == "none"
                  else reduced(total, normalizer, reduction, dtype))
         if not gradient:
             return value, None
-        if reduction in MEANS and normalizer:
-            scale = dtype.type(1.0 / normalizer)
-            d_input *= scale
-            d_weight *= scale
-            d_bias = None if d_bias is None else d_bias * float(scale)
-        grads = (d_input.reshape(*rows_shape, width).astype(given[0], copy=False),
-                 d_weight.reshape(*out_shape, width).astype(given[1], copy=False))
-        if d_bias is not None:
-            grads = (*grads, d_bias.reshape(out_shape).astype(given[2], copy=False))
+        scale = dtype.type(1.0 / normalizer) if reduction in MEANS and normalizer else None
+        grads = ()
+        for layer in (layer for layer in layers if layer.differentiated):
+            grads += self._finished(layer, scale, rows_shape, out_shape)
+        if not self.named and grads[-1] is None:  # one unnamed head: the bias's gradient only where it is given
+            grads = grads[:-1]
         if not with_outputs:
             return value, grads
         return value, grads, {name: extra[..., k].reshape(loss_shape) for k, name in enumerate(names)}
 
-    def _per_row(self, inputs, named_inputs, sample_weight, rows_shape, rows: int, out_shape) -> dict:
+    def _finished(self, layer: "_Layer", scale, rows_shape, out_shape) -> tuple:
+        """One head's gradients as returned: all-reduced over the processes holding other classes, scaled
+        for a mean, shaped and typed like what they differentiate."""
+        d_input, d_weight, d_bias = layer.grads
+        if self.shard is not None:  # each process's classes add their share to the input's gradient
+            d_input = self.shard[2](d_input, "sum")
+        if scale is not None:
+            d_input *= scale
+            d_weight *= scale
+            d_bias = None if d_bias is None else d_bias * float(scale)
+        width = layer.x.shape[1]
+        return (d_input.reshape(*rows_shape, width).astype(layer.given[0], copy=False),
+                d_weight.reshape(*out_shape, width).astype(layer.given[1], copy=False),
+                None if d_bias is None else d_bias.reshape(out_shape).astype(layer.given[2], copy=False))
+
+    def _per_row(self, given: dict, sample_weight, rows_shape, rows: int, out_shape) -> dict:
         """The loss's other inputs by name: ("rows", an array with one entry or row per logits row, to be
         sliced with each chunk) or ("whole", a value: a per-class vector, a scalar or a default), and
         whether it runs along the class axis (then sliced with each block of classes too)."""
-        given = by_name(self.name, [i.name for i in self._others], [i.name for i in self._others if i.default is None],
-                        inputs, named_inputs, self.loss.bound)
         per_row = {}
         for spec_input in self._others:
             value = given.get(spec_input.name)
@@ -260,17 +332,21 @@ class LinearHead:
     def _by_rows(self, chunk: "_Chunks", start: int, stop: int):
         """Rows [start, stop) with all their classes at once: the loss's own row kernel on the chunk's
         logits, its gradient written over them. Returns the rows' losses and their mean divisor."""
-        shaped = chunk.logits(start, stop, 0, chunk.classes_total)
+        shaped = {layer.name: chunk.logits(layer, start, stop, 0, chunk.classes_total) for layer in chunk.layers}
         arguments, weights = chunk.arguments(start, stop, 0, None)
         divisor = self._chunk_normalizer(shaped, arguments, start, chunk.classes_total)
-        if chunk.grads is None:
-            return self.loss(shaped, *arguments.values(), reduction="none", axis=1, sample_weight=weights), divisor
+        if not chunk.gradient:
+            return self.loss(*self._in_order(shaped, arguments), reduction="none", axis=1,
+                             sample_weight=weights), divisor
         extra = chunk.extra is not None
-        part, _, *shown = self.loss.value_and_grad(shaped, *arguments.values(), reduction="none", axis=1,
-                                                   sample_weight=weights, grad_out=shaped, outputs=extra)
+        wrt = self.loss.wrt
+        grad_out = shaped[wrt[0]] if len(wrt) == 1 else tuple(shaped[name] for name in wrt)
+        part, _, *shown = self.loss.value_and_grad(*self._in_order(shaped, arguments), reduction="none", axis=1,
+                                                   sample_weight=weights, grad_out=grad_out, outputs=extra)
         if extra:
             chunk.extra[start:stop] = np.stack(list(shown[0].values()), axis=-1)
-        chunk.backward(start, stop, 0, chunk.classes_total, shaped)
+        for layer in chunk.differentiated:
+            chunk.backward(layer, start, stop, 0, chunk.classes_total, shaped[layer.name])
         return part, divisor
 
     def _by_blocks(self, chunk: "_Chunks", start: int, stop: int):
@@ -281,11 +357,12 @@ class LinearHead:
         offset, total_classes, all_reduce = self.shard or (0, classes, None)
         run = BlockRun(self.loss, total_classes, chunk.dtype, outputs=chunk.extra is not None)
         blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
+        logits: dict[str, np.ndarray] = {}
 
         def call(lo: int, hi: int):
             arguments, weights = chunk.arguments(start, stop, lo, hi)
-            first = self.loss.inputs[0]
-            return run.call({first: chunk.logits(start, stop, lo, hi), **arguments}, weights, 1)
+            logits.update({layer.name: chunk.logits(layer, start, stop, lo, hi) for layer in chunk.layers})
+            return run.call({**logits, **arguments}, weights, 1)
 
         seen = []  # the last block called: the value kernel reads its rows' inputs
 
@@ -302,26 +379,28 @@ class LinearHead:
             out, norms = run.value(block, done, extra)
         except LossLabelError as error:
             raise self._label_error(error, start, total_classes) from None
-        if chunk.grads is not None:
+        if chunk.gradient:
             for lo, hi in blocks:
                 block = call(lo, hi)
-                run.gradient(block, offset + lo, done, block.arrays[0])
-                chunk.backward(start, stop, lo, hi, block.arrays[0])
+                run.gradient(block, offset + lo, done, {name: logits[name] for name in self.loss.wrt})
+                for layer in chunk.differentiated:
+                    chunk.backward(layer, start, stop, lo, hi, logits[layer.name])
         return out, float(norms.sum())
 
     @staticmethod
     def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype,
-                blocks_only: bool = False):
-        """(rows per chunk, classes per block or None for all at once). A chunk's logits stay within
-        1/_CHUNK_SHARE of all of them (and 64 MiB); all classes at once while that leaves at least _MIN_ROWS rows
-        (or all of them), since the logits are then computed once; else blocks of classes for up to
-        _BLOCK_ROWS rows, whose logits are computed once per level and again for the gradient."""
+                blocks_only: bool = False, heads: int = 1):
+        """(rows per chunk, classes per block or None for all at once). A chunk's logits (of every head
+        together) stay within 1/_CHUNK_SHARE of one head's logits (and 64 MiB); all classes at once while
+        that leaves at least _MIN_ROWS rows (or all of them), since the logits are then computed once; else
+        blocks of classes for up to _BLOCK_ROWS rows, whose logits are computed once per level and again for
+        the gradient."""
         for name, given in (("chunk_rows", chunk_rows), ("chunk_classes", chunk_classes)):
             if given is not None and (not isinstance(given, (int, np.integer)) or isinstance(given, bool)
                                       or given < 1):
                 raise LossInputError(f"{name} must be a positive integer; got {given!r}")
-        per_class = math.prod(out_shape[1:]) * dtype.itemsize
-        budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // _CHUNK_SHARE, _SMALL_BYTES))
+        per_class = math.prod(out_shape[1:]) * dtype.itemsize * heads
+        budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // (_CHUNK_SHARE * heads), _SMALL_BYTES))
         if chunk_classes is None and not blocks_only:  # (a slice of the classes always goes in blocks)
             step = chunk_rows or max(1, min(rows, budget // (out_shape[0] * per_class)))
             if chunk_rows is not None or step >= min(rows, _MIN_ROWS):
@@ -331,33 +410,51 @@ class LinearHead:
         return step, int(min(classes, out_shape[0]))
 
 
+@dataclasses.dataclass
+class _Layer:
+    """One head of a call: its rows (N, D), weight (C x d1 x ... x dK, D) and bias, the dtypes its gradients
+    are returned in, whether it is differentiated, its gradients (d input, d weight, d bias) and its
+    chunk's logits buffer."""
+    name: str  # the spec input its logits are
+    x: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    given: tuple
+    differentiated: bool
+    grads: tuple | None = None
+    buffer: np.ndarray | None = None
+    scratch: np.ndarray | None = None  # the weight gradient's blocks, where BLAS cannot add a product in place
+
+
 class _Chunks:
-    """A head call's operands and buffers: one chunk's logits are computed here, and its gradient's
-    share of the input, weight and bias gradients accumulated (BLAS products, each chunk's weight
+    """A head call's operands and buffers: one chunk's logits are computed here for each head, and the
+    chunk's share of the input, weight and bias gradients accumulated (BLAS products, each chunk's weight
     gradient added in place by lossdsl.runtime.blas, so no C x D temporary)."""
 
-    def __init__(self, x, weight, bias, out_shape, per_row: dict, step: int, classes: int | None, dtype, grads,
-                 extra: np.ndarray | None):
-        self.x, self.weight, self.bias, self.out_shape, self.per_row = x, weight, bias, out_shape, per_row
+    def __init__(self, layers: list[_Layer], out_shape, per_row: dict, step: int, classes: int | None, dtype,
+                 gradient: bool, extra: np.ndarray | None):
+        self.layers, self.out_shape, self.per_row, self.gradient = layers, out_shape, per_row, gradient
+        self.differentiated = [layer for layer in layers if layer.differentiated]
         self.extra = extra  # the spec's `output` values, (rows, d1, ..., dK, outputs), when asked for
-        self.dtype, self.grads, self.classes_total = dtype, grads, out_shape[0]
+        self.dtype, self.classes_total = dtype, out_shape[0]
         self.classes = classes if classes is not None else out_shape[0]
         self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis
-        self.buffer = np.empty(min(step, x.shape[0]) * self.classes * self.inner, dtype)
-        width = x.shape[1]
-        self.once = step >= x.shape[0]
-        self.scratch = None  # the weight gradient's blocks, where BLAS cannot add a product in place
-        if grads is not None and not self.once and not blas.accumulates():
-            self.scratch = np.empty(max(1, min(self.classes * self.inner, _BLOCK_BYTES // (width * dtype.itemsize)))
-                                    * width, dtype)
+        rows = layers[0].x.shape[0]
+        self.once = step >= rows
+        for layer in layers:
+            layer.buffer = np.empty(min(step, rows) * self.classes * self.inner, dtype)
+            width = layer.x.shape[1]
+            if layer.differentiated and not self.once and not blas.accumulates():
+                layer.scratch = np.empty(max(1, min(self.classes * self.inner,
+                                                    _BLOCK_BYTES // (width * dtype.itemsize))) * width, dtype)
 
-    def logits(self, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
-        """input[start:stop] @ linear_weight[classes lo..hi].T + bias, as (rows, hi - lo, d1, ..., dK)."""
+    def logits(self, layer: _Layer, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
+        """x[start:stop] @ weight[classes lo..hi].T + bias of one head, as (rows, hi - lo, d1, ..., dK)."""
         columns = slice(lo * self.inner, hi * self.inner)
-        out = self.buffer[:(stop - start) * (hi - lo) * self.inner].reshape(stop - start, (hi - lo) * self.inner)
-        np.matmul(self.x[start:stop], self.weight[columns].T, out=out)
-        if self.bias is not None:
-            out += self.bias[columns]
+        out = layer.buffer[:(stop - start) * (hi - lo) * self.inner].reshape(stop - start, (hi - lo) * self.inner)
+        np.matmul(layer.x[start:stop], layer.weight[columns].T, out=out)
+        if layer.bias is not None:
+            out += layer.bias[columns]
         return out.reshape(stop - start, hi - lo, *self.out_shape[1:])
 
     def arguments(self, start: int, stop: int, lo: int, hi: int | None):
@@ -372,21 +469,21 @@ class _Chunks:
             arguments[name] = value
         return arguments, arguments.pop("sample_weight", None)
 
-    def backward(self, start: int, stop: int, lo: int, hi: int, grad: np.ndarray) -> None:
-        """Add the gradient of rows [start, stop) x classes lo..hi (in `grad`) to the three gradients."""
-        d_input, d_weight, d_bias = self.grads
+    def backward(self, layer: _Layer, start: int, stop: int, lo: int, hi: int, grad: np.ndarray) -> None:
+        """Add the gradient of one head's rows [start, stop) x classes lo..hi (in `grad`) to its three gradients."""
+        d_input, d_weight, d_bias = layer.grads
         grad = grad.reshape(stop - start, -1)
         columns = slice(lo * self.inner, hi * self.inner)
-        weight = self.weight[columns]
+        weight = layer.weight[columns]
         if lo == 0:
             np.matmul(grad, weight, out=d_input[start:stop])
         else:
             blas.add_product(d_input[start:stop], grad, weight)
         if self.once:
-            np.matmul(grad.T, self.x, out=d_weight[columns])
+            np.matmul(grad.T, layer.x, out=d_weight[columns])
             if d_bias is not None:
                 d_bias[columns] = grad.sum(axis=0, dtype=np.float64)
             return
-        blas.add_product(d_weight[columns], grad.T, self.x[start:stop], self.scratch)
+        blas.add_product(d_weight[columns], grad.T, layer.x[start:stop], layer.scratch)
         if d_bias is not None:
             d_bias[columns] += grad.sum(axis=0, dtype=np.float64)

@@ -213,6 +213,7 @@ class LossDef:
     ragged: tuple[Ragged, ...] = ()  # sequence losses: inputs that hold sequences of varying length
     mean_of: Expr | None = None  # `mean of EXPR`: what reduction="mean" averages in place of the loss
     head: str | None = None  # `head linear`: called with the linear layer's input and weight, not its logits
+    head_inputs: tuple[Name, ...] = ()  # `head linear a, b`: the inputs that are heads (none named: the first)
     outputs: tuple[Name, ...] = ()  # `output lse, entropy`: locals a call may ask for, one value per row
 
 

@@ -171,6 +171,8 @@ class _ToIR(Transformer):
                     raise SpecSyntaxError(f"a loss takes one `{statement.text}` line", self.file,
                                           statement.pos.line, statement.pos.column)
                 axis_rules[statement.kind] = statement.value
+                if statement.kind == "head":  # `head linear a, b`: the kind, and the inputs that are heads
+                    axis_rules["head"], axis_rules["head_inputs"] = statement.value
             elif isinstance(statement, _Doc):
                 doc.append(statement.text)
             elif isinstance(statement, _Aliases):
@@ -215,10 +217,11 @@ class _ToIR(Transformer):
         return _AxisRule("mean_weight", items[0], "mean weighted by", _pos(meta))
 
     def head(self, meta, items):
-        if str(items[0]) != "linear":
-            raise SpecSyntaxError(f"unknown head {str(items[0])!r}; the one head is `head linear`", self.file,
-                                  items[0].line, items[0].column)
-        return _AxisRule("head", str(items[0]), "head", _pos(meta))
+        kind, *names = items
+        if str(kind) != "linear":
+            raise SpecSyntaxError(f"unknown head {str(kind)!r}; the one head is `head linear`", self.file,
+                                  kind.line, kind.column)
+        return _AxisRule("head", (str(kind), tuple(ir.Name(str(t), _pos(t)) for t in names)), "head", _pos(meta))
 
     def output(self, meta, items):
         return _AxisRule("outputs", tuple(ir.Name(str(t), _pos(t)) for t in items), "output", _pos(meta))

@@ -128,8 +128,9 @@ def _required(loss) -> set[str]:
     spec = loss.signature
     if spec.kind is LossKind.SEQUENCE:  # every input is its own
         return set(loss.inputs)
-    required = {i.name for i in spec.inputs if i.default is None}
-    return required | {"input", "linear_weight"} if isinstance(loss, _LinearHead) else required
+    if isinstance(loss, _LinearHead):
+        return set(loss.required)
+    return {i.name for i in spec.inputs if i.default is None}
 
 
 def _to_kernel(value):
@@ -176,14 +177,15 @@ class _LossFunction(torch.autograd.Function):
                                "has no derivative here (double backward, create_graph=True, is not supported)")
         loss = ctx.loss
         if ctx.grads is not None:
-            scaled = [_to_tensor(g, grad_output) * grad_output for g in ctx.grads]
+            scaled = [None if g is None else _to_tensor(g, grad_output) * grad_output for g in ctx.grads]
         else:  # reduction "none": the gradient of sum(grad_output * loss)
             options = dict(ctx.options)
             upstream = _to_kernel(grad_output)
             given = options.pop("sample_weight", None)
             options["sample_weight"] = upstream if given is None else _to_kernel(torch.as_tensor(given)) * upstream
             _, grads = loss.value_and_grad(reduction="sum", **options, **ctx.arrays)
-            scaled = [_to_tensor(g, grad_output) for g in (grads if isinstance(grads, tuple) else (grads,))]
+            scaled = [None if g is None else _to_tensor(g, grad_output)
+                      for g in (grads if isinstance(grads, tuple) else (grads,))]
         by_name = dict(zip(loss.wrt, scaled))
         grads = [by_name.get(n) for n in ctx.names]
         return (None, None, None, None, *[g if g is None or d is None else g.to(d) for g, d in zip(grads, ctx.dtypes)])

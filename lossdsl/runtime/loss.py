@@ -226,12 +226,14 @@ class Loss:
         self._run(call, None, lambda: ())
         return call.divisor
 
-    def with_linear(self, chunk_rows: int | None = None, chunk_classes: int | None = None):
+    def with_linear(self, chunk_rows: int | None = None, chunk_classes: int | None = None,
+                    heads: tuple[str, ...] | None = None):
         """This loss over a class axis fused with the linear layer before it (lossdsl.classaxis.heads.LinearHead):
         called with (input, linear_weight, other inputs..., linear_bias=...), it computes the logits
-        input @ linear_weight.T + linear_bias a chunk of rows (and of classes) at a time, never all of them."""
+        input @ linear_weight.T + linear_bias a chunk of rows (and of classes) at a time, never all of them.
+        `heads` names several class-axis inputs, each the logits of a linear layer of its own."""
         from ..classaxis.heads import LinearHead
-        return LinearHead(self, chunk_rows, chunk_classes)
+        return LinearHead(self, chunk_rows, chunk_classes, heads)
 
     def _run(self, call, kernel: str | None, arguments, kind: Kind = Kind.LOSS):
         """Call a kernel (its `arguments`, by name, made after the call's checks, which set the mean's

@@ -59,3 +59,11 @@ def test_large_vocabulary_head_trains_without_whole_logits(capsys):
     history, accuracy = _example("large_vocabulary").train(steps=20, verbose=True)
     assert history[-1] < 0.6 * history[0] and accuracy > 0.5
     assert "mean log-sum-exp" in capsys.readouterr().out
+
+
+def test_distillation_example_brings_the_student_towards_the_teacher(capsys):
+    """Two linear heads: the loss falls and the student's top class mostly agrees with the teacher's."""
+    history, agreement, accuracy = _example("distillation").train(verbose=True)
+    assert history[-1] < 0.5 * history[0]
+    assert agreement > 0.5 and accuracy > 0.5  # from 1 in 2000 at the start (a zero student)
+    assert "mean KL(teacher || student)" in capsys.readouterr().out

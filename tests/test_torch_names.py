@@ -10,6 +10,7 @@ import test_references_torch
 from axis_references import AXIS_REFERENCES
 from references import REFERENCES
 from test_ctc_dsl import SEQUENCE_LOSSES
+from test_distillation import DISTILLATION
 from test_linear_heads import HEADS
 from test_multilabel_margin import ROW_LOSSES
 
@@ -35,10 +36,11 @@ NOT_IN_PYTORCH = {
 
 def _compared_with_pytorch() -> set[str]:
     """Catalogue losses some test compares with PyTorch: the keys of the two PyTorch tables, and the
-    losses the CTC, rows-intrinsic and linear-head test modules name (each compares them with PyTorch)."""
+    losses the CTC, rows-intrinsic, linear-head and distillation test modules name (each compares them with
+    PyTorch)."""
     return ({REFERENCES[key].name for key in test_references_torch.TORCH}
             | {AXIS_REFERENCES[key].name for key in test_axis_torch.TORCH}
-            | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS))
+            | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION))
 
 
 def test_every_catalogue_loss_is_compared_with_pytorch_or_excused():

@@ -106,10 +106,20 @@ class _Writer:
             exprs = self._spec_locals(indent, exprs)
         self.segment += 1
         steps, reduced = sympy.cse(exprs, symbols=sympy.numbered_symbols(f"_t{self.segment}_"), order="canonical")
-        for temp, definition in steps:
-            self.emit(indent, f"{temp} = {self.text(definition)}")
+        # a temporary may hold a named value (an adjoint made of earlier ones): each waits for what it reads
+        waiting = {symbol for symbol, _ in named} | {temp for temp, _ in steps}
+
+        def ready() -> None:
+            for temp, definition in steps:
+                if temp in waiting and not definition.free_symbols & waiting:
+                    self.emit(indent, f"{temp} = {self.text(definition)}")
+                    waiting.discard(temp)
+
         for (symbol, _), expr in zip(named, reduced):
+            ready()
             self.emit(indent, f"{symbol} = {self.text(expr)}")
+            waiting.discard(symbol)
+        ready()
         return [self.text(e) for e in reduced[len(named):]]
 
     def _spec_locals(self, indent: int, exprs: list[sympy.Expr]) -> list[sympy.Expr]:

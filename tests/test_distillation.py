@@ -14,6 +14,7 @@ ROWS, CLASSES, STUDENT_WIDTH, TEACHER_WIDTH = 45, 30, 12, 9  # 45 rows: not a mu
 # through linear_distill and linear_distill_soft, which are they on a head's logits
 DISTILLATION = ("softmax_entropy", "forward_kl", "reverse_kl", "generalized_jsd", "total_variation", "cosine_distill",
                 "distill_soft", "distill", "linear_distill", "linear_distill_soft")
+TWO_HEADS = ("linear_distill", "linear_distill_soft")  # called with layers, not logits
 IGNORED = (3, 17, 40)
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
 

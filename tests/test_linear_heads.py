@@ -304,3 +304,32 @@ def test_a_head_gives_the_normaliser_from_the_labels(load_loss, chunks):
     target[33] = CLASSES + 2
     with pytest.raises(LossLabelError, match=r"label 32 at row \(33,\)"):
         head.normalizer(x, weight, target)
+
+
+NORMED = '''
+loss normed(logits[c], y)
+    head linear
+    axis c = -1
+    param p = 2.0 where p > 0
+    normed = logsumexp(logits, c) - logits[y] + 0.1*norm(logits, c, p)
+'''
+
+
+@pytest.mark.parametrize("p", [2.0, 1.5])
+@pytest.mark.parametrize("chunks", [{"chunk_rows": 8}, {"chunk_rows": 8, "chunk_classes": 7}])
+def test_a_runtime_norm_order_in_rows_and_blocks(torch, p, chunks):
+    """A norm's order p is tested once per row, outside the loops over the classes (one loop for p = 2,
+    one for other orders): both against PyTorch, in rows and in blocks of classes."""
+    rng, x, weight, bias = _layer(5)
+    target = rng.integers(0, CLASSES, ROWS)
+    head = lossdsl.compile(NORMED, p=p)
+    value, grads = head.value_and_grad(x, weight, target, linear_bias=bias, **chunks)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    logits = tensors[0] @ tensors[1].T + tensors[2]
+    expected = (torch.nn.functional.cross_entropy(logits, torch.tensor(target), reduction="none")
+                + 0.1 * torch.linalg.vector_norm(logits, ord=p, dim=1)).mean()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
+    for got, wanted in zip(grads, tensors):
+        np.testing.assert_allclose(got, wanted.grad.numpy(), rtol=1e-9, atol=1e-12)
+    assert "if (p == F(2.0)):" in head.source("cpu", "float64")

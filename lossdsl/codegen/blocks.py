@@ -25,7 +25,7 @@ from ..symbolic.reductions import arg_symbol
 from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
 from .elementwise import with_formula
-from .rows import _finish, _keep, _passes, _prologue, _Writer, accumulator
+from .rows import _finish, _gradient_loop, _keep, _passes, _prologue, _Writer, accumulator
 from .targets import CPU
 
 
@@ -132,11 +132,7 @@ def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     w.emit(2, f"if {_keep(plan, w)}:")
     _read_done(w, 3, blocks.nodes)
     w.statements(3, list(plan.adjoints), [])
-    w.emit(3, w.axis_loop())
-    w.loads_along_axis(4, plan.grads)
-    texts = w.statements(4, [], list(plan.grads))
-    for g, text in zip(grads, texts):
-        w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
+    w.unswitched(3, list(plan.grads), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element))
     w.emit(2, "else:", "    " + w.axis_loop(), *[f"        store({g}, {element}, F(0.0))" for g in grads])
     w.emit(1, "return 0.0")
     return w.source()

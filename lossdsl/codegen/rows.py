@@ -94,6 +94,38 @@ class _Writer:
     def emit(self, indent: int, *lines: str) -> None:
         self.lines += ["    " * indent + line for line in lines]
 
+    def unswitched(self, indent: int, exprs: list[sympy.Expr], loop, depth: int = 2) -> None:
+        """`loop(indent, exprs)`, a loop over the axis, once for each truth value of a condition that chooses
+        between a power with a runtime exponent and another arm and is the same all along the axis (made
+        of parameters and row values): in a vectorised loop both arms of a select are computed, the power's
+        log and exp at every element whatever the condition (triplet's p = 2 cost what p = 3 does). At most
+        `depth` conditions, so at most four copies of the loop."""
+        condition = self._switch(exprs) if depth else None
+        if condition is None:
+            loop(indent, exprs)
+            return
+        self.emit(indent, f"if {self.text(condition)}:")
+        self.unswitched(indent + 1, [e.xreplace({condition: sympy.true}) for e in exprs], loop, depth - 1)
+        self.emit(indent, "else:")
+        self.unswitched(indent + 1, [e.xreplace({condition: sympy.false}) for e in exprs], loop, depth - 1)
+
+    def _switch(self, exprs: list[sympy.Expr]):
+        """The condition `unswitched` takes out of the loop next, or None: one made of parameters alone
+        first (the same for the whole call), then one of row values."""
+        varying = {self.plan.inputs[i.name] for i in self.inputs if i.axis} | {self.plan.position}
+        params = {sympy.Symbol(safe_name(name), real=True) for name in self.plan.loss.numeric_params}
+        found = []
+        for expr in exprs:
+            for choice in sorted(expr.atoms(sympy.Piecewise), key=sympy.default_sort_key):
+                if not any(_runtime_power(arm) for arm, _ in choice.args):
+                    continue
+                for _, condition in choice.args:
+                    symbols = condition.free_symbols
+                    if condition is not sympy.true and not symbols & varying and not any(
+                            s.name.startswith("__") for s in symbols):
+                        found.append((not symbols <= params, len(found), condition))
+        return min(found)[2] if found else None
+
     def text(self, expr: sympy.Expr) -> str:
         return self.printer.doprint(expr)
 
@@ -340,32 +372,50 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
             else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
                 acc = accumulator(node)
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
-        bodies = [_reduced_body(n, part) for n, part in parts]
-        summed = [] if online or any(map(_runtime_power, bodies)) else [(n, p) for n, p in parts if _summed(n, p)]
-        inner = indent + (2 if summed else 1)
-        if summed:  # a chunk's terms in float buffers, then added in float64 (see AXIS_CHUNK)
-            w.buffers = max(w.buffers, len(summed))
-            count = "__width" if w.blocked else "__C"
-            w.emit(indent, f"for __c0 in range(0, {count}, {AXIS_CHUNK}):",
-                   f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})", f"    for {w.local} in range(__c0, __c1):")
-        else:
-            w.emit(indent, w.axis_loop())
-        w.loads_along_axis(inner, bodies)
-        texts = w.statements(inner, [], bodies)
-        for (node, part), text in zip(parts, texts):
-            keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
-            buffer = f"__part{summed.index((node, part))}" if (node, part) in summed else None
-            w.emit(inner, *_accumulate(node, part, text, keep, w.plan.position, online,
-                                       None if buffer is None else f"{buffer}, {w.local} - __c0"))
-        if summed:
-            w.emit(indent + 1, "for __j in range(__c1 - __c0):",
-                   *(f"    {_sum_of(node)} += load(__part{k}, __j)" for k, (node, _) in enumerate(summed)))
+        w.unswitched(indent, [_reduced_body(n, part) for n, part in parts],
+                     lambda at, bodies: _pass_loop(w, at, parts, bodies, kept))
         if w.target.cuda:
             for node, part in parts:
                 w.emit(indent, _combine(node, part))
         for node, part in parts:
             if part == _pass_count(node, online) - 1:
                 w.emit(indent, *complete(node, w.plan, w))
+
+
+def _gradient_loop(w: _Writer, indent: int, exprs: list[sympy.Expr], grads: list[str], element: str,
+                   kept: Reduction | None = None) -> None:
+    """One loop over the axis storing each gradient of `exprs` (scaled by __gw) at `element` of its array;
+    with `kept`, the softmax numerators the passes left there are read first."""
+    w.emit(indent, w.axis_loop())
+    if kept is not None:
+        w.emit(indent + 1, f"__softmax = load({grads[0]}, {element}) * __inv")
+    w.loads_along_axis(indent + 1, exprs)
+    for g, text in zip(grads, w.statements(indent + 1, [], exprs)):
+        w.emit(indent + 1, f"store({g}, {element}, ({text}) * __gw)")
+
+
+def _pass_loop(w: _Writer, indent: int, parts: list, bodies: list[sympy.Expr], kept: tuple | None) -> None:
+    """One loop over the axis adding each (node, pass) of `parts`, of body `bodies`, to its accumulator."""
+    online = w.target.cuda
+    summed = [] if online or any(map(_runtime_power, bodies)) else [(n, p) for n, p in parts if _summed(n, p)]
+    inner = indent + (2 if summed else 1)
+    if summed:  # a chunk's terms in float buffers, then added in float64 (see AXIS_CHUNK)
+        w.buffers = max(w.buffers, len(summed))
+        count = "__width" if w.blocked else "__C"
+        w.emit(indent, f"for __c0 in range(0, {count}, {AXIS_CHUNK}):",
+               f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})", f"    for {w.local} in range(__c0, __c1):")
+    else:
+        w.emit(indent, w.axis_loop())
+    w.loads_along_axis(inner, bodies)
+    texts = w.statements(inner, [], bodies)
+    for (node, part), text in zip(parts, texts):
+        keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
+        buffer = f"__part{summed.index((node, part))}" if (node, part) in summed else None
+        w.emit(inner, *_accumulate(node, part, text, keep, w.plan.position, online,
+                                   None if buffer is None else f"{buffer}, {w.local} - __c0"))
+    if summed:
+        w.emit(indent + 1, "for __j in range(__c1 - __c0):",
+               *(f"    {_sum_of(node)} += load(__part{k}, __j)" for k, (node, _) in enumerate(summed)))
 
 
 def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
@@ -448,13 +498,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
             w.emit(3, f"__inv = F(1.0 / {accumulator(kept)}_sum)")
-        w.emit(3, w.axis_loop())
-        if kept is not None:
-            w.emit(4, f"__softmax = load({grads[0]}, {element}) * __inv")
-        w.loads_along_axis(4, gradients)
-        texts = w.statements(4, [], list(gradients))
-        for g, text in zip(grads, texts):
-            w.emit(4, f"store({g}, {element}, ({text}) * __gw)")
+        w.unswitched(3, list(gradients), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
     w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(shown))))
     if with_grads:
         w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])

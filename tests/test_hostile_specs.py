@@ -93,7 +93,7 @@ def test_too_many_tokens_are_refused_before_parsing():
     sum_ = " + ".join(["p*t"] * 20)
     text = "loss f(p, t)\n" + "".join(f"    a{i} = {sum_}\n" for i in range(MAX_SPEC_TOKENS // 60)) + "    f = p\n"
     assert len(text) < MAX_SPEC_CHARS
-    error = refused(text, words="MAX_SPEC_TOKENS", seconds=1.0)
+    error = refused(text, words="MAX_SPEC_TOKENS")
     assert error.line > MAX_SPEC_TOKENS // 100
 
 
@@ -112,12 +112,12 @@ def test_the_catalogue_is_far_within_the_size_limits():
 ])
 def test_deep_nesting_is_refused_at_the_construct(text, column):
     """`exp(` 200 deep compiled and then raised a raw RecursionError from SymPy; deeper at 1:1."""
-    assert where(refused(text, words="nested too deeply", seconds=1.0)) == (2, column)
+    assert where(refused(text, words="nested too deeply")) == (2, column)
 
 
 def test_deep_nesting_over_many_lines_shows_the_construct():
     text = "loss f(x)\n    f = 1 + \\\n" + "    exp(\\\n" * 100 + "x" + ")" * 100 + "\n"
-    error = refused(text, words="nested too deeply", seconds=1.0)
+    error = refused(text, words="nested too deeply")
     assert where(error) == (2 + ir.MAX_DEPTH, 5)  # the 64th exp, under `1 + `
     assert error.context.splitlines() == ["        exp(\\", "        ^"]
 

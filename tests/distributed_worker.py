@@ -119,6 +119,29 @@ def head_case(rank: int, results: dict) -> None:
             results[f"{case}/{name}"] = tensor.grad.numpy()
 
 
+def distill_data():
+    """Student (11, 6) and teacher (11, 4) hidden states, weights (10, D) and biases, labels with one ignored."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, CLASSES, ROWS)
+    y[3] = -100
+    return (rng.normal(size=(ROWS, 6)), rng.normal(size=(CLASSES, 6)), rng.normal(size=CLASSES),
+            rng.normal(size=(ROWS, 4)), rng.normal(size=(CLASSES, 4)), rng.normal(size=CLASSES), y)
+
+
+def distill_case(rank: int, results: dict) -> None:
+    """linear_distill (JSD, temperature 2) with both heads' weights split by rows (the unequal split)."""
+    lo, hi = BOUNDS["unequal"][rank], BOUNDS["unequal"][rank + 1]
+    xs, ws, bs, xt, wt, bt, y = distill_data()
+    student = [torch.tensor(a, requires_grad=True) for a in (xs, ws[lo:hi], bs[lo:hi])]
+    loss = lossdsl.torch.ShardedLoss("linear_distill", divergence="jsd", temperature=2.0)
+    value = loss(student[0], student[1], torch.tensor(xt), torch.tensor(wt[lo:hi]), torch.tensor(y),
+                 student_bias=student[2], teacher_bias=torch.tensor(bt[lo:hi]), class_start=lo, classes=CLASSES)
+    value.backward()
+    results["distill/value"] = value.detach().numpy()
+    for name, tensor in zip(("input", "weight", "bias"), student):
+        results[f"distill/{name}"] = tensor.grad.numpy()
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -139,6 +162,7 @@ def main(rank: int, world: int, port: int, out: str) -> None:
                 results[f"{split}/{name}{suffix}/value"] = value.detach().numpy()
                 results[f"{split}/{name}{suffix}/grad"] = mine.grad.numpy()
     head_case(rank, results)
+    distill_case(rank, results)
     ddp_case(rank, results)
     dist.barrier()
     dist.destroy_process_group()

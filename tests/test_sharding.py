@@ -162,3 +162,40 @@ def test_a_linear_head_with_its_weight_split_by_rows(load_loss, name, split):
         np.testing.assert_allclose(got_x, d_x, rtol=1e-11, atol=1e-15)
     np.testing.assert_allclose(np.concatenate([r[1][1] for r in results]), d_weight, rtol=1e-11, atol=1e-15)
     np.testing.assert_allclose(np.concatenate([r[1][2] for r in results]), d_bias, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("split", ["two unequal", "three"])
+def test_two_heads_with_both_weights_split_by_rows(load_loss, split):
+    """Distillation with the vocabulary split: each process holds the same classes of the student's and
+    the teacher's weights (and biases); every process gets the loss and the student's input gradient of
+    the single process, and its slices of the student's weight and bias gradients."""
+    rng = np.random.default_rng(6)
+    xs, xt = rng.normal(size=(ROWS, 5)), rng.normal(size=(ROWS, 4))
+    ws, wt = rng.normal(size=(CLASSES, 5)), rng.normal(size=(CLASSES, 4))
+    bs, bt = rng.normal(size=CLASSES), rng.normal(size=CLASSES)
+    y = rng.integers(0, CLASSES, ROWS)
+    y[2] = -100
+    head = load_loss("linear_distill", divergence="jsd", beta=0.3, temperature=2.0)
+    expected, (d_x, d_weight, d_bias) = head.value_and_grad(xs, ws, xt, wt, y, student_bias=bs, teacher_bias=bt)
+    bounds, members = SPLITS[split], _group(len(SPLITS[split]) - 1)
+    results, errors = [None] * len(members), []
+
+    def run(rank):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        try:
+            results[rank] = head.sharded(lo, CLASSES, members[rank]).value_and_grad(
+                xs, ws[lo:hi], xt, wt[lo:hi], y, student_bias=bs[lo:hi], teacher_bias=bt[lo:hi], chunk_rows=4,
+                chunk_classes=3)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(members))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    for value, (got_x, _, _) in results:
+        assert value == pytest.approx(expected, rel=1e-12)
+        np.testing.assert_allclose(got_x, d_x, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([r[1][1] for r in results]), d_weight, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([r[1][2] for r in results]), d_bias, rtol=1e-11, atol=1e-15)

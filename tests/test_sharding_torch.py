@@ -157,6 +157,29 @@ def test_a_linear_head_with_its_weight_split_by_rows(ranks, case):
                                    rtol=1e-11, atol=1e-15)
 
 
+def test_two_heads_with_both_weights_split_by_rows(ranks):
+    """Distillation (generalised JSD) of a teacher head into a student head, written in PyTorch on the
+    materialised logits, against two processes each holding 3 and 7 of both weights' rows."""
+    xs, ws, bs, xt, wt, bt, y = worker.distill_data()
+    student = [torch.tensor(a, requires_grad=True) for a in (xs, ws, bs)]
+    s = (student[0] @ student[1].T + student[2]) / 2.0
+    t = (torch.tensor(xt) @ torch.tensor(wt).T + torch.tensor(bt)) / 2.0
+    ls, lt = torch.log_softmax(s, 1), torch.log_softmax(t, 1)
+    lm = torch.log(0.5 * ls.exp() + 0.5 * lt.exp())
+    soft = 0.5 * (lt.exp() * (lt - lm)).sum(1) + 0.5 * (ls.exp() * (ls - lm)).sum(1)
+    kept = torch.tensor(y != -100)
+    hard = torch.nn.functional.cross_entropy(student[0] @ student[1].T + student[2], torch.tensor(y),
+                                             reduction="none")
+    expected = ((0.5 * hard + 0.5 * soft) * kept).sum() / kept.sum()
+    expected.backward()
+    for result in ranks:
+        np.testing.assert_allclose(result["distill/value"], expected.item(), rtol=1e-12)
+        np.testing.assert_allclose(result["distill/input"], student[0].grad.numpy(), rtol=1e-11, atol=1e-15)
+    for name, tensor in (("weight", student[1]), ("bias", student[2])):
+        np.testing.assert_allclose(np.concatenate([r[f"distill/{name}"] for r in ranks]), tensor.grad.numpy(),
+                                   rtol=1e-11, atol=1e-15)
+
+
 def test_an_unknown_reduction_is_refused_with_the_accepted_ones():
     with pytest.raises(lossdsl.LossInputError, match="'mean', 'mean_or_zero', 'sum' or 'none'; got 'batch'"):
         lossdsl.torch.ShardedLoss("cross_entropy", reduction="batch")

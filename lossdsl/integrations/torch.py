@@ -220,35 +220,45 @@ class ShardedLoss(torch.nn.Module):
         return f"{self.head or self.sharded.loss!r}, reduction={self.reduction!r}"
 
     def forward(self, logits, *inputs, class_start: int, classes: int, axis=None, sample_weight=None,
-                linear_bias=None):
+                **named):
         """For a linear head (`ShardedLoss("linear_cross_entropy")`): (input, linear_weight slice, targets...,
-        linear_bias=its slice); backward gives the whole input gradient (all-reduced) and the slices'.
-        With reduction "none", a head's backward runs it again, collectives included, with the incoming
-        gradient as sample weights: the weight's gradient sums rows, so it cannot be scaled afterwards."""
+        linear_bias=its slice), or for two heads (`ShardedLoss("linear_distill")`) each head's input and
+        weight slice, the targets, and student_bias= and teacher_bias= slices; backward gives the whole input
+        gradient (all-reduced) and the slices'. With reduction "none", a head's backward runs it again,
+        collectives included, with the incoming gradient as sample weights: the weight's gradient sums
+        rows, so it cannot be scaled afterwards."""
+        options = {"reduction": self.reduction, "sample_weight": _to_kernel(sample_weight)}
         if self.head is not None:
             if axis is not None:
                 raise lossdsl.LossInputError(f"{self.head.name}: a linear head's class axis is its weight's rows")
             head = self.head.sharded(class_start, classes, _all_reduce(self.group))
-            options = {"reduction": self.reduction, "sample_weight": _to_kernel(sample_weight)}
-            return _ShardedHeadFunction.apply(head, options, linear_bias, logits, *inputs)
-        options = {"class_start": class_start, "classes": classes, "axis": axis, "reduction": self.reduction,
-                   "sample_weight": _to_kernel(sample_weight)}
+            given = {**dict(zip(head.inputs, (logits, *inputs))), **named}
+            names = [n for n in head.inputs if given.get(n) is not None]
+            unknown = sorted(set(named) - set(head.inputs))
+            if unknown:
+                raise lossdsl.LossInputError(f"{head.name} has no input {', '.join(unknown)}; its inputs are "
+                                             f"{', '.join(head.inputs)}")
+            return _ShardedHeadFunction.apply(head, options, names, *[given[n] for n in names])
+        if named:
+            raise lossdsl.LossInputError(f"{self.sharded.loss.name}: unknown options {', '.join(sorted(named))}")
+        options = {"class_start": class_start, "classes": classes, "axis": axis, **options}
         return _ShardedFunction.apply(self.sharded, options, logits, *inputs)
 
 
 class _ShardedHeadFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, head, options, bias, x, weight, *inputs):
-        arrays = [_to_kernel(a) for a in (x, weight, *inputs)]
-        ctx.dtypes = [t.dtype for t in (x, weight)] + ([bias.dtype] if bias is not None else [])
+    def forward(ctx, head, options, names, *tensors):
+        arrays = {n: _to_kernel(t) for n, t in zip(names, tensors)}
+        ctx.names, ctx.dtypes = names, [t.dtype if isinstance(t, torch.Tensor) else None for t in tensors]
         if options["reduction"] == "none":  # the weight's gradient sums over the rows: backward runs the head again
-            ctx.head, ctx.options, ctx.arrays, ctx.bias, ctx.grads = head, options, arrays, _to_kernel(bias), None
-            value = head(*arrays, linear_bias=ctx.bias, **options)
+            ctx.head, ctx.options, ctx.arrays, ctx.grads = head, options, arrays, None
+            value = head(**arrays, **options)
         else:
-            value, grads = head.value_and_grad(*arrays, linear_bias=_to_kernel(bias), **options)
-            ctx.grads = [torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
+            value, grads = head.value_and_grad(**arrays, **options)
+            ctx.grads = {n: torch.from_numpy(np.ascontiguousarray(g)) for n, g in zip(head.wrt, grads) if g is not None}
         result = torch.as_tensor(np.asarray(value))
-        return result.to(torch.float32 if x.dtype in _LOW_PRECISION else x.dtype)
+        like = tensors[0]
+        return result.to(torch.float32 if like.dtype in _LOW_PRECISION else like.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -256,14 +266,18 @@ class _ShardedHeadFunction(torch.autograd.Function):
             given, upstream = ctx.options["sample_weight"], _to_kernel(grad_output)
             options = {**ctx.options, "reduction": "sum",
                        "sample_weight": upstream if given is None else given * upstream}
-            _, grads = ctx.head.value_and_grad(*ctx.arrays, linear_bias=ctx.bias, **options)
+            _, grads = ctx.head.value_and_grad(**ctx.arrays, **options)
             ctx.arrays = None
-            grads = [torch.from_numpy(np.ascontiguousarray(g)).to(d) for g, d in zip(grads, ctx.dtypes)]
+            grads = {n: torch.from_numpy(np.ascontiguousarray(g)) for n, g in zip(ctx.head.wrt, grads)
+                     if g is not None}
+            scale = None
         else:
-            kept, ctx.grads = ctx.grads, None
-            grads = [_scaled(g, grad_output, d) for g, d in zip(kept, ctx.dtypes)]
-        d_bias = grads[2] if len(grads) > 2 else None
-        return (None, None, d_bias, grads[0], grads[1], *([None] * (len(ctx.needs_input_grad) - 5)))
+            grads, ctx.grads, scale = ctx.grads, None, grad_output
+        out = []
+        for name, dtype in zip(ctx.names, ctx.dtypes):
+            grad = grads.get(name)
+            out.append(None if grad is None else grad.to(dtype) if scale is None else _scaled(grad, scale, dtype))
+        return (None, None, None, *out)
 
 
 def _all_reduce(group):

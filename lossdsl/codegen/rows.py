@@ -95,11 +95,11 @@ class _Writer:
         self.lines += ["    " * indent + line for line in lines]
 
     def unswitched(self, indent: int, exprs: list[sympy.Expr], loop, depth: int = 2) -> None:
-        """`loop(indent, exprs)`, a loop over the axis, once for each truth value of a condition that chooses
-        between a power with a runtime exponent and another arm and is the same all along the axis (made
-        of parameters and row values): in a vectorised loop both arms of a select are computed, the power's
-        log and exp at every element whatever the condition (triplet's p = 2 cost what p = 3 does). At most
-        `depth` conditions, so at most four copies of the loop."""
+        """`loop(indent, exprs)`, a loop over the axis, once for each truth value of a condition that is the
+        same all along the axis: one made of parameters (a formula chosen by a parameter), or of row values
+        where it chooses between a power with a runtime exponent and another arm. In a vectorised loop both
+        arms of a select are computed, the power's log and exp at every element whatever the condition
+        (triplet's p = 2 cost what p = 3 does). At most `depth` conditions, so at most four copies of the loop."""
         condition = self._switch(exprs) if depth else None
         if condition is None:
             loop(indent, exprs)
@@ -117,12 +117,12 @@ class _Writer:
         found = []
         for expr in exprs:
             for choice in sorted(expr.atoms(sympy.Piecewise), key=sympy.default_sort_key):
-                if not any(_runtime_power(arm) for arm, _ in choice.args):
-                    continue
+                power = any(_runtime_power(arm) for arm, _ in choice.args)
                 for _, condition in choice.args:
                     symbols = condition.free_symbols
-                    if condition is not sympy.true and not symbols & varying and not any(
-                            s.name.startswith("__") for s in symbols):
+                    if condition is sympy.true or symbols & varying or any(s.name.startswith("__") for s in symbols):
+                        continue
+                    if symbols <= params or power:  # a row value's test is worth a copy only against a power
                         found.append((not symbols <= params, len(found), condition))
         return min(found)[2] if found else None
 

@@ -105,7 +105,10 @@ class _Writer:
             loop(indent, exprs)
             return
         self.emit(indent, f"if {self.text(condition)}:")
-        self.unswitched(indent + 1, [e.xreplace({condition: sympy.true}) for e in exprs], loop, depth - 1)
+        known = {condition: sympy.true}
+        if isinstance(condition, sympy.Eq) and condition.lhs.is_Symbol and condition.rhs.is_Number:
+            known[condition.lhs] = condition.rhs  # p == 2: x^p is x^2 there, and beta == 0 settles beta == 1
+        self.unswitched(indent + 1, [e.xreplace(known) for e in exprs], loop, depth - 1)
         self.emit(indent, "else:")
         self.unswitched(indent + 1, [e.xreplace({condition: sympy.false}) for e in exprs], loop, depth - 1)
 

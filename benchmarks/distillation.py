@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import subprocess
-import sys
 
 import numpy as np
 
 from harness import machine, median_times
-from linear_heads import measure_peak
+from linear_heads import fresh_peak
 
 SHAPES = [(4096, 512, 32000), (1024, 512, 128256)]
 SMALL = [(256, 64, 2000), (64, 64, 8000)]
@@ -90,16 +87,9 @@ def products(xs, ws, bs, xt, wt, bt):
 
 
 def peak_extra_bytes(shape, divergence: str, name: str) -> int:
-    """One runner in a fresh process (warmed up on inputs 16 times smaller), its peak resident memory
-    above what it had before, less the student gradients it returns."""
-    small = (shape[0] // 16, 8, shape[2] // 16)
-    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import distillation as b; "
-            f"b.runners({divergence!r}, *b.inputs(*{small!r}))[{name!r}](); "
-            f"r = b.runners({divergence!r}, *b.inputs(*{shape!r}))[{name!r}]; "
-            "from linear_heads import measure_peak; print(json.dumps(measure_peak(r)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """linear_heads.fresh_peak of one runner, less the student gradients it returns."""
     rows, width, classes = shape
-    return json.loads(out.stdout.strip().splitlines()[-1]) - 4 * (rows * width + classes * width + classes)
+    return fresh_peak("distillation", name, shape, f"{divergence!r}, ") - 4 * (rows * width + classes * width + classes)
 
 
 def main() -> None:

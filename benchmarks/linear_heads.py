@@ -108,18 +108,23 @@ def measure_peak(run) -> int:
     return max(peak[0], resident_bytes()) - base
 
 
-def peak_extra_bytes(shape, name: str) -> int:
-    """One runner in a fresh process: first on inputs 16 times smaller in rows and classes (imports,
-    and the kernels of the same way through, rows or class blocks, loaded), then once on the real
-    ones; the peak resident memory it adds, less the gradients it returns (every runner makes them)."""
+def fresh_peak(module: str, name: str, shape, before: str = "") -> int:
+    """Peak resident memory one runner of benchmarks/`module`.py adds, in a fresh process: first on inputs
+    16 times smaller in rows and classes (imports, and the kernels of the same way through, rows or class
+    blocks, loaded), then once on the real ones. `before`: the text of runners' arguments before the inputs."""
     small = (shape[0] // 16, 8, shape[2] // 16)
-    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import linear_heads as b; "
-            f"b.runners(*b.inputs(*{small!r}))[{name!r}](); "
-            f"r = b.runners(*b.inputs(*{shape!r}))[{name!r}]; print(json.dumps(b.measure_peak(r)))")
+    code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); import {module} as b; "
+            "from linear_heads import measure_peak; "
+            f"b.runners({before}*b.inputs(*{small!r}))[{name!r}](); "
+            f"r = b.runners({before}*b.inputs(*{shape!r}))[{name!r}]; print(json.dumps(measure_peak(r)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_extra_bytes(shape, name: str) -> int:
+    """`fresh_peak` of one runner, less the gradients it returns (every runner makes them)."""
     rows, width, classes = shape
-    gradients = 4 * (rows * width + classes * width + classes)
-    return json.loads(out.stdout.strip().splitlines()[-1]) - gradients
+    return fresh_peak("linear_heads", name, shape) - 4 * (rows * width + classes * width + classes)
 
 
 def main() -> None:

@@ -35,26 +35,32 @@ def _group(size: int):
     return [member(rank) for rank in range(size)]
 
 
-def sharded(loss, bounds, logits, whole, sliced=(), **options):
-    """Each slice's (value, gradient): `whole` inputs as they are, `sliced` ones cut like the logits."""
-    results, errors = [None] * (len(bounds) - 1), []
-    members = _group(len(results))
+def _on_ranks(size: int, call) -> list:
+    """call(rank, all_reduce) on `size` threads playing processes: each one's result, any error raised."""
+    results, errors, members = [None] * size, [], _group(size)
 
     def run(rank):
-        lo, hi = bounds[rank], bounds[rank + 1]
         try:
-            results[rank] = ShardedLoss(loss, members[rank]).value_and_grad(
-                logits[:, lo:hi], *whole, *(s[:, lo:hi] for s in sliced), class_start=lo, classes=logits.shape[1],
-                axis=-1, **options)
+            results[rank] = call(rank, members[rank])
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(results))]
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(size)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
     return results
+
+
+def sharded(loss, bounds, logits, whole, sliced=(), **options):
+    """Each slice's (value, gradient): `whole` inputs as they are, `sliced` ones cut like the logits."""
+    def call(rank, all_reduce):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        return ShardedLoss(loss, all_reduce).value_and_grad(
+            logits[:, lo:hi], *whole, *(s[:, lo:hi] for s in sliced), class_start=lo, classes=logits.shape[1],
+            axis=-1, **options)
+    return _on_ranks(len(bounds) - 1, call)
 
 
 def _cases(rng):
@@ -142,19 +148,13 @@ def test_a_linear_head_with_its_weight_split_by_rows(load_loss, name, split):
             else load_loss("poly1_ce", epsilon=1.0).with_linear())
     options = {"weight": rng.uniform(0.5, 2.0, CLASSES)} if name == "linear_cross_entropy" else {}
     expected, (d_x, d_weight, d_bias) = head.value_and_grad(x, weight, y, linear_bias=bias, **options)
-    bounds, members = SPLITS[split], _group(len(SPLITS[split]) - 1)
-    results = [None] * len(members)
+    bounds = SPLITS[split]
 
-    def run(rank):
+    def call(rank, all_reduce):
         lo, hi = bounds[rank], bounds[rank + 1]
-        mine = head.sharded(lo, CLASSES, members[rank])
-        results[rank] = mine.value_and_grad(x, weight[lo:hi], y, linear_bias=bias[lo:hi], chunk_rows=4,
-                                            chunk_classes=3, **options)
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(members))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+        return head.sharded(lo, CLASSES, all_reduce).value_and_grad(x, weight[lo:hi], y, linear_bias=bias[lo:hi],
+                                                                    chunk_rows=4, chunk_classes=3, **options)
+    results = _on_ranks(len(bounds) - 1, call)
     normalizer = head.sharded(bounds[1], CLASSES, None).normalizer(x, weight[bounds[1]:], y, **options)
     assert normalizer == pytest.approx(head.normalizer(x, weight, y, **options), rel=1e-14)
     for value, (got_x, _, _) in results:
@@ -177,23 +177,14 @@ def test_two_heads_with_both_weights_split_by_rows(load_loss, split):
     y[2] = -100
     head = load_loss("linear_distill", divergence="jsd", beta=0.3, temperature=2.0)
     expected, (d_x, d_weight, d_bias) = head.value_and_grad(xs, ws, xt, wt, y, student_bias=bs, teacher_bias=bt)
-    bounds, members = SPLITS[split], _group(len(SPLITS[split]) - 1)
-    results, errors = [None] * len(members), []
+    bounds = SPLITS[split]
 
-    def run(rank):
+    def call(rank, all_reduce):
         lo, hi = bounds[rank], bounds[rank + 1]
-        try:
-            results[rank] = head.sharded(lo, CLASSES, members[rank]).value_and_grad(
-                xs, ws[lo:hi], xt, wt[lo:hi], y, student_bias=bs[lo:hi], teacher_bias=bt[lo:hi], chunk_rows=4,
-                chunk_classes=3)
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(members))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+        return head.sharded(lo, CLASSES, all_reduce).value_and_grad(
+            xs, ws[lo:hi], xt, wt[lo:hi], y, student_bias=bs[lo:hi], teacher_bias=bt[lo:hi], chunk_rows=4,
+            chunk_classes=3)
+    results = _on_ranks(len(bounds) - 1, call)
     for value, (got_x, _, _) in results:
         assert value == pytest.approx(expected, rel=1e-12)
         np.testing.assert_allclose(got_x, d_x, rtol=1e-11, atol=1e-15)

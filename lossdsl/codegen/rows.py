@@ -116,7 +116,7 @@ class _Writer:
         """The condition `unswitched` takes out of the loop next, or None: one made of parameters alone
         first (the same for the whole call), then one of row values."""
         varying = {self.plan.inputs[i.name] for i in self.inputs if i.axis} | {self.plan.position}
-        params = {sympy.Symbol(safe_name(name), real=True) for name in self.plan.loss.numeric_params}
+        params = set(self.plan.params)
         found = []
         for expr in exprs:
             for choice in sorted(expr.atoms(sympy.Piecewise), key=sympy.default_sort_key):

@@ -195,7 +195,7 @@ def resolved(text):
 
 
 @pytest.mark.parametrize("text, cls, words", [
-    ("loss t(a[c], b[d])\n    t = sum(a, c)\n", SpecTypeError, "one named axis"),
+    ("loss t(a[c], b[d], g[f])\n    t = sum(a, c)\n", SpecTypeError, "at most two named axes"),
     ("loss t(x)\n    t = sum(x, c)\n", SpecTypeError, "declares none"),
     ("loss t(x[c])\n    t = sum(x, d)\n", SpecTypeError, "must name the axis"),
     ("loss t(x[c])\n    t = sum(x)\n", SpecTypeError, "reduces over a named axis"),
@@ -208,8 +208,8 @@ def resolved(text):
     ("loss t(x)\n    ignore if x > 0\n    t = x\n", SpecTypeError, "over a named axis"),
     ("loss t(x[c], y)\n    mean weighted by sum(x, c)\n    t = x[y]\n", SpecTypeError, "may not reduce"),
     ("loss t(x[c], w[c] = 1, y)\n    t = x[y]\n", SpecTypeError, "needs a default"),
-    ("loss t(x[c], y)\n    axis k = 1\n    t = x[y]\n", SpecNameError, "names no axis"),
-    ("loss t(x[c], y) wrt y\n    t = x[y]\n", SpecTypeError, "inputs that have the axis"),
+    ("loss t(x[c], y)\n    axis k = 1\n    t = x[y]\n", SpecNameError, "names no class axis"),
+    ("loss t(x[c], y) wrt y\n    t = x[y]\n", SpecTypeError, "inputs that have its class axis"),
     ("loss t(x[c])\n    c = 1\n    t = sum(x, c)\n", SpecNameError, "duplicate name `c`"),
     ("loss t(x[c])\n    sum = 1\n    t = x\n", SpecNameError, "built-in"),
     ("loss t(x[c])\n    t = norm(x, c, x)\n", SpecTypeError, "not differentiated"),

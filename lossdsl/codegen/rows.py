@@ -21,13 +21,19 @@ each thread takes rows in a grid-stride loop and sums go to a `__result` array):
   `nogil`: lossdsl.runtime.threads runs them in chunks of rows, one per thread);
 - `loss_value_and_grad(..., weight, scale, gscale, out, grads...)`: the same in
   one fused pass with the gradients.
+
+A list axis k (`ids[k]`, __K positions a row) adds short loops over k after the passes along c: one per
+reduction over k (two for a logsumexp), one for the sums over k the gradient needs, and, after the
+gradient pass, one adding each position's term at the class its label names. The terms are computed
+into a buffer of __K before the gradient pass, since in place that pass overwrites the logits they read.
 """
 from __future__ import annotations
 
 import numpy as np
 import sympy
 
-from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed
+from ..errors import LossInputError
+from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed, needed_list
 from ..symbolic.derive import safe_name
 from ..symbolic.sympy_functions import power, power_from_log
 from .elementwise import IN_PLACE_ALIAS, with_formula
@@ -50,6 +56,9 @@ def accumulator(node) -> str:
 
 
 def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
+    if plan.listed is not None and target.cuda:
+        raise LossInputError(f"{plan.loss.name}: losses over a list axis ({plan.listed.axis}) run on the CPU; "
+                             "CUDA kernels for them are not written yet")
     printer = NumbaPrinter()
     kernels = [_rows_kernel(plan, printer, target), _kernel(plan, printer, False, target),
                _kernel(plan, printer, True, target)]
@@ -74,13 +83,15 @@ class _Writer:
         self.blocked = blocked
         self.local = "__c" if blocked else str(plan.position)
         self.buffers = 0  # float buffers of AXIS_CHUNK terms the CPU passes add up in float64 (`_passes`)
+        self.list_buffers = 0  # buffers of __K gradient terms at the list axis's labels (`_list_terms`)
 
     def source(self) -> str:
         """The kernel's text, its buffers allocated once, after the docstring (not once per row)."""
         lines = list(self.lines)
-        if self.buffers:
+        if self.buffers or self.list_buffers:
             at = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
-            lines[at:at] = [f"    __part{k} = np.empty({AXIS_CHUNK}, F)" for k in range(self.buffers)]
+            lines[at:at] = ([f"    __part{k} = np.empty({AXIS_CHUNK}, F)" for k in range(self.buffers)]
+                            + [f"    __kterm{k} = np.empty(__K, F)" for k in range(self.list_buffers)])
         return "\n".join(lines) + "\n"
 
     def axis_loop(self) -> str:
@@ -190,7 +201,8 @@ class _Writer:
 
 def _arguments(plan: RowPlan) -> list[str]:
     arrays = [f"_{safe_name(i.name)}_" for i in plan.loss.inputs]
-    return arrays + ["__steps", "__rows", "__C", "__inner"] + [f"_{p.name}_" for p in plan.params]
+    listed = ["__K"] if plan.listed is not None else []
+    return arrays + ["__steps", "__rows", "__C", "__inner", *listed] + [f"_{p.name}_" for p in plan.params]
 
 
 def _prologue(w: _Writer, rows: str) -> None:
@@ -235,12 +247,92 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
         found = (["cuda.atomic.min(__bad, 0, __row)", "continue"] if target.cuda
                  else [f"return __norm, __row, {name}"])
         w.emit(3, f"if {name} < 0 or {name} >= __C:", *[f"    {line}" for line in found])
+    for label in plan.loss.list_labels:  # only the list axis's positions kept: padding may hold anything
+        name = safe_name(label)
+        inner = _list_loop(w, 3, [plan.inputs[label]], loads=False)
+        w.emit(inner, f"if {name} < 0 or {name} >= __C:", f"    return __norm, __row, {name}")
     weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
     _loads(w, 3, weight.free_symbols)
     (text,) = w.statements(3, [], [weight])
     w.emit(3, f"__norm += {text}")
     w.emit(1, *(target.finish("__norm") if target.cuda else ["return __norm, -1, 0"]))
     return w.source()
+
+
+def _list_loop(w: _Writer, indent: int, exprs, loads: bool = True) -> int:
+    """`for k in range(__K)` with the list inputs `exprs` use read at k, positions `ignore k if` leaves out
+    skipped, and (with `loads`) the list loads x[ids] they use read; returns the indent of the loop's body."""
+    listed, plan = w.plan.listed, w.plan
+    used = set().union(*(e.free_symbols for e in exprs))
+    labels = {load.label for load in listed.loads if load.symbol in used} if loads else set()
+    read = used | {plan.inputs[label] for label in labels}
+    condition = listed.ignore
+    if condition is not None:
+        read |= condition.free_symbols
+    w.emit(indent, f"for {listed.position} in range(__K):")
+    for k, spec_input in enumerate(w.inputs):
+        if spec_input.axis == listed.axis and plan.inputs[spec_input.name] in read:
+            name = safe_name(spec_input.name)
+            w.emit(indent + 1, f"{name} = load(_{name}_, __b{k} + {listed.position} * __t{k})")
+    inner = indent + 1
+    if condition is not None:
+        w.emit(inner, f"if not ({w.text(condition)}):")
+        inner += 1
+    for load in listed.loads if loads else ():
+        if load.symbol in used:
+            k = w.index_of[load.input]
+            w.emit(inner, f"{load.symbol} = load(_{safe_name(load.input)}_, __b{k} + {safe_name(load.label)} * __t{k})")
+    return inner
+
+
+def _list_passes(w: _Writer, indent: int, reductions: list[Reduction], backward: tuple[Reduction, ...]) -> None:
+    """The row's kept positions counted, its reductions over the list axis (a loop each, two for a
+    logsumexp: its max, then its sum), then in one loop the sums over k its gradient needs."""
+    listed = w.plan.listed
+    if listed.ignore is None:
+        w.emit(indent, f"{listed.length} = F(__K)")
+    else:
+        w.emit(indent, f"{listed.length} = F(0.0)")
+        w.emit(_list_loop(w, indent, [], loads=False), f"{listed.length} += F(1.0)")
+    for node in reductions:
+        for part in range(_pass_count(node)):
+            acc = accumulator(node)
+            if part == 0:
+                w.emit(indent, f"{acc} = {_START[node.op]}", *([f"{arg_symbol(node)} = 0"] if node.op in ("max", "min")
+                                                               else []))
+            else:
+                w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
+            inner = _list_loop(w, indent, [node.body])
+            (text,) = w.statements(inner, [], [node.body])
+            w.emit(inner, *_accumulate(node, part, text, None, listed.position))
+        mean = node.op == "mean"
+        w.emit(indent, *([f"{node.symbol} = F({accumulator(node)} / {listed.length})"] if mean
+                         else _finish(node, w.plan, w)))
+    if backward:
+        w.emit(indent, *(f"{accumulator(node)} = 0.0" for node in backward))
+        inner = _list_loop(w, indent, [node.body for node in backward])
+        for node, text in zip(backward, w.statements(inner, [], [node.body for node in backward])):
+            w.emit(inner, f"{accumulator(node)} += {text}")
+        w.emit(indent, *(f"{node.symbol} = F({accumulator(node)})" for node in backward))
+
+
+def _list_terms(w: _Writer, indent: int) -> None:
+    """Each gradient's term at every kept position of the list axis, into a buffer of __K (read back only there)."""
+    scatters = w.plan.listed.scatters
+    w.list_buffers = max(w.list_buffers, len(scatters))
+    inner = _list_loop(w, indent, [expr for _, _, expr in scatters])
+    for m, text in enumerate(w.statements(inner, [], [expr for _, _, expr in scatters])):
+        w.emit(inner, f"__kterm{m}[{w.plan.listed.position}] = {text}")
+
+
+def _list_scatter(w: _Writer, indent: int, grads: list[str]) -> None:
+    """The terms `_list_terms` kept, each added (times __gw) at the class its label names."""
+    listed = w.plan.listed
+    labels = [w.plan.inputs[label] for _, label, _ in listed.scatters]
+    inner = _list_loop(w, indent, labels, loads=False)
+    for m, (index, label, _) in enumerate(listed.scatters):
+        grad, at = grads[index], f"__gb + {safe_name(label)} * __inner"
+        w.emit(inner, f"store({grad}, {at}, load({grad}, {at}) + __kterm{m}[{listed.position}] * __gw)")
 
 
 def _pass_count(node: Reduction, online: bool = False) -> int:
@@ -494,6 +586,8 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     keep = with_grads and not (target.cuda or in_place or outputs)
     kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
+    if plan.listed is not None:
+        _list_passes(w, 3, needed_list(plan, with_grads, outputs), plan.listed.backward if with_grads else ())
     named = list(plan.adjoints) if with_grads else []
     value, *values = w.statements(3, named, [plan.value, *shown], row_locals=True)
     w.emit(3, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
@@ -501,7 +595,12 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
             w.emit(3, f"__inv = F(1.0 / {accumulator(kept)}_sum)")
+        scatters = plan.listed is not None and plan.listed.scatters
+        if scatters:
+            _list_terms(w, 3)
         w.unswitched(3, list(gradients), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
+        if scatters:
+            _list_scatter(w, 3, grads)
     w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(shown))))
     if with_grads:
         w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])

@@ -215,6 +215,7 @@ class LossDef:
     head: str | None = None  # `head linear`: called with the linear layer's input and weight, not its logits
     head_inputs: tuple[Name, ...] = ()  # `head linear a, b`: the inputs that are heads (none named: the first)
     outputs: tuple[Name, ...] = ()  # `output lse, entropy`: locals a call may ask for, one value per row
+    list_ignore: tuple[str, Expr] | None = None  # `ignore k if ids < 0`: positions of the list axis k left out
 
 
 # --- printing an expression back as DSL text --------------------------------

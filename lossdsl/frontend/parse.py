@@ -213,6 +213,10 @@ class _ToIR(Transformer):
     def ignore(self, meta, items):
         return _AxisRule("ignore", items[0], "ignore if", _pos(meta))
 
+    def list_ignore(self, meta, items):
+        axis, condition = items
+        return _AxisRule("list_ignore", (str(axis), condition), "ignore k if", _pos(meta))
+
     def mean_weight(self, meta, items):
         return _AxisRule("mean_weight", items[0], "mean weighted by", _pos(meta))
 

@@ -68,6 +68,10 @@ class ResolvedLoss:
     ignore: ir.Expr | None = None  # rows where this holds contribute nothing
     mean_weight: ir.Expr | None = None  # reduction="mean" divides by its sum over the rows not ignored
     outputs: tuple[str, ...] = ()  # locals a call may ask for beside the loss, one value per row
+    # the list axis (`ids[k]`: several entries per row, such as a teacher's top-k classes), if any
+    list_axis: str | None = None
+    list_labels: tuple[str, ...] = ()  # inputs over the list axis used as gather indices (`x[ids]`)
+    list_ignore: ir.Expr | None = None  # positions of the list axis where this holds are left out
     source: str | None = field(default=None, compare=False, repr=False)  # the spec text, for errors' carets
 
     def error(self, cls, message: str, local: ir.Local) -> LossSpecError:
@@ -86,7 +90,8 @@ class ResolvedLoss:
     def cache_text(self) -> str:
         """A canonical text of everything that shapes the generated code (numeric values excluded)."""
         return repr((self.name, self.inputs, self.wrt, self.locals, sorted(self.static_values.items()),
-                     self.numeric_params, self.axis, self.labels, self.ignore, self.mean_weight, self.outputs))
+                     self.numeric_params, self.axis, self.labels, self.ignore, self.mean_weight, self.outputs,
+                     self.list_axis, self.list_labels, self.list_ignore))
 
 
 def resolve(loss: ir.LossDef, overrides: Mapping[str, Value] | None = None, lookup: Lookup = lambda name, file: None,
@@ -237,6 +242,10 @@ class _Resolver:
         self.axis_locals: set[str] = set()  # locals of the top loss that vary along the axis
         self.row_inputs: set[str] = set()
         self.axis_inputs: set[str] = set()
+        self.list_axis: str | None = None  # the top loss's second named axis (`ids[k]`)
+        self.list_inputs: set[str] = set()
+        self.list_locals: set[str] = set()  # locals that vary along the list axis
+        self.list_labels: list[str] = []
         self.wrt_names: tuple[str, ...] = ()
         self.work = 0  # expression nodes visited or inspected so far (at most MAX_NODES)
         self.measured: dict[int, tuple[int, int, ir.Expr]] = {}  # id → (nodes, depth, the node itself)
@@ -281,30 +290,38 @@ class _Resolver:
         params = self.params(loss)
         values = check_values(params, overrides, loss.name)
         self.values = values  # to check the constraints of called losses' parameters
-        self.axis = self.check_axis(loss)
+        self.axis, self.list_axis = self.check_axis(loss)
         self.row_inputs = {i.name for i in loss.inputs if i.axis is None}
-        self.axis_inputs = {i.name for i in loss.inputs if i.axis is not None}
+        self.axis_inputs = {i.name for i in loss.inputs if i.axis is not None and i.axis == self.axis}
+        self.list_inputs = {i.name for i in loss.inputs if i.axis is not None and i.axis == self.list_axis}
         self.wrt_names = self.wrt(loss)
         scope: dict[str, ir.Expr] = {i.name: ir.Name(i.name) for i in loss.inputs}
-        if self.axis:
-            scope[self.axis] = ir.Name(self.axis)
+        for axis in (self.axis, self.list_axis):
+            if axis:
+                scope[axis] = ir.Name(axis)
         for p in params:
             scope[p.name] = ir.Name(p.name) if not p.static else _literal(values[p.name])
         locals_ = self.body(loss, scope, keep_locals=True)
         if self.varies(locals_[-1].expr):
             raise self.error(SpecTypeError, f"the loss must have one value per row: reduce over {self.axis} "
                              f"(e.g. sum(..., {self.axis})) or gather (x[y])", loss.file, locals_[-1].pos)
+        if self.varies_list(locals_[-1].expr):
+            raise self.error(SpecTypeError, f"the loss must have one value per row: reduce over {self.list_axis} "
+                             f"(e.g. sum(..., {self.list_axis}))", loss.file, locals_[-1].pos)
         wrt = self.wrt_names
         rules = {}
         for rule in ("ignore", "mean_weight"):
             expr = getattr(loss, rule)
             if expr is not None:
                 rules[rule] = self.row_rule(rule, expr, scope, loss)
+        if loss.list_ignore is not None:
+            rules["list_ignore"] = self.list_rule(loss.list_ignore, scope, loss)
         check_values(params, overrides, loss.name, tuple(self.passed_on))
         position = loss.axis_position[1] if loss.axis_position else None
         return ResolvedLoss(loss.name, loss.inputs, wrt, params, tuple(values.items()), tuple(locals_),
                             loss.doc, loss.aliases, loss.file, tuple(self.passed_on), self.axis, position,
                             tuple(dict.fromkeys(self.labels)), outputs=self.outputs(loss, locals_),
+                            list_axis=self.list_axis, list_labels=tuple(dict.fromkeys(self.list_labels)),
                             source=self.source, **rules)
 
     def outputs(self, loss: ir.LossDef, locals_: list[ir.Local]) -> tuple[str, ...]:
@@ -316,18 +333,23 @@ class _Resolver:
             if name.id not in known:
                 raise self.error(SpecNameError, f"`output {name.id}`: {name.id} is not a local of {loss.name} "
                                  "(the loss itself is always returned)", loss.file, name.pos)
-            if name.id in self.axis_locals:
+            if name.id in self.axis_locals or name.id in self.list_locals:
                 raise self.error(SpecTypeError, f"`output {name.id}` varies along {self.axis}: an output has one "
                                  "value per row", loss.file, name.pos)
         return tuple(dict.fromkeys(name.id for name in loss.outputs))
 
-    def check_axis(self, loss: ir.LossDef) -> str | None:
-        """The loss's named axis (one per loss), checked against `axis c = k` and optional inputs."""
+    def check_axis(self, loss: ir.LossDef) -> tuple[str | None, str | None]:
+        """The loss's class axis (the first one named) and list axis (a second), checked against `axis c = k`,
+        `ignore k if` and optional inputs."""
         axes = list(dict.fromkeys(i.axis for i in loss.inputs if i.axis))
-        if len(axes) > 1:
-            second = next(i for i in loss.inputs if i.axis == axes[1])
-            raise self.error(SpecTypeError, f"a loss has one named axis; {second.name}[{axes[1]}] differs from "
-                             f"[{axes[0]}]", loss.file, second.pos)
+        if len(axes) > 2:
+            third = next(i for i in loss.inputs if i.axis == axes[2])
+            raise self.error(SpecTypeError, f"a loss has at most two named axes (a class axis and a list axis); "
+                             f"{third.name}[{axes[2]}] is a third", loss.file, third.pos)
+        list_axis = axes[1] if len(axes) > 1 else None
+        if loss.list_ignore is not None and loss.list_ignore[0] != list_axis:
+            raise self.error(SpecNameError, f"`ignore {loss.list_ignore[0]} if ...` names no list axis of "
+                             f"{loss.name} (its second named axis)", loss.file, loss.list_ignore[1].pos)
         optional = False
         for i in loss.inputs:
             if i.default is None and optional:
@@ -336,12 +358,27 @@ class _Resolver:
             optional = optional or i.default is not None
         axis = axes[0] if axes else None
         if loss.axis_position is not None and loss.axis_position[0] != axis:
-            raise self.error(SpecNameError, f"`axis {loss.axis_position[0]} = ...` names no axis of {loss.name}'s "
-                             "inputs", loss.file, loss.pos)
+            where = (" (the list axis lies where the class axis does)" if loss.axis_position[0] == list_axis
+                     else "")
+            raise self.error(SpecNameError, f"`axis {loss.axis_position[0]} = ...` names no class axis of "
+                             f"{loss.name}'s inputs{where}", loss.file, loss.pos)
         if axis is None and (loss.ignore is not None or loss.mean_weight is not None):
             raise self.error(SpecTypeError, "`ignore if` and `mean weighted by` are for losses over a named axis",
                              loss.file, (loss.ignore or loss.mean_weight).pos)
-        return axis
+        return axis, list_axis
+
+    def list_rule(self, rule: tuple[str, ir.Expr], scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
+        """`ignore k if ...`: a condition at each position of the list axis, read before any reduction."""
+        expr = rule[1]
+        resolved = self.expr(expr, scope, loss)
+        self.inspect(resolved, loss, expr.pos)
+        if _contains(resolved, (ir.Reduce, ir.Gather)):
+            raise self.error(SpecTypeError, f"`ignore {rule[0]} if` may not reduce or gather: the labels it leaves "
+                             "out may be out of range", loss.file, expr.pos)
+        if self.kind(resolved, loss) != "bool" or self.varies(resolved):
+            raise self.error(SpecTypeError, f"`{ir.format_expr(expr)}` must be a condition at each position of "
+                             f"{rule[0]} (without the axis {self.axis})", loss.file, expr.pos)
+        return resolved
 
     def row_rule(self, rule: str, expr: ir.Expr, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`ignore if ...` (a condition) or `mean weighted by ...` (a number), one value per row."""
@@ -367,6 +404,17 @@ class _Resolver:
         if isinstance(expr, ir.Name):
             return expr.id == self.axis or expr.id in self.axis_locals or expr.id in self.axis_inputs
         return any(self.varies(child) for child in ir.children(expr))
+
+    def varies_list(self, expr: ir.Expr) -> bool:
+        """Whether a resolved expression varies along the list axis (outside reductions): its inputs, and
+        gathers at its labels (`x[ids]`)."""
+        if self.list_axis is None or isinstance(expr, ir.Reduce):
+            return False
+        if isinstance(expr, ir.Gather):
+            return isinstance(expr.index, ir.Name) and expr.index.id in self.list_inputs
+        if isinstance(expr, ir.Name):
+            return expr.id == self.list_axis or expr.id in self.list_locals or expr.id in self.list_inputs
+        return any(self.varies_list(child) for child in ir.children(expr))
 
     def params(self, loss: ir.LossDef) -> tuple[ParamInfo, ...]:
         self.check_names(loss)
@@ -399,20 +447,20 @@ class _Resolver:
             if name in loss.wrt[:index]:
                 raise self.error(SpecNameError, f"`wrt` names {name} twice", loss.file, loss.pos)
         wrt = loss.wrt or (loss.inputs[0].name,)
-        axis_inputs = {i.name for i in loss.inputs if i.axis}
+        first_axis = next((i.axis for i in loss.inputs if i.axis), None)
+        axis_inputs = {i.name for i in loss.inputs if i.axis and i.axis == first_axis}
         for name in wrt:
             if axis_inputs and name not in axis_inputs:
                 raise self.error(SpecTypeError, f"`wrt {name}`: a loss over an axis is differentiated with respect "
-                                 "to inputs that have the axis", loss.file, loss.pos)
+                                 f"to inputs that have its class axis [{first_axis}]", loss.file, loss.pos)
         return wrt
 
     def check_names(self, loss: ir.LossDef) -> None:
         seen: dict[str, str] = {}
         entries = ([(i.name, "input", i.pos) for i in loss.inputs] + [(p.name, "parameter", p.pos) for p in loss.params]
                    + [(lo.name, "local", lo.pos) for lo in loss.locals])
-        axis = next((i for i in loss.inputs if i.axis), None)
-        if axis is not None:
-            entries.insert(0, (axis.axis, "axis", axis.pos))
+        axes = {i.axis: i for i in loss.inputs if i.axis}
+        entries[:0] = [(name, "axis", i.pos) for name, i in axes.items()]
         for name, what, pos in entries:
             if name in seen:
                 raise self.error(SpecNameError, f"duplicate name `{name}` (already a {seen[name]})", loss.file, pos)
@@ -437,6 +485,8 @@ class _Resolver:
                 self.local_sizes[local.name] = self.inspect(expr, loss, local.pos), self.measure(expr)[1]
                 if self.varies(expr):
                     self.axis_locals.add(local.name)
+                if self.varies_list(expr):
+                    self.list_locals.add(local.name)
             scope[local.name] = ir.Name(local.name) if keep_locals else expr
         return resolved
 
@@ -475,19 +525,27 @@ class _Resolver:
                              "(declare one on an input: logits[c])", loss.file, gather.pos)
         array = self.expr(gather.array, scope, loss)
         index = self.expr(gather.index, scope, loss)
-        if not (isinstance(index, ir.Name) and index.id in self.row_inputs and index.id not in self.wrt_names):
+        listed = isinstance(index, ir.Name) and index.id in self.list_inputs
+        if not (isinstance(index, ir.Name) and (index.id in self.row_inputs or listed)
+                and index.id not in self.wrt_names):
+            along = f", or several along the list axis {self.list_axis}" if self.list_axis else ""
             raise self.error(SpecTypeError, f"the index in `{ir.format_expr(gather)}` must be an input that holds "
-                             f"integer labels, one per row (without the axis {self.axis})", loss.file, gather.pos)
+                             f"integer labels, one per row (without the axis {self.axis}){along}", loss.file,
+                             gather.pos)
         self.inspect(array, loss, gather.pos)
+        if self.varies_list(array) or _contains(array, ir.Reduce):
+            raise self.error(SpecTypeError, f"`{ir.format_expr(gather)}` gathers from an input over {self.axis} "
+                             "(or an expression of one), not from a reduction or a value along "
+                             f"{self.list_axis}", loss.file, gather.pos)
         if not self.varies(array):  # the same at every position (a class weight left at its default)
             return array
-        self.labels.append(index.id)
+        (self.list_labels if listed else self.labels).append(index.id)
         return ir.Gather(array, index, gather.pos)
 
     def names_axis(self, call: ir.Call, scope: dict[str, ir.Expr]) -> bool:
         """Whether the call's second argument is the axis: max(x, c) reduces, max(0, x) does not."""
         return (len(call.args) >= 2 and isinstance(call.args[1], ir.Name) and self.axis is not None
-                and scope.get(call.args[1].id) == ir.Name(self.axis))
+                and scope.get(call.args[1].id) in (ir.Name(self.axis), ir.Name(self.list_axis or self.axis)))
 
     def reduce(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         """`sum(body, c)`, ... and `norm(body, c, p)`: a reduction over the named axis."""
@@ -499,9 +557,11 @@ class _Resolver:
             raise self.error(SpecTypeError, f"{call.func}() reduces over a named axis; this loss declares none "
                              "(declare one on an input: logits[c])", loss.file, call.pos)
         axis = call.args[1]
-        if not isinstance(axis, ir.Name) or scope.get(axis.id) != ir.Name(self.axis):
+        axes = (self.axis, self.list_axis) if self.list_axis else (self.axis,)
+        named = scope.get(axis.id) if isinstance(axis, ir.Name) else None
+        if not isinstance(named, ir.Name) or named.id not in axes:
             raise self.error(SpecTypeError, f"the second argument of {call.func}() must name the axis it reduces "
-                             f"over ({self.axis})", loss.file, axis.pos)
+                             f"over ({' or '.join(axes)})", loss.file, axis.pos)
         body = self.expr(call.args[0], scope, loss)
         order = self.expr(call.args[2], scope, loss) if len(call.args) == 3 else None
         if order is not None:
@@ -512,7 +572,22 @@ class _Resolver:
         if order is not None and (self.varies(order) or _contains(order, (ir.Reduce, ir.Gather))):
             raise self.error(SpecTypeError, "the order p of norm() must be a number, parameter or input without "
                              "the axis (it is not differentiated)", loss.file, call.pos)
+        if named.id == self.list_axis:
+            return self.list_reduce(call, body, order, loss)
+        if self.varies_list(body) or _contains_reduce(body, self.list_axis):
+            raise self.error(SpecTypeError, f"a reduction over {self.axis} cannot use values along {self.list_axis} "
+                             f"or their reductions (reduce over {self.list_axis} outside it)", loss.file, call.pos)
         return ir.Reduce(call.func, body, self.axis, order, call.pos)
+
+    def list_reduce(self, call: ir.Call, body: ir.Expr, order: ir.Expr | None, loss: ir.LossDef) -> ir.Expr:
+        """`sum(body, k)`: a reduction over the list axis, whose body reads the class axis only by gathers."""
+        if call.func not in LIST_REDUCTIONS:
+            raise self.error(SpecTypeError, f"{call.func}() does not reduce over the list axis {self.list_axis}; "
+                             f"these do: {', '.join(LIST_REDUCTIONS)}", loss.file, call.pos)
+        if self.varies(body):
+            raise self.error(SpecTypeError, f"a reduction over {self.list_axis} reads the class axis {self.axis} "
+                             f"only at its labels (x[ids]); reduce over {self.axis} first", loss.file, call.pos)
+        return ir.Reduce(call.func, body, self.list_axis, order, call.pos)
 
     def call(self, call: ir.Call, scope: dict[str, ir.Expr], loss: ir.LossDef) -> ir.Expr:
         if call.func in REDUCTIONS and (call.func not in FUNCTIONS or self.names_axis(call, scope)):
@@ -565,12 +640,13 @@ class _Resolver:
         params = self.callee_params(callee, caller, pos)
         args = args + tuple(ir.Num(i.default) for i in callee.inputs[len(args):])
         scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
-        callee_axis = next((i.axis for i in callee.inputs if i.axis), None)
-        if callee_axis is not None:
-            if self.axis is None:
-                raise self.error(SpecTypeError, f"{callee.name} is a loss over an axis; {caller.name} declares none",
-                                 caller.file, pos)
-            scope[callee_axis] = ir.Name(self.axis)
+        callee_axes = list(dict.fromkeys(i.axis for i in callee.inputs if i.axis))
+        if callee_axes:
+            if self.axis is None or (len(callee_axes) > 1 and self.list_axis is None):
+                raise self.error(SpecTypeError, f"{callee.name} is a loss over {len(callee_axes)} named axes; "
+                                 f"{caller.name} declares fewer", caller.file, pos)
+            for callee_axis, axis in zip(callee_axes, (self.axis, self.list_axis)):
+                scope[callee_axis] = ir.Name(axis)
         constants: dict[str, Value] = {}  # values the spec fixes: checked now, a bad one is the spec's fault
         computed: list[ParamInfo] = []  # values made from the top loss's parameters: checked on every change
         for name, value in kwargs.items():
@@ -653,6 +729,15 @@ def _literal(value: Value) -> ir.Expr:
     if isinstance(value, str):
         return ir.Str(value)
     return ir.Num(float(value))
+
+
+LIST_REDUCTIONS = ("sum", "mean", "logsumexp", "max", "min")  # the reductions a list axis takes
+
+
+def _contains_reduce(expr: ir.Expr, axis: str | None) -> bool:
+    """Whether `expr` holds a reduction over `axis`."""
+    return (isinstance(expr, ir.Reduce) and expr.axis == axis) or any(_contains_reduce(c, axis)
+                                                                        for c in ir.children(expr))
 
 
 def _contains(expr: ir.Expr, kind: type | tuple[type, ...]) -> bool:

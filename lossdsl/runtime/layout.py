@@ -236,18 +236,18 @@ class RowCall(Call):
                  batch_axis, memory=None):
         resolved = loss._resolved
         name = resolved.name
-        main_input = next(i for i in resolved.inputs if i.axis and arrays[i.name] is not None)
+        main_input = next(i for i in resolved.inputs if i.axis == resolved.axis and arrays[i.name] is not None)
         main = arrays[main_input.name]
         if main.ndim == 0:
             raise LossInputError(f"{name}: {main_input.name} needs the axis {resolved.axis}; got a scalar")
         first, last = axis_span(name, main.shape, axis, resolved.axis_position)
         try:  # inputs with the axis and as many dimensions broadcast together (a (1, D) anchor, say)
             full = np.broadcast_shapes(*(arrays[i.name].shape for i in resolved.inputs
-                                         if i.axis and arrays[i.name] is not None
+                                         if i.axis == resolved.axis and arrays[i.name] is not None
                                          and arrays[i.name].ndim == main.ndim))
         except ValueError:
             shapes = ", ".join(f"{i.name} {arrays[i.name].shape}" for i in resolved.inputs
-                               if i.axis and arrays[i.name] is not None)
+                               if i.axis == resolved.axis and arrays[i.name] is not None)
             raise LossInputError(f"{name}: input shapes do not match or broadcast: {shapes}") from None
         self.length = math.prod(full[first:last + 1])
         if self.length == 0:
@@ -261,14 +261,17 @@ class RowCall(Call):
         super().__init__(name, rows_shape, dtype, reduction, weight, sample_weight, batch_axis, memory)
         self.rows = self.size
         self.work = self.rows * self.length
+        self.list_length = self._list_length(resolved, arrays, first, last)
         self.arrays, steps = [], []
         for spec_input in resolved.inputs:
             array = arrays[spec_input.name]
-            is_label = spec_input.name in resolved.labels
+            is_label = spec_input.name in resolved.labels or spec_input.name in resolved.list_labels
             kind = np.dtype(np.int64) if is_label else dtype
             if array is None:  # an optional input left out: its default
                 array = np.asarray(spec_input.default, kind)
-            if spec_input.axis:
+            if spec_input.axis and spec_input.axis == resolved.list_axis:
+                array, step = self._along_list(spec_input.name, array, kind, is_label)
+            elif spec_input.axis:
                 array, step = self._along_axis(spec_input.name, array, kind)
             else:
                 array, step = self._per_row(spec_input.name, array, kind, is_label)
@@ -285,8 +288,46 @@ class RowCall(Call):
         self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
         self.named = {**{argument(i.name): a for i, a in zip(resolved.inputs, self.arrays)}, "__steps": self.steps,
                       "__rows": self.rows, "__C": self.length, "__inner": self.inner}  # the kernels' arguments
+        if resolved.list_axis is not None:
+            self.named["__K"] = self.list_length
+            self.work = self.rows * (self.length + self.list_length)
         self.grad_size = math.prod(full)
-        self.needs_rows = bool(resolved.labels) or resolved.ignore is not None or resolved.mean_weight is not None
+        self.needs_rows = (bool(resolved.labels) or bool(resolved.list_labels) or resolved.ignore is not None
+                           or resolved.mean_weight is not None)
+
+    def _list_length(self, resolved, arrays, first: int, last: int) -> int:
+        """K, the list axis's length: the inputs over it are shaped like the rows with K where the class axis
+        is (one array axis of it)."""
+        listed = [i for i in resolved.inputs if i.axis and i.axis == resolved.list_axis and arrays[i.name] is not None]
+        self.list_shapes, self.list_first = {}, first
+        if not listed:
+            return 0
+        if last != first:
+            raise LossInputError(f"{self.name}: a loss over a list axis takes its class axis as one array axis; "
+                                 f"got axes {first}..{last}")
+        self.list_shapes = {}
+        for spec_input in listed:
+            shape = arrays[spec_input.name].shape
+            rows = shape[:first] + shape[first + 1:]
+            if len(shape) != len(self.shape) + 1 or rows != self.shape:
+                raise LossInputError(f"{self.name}: {spec_input.name} of shape {shape} must be the rows {self.shape} "
+                                     f"with its list axis {resolved.list_axis} where the class axis is (axis {first})")
+            self.list_shapes[spec_input.name] = shape
+        lengths = {shape[first] for shape in self.list_shapes.values()}
+        if len(lengths) > 1:
+            shapes = ", ".join(f"{n} {s}" for n, s in self.list_shapes.items())
+            raise LossInputError(f"{self.name}: the inputs over the list axis {resolved.list_axis} differ in length: "
+                                 f"{shapes}")
+        return lengths.pop()
+
+    def _along_list(self, input_name: str, array: np.ndarray, dtype: np.dtype, is_label: bool):
+        """An input over the list axis, flat, with its steps (outer, inner, along k)."""
+        if is_label:
+            array = integer_labels(self.name, input_name, array)
+        if array.shape != self.list_shapes.get(input_name):  # an optional input left out: broadcast its default
+            shape = self.shape[:self.list_first] + (self.list_length,) + self.shape[self.list_first:]
+            return flat(array, shape, dtype), (self.list_length * self.inner, 1, self.inner)
+        return flat(array, array.shape, dtype), (self.list_length * self.inner, 1, self.inner)
 
     def _along_axis(self, input_name: str, array: np.ndarray, dtype: np.dtype):
         if array.shape == self.full:

@@ -19,6 +19,13 @@ the first arg-max (arg-min) for max and min (torch.max(x, dim), torch.argmax), a
 adjoint reaches the gradient as a one-hot at the label. Each sum over c above is a new
 reduction (computed by the fused kernel in its own pass over the row), so nothing of
 size rows x classes is ever materialised besides the gradient itself.
+
+A list axis k (`ids[k]`: several labels per row, a teacher's top-k classes) adds row-level values of
+the same two kinds: reductions over k, whose bodies read the class axis only at its labels (list
+loads, `x[ids]`), and those loads. They come after every reduction over c (which cannot use them) and
+are differentiated first: a reduction over k passes its adjoint to the row-level values its body uses
+through a sum over k (one more short loop per row, no pass over c), and to the gradient of x as one
+entry per position of k, added at the class its label names (a scatter of k terms per row).
 """
 from __future__ import annotations
 
@@ -54,6 +61,22 @@ class Load:
 
 
 @dataclass(frozen=True)
+class ListPlan:
+    """What a list axis adds to a row plan: its reductions and loads, the sums over k their gradient needs,
+    and each gradient's entries at the labels (`scatters`: (index into wrt, label input, the coefficient
+    at position k), added at class label[k])."""
+
+    axis: str
+    position: sympy.Symbol  # the position along the list axis inside a loop (an integer)
+    length: sympy.Symbol  # how many positions of the row are kept (all K without `ignore k if`), a float
+    forward: tuple[Reduction, ...]  # in dependency order (inner first)
+    loads: tuple[Load, ...]  # x[ids]: their symbols vary along k
+    backward: tuple[Reduction, ...]
+    scatters: tuple[tuple[int, str, sympy.Expr], ...]
+    ignore: sympy.Expr | None  # positions of k where this holds are left out
+
+
+@dataclass(frozen=True)
 class RowPlan:
     """Everything a row-kernel generator needs, independent of the target."""
 
@@ -74,6 +97,7 @@ class RowPlan:
     outputs: tuple[tuple[str, sympy.Expr], ...] = ()  # `output` locals: (name, row-level expression)
     # the spec's other row-level locals (smooth = lse*mean(w, c) - ...), which the kernels compute by name
     row_locals: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
+    listed: ListPlan | None = None  # the list axis's part, if the loss has one
 
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show: reductions as op(body, c), x[y], softmax, onehot."""
@@ -95,52 +119,80 @@ class _Graph:
         self.reductions: list[Reduction] = []
         self.loads: list[Load] = []
         self.local: ir.Local | None = None  # the local being built: a reduction that is all of it takes its name
+        self.list_axis = loss.list_axis
+        self.list_position = sympy.Symbol(safe_name(loss.list_axis), integer=True) if loss.list_axis else None
+        self.list_length = sympy.Symbol("_klen", positive=True)
+        self.list_inputs = {i.name: env[i.name] for i in loss.inputs if i.axis and i.axis == loss.list_axis}
+        self.axis_inputs = {n: s for n, s in self.axis_inputs.items() if n not in self.list_inputs}
+        self.varying = set(self.axis_inputs.values()) | {position}
+        self.list_fixed = set(self.list_inputs.values()) | ({self.list_position} if loss.list_axis else set())
+        self.list_reductions: list[Reduction] = []
+        self.list_loads: list[Load] = []
+
+    @property
+    def list_varying(self) -> set:
+        """What varies along the list axis: its position, its inputs and the list loads made so far."""
+        return self.list_fixed | {load.symbol for load in self.list_loads}
 
     def node(self, expr: ir.Expr, env: dict[str, sympy.Expr]) -> sympy.Expr:
         if isinstance(expr, ir.Reduce):
+            listed = expr.axis == self.list_axis
             body = _prepare(to_sympy(expr.body, env, self.node))
             order = None if expr.order is None else to_sympy(expr.order, env, self.node)
-            if not _varies(body, self.varying):
-                return _constant_reduction(expr.op, body, order, self.length)
-            for existing in self.reductions:  # the same reduction written twice is computed once
+            varying, length = (self.list_varying, self.list_length) if listed else (self.varying, self.length)
+            if not _varies(body, varying):
+                return _constant_reduction(expr.op, body, order, length)
+            known = self.list_reductions if listed else self.reductions
+            for existing in known:  # the same reduction written twice is computed once
                 if (existing.op, existing.body, existing.order) == (expr.op, body, order):
                     return existing.symbol
             symbol = sympy.Symbol(self.reduction_name(expr), real=True)
-            self.reductions.append(Reduction(symbol, expr.op, body, order))
+            known.append(Reduction(symbol, expr.op, body, order))
             return symbol
         array = to_sympy(expr.array, env, self.node)
         label = expr.index.id
+        listed = label in self.loss.list_labels
         swaps: dict[sympy.Expr, sympy.Expr] = {self.position: self.env[label]}
         for name, symbol in self.axis_inputs.items():
             if symbol in array.free_symbols:
-                swaps[symbol] = self.load(name, label)
+                swaps[symbol] = self.load(name, label, self.list_loads if listed else self.loads)
         return array.xreplace(swaps)
 
     def reduction_name(self, expr: ir.Reduce) -> str:
         """The local's own name where the reduction is all of it (`lse = logsumexp(x, c)`), so kernels
         read like the spec; `_r<n>` otherwise, or where that name is taken."""
-        fallback = f"_r{len(self.reductions)}"
+        fallback = f"_r{len(self.reductions) + len(self.list_reductions)}"
         if self.local is None or expr is not self.local.expr:
             return fallback
         name = safe_name(self.local.name)
-        taken = _symbol_names(self.env.values()) | {r.symbol.name for r in self.reductions}
+        taken = _symbol_names(self.env.values()) | {r.symbol.name for r in (*self.reductions, *self.list_reductions)}
         return fallback if name.startswith("_") or name in taken else name
 
     def load_name(self, name: str, label: str) -> str:
         """`logits_y` for logits[y], so kernels read like the spec; `_g<n>` where a spec name has it."""
-        fallback = f"_g{len(self.loads)}"
+        fallback = f"_g{len(self.loads) + len(self.list_loads)}"
         wanted = safe_name(f"{name}_{label}")
         taken = (_symbol_names(self.env.values()) | {safe_name(local.name) for local in self.loss.locals}
-                 | {g.symbol.name for g in self.loads})
+                 | {g.symbol.name for g in (*self.loads, *self.list_loads)})
         return fallback if wanted.startswith("_") or wanted in taken else wanted
 
-    def load(self, name: str, label: str) -> sympy.Symbol:
-        for existing in self.loads:
+    def load(self, name: str, label: str, known: list[Load]) -> sympy.Symbol:
+        """x[y] (a row value; `known` is the graph's loads) or x[ids] (one per position of k: its list loads)."""
+        for existing in known:
             if (existing.input, existing.label) == (name, label):
                 return existing.symbol
         symbol = sympy.Symbol(self.load_name(name, label), real=True)
-        self.loads.append(Load(symbol, name, label))
+        known.append(Load(symbol, name, label))
         return symbol
+
+    def list_plan(self, reversed_parts) -> ListPlan | None:
+        if self.list_axis is None:
+            return None
+        backward, scatters = reversed_parts
+        ignore = self.loss.list_ignore
+        return ListPlan(self.list_axis, self.list_position, self.list_length, tuple(self.list_reductions),
+                        tuple(self.list_loads), backward, scatters,
+                        None if ignore is None else to_sympy(ignore, self.env, self.node))
 
 
 def _symbol_names(values) -> set[str]:
@@ -175,6 +227,8 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
               else sympy.Symbol(safe_name(i.name), real=True) for i in loss.inputs}
     params = {name: sympy.Symbol(safe_name(name), real=True) for name in loss.numeric_params}
     env: dict[str, sympy.Expr] = {**inputs, **params, loss.axis: position}
+    if loss.list_axis:
+        env[loss.list_axis] = sympy.Symbol(safe_name(loss.list_axis), integer=True)
     graph = _Graph(loss, env, position)
     length = graph.length
     local_values: dict[str, sympy.Expr] = {}
@@ -190,13 +244,17 @@ def derive_rows(loss: ResolvedLoss) -> RowPlan:
                  for rule in ("ignore", "mean_weight")}
         forward = tuple(graph.reductions)
         wrt = [inputs[name] for name in loss.wrt]
-        kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False)
-        shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True)
-        display = _display(loss, forward, graph.loads, local_values, value, shown, position, length)
+        kernel = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=False,
+                          listed=graph)
+        shown = _reverse(value, forward, graph.loads, wrt, position, length, graph.varying, display=True,
+                         listed=graph)
+        display = _display(loss, forward, graph.loads, local_values, value, shown[:3], position, length, graph)
         outputs = tuple((name, _prepare(local_values[name])) for name in loss.outputs)
-        row_locals = _row_locals(loss, local_values, graph.varying, set(env.values()) | {length})
+        row_locals = _row_locals(loss, local_values, graph.varying | graph.list_varying,
+                                 set(env.values()) | {length, graph.list_length})
+        listed = graph.list_plan(kernel[3:])
     return RowPlan(loss, tuple(params.values()), position, length, inputs, value, forward, tuple(graph.loads),
-                   *kernel, rules["ignore"], rules["mean_weight"], display, outputs, row_locals)
+                   *kernel[:3], rules["ignore"], rules["mean_weight"], display, outputs, row_locals, listed)
 
 
 def _row_locals(loss: ResolvedLoss, local_values: dict[str, sympy.Expr], varying: set, taken: set):
@@ -217,14 +275,30 @@ def needed(plan: RowPlan, gradient: bool, outputs: bool = False) -> list[Reducti
     """The forward reductions the loss (with `gradient`, its gradient; with `outputs`, the spec's
     `output` values) uses, directly or through other reductions, in plan order: a local the loss
     does not use (an `output` not asked for) costs no pass."""
+    return _used(plan, gradient, outputs)[0]
+
+
+def needed_list(plan: RowPlan, gradient: bool, outputs: bool = False) -> list[Reduction]:
+    """The reductions over the list axis that `needed` finds used, in plan order."""
+    return _used(plan, gradient, outputs)[1]
+
+
+def _used(plan: RowPlan, gradient: bool, outputs: bool) -> tuple[list[Reduction], list[Reduction]]:
+    """(reductions over the class axis, over the list axis) that the loss and what it is asked for use."""
+    listed = plan.listed
     exprs = [plan.value, *(e for _, e in plan.outputs if outputs)]
     if gradient:
         exprs += [*plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward)]
+        if listed is not None:
+            exprs += [*(n.body for n in listed.backward), *(e for _, _, e in listed.scatters)]
     symbols = set().union(*(e.free_symbols for e in exprs))
-    for node in reversed(plan.forward):  # users come after what they use
-        if node.symbol in symbols or arg_symbol(node) in symbols:
-            symbols |= node.body.free_symbols | (node.order.free_symbols if node.order is not None else set())
-    return [node for node in plan.forward if node.symbol in symbols or arg_symbol(node) in symbols]
+    chosen = []
+    for nodes in (listed.forward if listed is not None else (), plan.forward):  # users before what they use
+        for node in reversed(nodes):
+            if node.symbol in symbols or arg_symbol(node) in symbols:
+                symbols |= node.body.free_symbols | (node.order.free_symbols if node.order is not None else set())
+        chosen.append([node for node in nodes if node.symbol in symbols or arg_symbol(node) in symbols])
+    return chosen[1], chosen[0]
 
 
 def arg_symbol(node: Reduction) -> sympy.Symbol:
@@ -256,25 +330,30 @@ def _weight(node: Reduction, position: sympy.Symbol, length: sympy.Symbol, displ
     return sympy.Piecewise((0, sympy.Eq(result, 0)), (share, True))
 
 
-def _reverse(value, forward, loads, wrt, position, length, varying: set, display: bool):
-    """Reverse mode over the reductions: (backward sums, adjoints, gradient per `wrt` symbol)."""
+def _reverse(value, forward, loads, wrt, position, length, varying: set, display: bool, listed: _Graph):
+    """Reverse mode over the reductions: (backward sums, adjoints, gradient per `wrt` symbol, backward sums
+    over the list axis, scatters) — the last two from `listed`'s list reductions and loads."""
     backward: list[Reduction] = []
+    list_backward: list[Reduction] = []
     adjoint: dict[sympy.Symbol, sympy.Expr] = {}
-    nodes = [r.symbol for r in forward] + [g.symbol for g in loads]
+    nodes = [r.symbol for r in forward] + [g.symbol for g in loads] + [r.symbol for r in listed.list_reductions]
     for symbol in nodes:
         adjoint[symbol] = _diff(value, symbol)
 
-    def new_sum(body: sympy.Expr) -> sympy.Expr:
-        if not _varies(body, varying):
-            return length*body
+    def summed(body: sympy.Expr, over: sympy.Symbol, count: sympy.Symbol, along: set, known: list, prefix: str):
+        if not _varies(body, along):
+            return count*body
         if display:
-            return sympy.Function("sum")(body, position)
-        for existing in backward:
+            return sympy.Function("sum")(body, over)
+        for existing in known:
             if existing.body == body:
                 return existing.symbol
-        symbol = sympy.Symbol(f"_s{len(backward)}", real=True)
-        backward.append(Reduction(symbol, "sum", representable(body)))
+        symbol = sympy.Symbol(f"{prefix}{len(known)}", real=True)
+        known.append(Reduction(symbol, "sum", representable(body)))
         return symbol
+
+    def new_sum(body: sympy.Expr) -> sympy.Expr:
+        return summed(body, position, length, varying, backward, "_s")
 
     grads = [sympy.S.Zero for _ in wrt]
     named: list[tuple[sympy.Symbol, sympy.Expr]] = []
@@ -287,6 +366,31 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
         named.append((symbol, representable(expr)))
         return symbol
 
+    scatter = {load.symbol: sympy.S.Zero for load in listed.list_loads}
+    for node in reversed(listed.list_reductions):  # every reduction over c comes before them all
+        a = adjoint.pop(node.symbol)
+        if a == 0:
+            continue
+        a = name_of(a)
+        w = _weight(node, listed.list_position, listed.list_length, display)
+        for symbol in nodes:
+            if symbol in node.body.free_symbols and symbol in adjoint:
+                inner = _diff(node.body, symbol)
+                if inner != 0:
+                    adjoint[symbol] += a * summed(w * inner, listed.list_position, listed.list_length,
+                                                  listed.list_varying, list_backward, "_ks")
+        for load in listed.list_loads:
+            if load.symbol in node.body.free_symbols:
+                scatter[load.symbol] += a * w * _diff(node.body, load.symbol)
+    scatters = []
+    for load in listed.list_loads:
+        for index, x in enumerate(wrt):
+            if x.name == safe_name(load.input) and scatter[load.symbol] != 0:
+                if display:  # the terms at the labels, added where each one points
+                    grads[index] += sympy.Function("sum")(scatter[load.symbol] * sympy.Function("onehot")(
+                        _label_symbol(load)), listed.list_position)
+                else:
+                    scatters.append((index, load.label, representable(simplify(bounded(scatter[load.symbol])))))
     for node in reversed(forward):
         a = adjoint.pop(node.symbol)
         if a == 0:
@@ -312,7 +416,7 @@ def _reverse(value, forward, loads, wrt, position, length, varying: set, display
                           sympy.Piecewise((1, sympy.Eq(position, _label_symbol(load))), (0, True)))
                 grads[index] += name_of(a) * onehot
     grads = [g if display else representable(simplify(bounded(g))) for g in grads]
-    return tuple(backward), tuple(named), tuple(grads)
+    return tuple(backward), tuple(named), tuple(grads), tuple(list_backward), tuple(scatters)
 
 
 def _label_symbol(load: Load) -> sympy.Symbol:
@@ -326,19 +430,22 @@ def _diff(expr: sympy.Expr, symbol: sympy.Symbol) -> sympy.Expr:
 # --- readable formulas ------------------------------------------------------------
 
 
-def _display(loss, forward, loads, local_values, value, shown, position, length) -> dict:
+def _display(loss, forward, loads, local_values, value, shown, position, length, graph: _Graph) -> dict:
     """Formulas with reductions written as `op(body, c)` and loads as `x[y]`, for `explain`."""
     readable: dict[sympy.Symbol, sympy.Expr] = {}
-    for load in loads:
+    for load in (*loads, *graph.list_loads):
         readable[load.symbol] = sympy.Function("gather")(sympy.Symbol(safe_name(load.input)),
                                                          _label_symbol(load))
-    for node in forward:
-        args = [node.body.xreplace(readable), position]
+    nodes = [(node, position) for node in forward] + [(node, graph.list_position) for node in graph.list_reductions]
+    for node, along in nodes:
+        args = [node.body.xreplace(readable), along]
         if node.order is not None:
             args.append(node.order)
         readable[node.symbol] = sympy.Function(node.op)(*args)
 
     readable[length] = sympy.Function("len")(position)
+    if graph.list_position is not None:
+        readable[graph.list_length] = sympy.Function("len")(graph.list_position)
 
     def text(expr: sympy.Expr) -> sympy.Expr:
         return expr.xreplace(readable).xreplace(readable)

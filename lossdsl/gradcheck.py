@@ -48,17 +48,22 @@ def sample(domain: Domain, rng: np.random.Generator, size: int) -> np.ndarray:
 
 def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5) -> list[np.ndarray]:
     """Random inputs inside the spec's domains: `points` elements, or rows of `classes` positions
-    along the last axis with labels in range; optional inputs are left out."""
+    along the last axis with labels in range (a list axis: min(3, classes) positions, its labels distinct
+    classes of the row); optional inputs are left out."""
     rng = np.random.default_rng(seed)
     spec = loss.signature
+    listed = min(3, classes)
     inputs = []
     for spec_input in spec.inputs:
         if spec_input.default is not None:
             break  # optional inputs keep their defaults
-        if spec_input.name in spec.labels:
+        along_list = spec_input.axis is not None and spec_input.axis == spec.list_axis
+        if spec_input.name in spec.labels and along_list:
+            inputs.append(np.stack([rng.permutation(classes)[:listed] for _ in range(points)]))
+        elif spec_input.name in spec.labels:
             inputs.append(rng.integers(0, classes, points))
         else:
-            shape = (points, classes) if spec_input.axis else (points,)
+            shape = (points, listed) if along_list else (points, classes) if spec_input.axis else (points,)
             inputs.append(sample(spec_input.domain, rng, int(np.prod(shape))).reshape(shape))
     return inputs
 

@@ -13,6 +13,7 @@ from test_ctc_dsl import SEQUENCE_LOSSES
 from test_multilabel_margin import ROW_LOSSES
 from test_linear_heads import HEADS
 from test_distillation import TWO_HEADS
+from test_topk import TOPK
 
 cuda = pytest.importorskip("numba.cuda")
 
@@ -28,7 +29,7 @@ def _close(got, expected, dtype):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # kl_div: log of a negative
 @pytest.mark.parametrize("name", [n for n in lossdsl.catalogue()
-                                  if n not in (*SEQUENCE_LOSSES, *ROW_LOSSES, *HEADS, *TWO_HEADS)])
+                                  if n not in (*SEQUENCE_LOSSES, *ROW_LOSSES, *HEADS, *TWO_HEADS, *TOPK)])
 def test_every_catalogue_loss_matches_the_cpu(load_loss, name):
     """Per-element values and gradients (the fused kernel), and a summed value (the value kernel)."""
     loss = load_loss(name)
@@ -150,3 +151,11 @@ def test_rows_longer_than_a_block_with_ties_and_nan():
     _close(values, expected_values, np.float64)
     _close(grad, expected_grad, np.float64)
     assert _host(grad)[0, 5] > _host(grad)[0, 20]  # the one-hot of the max sits at the first 9.0
+
+
+def test_a_list_axis_loss_is_refused_on_the_device(load_loss):
+    """topk_kl's kernels are written for the CPU only: a device call says so instead of running."""
+    loss = load_loss("topk_kl")
+    logits = cuda.to_device(np.zeros((2, 4)))
+    with pytest.raises(LossInputError, match="run on the CPU"):
+        loss(logits, cuda.to_device(np.array([[0, 1], [2, -1]])), cuda.to_device(np.zeros((2, 2))))

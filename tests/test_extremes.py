@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import lossdsl
+from test_topk import distill_rows, topk_rows
 
 try:  # the references need PyTorch; each test that calls one skips without it
     import torch
@@ -124,6 +125,20 @@ def _labelled_pairs(dtype):
     """Student and teacher rows, each pair with each label."""
     a, b = _vector_pairs(dtype)
     return np.repeat(a, 3, axis=0), np.repeat(b, 3, axis=0), np.tile(np.arange(3), len(a))
+
+
+def _top_k(dtype):
+    """Each extreme student row with each teacher top-2 (padded or not) and each pair of log-probabilities
+    (rows of _log_prob_rows, two columns: 0, -1 and huge negative ones)."""
+    students, logps = _logit_rows(dtype), _log_prob_rows(dtype)[:, :2]
+    ids = np.array([[0, 1], [2, -1], [1, 2]])
+    i, j, k = _grid(np.arange(len(students)), np.arange(len(ids)), np.arange(len(logps)))
+    return students[i], ids[j], logps[k]
+
+
+def _labelled_top_k(dtype):
+    student, ids, logp = _top_k(dtype)
+    return student, ids, logp, np.arange(len(student)) % 3
 
 
 def _signed_pairs(dtype):
@@ -331,6 +346,10 @@ class Case:
     grads_not_nan: str = ""             # why the gradients are only checked for NaN where PyTorch has none
 
 
+# renormalised over the k: log p = logp - logsumexp(logp, k) at two log-probabilities of -1.4e154 loses
+# logsumexp's log 2 beside 1.4e154 (PyTorch's log_softmax subtracts the max first), so p = 1 twice; and the
+# log-ratio is one reassociated sum, as LOG_RATIO below
+LOG_SOFTMAX = "x - logsumexp(x) rounds away what the max-shifted log-softmax keeps at huge log-probabilities"
 P64 = {np.float32: 2e-5, np.float64: 1e-8}   # PyTorch's BCE floors p(1 - p) at 1e-12 held in float32
 # the gradient 4*p*sum(p*y)/D^2 - 2*y/D, D = sum(p^2) + sum(y^2) + smooth: where D overflows, the kernel
 # (fastmath "reassoc") forms 4*p*sum(p*y) (inf at p = max) before dividing by D^2 (inf): NaN where PyTorch's
@@ -441,6 +460,12 @@ CASES = [
                "(2*max = inf, inf - inf = NaN): the norm is floored at eps, 1 - cos about -1e8"),
     Case("distill_soft", "distill_soft", _vector_pairs, _forward_kl),
     Case("distill", "distill", _labelled_pairs, _distill, labels=(2,)),
+    # top-k distillation: a teacher's top-2 (padded or not), extreme logits against huge negative log-probabilities
+    *(Case(f"topk_kl-{tail}", "topk_kl", _top_k, lambda s, i, p, tail=tail: topk_rows(torch, s, i, p, tail=tail),
+           params={"tail": tail}, labels=(1,), known=LOG_SOFTMAX if tail == "renormalize" else "")
+      for tail in ("renormalize", "bucket", "drop")),
+    Case("topk_distill", "topk_distill", _labelled_top_k, lambda s, i, p, y: distill_rows(torch, s, i, p, y),
+         labels=(1, 3), known=LOG_SOFTMAX),                 # its default tail is "renormalize"
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),

@@ -11,6 +11,7 @@ from axis_references import AXIS_REFERENCES
 from references import REFERENCES
 from test_ctc_dsl import SEQUENCE_LOSSES
 from test_distillation import DISTILLATION
+from test_topk import TOPK
 from test_linear_heads import HEADS
 from test_multilabel_margin import ROW_LOSSES
 
@@ -40,7 +41,8 @@ def _compared_with_pytorch() -> set[str]:
     PyTorch)."""
     return ({REFERENCES[key].name for key in test_references_torch.TORCH}
             | {AXIS_REFERENCES[key].name for key in test_axis_torch.TORCH}
-            | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION))
+            | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION)
+            | set(TOPK))
 
 
 def test_every_catalogue_loss_is_compared_with_pytorch_or_excused():

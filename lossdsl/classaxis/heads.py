@@ -61,7 +61,7 @@ class LinearHead:
         first = spec.inputs[0]
         self.named = bool(heads)  # heads named in the spec: their own input, weight and bias names
         heads = tuple(heads) if heads else (first.name,)
-        axis_inputs = {i.name for i in spec.inputs if i.axis is not None}
+        axis_inputs = {i.name for i in spec.inputs if i.axis is not None and i.axis == spec.axis}
         if len(set(heads)) != len(heads) or not set(heads) <= axis_inputs:
             raise LossInputError(f"{loss.name}: heads must be distinct inputs along the class axis "
                                  f"({', '.join(sorted(axis_inputs)) or 'it has none'}); got {', '.join(heads)}")
@@ -238,8 +238,12 @@ class LinearHead:
         per_row = self._per_row(given, sample_weight, rows_shape, rows, out_shape)
         chunk_rows, chunk_classes = (mine if asked is None else asked
                                      for mine, asked in zip((self.chunk_rows, self.chunk_classes), chunking))
+        listed = self.loss.signature.list_axis
+        if listed is not None and (chunk_classes is not None or self.shard is not None):
+            raise LossInputError(f"{self.name}: a loss over a list axis ({listed}) takes its classes all at once: "
+                                 "chunks of rows only (no chunk_classes, no classes split across processes)")
         step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype, self.shard is not None,
-                                     len(layers))
+                                     len(layers), rows_only=listed is not None)
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         once = step >= rows  # one chunk: each gradient is written once, not accumulated
         for layer in layers:
@@ -307,8 +311,11 @@ class LinearHead:
                 # the whole input, so an error gives its own index (each chunk's check would give the chunk's)
                 check_domain(self.name, spec_input, value if value.dtype.kind == "f" else value.astype(np.float64),
                              value.shape)
-            with_axis = spec_input.axis is not None
+            with_axis = spec_input.axis is not None and spec_input.axis == self.loss.signature.axis
+            listed = spec_input.axis is not None and not with_axis  # over the list axis: (K, d1, ...) a row
             each_row = out_shape if with_axis else out_shape[1:]  # a row's (C, d1, ...) or (d1, ...)
+            if listed and value.ndim == len(rows_shape) + len(out_shape):
+                each_row = (value.shape[len(rows_shape)], *out_shape[1:])
             if self.shard is not None and with_axis and value.shape == (self.shard[1],):  # whole: this slice
                 value = value[self.shard[0]:self.shard[0] + out_shape[0]]
             if value.ndim == 0 or (with_axis and value.shape == out_shape[:1]):
@@ -316,7 +323,7 @@ class LinearHead:
             elif value.shape == (*rows_shape, *each_row):
                 per_row[spec_input.name] = ("rows", value.reshape(rows, *each_row), with_axis)
             else:
-                wanted = (*rows_shape, *each_row)
+                wanted = (*rows_shape, *(("K",) if listed else ()), *each_row)
                 raise LossInputError(f"{self.name}: {spec_input.name} of shape {value.shape}; expected {wanted}"
                                      + (f" or {out_shape[:1]}" if with_axis and wanted != out_shape[:1] else ""))
         if sample_weight is not None:
@@ -389,12 +396,12 @@ class LinearHead:
 
     @staticmethod
     def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype,
-                blocks_only: bool = False, heads: int = 1):
+                blocks_only: bool = False, heads: int = 1, rows_only: bool = False):
         """(rows per chunk, classes per block or None for all at once). A chunk's logits (of every head
         together) stay within 1/_CHUNK_SHARE of one head's logits (and 64 MiB); all classes at once while
-        that leaves at least _MIN_ROWS rows (or all of them), since the logits are then computed once; else
-        blocks of classes for up to _BLOCK_ROWS rows, whose logits are computed once per level and again for
-        the gradient."""
+        that leaves at least _MIN_ROWS rows (or all of them, or always with `rows_only`: a list axis's
+        loss), since the logits are then computed once; else blocks of classes for up to _BLOCK_ROWS rows,
+        whose logits are computed once per level and again for the gradient."""
         for name, given in (("chunk_rows", chunk_rows), ("chunk_classes", chunk_classes)):
             if given is not None and (not isinstance(given, (int, np.integer)) or isinstance(given, bool)
                                       or given < 1):
@@ -403,7 +410,7 @@ class LinearHead:
         budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // (_CHUNK_SHARE * heads), _SMALL_BYTES))
         if chunk_classes is None and not blocks_only:  # (a slice of the classes always goes in blocks)
             step = chunk_rows or max(1, min(rows, budget // (out_shape[0] * per_class)))
-            if chunk_rows is not None or step >= min(rows, _MIN_ROWS):
+            if chunk_rows is not None or step >= min(rows, _MIN_ROWS) or rows_only:
                 return int(step), None
         step = int(chunk_rows or min(rows, _BLOCK_ROWS))
         classes = chunk_classes or max(1, budget // (step * per_class))

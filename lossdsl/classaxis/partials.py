@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from ..errors import LossInputError
 from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, needed
 from .levels import SLOTS, Levels, Slot
 
@@ -67,6 +68,10 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
     """Levels and slots for the forward reductions the loss, its gradient (and with `outputs` the
     spec's `output` values) need, the loads and the backward sums. (The `ignore` rule reads no
     reduction or load: resolve refuses that, so a kernel can decide it before any pass.)"""
+    if plan.listed is not None:
+        raise LossInputError(f"{plan.loss.name}: a loss over a list axis ({plan.listed.axis}) meets its classes all "
+                             "at once; blocks of classes (heads in block mode, a class axis split across "
+                             "processes) are not written for it yet")
     sources: list[Reduction | Load] = [*plan.loads, *needed(plan, True, outputs), *plan.backward]
     extremes = {arg_symbol(s): s.symbol for s in sources if isinstance(s, Reduction) and s.op in ("max", "min")}
     level: dict[sympy.Symbol, int] = {}

@@ -100,6 +100,9 @@ class ShardedLoss:
         spec = getattr(loss, "signature", None)
         if spec is None or spec.kind is not LossKind.ROWS or spec.axis_position == "all":
             raise LossInputError(f"{getattr(loss, 'name', loss)}: sharding needs a loss over a class axis")
+        if spec.list_axis is not None:
+            raise LossInputError(f"{loss.name}: a loss over a list axis ({spec.list_axis}) meets its classes all at "
+                                 "once; its class axis cannot be split across processes yet")
         self.loss, self.all_reduce = loss, all_reduce
 
     name = property(lambda self: self.loss.name)

@@ -246,6 +246,7 @@ class _Resolver:
         self.list_inputs: set[str] = set()
         self.list_locals: set[str] = set()  # locals that vary along the list axis
         self.list_labels: list[str] = []
+        self.top_loss: ir.LossDef | None = None
         self.wrt_names: tuple[str, ...] = ()
         self.work = 0  # expression nodes visited or inspected so far (at most MAX_NODES)
         self.measured: dict[int, tuple[int, int, ir.Expr]] = {}  # id → (nodes, depth, the node itself)
@@ -287,6 +288,7 @@ class _Resolver:
     # The loss being compiled: inputs and numeric parameters stay symbolic.
     def top(self, loss: ir.LossDef, overrides: dict[str, Value]) -> ResolvedLoss:
         self.stack = [loss.name]
+        self.top_loss = loss
         params = self.params(loss)
         values = check_values(params, overrides, loss.name)
         self.values = values  # to check the constraints of called losses' parameters
@@ -638,6 +640,10 @@ class _Resolver:
 
     def inlined(self, callee: ir.LossDef, args, kwargs: dict[str, ir.Expr], caller: ir.LossDef, pos) -> ir.Expr:
         params = self.callee_params(callee, caller, pos)
+        if callee.list_ignore is not None and self.top_loss.list_ignore is None:
+            raise self.error(SpecTypeError, f"{callee.name} leaves positions of its list axis out (`ignore "
+                             f"{callee.list_ignore[0]} if ...`), which only the loss being compiled can say: "
+                             f"declare that rule in {self.top_loss.name} too", caller.file, pos)
         args = args + tuple(ir.Num(i.default) for i in callee.inputs[len(args):])
         scope: dict[str, ir.Expr] = {i.name: a for i, a in zip(callee.inputs, args)}
         callee_axes = list(dict.fromkeys(i.axis for i in callee.inputs if i.axis))

@@ -69,7 +69,8 @@ class Loss:
         """The public metadata adapters and the CLI read (lossdsl.runtime.protocol)."""
         r = self._resolved
         return Signature(r.name, LossKind.ELEMENTWISE if r.axis is None else LossKind.ROWS, r.inputs, r.wrt,
-                         dict(self._values), r.axis, r.axis_position, r.labels, r.outputs, self.inputs)
+                         dict(self._values), r.axis, r.axis_position, r.labels + r.list_labels, r.outputs,
+                         self.inputs, r.list_axis)
 
     @property
     def kernel_params(self) -> dict[str, float]:

@@ -77,6 +77,7 @@ class Signature:
     labels: tuple[str, ...] = ()  # inputs holding integer labels along the axis (`logits[y]`)
     outputs: tuple[str, ...] = ()  # per-row values a call may ask for beside the loss (`output ...`)
     call_inputs: tuple[str, ...] = ()  # the names a call takes, in order
+    list_axis: str | None = None  # a second named axis (`ids[k]`: several labels a row), if any
 
     @property
     def reductions(self) -> tuple[str, ...]:

@@ -4,9 +4,10 @@
     huber = lossdsl.jax.loss("huber", delta=0.5)      # reduction="mean" by default
     value, grad = jax.value_and_grad(huber)(pred, target)
 
-The function runs the CPU kernels through `jax.pure_callback` inside a `jax.custom_vjp`, so it
-works under `jax.jit`, `jax.grad` and `jax.value_and_grad`: the forward pass computes value and
-gradient in one kernel call and keeps the gradient; the backward pass scales it. With
+`lossdsl.jax.loss("linear_cross_entropy")(x, weight, target, linear_bias=b)`: a linear head likewise,
+its logits never whole. The function runs the CPU kernels through `jax.pure_callback` inside a
+`jax.custom_vjp`, so it works under `jax.jit`, `jax.grad` and `jax.value_and_grad`: the forward pass
+computes value and gradient in one kernel call and keeps the gradient; the backward pass scales it. With
 reduction="none" (elementwise losses) the backward pass runs the kernel again with the incoming
 cotangent as per-element weights. Inputs the spec does not differentiate get zero cotangents.
 Needs JAX (`pip install lossdsl[jax]`); lossdsl's core never imports this module.
@@ -22,38 +23,54 @@ import jax.numpy as jnp
 import numpy as np
 
 import lossdsl
+from lossdsl.classaxis.heads import LinearHead as _LinearHead
 from lossdsl.runtime.loss import Loss as _CompiledLoss
 from lossdsl.runtime.protocol import LossKind
 from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
 
 
-def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss, /, reduction: str = "mean", **params) -> Callable:
-    """`f(*inputs, **options)` for a catalogue name, a spec file or a loaded Loss; options (weight,
-    sample_weight as a NumPy array, axis, ...) as in the Python API. Reductions: "mean", "sum",
-    "batchmean" (not for sequence losses), and "none" for elementwise losses."""
-    named = isinstance(spec, (str, os.PathLike))  # else a loaded loss or sequence loss
+def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, /, reduction: str = "mean",
+         **params) -> Callable:
+    """`f(*inputs, **options)` for a catalogue name, a spec file, a loaded Loss or a linear head (its layer's
+    input and weight in place of the logits; both heads' of a two-head loss); inputs in order or by name
+    (a head's bias as `linear_bias=`), options (weight, sample_weight as a NumPy array, axis, ...) as in
+    the Python API. Reductions: "mean", "sum", "batchmean" (not for sequence losses or heads), and "none"
+    for elementwise losses."""
+    named = isinstance(spec, (str, os.PathLike))  # else a loaded loss, sequence loss or head
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
     scalar = ("mean", "mean_or_zero", "sum", "batchmean")
     elementwise = compiled.signature.kind is LossKind.ELEMENTWISE
     compiled.signature.check_reduction(reduction, (*scalar, "none") if elementwise else scalar,
                                        "" if elementwise else "'none' is for elementwise losses here")
-    wrt = [compiled.inputs.index(name) for name in compiled.wrt]
+    names = compiled.inputs
 
     def function(*inputs, **options):
+        if len(inputs) > len(names):
+            raise lossdsl.LossInputError(f"{compiled.name} takes {len(names)} inputs ({', '.join(names)}); "
+                                         f"got {len(inputs)}")
+        given = dict(zip(names, inputs))
+        given.update({k: options.pop(k) for k in list(options) if k in names})
+        order = [n for n in names if given.get(n) is not None]  # what the callback takes, by position
+        wrt = [k for k, n in enumerate(order) if n in compiled.wrt]
+        inputs = [given[n] for n in order]
         dtype = jnp.result_type(*[inputs[i] for i in wrt])
         dtype = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float64
         out_shape = np.broadcast_shapes(*[np.shape(a) for a in inputs]) if reduction == "none" else ()
 
+        def gradients(arrays, reduced: str, **call):
+            """The kernels' value and the gradients of the differentiated inputs given, in `order`."""
+            value, grads = compiled.value_and_grad(reduction=reduced, **call,
+                                                   **{n: np.asarray(a) for n, a in zip(order, arrays)})
+            by_name = dict(zip(compiled.wrt, grads if isinstance(grads, tuple) else (grads,)))
+            return value, [np.asarray(by_name[order[i]], dtype) for i in wrt]
+
         def host_value_and_grad(*arrays):
-            value, grads = compiled.value_and_grad(*[np.asarray(a) for a in arrays], reduction=reduction, **options)
-            grads = grads if isinstance(grads, tuple) else (grads,)
-            return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in grads])
+            value, grads = gradients(arrays, reduction, **options)
+            return (np.asarray(value, dtype), *grads)
 
         def host_weighted_grad(cotangent, *arrays):
             weights = np.asarray(cotangent) * options.get("sample_weight", 1.0)
-            _, grads = compiled.value_and_grad(*[np.asarray(a) for a in arrays], reduction="sum",
-                                               **{**options, "sample_weight": weights})
-            return tuple(np.asarray(g, dtype) for g in (grads if isinstance(grads, tuple) else (grads,)))
+            return tuple(gradients(arrays, "sum", **{**options, "sample_weight": weights})[1])
 
         shapes = (jax.ShapeDtypeStruct(out_shape, dtype),
                   *[jax.ShapeDtypeStruct(np.shape(inputs[i]), dtype) for i in wrt])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..errors import LossInputError
-from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, needed
+from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, gradient_parts, needed
 from .levels import SLOTS, Levels, Slot
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
         raise LossInputError(f"{plan.loss.name}: a loss over a list axis ({plan.listed.axis}) meets its classes all "
                              "at once; blocks of classes (heads in block mode, a class axis split across "
                              "processes) are not written for it yet")
-    sources: list[Reduction | Load] = [*plan.loads, *needed(plan, True, outputs), *plan.backward]
+    sources: list[Reduction | Load] = [*plan.loads, *needed(plan, True, outputs), *gradient_parts(plan).backward]
     extremes = {arg_symbol(s): s.symbol for s in sources if isinstance(s, Reduction) and s.op in ("max", "min")}
     level: dict[sympy.Symbol, int] = {}
     nodes, slot = [], 0

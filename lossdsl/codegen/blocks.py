@@ -21,7 +21,7 @@ import numpy as np
 import sympy
 
 from ..classaxis.partials import BlockPlan, Node
-from ..symbolic.reductions import arg_symbol
+from ..symbolic.reductions import arg_symbol, gradient_parts
 from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
 from .elementwise import with_formula
@@ -131,7 +131,7 @@ def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     element = "__gb + __c * __inner"
     w.emit(2, f"if {_keep(plan, w)}:")
     _read_done(w, 3, blocks.nodes)
-    w.statements(3, list(plan.adjoints), [])
+    w.statements(3, list(gradient_parts(plan).adjoints), [])
     w.unswitched(3, list(plan.grads), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element))
     w.emit(2, "else:", "    " + w.axis_loop(), *[f"        store({g}, {element}, F(0.0))" for g in grads])
     w.emit(1, "return 0.0")

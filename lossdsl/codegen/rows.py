@@ -33,7 +33,7 @@ import numpy as np
 import sympy
 
 from ..errors import LossInputError
-from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, lowered, needed, needed_list
+from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, gradient_parts, lowered, needed, needed_list
 from ..symbolic.derive import safe_name
 from ..symbolic.sympy_functions import power, power_from_log
 from .elementwise import IN_PLACE_ALIAS, with_formula
@@ -578,7 +578,8 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(2, "__gb = __o * __C * __inner + __q")
     w.emit(2, f"if {_keep(plan, w)}:")
-    reductions = needed(plan, with_grads, outputs) + (list(plan.backward) if with_grads else [])
+    parts = gradient_parts(plan)
+    reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
@@ -587,8 +588,8 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
     _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
     if plan.listed is not None:
-        _list_passes(w, 3, needed_list(plan, with_grads, outputs), plan.listed.backward if with_grads else ())
-    named = list(plan.adjoints) if with_grads else []
+        _list_passes(w, 3, needed_list(plan, with_grads, outputs), parts.list_backward if with_grads else ())
+    named = list(parts.adjoints) if with_grads else []
     value, *values = w.statements(3, named, [plan.value, *shown], row_locals=True)
     w.emit(3, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
     if with_grads:

@@ -283,14 +283,39 @@ def needed_list(plan: RowPlan, gradient: bool, outputs: bool = False) -> list[Re
     return _used(plan, gradient, outputs)[1]
 
 
+@dataclass(frozen=True)
+class GradientParts:
+    """What the gradients use of a plan's reverse mode: the adjoints (in plan order) and the sums over the
+    class axis and over the list axis. A `wrt` input's gradient need not use them all: an adjoint of a
+    reduction of an input that is not differentiated (a teacher's logsumexp) costs nothing."""
+
+    adjoints: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+    backward: tuple[Reduction, ...]
+    list_backward: tuple[Reduction, ...]
+
+
+def gradient_parts(plan: RowPlan) -> GradientParts:
+    listed = plan.listed
+    roots = [*plan.grads, *((e for _, _, e in listed.scatters) if listed is not None else ())]
+    symbols = set().union(*(e.free_symbols for e in roots))
+    for symbol, expr in reversed(plan.adjoints):  # each over earlier ones
+        if symbol in symbols:
+            symbols |= expr.free_symbols
+    return GradientParts(tuple((s, e) for s, e in plan.adjoints if s in symbols),
+                         tuple(n for n in plan.backward if n.symbol in symbols),
+                         tuple(n for n in (listed.backward if listed is not None else ()) if n.symbol in symbols))
+
+
 def _used(plan: RowPlan, gradient: bool, outputs: bool) -> tuple[list[Reduction], list[Reduction]]:
     """(reductions over the class axis, over the list axis) that the loss and what it is asked for use."""
     listed = plan.listed
     exprs = [plan.value, *(e for _, e in plan.outputs if outputs)]
     if gradient:
-        exprs += [*plan.grads, *(e for _, e in plan.adjoints), *(n.body for n in plan.backward)]
+        parts = gradient_parts(plan)
+        exprs += [*plan.grads, *(e for _, e in parts.adjoints),
+                  *(n.body for n in (*parts.backward, *parts.list_backward))]
         if listed is not None:
-            exprs += [*(n.body for n in listed.backward), *(e for _, _, e in listed.scatters)]
+            exprs += [e for _, _, e in listed.scatters]
     symbols = set().union(*(e.free_symbols for e in exprs))
     chosen = []
     for nodes in (listed.forward if listed is not None else (), plan.forward):  # users before what they use

@@ -160,7 +160,6 @@ def loss_block_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
             _t1_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t1_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t1_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t1_0 else F(0.0))
             _a2 = (_t1_1 if _t1_2 else F(0.0)) + (_r1*label_smoothing if _t1_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t1_1 if _t1_2 else F(0.0))
             for __c in range(__width):

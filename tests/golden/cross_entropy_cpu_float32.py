@@ -170,7 +170,6 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
             _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t7_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t7_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t7_0 else F(0.0))
             _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t7_1 if _t7_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
@@ -249,7 +248,6 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
             _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t7_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t7_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t7_0 else F(0.0))
             _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t7_1 if _t7_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
@@ -337,7 +335,6 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
             _t9_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t9_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t9_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t9_0 else F(0.0))
             _a2 = (_t9_1 if _t9_2 else F(0.0)) + (_r1*label_smoothing if _t9_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t9_1 if _t9_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w

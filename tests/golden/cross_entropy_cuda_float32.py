@@ -227,7 +227,6 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
             _t6_1 = class_weight_y*(F(1.0) - label_smoothing)
             _t6_2 = (label_smoothing != F(1.0))
             _a0 = (-label_smoothing if _t6_0 else F(0.0))
-            _a1 = (label_smoothing*lse if _t6_0 else F(0.0))
             _a2 = (_t6_1 if _t6_2 else F(0.0)) + (_r1*label_smoothing if _t6_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t6_1 if _t6_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w

@@ -178,15 +178,16 @@ def test_sample_weights_and_threads(load_loss, torch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("chunk_rows", [None, 4])
-def test_topk_distill_through_a_linear_head(load_loss, torch, dtype, chunk_rows):
+@pytest.mark.parametrize("chunks", [{}, {"chunk_rows": 4}, {"chunk_classes": 5}, {"chunk_rows": 7, "chunk_classes": 3}],
+                         ids=["whole", "rows", "class-blocks", "blocks"])
+def test_topk_distill_through_a_linear_head(load_loss, torch, dtype, chunks):
     student, ids, logp, target = _inputs(dtype, seed=6)
     rng = np.random.default_rng(7)
     x = rng.normal(size=(ROWS, WIDTH)).astype(dtype)
     weight = rng.normal(size=(CLASSES, WIDTH)).astype(dtype)
     bias = rng.normal(size=CLASSES).astype(dtype)
-    head = load_loss("topk_distill", tail="bucket", temperature=1.5).with_linear(chunk_rows=chunk_rows)
-    value, (d_x, d_weight, d_bias) = head.value_and_grad(x, weight, ids, logp, target, linear_bias=bias)
+    head = load_loss("topk_distill", tail="bucket", temperature=1.5).with_linear()
+    value, (d_x, d_weight, d_bias) = head.value_and_grad(x, weight, ids, logp, target, linear_bias=bias, **chunks)
     tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, weight, bias))
     logits = tx @ tw.T + tb
     rows = distill_rows(torch, logits, torch.as_tensor(ids), torch.tensor(logp.astype(np.float64)),
@@ -198,15 +199,27 @@ def test_topk_distill_through_a_linear_head(load_loss, torch, dtype, chunk_rows)
         np.testing.assert_allclose(got, wanted.grad.numpy(), rtol=tol, atol=tol)
 
 
-def test_a_list_axis_head_takes_its_classes_all_at_once(load_loss):
-    student, ids, logp, _ = _inputs(np.float64)
+def test_a_list_axis_label_out_of_range_in_class_blocks(load_loss):
+    """In blocks of classes no kernel reads a label outside its block; the value kernel names the row."""
+    _, ids, logp, _ = _inputs(np.float64)
+    ids[5, 1] = CLASSES + 3
     x, weight = np.ones((ROWS, WIDTH)), np.ones((CLASSES, WIDTH))
-    head = load_loss("topk_kl").with_linear()
-    with pytest.raises(LossInputError, match="chunks of rows only"):
-        head(x, weight, ids, logp, chunk_classes=4)
-    from lossdsl.classaxis.sharding import ShardedLoss
-    with pytest.raises(LossInputError, match="list axis"):
-        ShardedLoss(load_loss("topk_kl"), None)
+    with pytest.raises(LossLabelError, match="at row \\(5,\\) is outside"):
+        load_loss("topk_kl").with_linear()(x, weight, ids, logp, chunk_classes=4)
+
+
+@pytest.mark.parametrize("tail", ["renormalize", "bucket"])
+def test_classes_split_across_processes(load_loss, tail):
+    """Three threads playing processes, each holding a slice of the classes (the teacher's ids and
+    log-probabilities whole): the same loss on each, and each slice's gradient, as one process computes."""
+    from test_sharding import sharded
+    student, ids, logp, target = _inputs(np.float64, seed=11)
+    loss = load_loss("topk_distill", tail=tail)
+    expected, expected_grad = loss.value_and_grad(student, ids, logp, target, axis=-1)
+    bounds = [0, 6, 7, CLASSES]
+    for rank, (value, grad) in enumerate(sharded(loss, bounds, student, [ids, logp, target])):
+        np.testing.assert_allclose(value, expected, rtol=1e-12)
+        np.testing.assert_allclose(grad, expected_grad[:, bounds[rank]:bounds[rank + 1]], rtol=1e-10, atol=1e-13)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from .levels import Levels
 class BlockRun:
     """Rows of one call of `loss` whose class axis (length `classes`) comes in blocks."""
 
-    def __init__(self, loss, classes: int, dtype: np.dtype, outputs: bool = False):
+    def __init__(self, loss, classes: int, dtype: np.dtype, outputs: bool = False, list_length: int = 0):
         self.loss, self.classes, self.dtype = loss, classes, np.dtype(dtype)
         self.module = loss.module(self.dtype, Kind.BLOCKS_OUTPUTS if outputs else Kind.BLOCKS)
-        self.levels = Levels.of(self.module.PARTIALS)  # the block plan's slots, without SymPy
+        # the block plan's slots, without SymPy; a list axis's loads take list_length (K) slots each
+        self.levels = Levels.of(self.module.PARTIALS, list_length)
 
     def call(self, arrays: dict, sample_weight, axis) -> RowCall:
         """The kernels' view of one block's arrays (the loss's inputs by name, the class axis sliced)."""
@@ -52,9 +53,12 @@ class BlockRun:
                         "__extra": shown}))
         if bad.any():
             row = int(np.argmax(bad))
-            label = next(int(block.arrays[k][row]) for k in block.label_inputs
-                         if not 0 <= block.arrays[k][row] < self.classes)
+            label = next((int(block.arrays[k][row]) for k in block.label_inputs
+                          if not 0 <= block.arrays[k][row] < self.classes), None)
             index = tuple(int(i) for i in np.unravel_index(row, block.shape))
+            if label is None:  # one of the list axis's labels (which positions count, only the kernel knew)
+                raise LossLabelError(f"{self.loss.name}: a label along the list axis at row {index} is outside "
+                                     f"the {self.classes} classes", index, -1)
             raise LossLabelError(f"{self.loss.name}: label {label} at row {index} is outside the {self.classes} "
                                  "classes", index, label)
         return out.reshape(block.shape), norms

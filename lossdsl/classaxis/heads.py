@@ -73,6 +73,7 @@ class LinearHead:
         self.chunk_rows, self.chunk_classes = chunk_rows, chunk_classes
         self.shard = None  # (class_start, classes, all_reduce) where linear_weight holds a slice of the classes
         self._others = tuple(i for i in spec.inputs if i.name not in heads)
+        self._list_inputs = {i.name for i in spec.inputs if i.axis is not None and i.axis == spec.list_axis}
 
     name = property(lambda self: self.loss.name)
     doc = property(lambda self: self.loss.doc)
@@ -238,12 +239,8 @@ class LinearHead:
         per_row = self._per_row(given, sample_weight, rows_shape, rows, out_shape)
         chunk_rows, chunk_classes = (mine if asked is None else asked
                                      for mine, asked in zip((self.chunk_rows, self.chunk_classes), chunking))
-        listed = self.loss.signature.list_axis
-        if listed is not None and (chunk_classes is not None or self.shard is not None):
-            raise LossInputError(f"{self.name}: a loss over a list axis ({listed}) takes its classes all at once: "
-                                 "chunks of rows only (no chunk_classes, no classes split across processes)")
         step, classes = self._chunks(chunk_rows, chunk_classes, rows, out_shape, dtype, self.shard is not None,
-                                     len(layers), rows_only=listed is not None)
+                                     len(layers))
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         once = step >= rows  # one chunk: each gradient is written once, not accumulated
         for layer in layers:
@@ -362,7 +359,9 @@ class LinearHead:
         the combined partials, then a sweep recomputing each block's logits for its gradient."""
         classes = chunk.classes_total
         offset, total_classes, all_reduce = self.shard or (0, classes, None)
-        run = BlockRun(self.loss, total_classes, chunk.dtype, outputs=chunk.extra is not None)
+        listed = [value for name, (kind, value, _) in chunk.per_row.items() if name in self._list_inputs]
+        run = BlockRun(self.loss, total_classes, chunk.dtype, outputs=chunk.extra is not None,
+                       list_length=listed[0].shape[1] if listed and listed[0].ndim > 1 else 0)
         blocks = [(lo, min(classes, lo + chunk.classes)) for lo in range(0, classes, chunk.classes)]
         logits: dict[str, np.ndarray] = {}
 
@@ -396,12 +395,12 @@ class LinearHead:
 
     @staticmethod
     def _chunks(chunk_rows: int | None, chunk_classes: int | None, rows: int, out_shape, dtype: np.dtype,
-                blocks_only: bool = False, heads: int = 1, rows_only: bool = False):
+                blocks_only: bool = False, heads: int = 1):
         """(rows per chunk, classes per block or None for all at once). A chunk's logits (of every head
         together) stay within 1/_CHUNK_SHARE of one head's logits (and 64 MiB); all classes at once while
-        that leaves at least _MIN_ROWS rows (or all of them, or always with `rows_only`: a list axis's
-        loss), since the logits are then computed once; else blocks of classes for up to _BLOCK_ROWS rows,
-        whose logits are computed once per level and again for the gradient."""
+        that leaves at least _MIN_ROWS rows (or all of them), since the logits are then computed once; else
+        blocks of classes for up to _BLOCK_ROWS rows, whose logits are computed once per level and again for
+        the gradient."""
         for name, given in (("chunk_rows", chunk_rows), ("chunk_classes", chunk_classes)):
             if given is not None and (not isinstance(given, (int, np.integer)) or isinstance(given, bool)
                                       or given < 1):
@@ -410,7 +409,7 @@ class LinearHead:
         budget = min(_CHUNK_BYTES, max(rows * out_shape[0] * per_class // (_CHUNK_SHARE * heads), _SMALL_BYTES))
         if chunk_classes is None and not blocks_only:  # (a slice of the classes always goes in blocks)
             step = chunk_rows or max(1, min(rows, budget // (out_shape[0] * per_class)))
-            if chunk_rows is not None or step >= min(rows, _MIN_ROWS) or rows_only:
+            if chunk_rows is not None or step >= min(rows, _MIN_ROWS):
                 return int(step), None
         step = int(chunk_rows or min(rows, _BLOCK_ROWS))
         classes = chunk_classes or max(1, budget // (step * per_class))

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 # the slots of each kind of node, and what an empty block holds in them
-SLOTS = {"sum": ("sum",), "mean": ("sum",), "norm": ("sum",), "load": ("sum",),
+SLOTS = {"sum": ("sum",), "mean": ("sum",), "norm": ("sum",), "load": ("sum",), "list_load": ("sum",),
          "logsumexp": ("shift", "exp_sum"), "max": ("max", "position"), "min": ("min", "position")}
 _EMPTY = {"sum": 0.0, "exp_sum": 0.0, "shift": -np.inf, "max": -np.inf, "min": np.inf, "position": 0.0}
 
@@ -42,9 +42,15 @@ class Levels:
     nodes: tuple[Slot, ...]
 
     @classmethod
-    def of(cls, literal: tuple[tuple[str, int, int], ...]) -> "Levels":
-        """From a generated module's PARTIALS."""
-        return cls(tuple(Slot(*node) for node in literal))
+    def of(cls, literal: tuple[tuple[str, int, int], ...], list_length: int = 0) -> "Levels":
+        """From a generated module's PARTIALS. A list axis's load x[ids] ("list_load", its slot its ordinal)
+        becomes `list_length` loads, one per position of k, after every other node's slots (where the block
+        kernels write them: slot width + ordinal * K + k)."""
+        fixed = tuple(Slot(*node) for node in literal if node[0] != "list_load")
+        width = sum(len(n.slots) for n in fixed)
+        listed = tuple(Slot("load", level, width + ordinal * list_length + k)
+                       for op, level, ordinal in literal if op == "list_load" for k in range(list_length))
+        return cls(fixed + listed)
 
     def literal(self) -> tuple[tuple[str, int, int], ...]:
         return tuple((n.op, n.level, n.slot) for n in self.nodes)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..errors import LossInputError
 from ..symbolic.reductions import Load, Reduction, RowPlan, arg_symbol, gradient_parts, needed
 from .levels import SLOTS, Levels, Slot
 
@@ -52,7 +51,7 @@ class BlockPlan:
     plan: RowPlan
     nodes: tuple[Node, ...]
     levels: int
-    width: int  # slots per row
+    width: int  # slots per row (before a list axis's loads: K slots each after these, known at call time)
     outputs: bool  # whether the spec's `output` values are computed too
 
     def at(self, level: int) -> tuple[Node, ...]:
@@ -68,10 +67,6 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
     """Levels and slots for the forward reductions the loss, its gradient (and with `outputs` the
     spec's `output` values) need, the loads and the backward sums. (The `ignore` rule reads no
     reduction or load: resolve refuses that, so a kernel can decide it before any pass.)"""
-    if plan.listed is not None:
-        raise LossInputError(f"{plan.loss.name}: a loss over a list axis ({plan.listed.axis}) meets its classes all "
-                             "at once; blocks of classes (heads in block mode, a class axis split across "
-                             "processes) are not written for it yet")
     sources: list[Reduction | Load] = [*plan.loads, *needed(plan, True, outputs), *gradient_parts(plan).backward]
     extremes = {arg_symbol(s): s.symbol for s in sources if isinstance(s, Reduction) and s.op in ("max", "min")}
     level: dict[sympy.Symbol, int] = {}
@@ -86,4 +81,8 @@ def block_plan(plan: RowPlan, outputs: bool = False) -> BlockPlan:
         level[source.symbol] = depth
         nodes.append(Node(source.symbol, op, depth, slot, source))
         slot += len(SLOTS[op])
-    return BlockPlan(plan, tuple(nodes), max(level.values(), default=-1) + 1, slot, outputs)
+    # a list axis's loads x[ids], level 0: K slots each, known at call time, after the others (levels.Levels.of)
+    lists = tuple(Node(load.symbol, "list_load", 0, ordinal, load)
+                  for ordinal, load in enumerate(plan.listed.loads if plan.listed is not None else ()))
+    levels = max([*level.values(), *(0 for _ in lists)], default=-1) + 1
+    return BlockPlan(plan, tuple(nodes) + lists, levels, slot, outputs)

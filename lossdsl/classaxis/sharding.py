@@ -40,25 +40,32 @@ def describe(plan) -> str:
         extremes = [n for n in nodes if n.op in ("max", "min")]
         summed = [n for n in nodes if n.op not in ("max", "min")]
         lines.append(f"level {level}:")
-        lines += [f"  {_named(n, plan)}" for n in nodes if n.op != "load"]
+        lines += [f"  {_named(n, plan)}" for n in nodes if n.op not in ("load", "list_load")]
         if shifts or extremes:
             lines.append(f"  all-reduce MAX  {len(shifts) + 2 * len(extremes)} float64 per row: " + ", ".join(
                 [f"shift of {n.symbol}" for n in shifts] + [f"{n.symbol} and whether a NaN" for n in extremes]))
-        lines.append(f"  all-reduce SUM  {len(summed)} float64 per row: " + ", ".join(
+        lists = sum(n.op == "list_load" for n in summed)
+        count = f"{len(summed) - lists}" + (f" + {lists} x K" if lists else "")
+        lines.append(f"  all-reduce SUM  {count} float64 per row: " + ", ".join(
             f"exp-sum of {n.symbol}" if n.op == "logsumexp" else _label(n) for n in summed))
         if extremes:
             lines.append(f"  all-reduce MAX  {len(extremes)} float64 per row: first position of "
                          + ", ".join(str(n.symbol) for n in extremes))
-    total = sum(2 if n.op == "logsumexp" else 3 if n.op in ("max", "min") else 1 for n in plan.nodes)
+    total = sum(2 if n.op == "logsumexp" else 3 if n.op in ("max", "min") else 1
+                for n in plan.nodes if n.op != "list_load")
+    listed = sum(n.op == "list_load" for n in plan.nodes)
     rounds = sum(1 + any(n.op in ("logsumexp", "max", "min") for n in plan.at(k))
                  + any(n.op in ("max", "min") for n in plan.at(k)) for k in range(plan.levels))
-    lines.append(f"{rounds} all-reduces, {8 * total} bytes per row; then the value on every process and each "
+    per_row = f"{8 * total}" + (f" + {8 * listed} x K" if listed else "")
+    lines.append(f"{rounds} all-reduces, {per_row} bytes per row; then the value on every process and each "
                  "process's gradient slice, with no more communication")
     return "\n".join(lines)
 
 
 def _label(node) -> str:
     source = node.source
+    if node.op == "list_load":
+        return f"{source.input}[{source.label}] (K of them: one per position of the list axis)"
     return f"{source.input}[{source.label}]" if node.op == "load" else str(node.symbol)
 
 
@@ -72,6 +79,16 @@ def _named(node, plan) -> str:
     names = {n.symbol: sympy.Symbol(_label(n)) for n in plan.nodes}
     names[plan.plan.length] = sympy.Symbol(f"len({plan.plan.position})")
     return f"{source.symbol} = {source.op}({to_text(source.body.xreplace(names))}, {plan.plan.position})"
+
+
+def _list_length(loss, arrays: dict, axis) -> int:
+    """K, the length of the list axis (where the class axis is in its inputs), or 0 for a loss without one."""
+    spec = loss.signature
+    listed = [arrays[i.name] for i in spec.inputs if i.axis and i.axis == spec.list_axis and arrays[i.name] is not None]
+    if not listed:
+        return 0
+    low, _ = axis_span(loss.name, arrays[spec.inputs[0].name].shape, axis, spec.axis_position)
+    return int(listed[0].shape[low])
 
 
 def shard_arrays(loss, arrays: dict, class_start: int, classes: int, axis) -> dict:
@@ -100,9 +117,6 @@ class ShardedLoss:
         spec = getattr(loss, "signature", None)
         if spec is None or spec.kind is not LossKind.ROWS or spec.axis_position == "all":
             raise LossInputError(f"{getattr(loss, 'name', loss)}: sharding needs a loss over a class axis")
-        if spec.list_axis is not None:
-            raise LossInputError(f"{loss.name}: a loss over a list axis ({spec.list_axis}) meets its classes all at "
-                                 "once; its class axis cannot be split across processes yet")
         self.loss, self.all_reduce = loss, all_reduce
 
     name = property(lambda self: self.loss.name)
@@ -128,8 +142,9 @@ class ShardedLoss:
                         named_inputs, self.loss.bound)
         arrays = {name: None if given.get(name) is None else np.asarray(given[name]) for name in names}
         dtype = float_dtype([arrays[n] for n in spec.wrt], spec.wrt)
-        run = BlockRun(self.loss, int(classes), dtype)
-        block = run.call(shard_arrays(self.loss, arrays, class_start, classes, axis), sample_weight, axis)
+        shards = shard_arrays(self.loss, arrays, class_start, classes, axis)
+        run = BlockRun(self.loss, int(classes), dtype, list_length=_list_length(self.loss, shards, axis))
+        block = run.call(shards, sample_weight, axis)
         done = sweep(run.levels, run.levels.empty(block.rows),
                      lambda level, done: run.add_partials(block, class_start, done, level), self.all_reduce)
         values, norms = run.value(block, done)

@@ -21,11 +21,12 @@ import numpy as np
 import sympy
 
 from ..classaxis.partials import BlockPlan, Node
-from ..symbolic.reductions import arg_symbol, gradient_parts
+from ..symbolic.reductions import arg_symbol, gradient_parts, needed_list
 from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
 from .elementwise import with_formula
-from .rows import _finish, _gradient_loop, _keep, _passes, _prologue, _Writer, accumulator
+from .rows import (_finish, _gradient_loop, _keep, _list_loop, _list_passes, _list_scatter, _list_terms, _passes,
+                   _prologue, _Writer, accumulator)
 from .targets import CPU
 
 
@@ -41,16 +42,26 @@ def _start(blocks: BlockPlan, printer: NumbaPrinter, name: str, extra: list[str]
     plan = blocks.plan
     w = _Writer(plan, printer, CPU, blocked=True)
     arrays = [f"_{safe_name(i.name)}_" for i in plan.loss.inputs]
-    arguments = [*arrays, "__steps", "__rows", "__width", "__inner", *(f"_{p.name}_" for p in plan.params),
+    listed = ["__K"] if plan.listed is not None else []
+    if plan.listed is not None:  # each list load's K slots, after the others' (lossdsl.classaxis.levels.Levels.of)
+        w.list_done = {n.symbol: _list_slot(blocks, n) for n in blocks.nodes if n.op == "list_load"}
+    arguments = [*arrays, "__steps", "__rows", "__width", "__inner", *listed, *(f"_{p.name}_" for p in plan.params),
                  "__lo", "__C", "__done", *extra]
     w.emit(0, CPU.kernel_decorator, f"def {name}({CPU.parameters(arguments)}):", f'    """{doc}"""')
     return w
+
+
+def _list_slot(blocks: BlockPlan, node: Node) -> str:
+    """Where a list load's partial at the list axis's position lies in a row of partials."""
+    return f"{blocks.width} + {node.slot} * __K + {blocks.plan.listed.position}"
 
 
 def _read_done(w: _Writer, indent: int, nodes) -> None:
     """Each node's combined partials, finished: its value as the row kernels name it."""
     for node in nodes:
         acc = accumulator(node)
+        if node.op == "list_load":  # read position by position, by the loops over the list axis
+            continue
         if node.op == "load":
             w.emit(indent, f"{node.symbol} = F(__done[__row, {node.slot}])")
             continue
@@ -89,7 +100,14 @@ def _pass_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
                    f"if __lo <= {label} and {label} < __lo + __width:",
                    f"    {node.symbol} = load(_{safe_name(load.input)}_, __b{k} + ({label} - __lo) * __t{k})",
                    f"__partial[__row, {node.slot}] = {node.symbol}")
-        reductions = [n.source for n in here if n.op != "load"]
+        for node in (n for n in here if n.op == "list_load"):
+            load = node.source
+            k, label = w.index_of[load.input], safe_name(load.label)
+            inner = _list_loop(w, 4, [w.plan.inputs[load.label]], loads=False)
+            w.emit(inner, f"if __lo <= {label} and {label} < __lo + __width:",
+                   f"    __partial[__row, {_list_slot(blocks, node)}] = "
+                   f"load(_{safe_name(load.input)}_, __b{k} + ({label} - __lo) * __t{k})")
+        reductions = [n.source for n in here if n.op not in ("load", "list_load")]
         _passes(w, 4, reductions, complete=lambda r, plan, writer: _store_partials(node_of[r], slot_of))
     w.emit(1, "return 0.0")
     return w.source()
@@ -108,9 +126,18 @@ def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     for label in plan.loss.labels:
         name = safe_name(label)
         w.emit(3, f"if {name} < 0 or {name} >= __C:", "    __bad[__row] = 1")
+    for label in plan.loss.list_labels:  # the positions kept only
+        name = safe_name(label)
+        inner = _list_loop(w, 3, [plan.inputs[label]], loads=False)
+        w.emit(inner, f"if {name} < 0 or {name} >= __C:", "    __bad[__row] = 1")
     weight = plan.mean_weight if plan.mean_weight is not None else sympy.S.One
     used = set().union(*(e.free_symbols for e in (plan.value, weight, *shown)))
+    if plan.listed is not None:
+        list_nodes = needed_list(plan, False, blocks.outputs)
+        used |= set().union(*(n.body.free_symbols for n in list_nodes))
     _read_done(w, 3, [n for n in blocks.nodes if n.symbol in used])
+    if plan.listed is not None:
+        _list_passes(w, 3, list_nodes, ())
     value, norm, *values = w.statements(3, [], [plan.value, weight, *shown], row_locals=True)
     w.emit(3, f"__loss = ({value}) * __w", f"__norms[__row] = {norm}",
            *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
@@ -131,8 +158,16 @@ def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     element = "__gb + __c * __inner"
     w.emit(2, f"if {_keep(plan, w)}:")
     _read_done(w, 3, blocks.nodes)
-    w.statements(3, list(gradient_parts(plan).adjoints), [])
+    parts = gradient_parts(plan)
+    if plan.listed is not None:
+        _list_passes(w, 3, needed_list(plan, True), parts.list_backward)
+    w.statements(3, list(parts.adjoints), [])
+    scatters = plan.listed is not None and plan.listed.scatters
+    if scatters:
+        _list_terms(w, 3)
     w.unswitched(3, list(plan.grads), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element))
+    if scatters:
+        _list_scatter(w, 3, grads)
     w.emit(2, "else:", "    " + w.axis_loop(), *[f"        store({g}, {element}, F(0.0))" for g in grads])
     w.emit(1, "return 0.0")
     return w.source()

@@ -84,6 +84,8 @@ class _Writer:
         self.local = "__c" if blocked else str(plan.position)
         self.buffers = 0  # float buffers of AXIS_CHUNK terms the CPU passes add up in float64 (`_passes`)
         self.list_buffers = 0  # buffers of __K gradient terms at the list axis's labels (`_list_terms`)
+        # in a block kernel, where each list load x[ids] at position k lies in the combined partials __done
+        self.list_done: dict[sympy.Symbol, str] | None = None
 
     def source(self) -> str:
         """The kernel's text, its buffers allocated once, after the docstring (not once per row)."""
@@ -279,7 +281,9 @@ def _list_loop(w: _Writer, indent: int, exprs, loads: bool = True) -> int:
         w.emit(inner, f"if not ({w.text(condition)}):")
         inner += 1
     for load in listed.loads if loads else ():
-        if load.symbol in used:
+        if load.symbol in used and w.list_done is not None:
+            w.emit(inner, f"{load.symbol} = F(__done[__row, {w.list_done[load.symbol]}])")
+        elif load.symbol in used:
             k = w.index_of[load.input]
             w.emit(inner, f"{load.symbol} = load(_{safe_name(load.input)}_, __b{k} + {safe_name(load.label)} * __t{k})")
     return inner
@@ -331,8 +335,13 @@ def _list_scatter(w: _Writer, indent: int, grads: list[str]) -> None:
     labels = [w.plan.inputs[label] for _, label, _ in listed.scatters]
     inner = _list_loop(w, indent, labels, loads=False)
     for m, (index, label, _) in enumerate(listed.scatters):
-        grad, at = grads[index], f"__gb + {safe_name(label)} * __inner"
+        name = safe_name(label)
+        grad, at = grads[index], f"__gb + {name} * __inner"
+        if w.blocked:  # only the labels in this block, at their place in it
+            w.emit(inner, f"if __lo <= {name} and {name} < __lo + __width:")
+            grad, at, inner = grads[index], f"__gb + ({name} - __lo) * __inner", inner + 1
         w.emit(inner, f"store({grad}, {at}, load({grad}, {at}) + __kterm{m}[{listed.position}] * __gw)")
+        inner -= 1 if w.blocked else 0
 
 
 def _pass_count(node: Reduction, online: bool = False) -> int:

@@ -132,6 +132,9 @@ def sharded_loss(spec: str | os.PathLike | _CompiledLoss, /, axis_name: str, red
     named = isinstance(spec, (str, os.PathLike))
     compiled = lossdsl.load(spec, **params) if named else spec.with_params(**params)
     compiled.signature.check_reduction(reduction, ("mean", "mean_or_zero", "sum"))
+    if compiled.signature.list_axis is not None:
+        raise lossdsl.LossInputError(f"{compiled.name}: a loss over a list axis is sharded through "
+                                     "lossdsl.classaxis.sharding or lossdsl.torch.ShardedLoss, not yet under shard_map")
 
     def all_reduce(array, op: str):
         return jax.lax.psum(array, axis_name) if op == "sum" else jax.lax.pmax(array, axis_name)

@@ -97,6 +97,34 @@ def test_domains_are_checked(load_loss):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_domains_checked_in_the_loss_pass_lose_nothing(load_loss, dtype):
+    """The kernel tests each element's domain on its way; what a call gives back, and what a caller's
+    buffer holds, is as if the inputs had been checked first."""
+    bce = load_loss("bce")
+    p, y = np.array([0.25, 1.5, 0.75], dtype), np.array([1.0, 0.0, 1.0], dtype)
+    for call in (lambda: bce(p, y, reduction="none"), lambda: bce.value_and_grad(p, y, sample_weight=np.ones(3)),
+                 lambda: bce.grad_hess(p, y)):
+        with pytest.raises(LossInputError, match=r"p must lie in \[0, 1\]; found 1.5 at index \(1,\)"):
+            call()
+    kept = p.copy()
+    with pytest.raises(LossInputError, match="p must lie in"):
+        bce.value_and_grad(p, y, grad_out=p)  # in place: the gradient would have overwritten p
+    np.testing.assert_array_equal(p, kept)
+    unchecked = lossdsl.load("bce", check_domains=False)
+    assert unchecked(p, y, reduction="none").shape == (3,)  # computed, outside or not
+
+
+def test_a_nan_loss_inside_the_domains_is_returned(tmp_path):
+    """A NaN sum with every input inside its domain is the loss's own NaN, not a refused input."""
+    path = tmp_path / "spread.loss"
+    path.write_text("loss spread(p in [0, inf])\n    spread = p*exp(-p)\n")  # inf * 0 at p = inf
+    spread = lossdsl.load(path)
+    assert math.isnan(spread(np.array([1.0, np.inf])))
+    with pytest.raises(LossInputError, match="p must lie in"):
+        spread(np.array([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_domain_checks_of_large_inputs_name_the_first_element_outside(load_loss, dtype):
     """Large inputs are checked a chunk per thread: the error still names the first element outside, at
     a chunk's end or start; NaN is outside, and so is the float just above a bound."""

@@ -13,7 +13,10 @@ copy of its loop, chosen once per call: one for plain calls (no weights, no per-
 one value per optional input) without their selects, and where the loss has powers whose exponents
 are parameters, one for calls where each is a small whole number (products, not exp and log).
 An empty `weight` array means unweighted; an empty `out` means no per-element output; an optional input of one element holds
-one value for every element.
+one value for every element. With `__check` set, an element whose input lies outside the domain its spec
+declares (`p in [0, 1]`, NaN included) makes its loss NaN: the runtime, finding a NaN sum, checks the inputs
+to say which (lossdsl.runtime.layout.ElementCall.after). The test is a compare or two per element in the
+loss's own pass, where a separate check would read every input again.
 
 Names: the spec's own names are used bare, input arrays and parameter arguments are
 `_name_`, CSE temporaries `_0, _1, ...`, and the skeleton's variables `__name`, so no
@@ -84,14 +87,35 @@ def _loop_head(plan: KernelPlan, plain: bool) -> list[str]:
     return [f"{safe_name(i.name)} = {read(i)}" for i in plan.loss.inputs]
 
 
+def _outside(plan: KernelPlan) -> str | None:
+    """A test that some input of the element lies outside its spec's domain (NaN does), or None: comparisons
+    joined by `|` and `&`, which vectorise as selects (`or` and `and` would branch)."""
+    tests = []
+    for spec_input in plan.loss.inputs:
+        domain, name = spec_input.domain, safe_name(spec_input.name)
+        if domain.unbounded:
+            continue
+        if domain.choices is not None:
+            tests.append("(" + " & ".join(f"({name} != F({float(c)!r}))" for c in domain.choices) + ")")
+            continue
+        beyond = ([f"({name} {'<=' if domain.low_open else '<'} F({float(domain.low)!r}))"] * (domain.low > -np.inf)
+                  + [f"({name} {'>=' if domain.high_open else '>'} F({float(domain.high)!r}))"]
+                  * (domain.high < np.inf))
+        tests.append(" | ".join([*beyond, f"({name} != {name})"]))
+    return " | ".join(tests) or None
+
+
 def _element(plan: KernelPlan, printer: NumbaPrinter, steps, value, gradients, grads: list[str], with_grads: bool,
              plain: bool) -> list[str]:
-    """The lines of one element: its inputs, the CSE steps, its weighted loss (stored where `__out` has room)
-    and gradients. `plain`: for calls with no weights, no per-element output and one value per optional input."""
+    """The lines of one element: its inputs, the CSE steps, its weighted loss (NaN for an input outside its
+    domain when `__check`; stored where `__out` has room) and gradients. `plain`: for calls with no weights, no
+    per-element output and one value per optional input."""
+    outside = _outside(plan)
     return [*_loop_head(plan, plain),
             *(f"{temp} = {printer.doprint(expr)}" for temp, expr in steps),
             "__w = __s" if plain else "__w = __s * __weight[__i] if __weighted else __s",
             f"__loss = ({printer.doprint(value)}) * __w",
+            *([f"__loss = F(math.nan) if __check & ({outside}) else __loss"] if outside else []),
             *([] if plain else ["if __elementwise:", "    __out[__i] = __loss"]),
             *(["__gw = __w * __gs"] if with_grads else []),
             *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]]
@@ -145,7 +169,7 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
         name, doc = "loss_grad_hess", "loss_value, with each gradient and second derivative times weight and __gscale."
     lines = [
         target.kernel_decorator,
-        f"def {name}({target.parameters(args + ['__weight', '__scale', *extra, '__out', *grads])}):",
+        f"def {name}({target.parameters(args + ['__weight', '__scale', '__check', *extra, '__out', *grads])}):",
         f'    """{doc}"""',
         *[f"    {line}" for line in prologue],
         "    __s = F(__scale)",

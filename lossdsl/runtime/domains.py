@@ -1,4 +1,6 @@
 """Domain checks of a call's inputs (`p in [0, 1]`, `y in {0, 1}`): one pass per input, on every thread.
+(Elementwise losses test their domains in the loss kernel's own pass, codegen/elementwise.py, and come here
+only when its sum is NaN or before writing into a caller's `grad_out`; losses over an axis always do.)
 
 A NumPy test (`(v >= low) & (v <= high)`, then `.all()`) makes three temporaries the size of the input
 and took longer than the loss itself (bce at 1e7 elements: 19 ms of checks beside a 20 ms kernel). These

@@ -173,6 +173,12 @@ class Call:
     def before(self, module, params) -> None:
         """Work a kernel module does before the main kernel (row losses check their labels)."""
 
+    def check_now(self) -> None:
+        """Checks a kernel would make on its way (elementwise domains), made before it instead."""
+
+    def after(self, total: float) -> None:
+        """What a kernel's sum says about the inputs (a NaN: an elementwise input outside its domain?)."""
+
     @property
     def grad_scale(self) -> float:
         if self.reduction == "batch":
@@ -220,10 +226,22 @@ class ElementCall(Call):
         self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
                      for n in names]
         self.named = {argument(n): a for n, a in zip(names, self.head)}  # the kernels' arguments
-        if loss.check_domains and self.memory.checks_domains:
-            for spec_input, array in zip(resolved.inputs, self.head):
-                check_domain(resolved.name, spec_input, array, shapes[spec_input.name])
+        # domains are checked by the kernel on its way (its sum NaN if an input is outside), then here to say where
+        self.deferred = ([(spec_input, array, shapes[spec_input.name]) for spec_input, array
+                          in zip(resolved.inputs, self.head) if not spec_input.domain.unbounded]
+                         if loss.check_domains and self.memory.checks_domains else [])
+        self.named["__check"] = bool(self.deferred)
         self.grad_size = self.size
+
+    def check_now(self) -> None:
+        """The domain checks before the kernel: for a call whose gradient goes where the caller's data is."""
+        for spec_input, array, shape in self.deferred:
+            check_domain(self.name, spec_input, array, shape)
+        self.deferred, self.named["__check"] = [], False
+
+    def after(self, total: float) -> None:
+        if self.deferred and total != total:  # a NaN: an input outside its domain, or a NaN loss of its own
+            self.check_now()
 
     def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
         return unbroadcast(grad.reshape(self.shape), target)

@@ -152,6 +152,8 @@ class Loss:
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
         out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
         targets, in_place = _gradient_targets(call, self.wrt, grad_out, [i.name for i in self._resolved.inputs])
+        if grad_out is not None:  # an input outside its domain must not cost the caller's buffer its data
+            call.check_now()
         grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else call.memory.empty(call.grad_size,
                                                                                                    call.dtype)
                  for t in targets]
@@ -244,7 +246,12 @@ class Loss:
             try:
                 module = self._backend.module(call.dtype, kind, call.memory.target, fresh=fresh)
                 call.before(module, self._param_args)
-                return None if kernel is None else call.memory.launch(module, kernel, call, arguments())
+                if kernel is None:
+                    call.check_now()
+                    return None
+                total = call.memory.launch(module, kernel, call, arguments())
+                call.after(total)
+                return total
             except (EOFError, pickle.UnpicklingError):
                 if fresh:
                     raise

@@ -20,7 +20,7 @@ def _sign(x):
 
 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def loss_value(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __out):
+def loss_value(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __check, __out):
     """Weighted sum of the loss elements; each one is also stored in __out when it has room."""
     delta = F(_delta_)
     __s = F(__scale)
@@ -61,7 +61,7 @@ def loss_value(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __
 
 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def loss_value_and_grad(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __gscale, __out, __grad_pred):
+def loss_value_and_grad(__start, __stop, _pred_, _target_, _delta_, __weight, __scale, __check, __gscale, __out, __grad_pred):
     """loss_value, and each gradient times weight and __gscale, in one pass."""
     delta = F(_delta_)
     __s = F(__scale)
@@ -117,7 +117,7 @@ loss_value_and_grad_in_place = loss_value_and_grad  # reads each element before 
 
 # each kernel's arguments, by name (lossdsl.runtime.protocol.bind)
 KERNELS = {
-    'loss_value': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__out'),
-    'loss_value_and_grad': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__gscale', '__out', '__grad_pred'),
-    'loss_value_and_grad_in_place': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__gscale', '__out', '__grad_pred'),
+    'loss_value': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__check', '__out'),
+    'loss_value_and_grad': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__check', '__gscale', '__out', '__grad_pred'),
+    'loss_value_and_grad_in_place': ('_pred_', '_target_', '_delta_', '__weight', '__scale', '__check', '__gscale', '__out', '__grad_pred'),
 }

@@ -315,6 +315,8 @@ class LinearHead:
                 each_row = (value.shape[len(rows_shape)], *out_shape[1:])
             if self.shard is not None and with_axis and value.shape == (self.shard[1],):  # whole: this slice
                 value = value[self.shard[0]:self.shard[0] + out_shape[0]]
+            if not (with_axis or listed) and value.ndim and value.shape != (*rows_shape, *each_row):
+                value = _broadcast_rows(value, (*rows_shape, *each_row))  # one per sequence: (B, 1) for (B, T)
             if value.ndim == 0 or (with_axis and value.shape == out_shape[:1]):
                 per_row[spec_input.name] = ("whole", value, value.ndim > 0)
             elif value.shape == (*rows_shape, *each_row):
@@ -414,6 +416,15 @@ class LinearHead:
         step = int(chunk_rows or min(rows, _BLOCK_ROWS))
         classes = chunk_classes or max(1, budget // (step * per_class))
         return step, int(min(classes, out_shape[0]))
+
+
+def _broadcast_rows(value: np.ndarray, shape: tuple) -> np.ndarray:
+    """A per-row input broadcast to the rows' shape as NumPy broadcasts (as on logits), or as it is where it
+    does not (the caller's shape check then names it)."""
+    try:
+        return np.broadcast_to(value, shape) if np.broadcast_shapes(value.shape, shape) == shape else value
+    except ValueError:
+        return value
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ from test_multilabel_margin import ROW_LOSSES
 from test_linear_heads import HEADS
 from test_distillation import DISTILLATION
 from test_topk import TOPK
+from test_grpo import GRPO
 
 SHAPE = (6, 5)
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
@@ -22,7 +23,7 @@ CASES = [(key, index) for key, ref in REFERENCES.items() for index in range(len(
 def test_every_catalogue_loss_has_a_reference():
     covered = ({ref.name for ref in REFERENCES.values()} | {ref.name for ref in AXIS_REFERENCES.values()}
                | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION)
-               | set(TOPK))
+               | set(TOPK) | set(GRPO))
     assert covered == set(lossdsl.catalogue())
 
 

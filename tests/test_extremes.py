@@ -141,6 +141,22 @@ def _labelled_top_k(dtype):
     return student, ids, logp, np.arange(len(student)) % 3
 
 
+def _policy_tokens(dtype):
+    """Each extreme logit row with each label, old log-probability (0, -1, huge negative) and advantage (+-1)."""
+    rows, olds = _logit_rows(dtype), np.asarray([0.0, -1.0, -BIG[dtype]], dtype)
+    i, y, o, a = _grid(np.arange(len(rows)), np.arange(3), np.arange(3), np.arange(2))
+    return rows[i], y, olds[o], np.where(a == 0, 1.0, -1.0).astype(dtype)
+
+
+def _grpo(beta=0.0):
+    def reference(logits, labels, old_logp, advantages):   # TRL's per-token loss
+        logp = torch.gather(F.log_softmax(logits, -1), -1, labels[:, None])[:, 0]
+        ratio = torch.exp(logp - old_logp)
+        loss = -torch.minimum(ratio * advantages, torch.clamp(ratio, 0.8, 1.2) * advantages)
+        return loss + beta * (torch.exp(-logp) + logp - 1) if beta else loss
+    return reference
+
+
 def _signed_pairs(dtype):
     a, b = _vector_pairs(dtype)
     return a, b, np.where(np.arange(len(a)) % 2 == 0, 1, -1).astype(dtype)
@@ -344,12 +360,17 @@ class Case:
     known: str = ""                     # a known divergence: the case is a strict xfail with this reason
     no_grads: str = ""                  # why the gradients are not compared (the values are)
     grads_not_nan: str = ""             # why the gradients are only checked for NaN where PyTorch has none
+    finite_grads: str = ""              # why gradients are compared only where the reference's loss is finite
 
 
 # renormalised over the k: log p = logp - logsumexp(logp, k) at two log-probabilities of -1.4e154 loses
 # logsumexp's log 2 beside 1.4e154 (PyTorch's log_softmax subtracts the max first), so p = 1 twice; and the
 # log-ratio is one reassociated sum, as LOG_RATIO below
 LOG_SOFTMAX = "x - logsumexp(x) rounds away what the max-shifted log-softmax keeps at huge log-probabilities"
+# a token whose loss is inf (a ratio exp(logp - old_logp) of inf with A < 0, or a KL of exp(1.4e154)): its
+# gradient is inf times a softmax, where PyTorch gives +-inf or NaN by whether that softmax underflowed and lossdsl
+# NaN throughout; neither is a gradient to train with
+INFINITE_TOKEN = "the gradient of a token whose loss is infinite is inf * 0 in places"
 P64 = {np.float32: 2e-5, np.float64: 1e-8}   # PyTorch's BCE floors p(1 - p) at 1e-12 held in float32
 # the gradient 4*p*sum(p*y)/D^2 - 2*y/D, D = sum(p^2) + sum(y^2) + smooth: where D overflows, the kernel
 # (fastmath "reassoc") forms 4*p*sum(p*y) (inf at p = max) before dividing by D^2 (inf): NaN where PyTorch's
@@ -466,6 +487,10 @@ CASES = [
       for tail in ("renormalize", "bucket", "drop")),
     Case("topk_distill", "topk_distill", _labelled_top_k, lambda s, i, p, y: distill_rows(torch, s, i, p, y),
          labels=(1, 3), known=LOG_SOFTMAX),                 # its default tail is "renormalize"
+    # GRPO: extreme logits, old log-probabilities and advantages; with the KL to a reference at log-probability 0
+    Case("grpo", "grpo", _policy_tokens, _grpo(), labels=(1,), overflows=True, finite_grads=INFINITE_TOKEN),
+    Case("grpo-kl", "grpo", _policy_tokens, _grpo(beta=0.04), params={"beta": 0.04}, labels=(1,), overflows=True,
+         finite_grads=INFINITE_TOKEN),
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),
@@ -530,9 +555,9 @@ def _agree_mean(mean, expected_mean, values, dtype, case):
     _agree(mean, np.float64(expected_mean).astype(dtype), dtype, f"{case.id}: mean", case)
 
 
-def _rows_kept(expected, grad_shape, batch_axis):
-    """Where the reference's loss is not NaN, broadcast over a gradient's axes."""
-    ok = ~np.isnan(np.asarray(expected, np.float64))
+def _rows_kept(expected, grad_shape, batch_axis, finite=False):
+    """Where the reference's loss is not NaN (with `finite`, finite), broadcast over a gradient's axes."""
+    ok = (np.isfinite if finite else lambda v: ~np.isnan(v))(np.asarray(expected, np.float64))
     if ok.shape == grad_shape:
         return ok
     shape = [1] * len(grad_shape)
@@ -558,7 +583,7 @@ def test_largest_finite_inputs_agree_with_pytorch(load_loss, case, dtype):
     _agree(value, expected, dtype, f"{case.id}: value_and_grad's values", case)
     _agree_mean(mean, expected_mean, expected, dtype, case)
     for i, got, wanted in zip(case.wrt, grads, [] if case.no_grads else expected_grads):
-        kept = _rows_kept(expected, wanted.shape, case.batch_axis)
+        kept = _rows_kept(expected, wanted.shape, case.batch_axis, bool(case.finite_grads))
         if case.grads_not_nan:
             assert not np.isnan(got[kept & ~np.isnan(wanted)]).any(), f"{case.id}: gradient of input {i}"
         else:

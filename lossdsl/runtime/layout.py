@@ -285,8 +285,8 @@ class RowCall(Call):
             array = arrays[spec_input.name]
             is_label = spec_input.name in resolved.labels or spec_input.name in resolved.list_labels
             kind = np.dtype(np.int64) if is_label else dtype
-            if array is None:  # an optional input left out: its default
-                array = np.asarray(spec_input.default, kind)
+            if array is None:  # an optional input left out: its default (writable: the CUDA simulator writes back)
+                array = np.full(1, spec_input.default, kind)
             if spec_input.axis and spec_input.axis == resolved.list_axis:
                 array, step = self._along_list(spec_input.name, array, kind, is_label)
             elif spec_input.axis:

@@ -16,6 +16,7 @@ from .runtime.loss import Loss
 from .runtime.sequence import SequenceLoss
 from .runtime.threads import get_num_threads, set_num_threads
 from .runtime.tokens import token_weights
+from .runtime.preference import PreferenceLoss, preference
 
 
 def compile(source: str | bytes, name: str | None = None, file: str = "<string>", /,  # noqa: A001 - the public verb
@@ -35,4 +36,4 @@ def catalogue() -> list[str]:
 __all__ = ["load", "compile", "catalogue", "Loss", "SequenceLoss", "LinearHead", "LossError", "LossSpecError",
            "SpecSyntaxError", "SpecNameError", "SpecTypeError", "SpecLimitError", "LossParameterError", "LossInputError",
            "LossLabelError", "LossDeviceError", "LossCacheError", "UnknownLossError", "get_num_threads",
-           "set_num_threads", "token_weights", "__version__"]
+           "set_num_threads", "token_weights", "preference", "PreferenceLoss", "__version__"]

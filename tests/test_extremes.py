@@ -157,6 +157,15 @@ def _grpo(beta=0.0):
     return reference
 
 
+def _dpo(loss_type="sigmoid"):
+    def reference(chosen, rejected):   # TRL DPOTrainer.dpo_loss, beta 0.1, the references' log-probabilities 0
+        margin = chosen - rejected
+        if loss_type == "hinge":
+            return torch.relu(1 - 0.1 * margin)
+        return -F.logsigmoid(0.1 * margin)
+    return reference
+
+
 def _signed_pairs(dtype):
     a, b = _vector_pairs(dtype)
     return a, b, np.where(np.arange(len(a)) % 2 == 0, 1, -1).astype(dtype)
@@ -491,6 +500,10 @@ CASES = [
     Case("grpo", "grpo", _policy_tokens, _grpo(), labels=(1,), overflows=True, finite_grads=INFINITE_TOKEN),
     Case("grpo-kl", "grpo", _policy_tokens, _grpo(beta=0.04), params={"beta": 0.04}, labels=(1,), overflows=True,
          finite_grads=INFINITE_TOKEN),
+    # DPO: sequence log-probabilities at the extremes (a margin of inf - inf is NaN in both)
+    Case("dpo", "dpo", lambda dt: _grid(*(_extremes(dt),) * 2), _dpo(), wrt=(0, 1), overflows=True),
+    Case("dpo-hinge", "dpo", lambda dt: _grid(*(_extremes(dt),) * 2), _dpo("hinge"), params={"loss_type": "hinge"},
+         wrt=(0, 1), overflows=True),
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),

@@ -13,6 +13,7 @@ from test_ctc_dsl import SEQUENCE_LOSSES
 from test_distillation import DISTILLATION
 from test_topk import TOPK
 from test_grpo import GRPO
+from test_preference import PREFERENCE
 from test_linear_heads import HEADS
 from test_multilabel_margin import ROW_LOSSES
 
@@ -43,7 +44,7 @@ def _compared_with_pytorch() -> set[str]:
     return ({REFERENCES[key].name for key in test_references_torch.TORCH}
             | {AXIS_REFERENCES[key].name for key in test_axis_torch.TORCH}
             | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION)
-            | set(TOPK) | set(GRPO))
+            | set(TOPK) | set(GRPO) | set(PREFERENCE))
 
 
 def test_every_catalogue_loss_is_compared_with_pytorch_or_excused():

@@ -3,6 +3,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -67,3 +68,12 @@ def test_distillation_example_brings_the_student_towards_the_teacher(capsys):
     assert history[-1] < 0.5 * history[0]
     assert agreement > 0.5 and accuracy > 0.5  # from 1 in 2000 at the start (a zero student)
     assert "mean KL(teacher || student)" in capsys.readouterr().out
+
+
+def test_dpo_example_raises_the_chosen_margin(capsys):
+    """DPO through a linear head: the loss falls from log 2 and the chosen-minus-rejected margin rises from 0."""
+    history = _example("dpo").train(verbose=True)
+    (first_loss, first_margin, _), (last_loss, last_margin, right) = history[0], history[-1]
+    assert abs(first_loss - np.log(2)) < 1e-9 and first_margin == 0.0
+    assert last_loss < 0.5 * first_loss and last_margin > 1.0 and right > 0.9
+    assert "mean margin" in capsys.readouterr().out

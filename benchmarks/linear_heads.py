@@ -108,11 +108,12 @@ def measure_peak(run) -> int:
     return max(peak[0], resident_bytes()) - base
 
 
-def fresh_peak(module: str, name: str, shape, before: str = "") -> int:
+def fresh_peak(module: str, name: str, shape, before: str = "", small=None) -> int:
     """Peak resident memory one runner of benchmarks/`module`.py adds, in a fresh process: first on inputs
-    16 times smaller in rows and classes (imports, and the kernels of the same way through, rows or class
-    blocks, loaded), then once on the real ones. `before`: the text of runners' arguments before the inputs."""
-    small = (shape[0] // 16, 8, shape[2] // 16)
+    16 times smaller in rows and classes (or of the shape `small`: imports, and the kernels of the same way
+    through, rows or class blocks, loaded), then once on the real ones. `before`: the text of runners'
+    arguments before the inputs."""
+    small = small or (shape[0] // 16, 8, shape[2] // 16)
     code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); import {module} as b; "
             "from linear_heads import measure_peak; "
             f"b.runners({before}*b.inputs(*{small!r}))[{name!r}](); "

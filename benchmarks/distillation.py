@@ -12,12 +12,11 @@ weight gradients), NumPy's BLAS into buffers made beforehand. `--small` shrinks 
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
 
-from harness import machine, median_times
+from harness import autograd_call, machine, median_times, shape_arguments
 from linear_heads import fresh_peak
 
 SHAPES = [(4096, 512, 32000), (1024, 512, 128256)]
@@ -62,14 +61,8 @@ def runners(divergence: str, xs, ws, bs, xt, wt, bt) -> dict:
         teacher = [torch.tensor(a) for a in (xt, wt, bt)]
         eager, compiled = _torch_loss(divergence), torch.compile(_torch_loss(divergence))
 
-        def run(loss):
-            def call():
-                for t in student:
-                    t.grad = None
-                loss(*student, *teacher).backward()
-            return call
-        found["torch eager"] = run(eager)
-        found["torch.compile"] = run(compiled)
+        found["torch eager"] = autograd_call(eager, student, teacher)
+        found["torch.compile"] = autograd_call(compiled, student, teacher)
     return found
 
 
@@ -93,10 +86,7 @@ def peak_extra_bytes(shape, divergence: str, name: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
-    args = parser.parse_args()
+    args = shape_arguments(__doc__)
     print(machine())
     print("\n| (N, D, C) | divergence | runner | time | vs lossdsl | products' share | peak extra memory "
           "| of one N x C logits |")

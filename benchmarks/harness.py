@@ -31,6 +31,25 @@ def median_times(runners: dict[str, Callable[[], object]], repeats: int, settle:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def shape_arguments(doc: str, repeats: int = 3):
+    """The options of a benchmark over a few shapes: --repeats, and --small (tiny shapes, a smoke test)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
+    return parser.parse_args()
+
+
+def autograd_call(loss, parameters: list, others: list) -> Callable[[], None]:
+    """A call of loss(*parameters, *others).backward() on PyTorch tensors, the parameters' gradients cleared
+    first (as a training step does)."""
+    def call() -> None:
+        for tensor in parameters:
+            tensor.grad = None
+        loss(*parameters, *others).backward()
+    return call
+
+
 def _busy_wait(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:

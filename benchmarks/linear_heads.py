@@ -13,7 +13,6 @@ as a share of the N x C float32 logits. `--small` shrinks the shapes (a smoke te
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -25,7 +24,7 @@ import time
 
 import numpy as np
 
-from harness import machine, median_times
+from harness import machine, median_times, shape_arguments
 
 SHAPES = [(4096, 512, 32000), (1024, 512, 128256)]
 SMALL = [(256, 64, 2000), (64, 64, 8000)]
@@ -129,10 +128,7 @@ def peak_extra_bytes(shape, name: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
-    args = parser.parse_args()
+    args = shape_arguments(__doc__)
     print(machine())
     print("\n| (N, D, C) | runner | time, quiet | vs lossdsl | one core busy | busy / quiet | peak extra memory "
           "| of the N x C logits |")

@@ -13,12 +13,11 @@ computes its logits twice, four products).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
 
-from harness import machine, median_times
+from harness import autograd_call, machine, median_times, shape_arguments
 from linear_heads import fresh_peak, products
 
 SHAPES = [(8, 512, 512, 32000)]
@@ -83,16 +82,8 @@ def runners(objective: str, hidden, weight, labels, old_logp, ref_logp, advantag
         given = ([torch.as_tensor(labels), *(torch.tensor(a) for a in (old_logp, ref_logp, advantages, mask))]
                  if objective == "grpo" else [torch.as_tensor(dpo_labels), torch.tensor(ref), torch.tensor(ref)])
         eager = _torch_losses()[objective]
-        compiled = torch.compile(eager)
-
-        def run(loss):
-            def call():
-                for t in layer:
-                    t.grad = None
-                loss(*layer, *given).backward()
-            return call
-        found["torch eager"] = run(eager)
-        found["torch.compile"] = run(compiled)
+        found["torch eager"] = autograd_call(eager, layer, given)
+        found["torch.compile"] = autograd_call(torch.compile(eager), layer, given)
     return found
 
 
@@ -104,10 +95,7 @@ def peak_extra_bytes(shape, objective: str, name: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
-    args = parser.parse_args()
+    args = shape_arguments(__doc__)
     print(machine())
     print("\n| (B, T, D, C) | objective | runner | time | vs lossdsl | peak extra memory | of the logits |")
     print("|---|---|---|---|---|---|---|")

@@ -12,12 +12,11 @@ floor: the three matrix products of any such head (logits, input and weight grad
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 
 import numpy as np
 
-from harness import machine, median_times
+from harness import autograd_call, machine, median_times, shape_arguments
 from linear_heads import fresh_peak, products
 
 SHAPES = [(4096, 512, 32000), (1024, 512, 128256)]
@@ -63,14 +62,8 @@ def runners(x, weight, bias, ids, logp, target) -> dict:
         given = [torch.as_tensor(ids), torch.tensor(logp), torch.as_tensor(target)]
         eager, compiled = _torch_loss(), torch.compile(_torch_loss())
 
-        def run(loss):
-            def call():
-                for t in layer:
-                    t.grad = None
-                loss(*layer, *given).backward()
-            return call
-        found["torch eager"] = run(eager)
-        found["torch.compile"] = run(compiled)
+        found["torch eager"] = autograd_call(eager, layer, given)
+        found["torch.compile"] = autograd_call(compiled, layer, given)
     return found
 
 
@@ -81,10 +74,7 @@ def peak_extra_bytes(shape, name: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
-    args = parser.parse_args()
+    args = shape_arguments(__doc__)
     print(machine())
     print("\n| (N, D, C) | runner | time | vs lossdsl | products' share | peak extra memory | of one N x C logits |")
     print("|---|---|---|---|---|---|---|")

@@ -151,7 +151,8 @@ def test_a_damaged_module_is_rebuilt(cache_dir, damage):
     rebuilt = compiler.Backend(resolved).module(np.dtype(np.float64))
     assert path.read_text() == good and cache._intact(path)
     out = np.empty(0)
-    assert rebuilt.loss_value(0, 1, np.array([3.0]), np.array([1.0]), 2.0, np.empty(0), 1.0, out) == 8.0
+    # rows [0, 1), the inputs and parameter, no weights, scale 1, no domain check, no per-element output
+    assert rebuilt.loss_value(0, 1, np.array([3.0]), np.array([1.0]), 2.0, np.empty(0), 1.0, False, out) == 8.0
 
 
 def test_two_processes_compiling_at_once(cache_dir):

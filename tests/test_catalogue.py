@@ -12,7 +12,7 @@ from test_ctc_dsl import SEQUENCE_LOSSES
 from test_multilabel_margin import ROW_LOSSES
 from test_linear_heads import HEADS
 from test_distillation import DISTILLATION
-from test_topk import TOPK
+from test_topk import LIST_AXIS
 from test_grpo import GRPO
 from test_preference import PREFERENCE
 
@@ -24,7 +24,7 @@ CASES = [(key, index) for key, ref in REFERENCES.items() for index in range(len(
 def test_every_catalogue_loss_has_a_reference():
     covered = ({ref.name for ref in REFERENCES.values()} | {ref.name for ref in AXIS_REFERENCES.values()}
                | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION)
-               | set(TOPK) | set(GRPO) | set(PREFERENCE))
+               | set(LIST_AXIS) | set(GRPO) | set(PREFERENCE))
     assert covered == set(lossdsl.catalogue())
 
 

@@ -136,6 +136,14 @@ def _top_k(dtype):
     return students[i], ids[j], logps[k]
 
 
+def _multi_hot(ids, like):
+    """The multi-hot rows that lists of classes (padded with -1) stand for."""
+    hot = torch.zeros_like(like)
+    for row, classes in enumerate(ids.tolist()):
+        hot[row, [c for c in classes if c >= 0]] = 1.0
+    return hot
+
+
 def _labelled_top_k(dtype):
     student, ids, logp = _top_k(dtype)
     return student, ids, logp, np.arange(len(student)) % 3
@@ -494,6 +502,10 @@ CASES = [
     *(Case(f"topk_kl-{tail}", "topk_kl", _top_k, lambda s, i, p, tail=tail: topk_rows(torch, s, i, p, tail=tail),
            params={"tail": tail}, labels=(1,), known=LOG_SOFTMAX if tail == "renormalize" else "")
       for tail in ("renormalize", "bucket", "drop")),
+    Case("multilabel_soft_margin_indices", "multilabel_soft_margin_indices", lambda dt: _top_k(dt)[:2],
+         lambda x, i: F.multilabel_soft_margin_loss(x, _multi_hot(i, x), reduction="none"), labels=(1,), overflows=True,
+         known="sum(softplus(x), c) - sum(x[labels], k) cancels a listed class's huge logit (1.4e154/3 - 1.4e154/3) "
+               "and loses the row's other terms, where PyTorch's softplus(-x) per class keeps them"),
     Case("topk_distill", "topk_distill", _labelled_top_k, lambda s, i, p, y: distill_rows(torch, s, i, p, y),
          labels=(1, 3), known=LOG_SOFTMAX),                 # its default tail is "renormalize"
     # GRPO: extreme logits, old log-probabilities and advantages; with the KL to a reference at log-probability 0

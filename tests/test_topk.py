@@ -10,7 +10,8 @@ from lossdsl.errors import LossInputError, LossLabelError, SpecNameError, SpecTy
 
 ROWS, CLASSES, K, WIDTH = 23, 17, 5, 6
 TAILS = ("renormalize", "bucket", "drop")
-TOPK = ("topk_kl", "topk_distill")  # the catalogue losses this file compares with PyTorch
+# the catalogue losses over a list axis, which this file compares with PyTorch
+LIST_AXIS = ("topk_kl", "topk_distill", "multilabel_soft_margin_indices")
 TOLERANCE = {np.float64: 1e-10, np.float32: 3e-5}
 
 
@@ -220,6 +221,31 @@ def test_classes_split_across_processes(load_loss, tail):
     for rank, (value, grad) in enumerate(sharded(loss, bounds, student, [ids, logp, target])):
         np.testing.assert_allclose(value, expected, rtol=1e-12)
         np.testing.assert_allclose(grad, expected_grad[:, bounds[rank]:bounds[rank + 1]], rtol=1e-10, atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------------
+# the same gather for targets given as lists of classes
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_multilabel_targets_as_lists_of_classes(load_loss, torch, dtype):
+    """multilabel_soft_margin_indices against PyTorch's MultiLabelSoftMarginLoss on the multi-hot targets
+    the lists stand for (padded with -1, an empty list, class weights)."""
+    rng = np.random.default_rng(12)
+    x = (rng.normal(size=(ROWS, CLASSES)) * 3).astype(dtype)
+    labels = np.stack([rng.permutation(CLASSES)[:K] for _ in range(ROWS)])
+    labels[2, 1:] = -1
+    labels[3, :] = -1
+    weight = rng.uniform(0.5, 2.0, CLASSES)
+    multi_hot = np.zeros((ROWS, CLASSES))
+    for row, classes in enumerate(labels):
+        multi_hot[row, classes[classes >= 0]] = 1.0
+    value, grad = load_loss("multilabel_soft_margin_indices").value_and_grad(x, labels, weight.astype(dtype))
+    t = torch.tensor(x.astype(np.float64), requires_grad=True)
+    expected = torch.nn.functional.multilabel_soft_margin_loss(t, torch.tensor(multi_hot), weight=torch.tensor(weight))
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
 # --------------------------------------------------------------------------------------------------

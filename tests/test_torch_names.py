@@ -11,7 +11,7 @@ from axis_references import AXIS_REFERENCES
 from references import REFERENCES
 from test_ctc_dsl import SEQUENCE_LOSSES
 from test_distillation import DISTILLATION
-from test_topk import TOPK
+from test_topk import LIST_AXIS
 from test_grpo import GRPO
 from test_preference import PREFERENCE
 from test_linear_heads import HEADS
@@ -44,7 +44,7 @@ def _compared_with_pytorch() -> set[str]:
     return ({REFERENCES[key].name for key in test_references_torch.TORCH}
             | {AXIS_REFERENCES[key].name for key in test_axis_torch.TORCH}
             | set(SEQUENCE_LOSSES) | set(ROW_LOSSES) | set(HEADS) | set(DISTILLATION)
-            | set(TOPK) | set(GRPO) | set(PREFERENCE))
+            | set(LIST_AXIS) | set(GRPO) | set(PREFERENCE))
 
 
 def test_every_catalogue_loss_is_compared_with_pytorch_or_excused():

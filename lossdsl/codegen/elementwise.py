@@ -63,6 +63,8 @@ def formula_comment(plan: KernelPlan) -> str:
         lines.append(f"#     ignore if {ir.format_expr(loss.ignore)}")
     if loss.mean_weight is not None:
         lines.append(f"#     mean weighted by {ir.format_expr(loss.mean_weight)}")
+    if loss.list_ignore is not None:
+        lines.append(f"#     ignore {loss.list_axis} if {ir.format_expr(loss.list_ignore)}")
     lines += [f"#     {local.name} = {ir.format_expr(local.expr)}" for local in loss.locals]
     return "\n".join(lines)
 

@@ -335,13 +335,12 @@ def _list_scatter(w: _Writer, indent: int, grads: list[str]) -> None:
     labels = [w.plan.inputs[label] for _, label, _ in listed.scatters]
     inner = _list_loop(w, indent, labels, loads=False)
     for m, (index, label, _) in enumerate(listed.scatters):
-        name = safe_name(label)
-        grad, at = grads[index], f"__gb + {name} * __inner"
+        name, grad, at = safe_name(label), grads[index], f"__gb + {safe_name(label)} * __inner"
+        indent = inner
         if w.blocked:  # only the labels in this block, at their place in it
             w.emit(inner, f"if __lo <= {name} and {name} < __lo + __width:")
-            grad, at, inner = grads[index], f"__gb + ({name} - __lo) * __inner", inner + 1
-        w.emit(inner, f"store({grad}, {at}, load({grad}, {at}) + __kterm{m}[{listed.position}] * __gw)")
-        inner -= 1 if w.blocked else 0
+            at, indent = f"__gb + ({name} - __lo) * __inner", inner + 1
+        w.emit(indent, f"store({grad}, {at}, load({grad}, {at}) + __kterm{m}[{listed.position}] * __gw)")
 
 
 def _pass_count(node: Reduction, online: bool = False) -> int:

@@ -516,6 +516,8 @@ CASES = [
     Case("dpo", "dpo", lambda dt: _grid(*(_extremes(dt),) * 2), _dpo(), wrt=(0, 1), overflows=True),
     Case("dpo-hinge", "dpo", lambda dt: _grid(*(_extremes(dt),) * 2), _dpo("hinge"), params={"loss_type": "hinge"},
          wrt=(0, 1), overflows=True),
+    Case("simpo", "simpo", lambda dt: _grid(*(_extremes(dt),) * 2),
+         lambda c, r: -F.logsigmoid(2.0 * (c - r) - 0.5), wrt=(0, 1), overflows=True),
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),

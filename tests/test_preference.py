@@ -8,7 +8,7 @@ import lossdsl
 from lossdsl.errors import LossInputError
 
 PAIRS, T, C, D = 4, 7, 11, 5
-PREFERENCE = ("dpo",)  # the catalogue losses this file compares with PyTorch
+PREFERENCE = ("dpo", "simpo")  # the catalogue losses this file compares with PyTorch
 VARIANTS = [({"loss_type": "sigmoid"}, False), ({"loss_type": "sigmoid", "label_smoothing": 0.1}, False),
             ({"loss_type": "robust", "label_smoothing": 0.1}, False), ({"loss_type": "hinge"}, False),
             ({"loss_type": "ipo"}, True)]
@@ -106,6 +106,22 @@ def test_dpo_through_a_linear_head(torch, chunks):
     np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
     for got, wanted in ((d_hidden, h), (d_weight, w), (d_bias, b)):
         np.testing.assert_allclose(got, wanted.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_simpo_from_the_policy_logits(torch, label_smoothing):
+    """SimPO (TRL CPOTrainer, loss_type "simpo", cpo_alpha 0): mean token log-probabilities, no reference."""
+    logits, labels, mask, _, _ = _batch(np.float64, seed=5)
+    simpo = lossdsl.preference("simpo", beta=2.0, gamma=0.5, label_smoothing=label_smoothing)
+    value, grad = simpo.value_and_grad(logits, labels, mask=mask)
+    t = torch.tensor(logits, requires_grad=True)
+    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=True)
+    margin = (seq[:PAIRS] - seq[PAIRS:]) - 0.5 / 2.0  # TRL: logits - simpo_gamma / beta, then times beta
+    F = torch.nn.functional
+    losses = -F.logsigmoid(2.0 * margin) * (1 - label_smoothing) - F.logsigmoid(-2.0 * margin) * label_smoothing
+    losses.mean().backward()
+    np.testing.assert_allclose(value, losses.mean().item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
 
 
 def test_micro_batches_of_pairs_add_up(torch):

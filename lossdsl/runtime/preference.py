@@ -28,12 +28,13 @@ def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = 
                **params) -> "PreferenceLoss":
     """The pair loss `pair` (a catalogue name or spec file; parameters as keywords) over the sequences of a
     policy's logits, or with `head=True` of its linear head (hidden states, weight, labels, linear_bias=).
-    `average` (default: True for loss_type "ipo", as TRL) length-normalises the sequence log-probabilities."""
+    `average` length-normalises the sequence log-probabilities; by default where the pair loss says so (a
+    `length_normalized` parameter, as simpo's), and for loss_type "ipo" (as TRL)."""
     from ..compiler import load
     pair_loss = load(pair, **params)
     token = load("linear_cross_entropy" if head else "cross_entropy", ignore_index=ignore_index)
     if average is None:
-        average = pair_loss.params.get("loss_type") == "ipo"
+        average = bool(pair_loss.params.get("length_normalized")) or pair_loss.params.get("loss_type") == "ipo"
     return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index)
 
 

@@ -102,8 +102,8 @@ def test_micro_batches_add_up_to_the_batch(load_loss, loss_type):
 
 
 def test_outputs_and_ignored_labels(load_loss, torch):
-    """Each token's logp, kl, ratio and TRL's clip indicator from the same pass; a label of ignore_index is
-    a token that counts for nothing (no weight needed)."""
+    """Each token's logp, kl, ratio, TRL's clip indicator, entropy and whether its label is the arg-max, from
+    the same pass; a label of ignore_index is a token that counts for nothing (no weight needed)."""
     logits, labels, old_logp, advantages, ref_logp, mask = _batch(np.float64, seed=2)
     labels = labels.copy()
     labels[4, -2:] = -100
@@ -116,7 +116,11 @@ def test_outputs_and_ignored_labels(load_loss, torch):
     d = ref_logp - logp
     clipped = ((ratio < 0.9) & (advantages < 0)) | ((ratio > 1.1) & (advantages > 0))
     kept = labels != -100
-    for name, expected in (("logp", logp), ("kl", np.exp(d) - d - 1), ("ratio", ratio), ("clipped", clipped)):
+    probabilities = torch.softmax(torch.tensor(logits), -1).numpy()
+    entropy = -(probabilities * np.log(probabilities)).sum(-1)
+    correct = np.argmax(logits, -1) == labels
+    for name, expected in (("logp", logp), ("kl", np.exp(d) - d - 1), ("ratio", ratio), ("clipped", clipped),
+                           ("entropy", entropy), ("correct", correct)):
         np.testing.assert_allclose(rows[name][kept], np.asarray(expected, np.float64)[kept], rtol=1e-10, atol=1e-12)
         assert np.all(np.isnan(rows[name][~kept]))
     assert 0 < rows["clipped"][kept].mean() < 1  # some ratios clipped, some not

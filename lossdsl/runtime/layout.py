@@ -323,7 +323,6 @@ class RowCall(Call):
         if last != first:
             raise LossInputError(f"{self.name}: a loss over a list axis takes its class axis as one array axis; "
                                  f"got axes {first}..{last}")
-        self.list_shapes = {}
         for spec_input in listed:
             shape = arrays[spec_input.name].shape
             rows = shape[:first] + shape[first + 1:]
@@ -342,10 +341,10 @@ class RowCall(Call):
         """An input over the list axis, flat, with its steps (outer, inner, along k)."""
         if is_label:
             array = integer_labels(self.name, input_name, array)
-        if array.shape != self.list_shapes.get(input_name):  # an optional input left out: broadcast its default
-            shape = self.shape[:self.list_first] + (self.list_length,) + self.shape[self.list_first:]
-            return flat(array, shape, dtype), (self.list_length * self.inner, 1, self.inner)
-        return flat(array, array.shape, dtype), (self.list_length * self.inner, 1, self.inner)
+        # an optional input left out: its default broadcast to the rows with K where the class axis is
+        shape = self.list_shapes.get(input_name,
+                                     self.shape[:self.list_first] + (self.list_length,) + self.shape[self.list_first:])
+        return flat(array, shape, dtype), (self.list_length * self.inner, 1, self.inner)
 
     def _along_axis(self, input_name: str, array: np.ndarray, dtype: np.dtype):
         if array.shape == self.full:

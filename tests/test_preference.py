@@ -1,6 +1,7 @@
-"""Preference losses (specs/dpo.loss) and lossdsl.preference, which meets them with the policy's tokens:
-against TRL DPOTrainer's formulas written here in PyTorch on materialised logits (log_softmax, gather,
-logsigmoid, autograd), on logits and through a linear head, with masks, micro-batches and bad calls."""
+"""Preference losses (specs/dpo.loss, simpo, orpo, cpo, kto) and lossdsl.preference, which meets them with the
+policy's tokens: against TRL's trainers' formulas written here in PyTorch on materialised logits (log_softmax,
+gather, logsigmoid, autograd), on logits and through a linear head, with masks, micro-batches and bad calls.
+A pair with a sequence of no counted token is left out (0 loss, no gradient), the "mean" over all pairs."""
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ import lossdsl
 from lossdsl.errors import LossInputError
 
 PAIRS, T, C, D = 4, 7, 11, 5
-PREFERENCE = ("dpo", "simpo")  # the catalogue losses this file compares with PyTorch
+PREFERENCE = ("dpo", "simpo", "orpo", "cpo", "kto")  # the catalogue losses this file compares with PyTorch
 VARIANTS = [({"loss_type": "sigmoid"}, False), ({"loss_type": "sigmoid", "label_smoothing": 0.1}, False),
             ({"loss_type": "robust", "label_smoothing": 0.1}, False), ({"loss_type": "hinge"}, False),
             ({"loss_type": "ipo"}, True)]
@@ -41,6 +42,12 @@ def sequence_logps(torch, logits, labels, mask, average):
     kept = (labels != -100) & (mask != 0)
     total = torch.where(kept, logp, torch.zeros_like(logp)).sum(-1)
     return total / kept.sum(-1).clamp(min=1) if average else total
+
+
+def counted_pairs(torch, labels, mask, groups=2):
+    """1.0 for each pair (sequence, unpaired) all of whose sequences have a counted token."""
+    kept = ((torch.as_tensor(labels) != -100) & (torch.as_tensor(mask) != 0)).any(-1)
+    return kept.reshape(groups, -1).all(0).double()
 
 
 def _batch(dtype, seed=0):
@@ -80,13 +87,16 @@ def test_dpo_from_the_policy_logits(torch, dtype, params, average):
     t = torch.tensor(logits.astype(np.float64), requires_grad=True)
     seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average)
     pair = trl_pair_loss(torch, seq[:PAIRS], seq[PAIRS:], torch.tensor(rc.astype(np.float64)),
-                         torch.tensor(rr.astype(np.float64)), beta=0.2, **params)
+                         torch.tensor(rr.astype(np.float64)), beta=0.2, **params) * counted_pairs(torch, labels, mask)
     pair.mean().backward()
     tol = 1e-10 if dtype == np.float64 else 3e-5
     np.testing.assert_allclose(value, pair.mean().item(), rtol=tol, atol=tol)
     np.testing.assert_allclose(grad, t.grad.numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(logps["chosen_logp"], seq[:PAIRS].detach().numpy(), rtol=tol)
     assert logps["rejected_logp"][2] == 0.0 and np.all(grad[6] == 0)  # row 6: no token counted, no gradient
+    assert np.all(grad[2] == 0) and np.isnan(logps["reward_margin"][2])  # its pair is left out
+    beta_margin = 0.2 * ((seq[:PAIRS] - torch.tensor(rc)) - (seq[PAIRS:] - torch.tensor(rr))).detach().numpy()
+    np.testing.assert_allclose(np.delete(logps["reward_margin"], 2), np.delete(beta_margin, 2), rtol=tol, atol=tol)
     assert np.all(grad[:, :2] == 0)  # the prompt
 
 
@@ -101,7 +111,8 @@ def test_dpo_through_a_linear_head(torch, chunks):
                                                              **chunks)
     h, w, b = (torch.tensor(a, requires_grad=True) for a in (hidden, weight, bias))
     seq = sequence_logps(torch, h @ w.T + b, torch.as_tensor(labels), torch.tensor(mask), False)
-    expected = trl_pair_loss(torch, seq[:PAIRS], seq[PAIRS:], torch.tensor(rc), torch.tensor(rr), beta=0.1).mean()
+    expected = (trl_pair_loss(torch, seq[:PAIRS], seq[PAIRS:], torch.tensor(rc), torch.tensor(rr), beta=0.1)
+                * counted_pairs(torch, labels, mask)).mean()
     expected.backward()
     np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
     for got, wanted in ((d_hidden, h), (d_weight, w), (d_bias, b)):
@@ -119,6 +130,7 @@ def test_simpo_from_the_policy_logits(torch, label_smoothing):
     margin = (seq[:PAIRS] - seq[PAIRS:]) - 0.5 / 2.0  # TRL: logits - simpo_gamma / beta, then times beta
     F = torch.nn.functional
     losses = -F.logsigmoid(2.0 * margin) * (1 - label_smoothing) - F.logsigmoid(-2.0 * margin) * label_smoothing
+    losses = losses * counted_pairs(torch, labels, mask)
     losses.mean().backward()
     np.testing.assert_allclose(value, losses.mean().item(), rtol=1e-12)
     np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-14)
@@ -151,4 +163,4 @@ def test_calls_refused():
     with pytest.raises(LossInputError, match="over pairs"):
         dpo(logits, labels, reduction="none")
     with pytest.raises(LossInputError, match="elementwise in"):
-        lossdsl.preference("huber")
+        lossdsl.preference("cross_entropy")

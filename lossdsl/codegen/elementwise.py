@@ -39,6 +39,8 @@ def generate(plan: KernelPlan, dtype: np.dtype, header: str, target: Target = CP
     kernels = [_kernel(plan, printer, False, target), _kernel(plan, printer, True, target)]
     if not target.cuda:
         kernels.append(IN_PLACE_ALIAS)
+        if plan.output_results:
+            kernels.append(_kernel(plan, printer, True, target, shown=True))
     return target.module(header, dtype, printer, kernels)
 
 
@@ -108,10 +110,10 @@ def _outside(plan: KernelPlan) -> str | None:
 
 
 def _element(plan: KernelPlan, printer: NumbaPrinter, steps, value, gradients, grads: list[str], with_grads: bool,
-             plain: bool) -> list[str]:
+             plain: bool, shown=()) -> list[str]:
     """The lines of one element: its inputs, the CSE steps, its weighted loss (NaN for an input outside its
-    domain when `__check`; stored where `__out` has room) and gradients. `plain`: for calls with no weights, no
-    per-element output and one value per optional input."""
+    domain when `__check`; stored where `__out` has room), gradients and the `shown` output values (stored in
+    `__extra[i, k]`). `plain`: for calls with no weights, no per-element output and one value per optional input."""
     outside = _outside(plan)
     return [*_loop_head(plan, plain),
             *(f"{temp} = {printer.doprint(expr)}" for temp, expr in steps),
@@ -120,27 +122,30 @@ def _element(plan: KernelPlan, printer: NumbaPrinter, steps, value, gradients, g
             *([f"__loss = F(math.nan) if __check & ({outside}) else __loss"] if outside else []),
             *([] if plain else ["if __elementwise:", "    __out[__i] = __loss"]),
             *(["__gw = __w * __gs"] if with_grads else []),
-            *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)]]
+            *[f"{g}[__i] = ({printer.doprint(expr)}) * __gw" for g, expr in zip(grads, gradients)],
+            *[f"__extra[__i, {k}] = {printer.doprint(expr)}" for k, expr in enumerate(shown)]]
 
 
-def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: list[str]):
+def _variants(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, grads: list[str], shown: bool = False):
     """(condition, element lines) of the loops a kernel has: for plain calls first, then the general loop;
     each twice where the loss has powers with runtime exponents, first for calls where all are small whole
-    numbers (x^2 as x*x) and then for the rest."""
+    numbers (x^2 as x*x) and then for the rest (not in the kernel that also stores the `output` values)."""
     def plan_of(source):
         return ((source.fused_steps, source.fused_results) if with_grads
                 else (source.value_steps, (source.value_result,)))
 
     whole = plan.whole_powers  # None in a grad_hess plan (symbolic.derive_hessian)
-    forms = [(None, plan_of(plan))]
-    if whole is not None:
+    forms = [(None, (plan.output_steps, plan.output_results) if shown else plan_of(plan))]
+    if whole is not None and not shown:
         check = " and ".join(f"fast_whole_exponent({printer.doprint(e)})" for e in whole.exponents)
         forms.insert(0, (check, plan_of(whole)))
     variants = []
     for plain in (True, False):
-        for check, (steps, (value, *gradients)) in forms:
+        for check, (steps, (value, *results)) in forms:
             condition = " and ".join(c for c in ("__plain" if plain else None, check) if c) or None
-            variants.append((condition, _element(plan, printer, steps, value, gradients, grads, with_grads, plain)))
+            gradients, outputs = results[:len(grads)], results[len(grads):]
+            variants.append((condition, _element(plan, printer, steps, value, gradients, grads, with_grads, plain,
+                                                 outputs)))
     return variants
 
 
@@ -158,9 +163,10 @@ def generate_grad_hess(plan: KernelPlan, dtype: np.dtype, header: str, target: T
 
 
 def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: Target,
-            outputs: tuple[str, ...] = ()) -> str:
+            outputs: tuple[str, ...] = (), shown: bool = False) -> str:
     """`loss_value`, or with `with_grads` the fused `loss_value_and_grad`, or with `outputs` named
-    (gradient, second derivative) `loss_grad_hess`: one skeleton for all three."""
+    (gradient, second derivative) `loss_grad_hess`, or with `shown` `loss_value_and_grad_outputs` (the spec's
+    `output` values of element i in `__extra[i]`): one skeleton for all four."""
     args, prologue = _signature(plan)
     grads = list(outputs) or ([f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else [])
     name, extra, doc = (("loss_value_and_grad", ["__gscale"], "loss_value, and each gradient times weight and "
@@ -169,6 +175,9 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
                          "when it has room."))
     if outputs:
         name, doc = "loss_grad_hess", "loss_value, with each gradient and second derivative times weight and __gscale."
+    if shown:
+        name, doc = "loss_value_and_grad_outputs", "loss_value_and_grad, with the output values in __extra."
+        grads = grads + ["__extra"]
     lines = [
         target.kernel_decorator,
         f"def {name}({target.parameters(args + ['__weight', '__scale', '__check', *extra, '__out', *grads])}):",
@@ -181,7 +190,8 @@ def _kernel(plan: KernelPlan, printer: NumbaPrinter, with_grads: bool, target: T
         "    __elementwise = __out.size == __n",
         *([] if target.cuda else [f"    __plain = {_plain_test(plan)}"]),
         "    __total = 0.0",
-        *(f"    {line}" for line in target.element_loop("__n", _variants(plan, printer, with_grads, grads))),
+        *(f"    {line}" for line in target.element_loop("__n", _variants(plan, printer, with_grads,
+                                                                         grads[:len(grads) - shown], shown))),
         *[f"    {line}" for line in target.finish()],
     ]
     return "\n".join(lines) + "\n"

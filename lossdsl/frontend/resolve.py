@@ -327,11 +327,10 @@ class _Resolver:
                             source=self.source, **rules)
 
     def outputs(self, loss: ir.LossDef, locals_: list[ir.Local]) -> tuple[str, ...]:
-        """`output a, b`: locals of this loss over an axis, one value per row (they stand beside the loss)."""
+        """`output a, b`: locals standing beside the loss, one value per row of a loss over an axis, one per
+        element of an elementwise loss."""
         known = {local.name: local for local in locals_[:-1]}
         for name in loss.outputs:
-            if self.axis is None:
-                raise self.error(SpecTypeError, "`output` is for losses over a named axis", loss.file, name.pos)
             if name.id not in known:
                 raise self.error(SpecNameError, f"`output {name.id}`: {name.id} is not a local of {loss.name} "
                                  "(the loss itself is always returned)", loss.file, name.pos)

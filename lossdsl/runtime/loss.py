@@ -147,7 +147,7 @@ class Loss:
         then overwrites that input (no second buffer of its size; the logits are gone after).
         `device` ("cpu" or "cuda") forces a target; by default GPU arrays run on CUDA.
         `outputs=True` (CPU) also returns a dict of the spec's `output` values, one per row (NaN for
-        rows left out), from the same pass: (value, gradient, {name: values}).
+        rows left out) or per element, from the same pass: (value, gradient, {name: values}).
         """
         call = self._prepare(inputs, named_inputs, reduction, weight, sample_weight, batch_axis, axis, device)
         out = call.memory.empty(call.size if call.elementwise else 0, call.dtype)
@@ -164,7 +164,8 @@ class Loss:
             if not names or call.memory is not HOST:
                 why = "declares no `output`" if not names else "computes its outputs on the CPU only"
                 raise LossInputError(f"{self.name} {why}")
-            kernel, extra = "loss_value_and_grad_outputs", (np.empty((call.rows, len(names)), call.dtype),)
+            kernel, extra = "loss_value_and_grad_outputs", (np.empty((call.rows if isinstance(call, RowCall) else call.size,
+                                                                    len(names)), call.dtype),)
         total = self._run(call, kernel, lambda: {
             **call.named, **self._param_args, "__weight": call.weights, "__scale": call.scale,
             "__gscale": call.grad_scale, "__out": out, "__extra": extra[0] if extra else None,

@@ -1,19 +1,27 @@
-"""Preference losses over pairs of sequences, from the policy's logits (or its linear head) token by token.
+"""Preference losses over sequences, from the policy's logits (or its linear head) token by token.
 
     dpo = lossdsl.preference("dpo", beta=0.1)
     value, grad = dpo.value_and_grad(logits, labels, ref_chosen_logp=rc, ref_rejected_logp=rr)
 
-A pair loss (specs/dpo.loss: an elementwise loss of a pair's sequence log-probabilities) meets the tokens
-through the chain rule, in three steps, as SequenceLoss joins CTC to its stages:
+A sequence loss (specs/dpo.loss: an elementwise loss of sequence log-probabilities) meets the tokens through
+the chain rule, in three steps, as SequenceLoss joins CTC to its stages:
 
-    logits --token nll--> (2B, T) --masked sum over T--> logp (2B,) --pair loss--> (B,) --> reduced
-    grad <--token nll's gradient, weighted-- u = -dL/dlogp * mask <--pair loss's gradient--
+    logits --token nll--> (S, T) --masked sum over T--> logp (S,) --sequence loss--> reduced
+    grad <--token nll's gradient, weighted-- u = -dL/dlogp * mask (+ the NLL term's weight) <--loss's gradient--
 
-The batch holds the chosen sequences first and the rejected ones second (TRL's and Liger-Kernel's layout),
-rows (2B, T) and the class axis last. The token loss is cross_entropy (its nll, ignore_index -100), or
+A loss with two `wrt` inputs is over pairs: the batch holds the chosen sequences first and the rejected ones
+second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired (KTO): one
+value per sequence. The class axis is last. The token loss is cross_entropy (its nll, ignore_index -100), or
 linear_cross_entropy for `head=True`: its first call (values only) gives every token's nll, its second (the
 gradient of sum(u * nll)) the gradient, so a head computes its logits twice, a chunk at a time, and they are
-never whole. `average=True` divides each sequence's log-probability by its token count (IPO, SimPO).
+never whole.
+
+What a spec declares, read here: `length_normalized` (each sequence's log-probability is the mean over its
+tokens, not the sum; also for loss_type "ipo" and "simpo", as TRL averages them) and `nll_weight` (that
+times the chosen sequences' token NLL, the mean over all their counted tokens as torch's CrossEntropyLoss
+takes it, is added to the loss: ORPO's SFT term, CPO's cpo_alpha). A sequence with no counted token (all
+masked) carries no preference: its pair (or it, unpaired) adds 0 to the loss and gets no gradient, and the
+"mean" still divides by the number of pairs (sequences), so micro-batches add up.
 """
 from __future__ import annotations
 
@@ -22,81 +30,114 @@ import numpy as np
 from ..errors import LossInputError
 
 _POLICY_INPUTS = {False: ("logits", "labels"), True: ("input", "linear_weight", "labels")}
+_AVERAGED_TYPES = ("ipo", "simpo")  # TRL's loss types on length-averaged log-probabilities (DPO and CPO trainers)
 
 
 def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = None, ignore_index: int = -100,
                **params) -> "PreferenceLoss":
-    """The pair loss `pair` (a catalogue name or spec file; parameters as keywords) over the sequences of a
-    policy's logits, or with `head=True` of its linear head (hidden states, weight, labels, linear_bias=).
-    `average` length-normalises the sequence log-probabilities; by default where the pair loss says so (a
-    `length_normalized` parameter, as simpo's), and for loss_type "ipo" (as TRL)."""
+    """The sequence loss `pair` (a catalogue name or spec file; parameters as keywords) over the sequences of
+    a policy's logits, or with `head=True` of its linear head (hidden states, weight, labels, linear_bias=).
+    `average` length-normalises the sequence log-probabilities; by default where the loss says so (its
+    `length_normalized` parameter, or loss_type "ipo" or "simpo", as TRL)."""
     from ..compiler import load
     pair_loss = load(pair, **params)
     token = load("linear_cross_entropy" if head else "cross_entropy", ignore_index=ignore_index)
     if average is None:
-        average = bool(pair_loss.params.get("length_normalized")) or pair_loss.params.get("loss_type") == "ipo"
+        average = bool(pair_loss.params.get("length_normalized")) or pair_loss.params.get("loss_type") in \
+            _AVERAGED_TYPES
     return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index)
 
 
 class PreferenceLoss:
-    """A pair loss of sequence log-probabilities, called with the policy's token inputs (see the module)."""
+    """A loss of sequence log-probabilities, called with the policy's token inputs (see the module)."""
 
     def __init__(self, pair, token, head: bool, average: bool, ignore_index: int):
-        if pair.signature.axis is not None or len(pair.wrt) != 2:
+        if pair.signature.axis is not None or len(pair.wrt) not in (1, 2):
             raise LossInputError(f"{pair.name}: a preference loss is elementwise in (chosen, rejected) sequence "
-                                 "log-probabilities, differentiated with respect to those two")
+                                 "log-probabilities, or in one sequence's (unpaired), differentiated with respect "
+                                 "to those")
         self.pair, self.token, self.head, self.average, self.ignore_index = pair, token, head, average, ignore_index
         self.name = pair.name
+        self.paired = len(pair.wrt) == 2
+        self.nll_weight = float(pair.params.get("nll_weight", 0.0))
 
     def __repr__(self) -> str:
         return f"<lossdsl.PreferenceLoss {self.name} over {'a linear head' if self.head else 'logits'}>"
 
     def __call__(self, *inputs, mask=None, reduction: str = "mean", linear_bias=None, **pair_inputs):
-        """The reduced pair loss; the pair loss's other inputs by name (ref_chosen_logp=, ...), and a head's
+        """The reduced loss; the sequence loss's other inputs by name (ref_chosen_logp=, ...), and a head's
         chunk_rows= and chunk_classes=."""
         return self._run(inputs, mask, reduction, linear_bias, pair_inputs, gradient=False)[0]
 
     def value_and_grad(self, *inputs, mask=None, reduction: str = "mean", linear_bias=None, outputs: bool = False,
                        **pair_inputs):
-        """(the reduced pair loss, the gradient of the logits, or of the head's input, weight (and bias)); with
-        `outputs`, also {"chosen_logp", "rejected_logp"}: each pair's sequence log-probabilities (B,)."""
-        value, grads, logps = self._run(inputs, mask, reduction, linear_bias, pair_inputs, gradient=True)
-        return (value, grads, logps) if outputs else (value, grads)
+        """(the reduced loss, the gradient of the logits, or of the head's input, weight (and bias)); with
+        `outputs`, also a dict: each pair's sequence log-probabilities "chosen_logp" and "rejected_logp" (B,)
+        (unpaired: "logp"), "nll" (the NLL term, where the loss has one) and the spec's `output` values
+        (implicit rewards, margins: NaN for a pair left out)."""
+        value, grads, shown = self._run(inputs, mask, reduction, linear_bias, pair_inputs, gradient=True)
+        return (value, grads, shown) if outputs else (value, grads)
 
     def _run(self, inputs, mask, reduction, linear_bias, pair_inputs, gradient: bool):
+        labels, kept = self._tokens(inputs, mask, reduction)
+        token_counts = kept.sum(axis=1)
+        counts = np.maximum(token_counts, 1) if self.average else np.ones(labels.shape[0])
+        chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes") if k in pair_inputs}
+        if chunking and not self.head:
+            raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
+        bias = {} if linear_bias is None else {"linear_bias": linear_bias}
+        token = {**bias, **chunking, **self._axis()}
+        nll = np.where(kept, np.asarray(self.token(*inputs, reduction="none", **token), np.float64), 0.0)
+        logp = -nll.sum(axis=1) / counts
+        groups = 2 if self.paired else 1
+        size = labels.shape[0] // groups
+        counted = (token_counts > 0).reshape(groups, size).all(axis=0)  # the pairs (sequences) that count
+        sequences = [np.where(counted, part, -1.0) for part in logp.reshape(groups, size)]  # finite where left out
+        weights = counted / (size if reduction == "mean" else 1)
+        chosen = np.zeros(labels.shape[0], bool)
+        chosen[:size] = self.nll_weight > 0 and self.paired
+        nll_count = max(int(kept[chosen].sum()), 1) if reduction == "mean" else 1
+        nll_term = self.nll_weight * nll[chosen].sum() / nll_count if self.nll_weight > 0 else 0.0
+        if not gradient:
+            return self.pair(*sequences, reduction="sum", sample_weight=weights, **pair_inputs) + nll_term, None, None
+        extra = {}
+        if self.pair.signature.outputs:
+            value, d_logp, extra = self.pair.value_and_grad(*sequences, reduction="sum", sample_weight=weights,
+                                                            outputs=True, **pair_inputs)
+            extra = {name: np.where(counted, values, np.nan) for name, values in extra.items()}
+        else:
+            value, d_logp = self.pair.value_and_grad(*sequences, reduction="sum", sample_weight=weights,
+                                                     **pair_inputs)
+        d_logp = np.concatenate(d_logp) if self.paired else d_logp
+        per_sequence = -d_logp / counts  # d loss / d nll of each counted token
+        per_token = per_sequence[:, None] + np.where(chosen, self.nll_weight / nll_count, 0.0)[:, None]
+        _, grads = self.token.value_and_grad(*inputs, reduction="sum", sample_weight=np.where(kept, per_token, 0.0),
+                                             **token)
+        names = ("chosen_logp", "rejected_logp") if self.paired else ("logp",)
+        shown = {**dict(zip(names, logp.reshape(groups, size))), **({"nll": nll_term} if self.nll_weight else {}),
+                 **extra}
+        return value + nll_term, grads, shown
+
+    def _tokens(self, inputs, mask, reduction) -> tuple[np.ndarray, np.ndarray]:
+        """The labels, checked, and which tokens count (not ignore_index, and mask nonzero)."""
         names = _POLICY_INPUTS[self.head]
         if len(inputs) != len(names):
-            raise LossInputError(f"{self.name}: takes the policy's {', '.join(names)}, then the pair loss's other "
-                                 f"inputs by name; got {len(inputs)} positional inputs")
+            raise LossInputError(f"{self.name}: takes the policy's {', '.join(names)}, then the sequence loss's "
+                                 f"other inputs by name; got {len(inputs)} positional inputs")
         if reduction not in ("mean", "sum"):
-            raise LossInputError(f"{self.name}: reduction must be 'mean' or 'sum' (over pairs); got {reduction!r}")
+            raise LossInputError(f"{self.name}: reduction must be 'mean' or 'sum' (over "
+                                 f"{'pairs' if self.paired else 'sequences'}); got {reduction!r}")
         labels = np.asarray(inputs[-1])
-        if labels.ndim != 2 or labels.shape[0] % 2:
-            raise LossInputError(f"{self.name}: labels must be (2 * pairs, tokens), chosen sequences first; got "
-                                 f"shape {labels.shape}")
+        if labels.ndim != 2 or (self.paired and labels.shape[0] % 2):
+            layout = "(2 * pairs, tokens), chosen sequences first" if self.paired else "(sequences, tokens)"
+            raise LossInputError(f"{self.name}: labels must be {layout}; got shape {labels.shape}")
         kept = labels != self.ignore_index
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != labels.shape:
                 raise LossInputError(f"{self.name}: mask of shape {mask.shape} must be the labels' {labels.shape}")
             kept = kept & (mask != 0)
-        counts = np.maximum(kept.sum(axis=1), 1) if self.average else np.ones(labels.shape[0])
-        chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes") if k in pair_inputs}
-        if chunking and not self.head:
-            raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
-        bias = {} if linear_bias is None else {"linear_bias": linear_bias}
-        token = {**bias, **chunking, **self._axis()}
-        nll = np.asarray(self.token(*inputs, reduction="none", **token), np.float64)
-        logp = -(np.where(kept, nll, 0.0)).sum(axis=1) / counts
-        pairs = labels.shape[0] // 2
-        chosen, rejected = logp[:pairs], logp[pairs:]
-        if not gradient:
-            return self.pair(chosen, rejected, reduction=reduction, **pair_inputs), None, None
-        value, (d_chosen, d_rejected) = self.pair.value_and_grad(chosen, rejected, reduction=reduction, **pair_inputs)
-        per_sequence = -np.concatenate([d_chosen, d_rejected]) / counts  # d loss / d nll of each counted token
-        weights = np.where(kept, per_sequence[:, None], 0.0)
-        _, grads = self.token.value_and_grad(*inputs, reduction="sum", sample_weight=weights, **token)
-        return value, grads, {"chosen_logp": chosen, "rejected_logp": rejected}
+        return labels, kept
 
     def _axis(self) -> dict:
         return {} if self.head else {"axis": -1}

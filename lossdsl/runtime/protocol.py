@@ -75,7 +75,7 @@ class Signature:
     axis: str | None = None  # the class axis a loss reduces over (`logits[c]`), if any
     axis_position: int | str | None = None  # the spec's `axis c = k`: where that axis is by default
     labels: tuple[str, ...] = ()  # inputs holding integer labels along the axis (`logits[y]`)
-    outputs: tuple[str, ...] = ()  # per-row values a call may ask for beside the loss (`output ...`)
+    outputs: tuple[str, ...] = ()  # per-row (per-element) values a call may ask for beside the loss (`output ...`)
     call_inputs: tuple[str, ...] = ()  # the names a call takes, in order
     list_axis: str | None = None  # a second named axis (`ids[k]`: several labels a row), if any
 

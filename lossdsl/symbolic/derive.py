@@ -56,6 +56,10 @@ class KernelPlan:
     # where powers have runtime exponents: the same CSEs with each x^e a product of squarings, for calls where
     # every exponent is a small whole number (WholePowers), else None
     whole_powers: "WholePowers | None" = None
+    # with `output` locals: the CSE of value, gradients and those locals (in that order), for the kernel that
+    # stores them beside the gradient
+    output_steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
+    output_results: tuple[sympy.Expr, ...] = ()
 
     def readable(self) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
         """The loss and its gradients as formulas to show."""
@@ -306,9 +310,12 @@ def derive(loss: ResolvedLoss) -> KernelPlan:
         value_steps, (value_result,) = _cse(fused[:1], names)
         fused_steps, fused_results = _cse(fused, names)
         whole = _whole_powers(fused, names, {symbols[p] for p in loss.numeric_params})
+        shown = [lowered(stabilize(local_values[name])) for name in loss.outputs]
+        output_steps, output_results = _cse(fused + shown, names) if shown else ((), ())
     return KernelPlan(loss, tuple(symbols[p] for p in loss.numeric_params), value, grads, value_steps, value_result,
                       fused_steps, tuple(fused_results),
-                      tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom), whole)
+                      tuple((n, e) for n, e in local_values.items() if n != loss.name and not e.is_Atom), whole,
+                      tuple(output_steps), tuple(output_results))
 
 
 def _whole_powers(exprs: list[sympy.Expr], names: dict[sympy.Expr, str], params: set) -> WholePowers | None:

@@ -164,3 +164,142 @@ def test_calls_refused():
         dpo(logits, labels, reduction="none")
     with pytest.raises(LossInputError, match="elementwise in"):
         lossdsl.preference("cross_entropy")
+
+
+def _full_batch(dtype, seed):
+    """A batch whose every sequence has counted tokens (padding at either end, one of one token)."""
+    logits, labels, mask, rc, rr = _batch(dtype, seed)
+    mask[6, :] = 1
+    mask[3, :3] = 0  # padding at the start
+    return logits, labels, mask, rc, rr
+
+
+def chosen_nll(torch, logits, labels, mask):
+    """torch's CrossEntropyLoss (mean over counted tokens, -100 ignored) over the chosen half."""
+    target = torch.where(torch.as_tensor(mask) != 0, torch.as_tensor(labels), torch.full_like(torch.as_tensor(labels),
+                                                                                             -100))
+    return torch.nn.functional.cross_entropy(logits[:PAIRS].reshape(-1, C), target[:PAIRS].reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_orpo_from_the_policy_logits(torch, dtype):
+    """TRL ORPOTrainer: nll_loss - mean(beta * logsigmoid(log_odds)), mean token log-probabilities."""
+    logits, labels, mask, _, _ = _full_batch(dtype, seed=6)
+    orpo = lossdsl.preference("orpo", beta=0.25)
+    value, grad, shown = orpo.value_and_grad(logits, labels, mask=mask, outputs=True)
+    t = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=True)
+    c, r = seq[:PAIRS], seq[PAIRS:]
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    nll = chosen_nll(torch, t, labels, mask)
+    expected = nll - (0.25 * torch.nn.functional.logsigmoid(log_odds)).mean()
+    expected.backward()
+    tol = 1e-10 if dtype == np.float64 else 3e-5
+    np.testing.assert_allclose(value, expected.item(), rtol=tol)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(shown["log_odds"], log_odds.detach().numpy(), rtol=tol)
+    np.testing.assert_allclose(shown["nll"], nll.item(), rtol=tol)
+    np.testing.assert_allclose(shown["chosen_reward"], 0.25 * c.detach().numpy(), rtol=tol)
+
+
+CPO_TYPES = ["sigmoid", "hinge", "ipo", "simpo"]
+
+
+@pytest.mark.parametrize("loss_type", CPO_TYPES)
+def test_cpo_from_the_policy_logits(torch, loss_type):
+    """TRL CPOTrainer: mean(losses) + cpo_alpha * nll_loss; sums of token log-probabilities, means for ipo/simpo."""
+    logits, labels, mask, _, _ = _full_batch(np.float64, seed=7)
+    beta, alpha, smoothing, gamma = 0.5, 0.7, 0.1, 0.3
+    cpo = lossdsl.preference("cpo", beta=beta, loss_type=loss_type, nll_weight=alpha, label_smoothing=smoothing,
+                             simpo_gamma=gamma)
+    value, grad = cpo.value_and_grad(logits, labels, mask=mask)
+    t = torch.tensor(logits, requires_grad=True)
+    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=loss_type in ("ipo", "simpo"))
+    d = seq[:PAIRS] - seq[PAIRS:]
+    F = torch.nn.functional
+    if loss_type in ("sigmoid", "simpo"):
+        m = d - gamma / beta if loss_type == "simpo" else d
+        losses = -F.logsigmoid(beta * m) * (1 - smoothing) - F.logsigmoid(-beta * m) * smoothing
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * d)
+    else:
+        losses = (d - 1 / (2 * beta)) ** 2
+    expected = losses.mean() + alpha * chosen_nll(torch, t, labels, mask)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+def test_kto_on_unpaired_sequences(torch, loss_type):
+    """TRL KTOTrainer.kto_loss: desirable and undesirable sequences, a reference point clamped at 0, the mean
+    over all sequences; a sequence with no counted token left out."""
+    logits, labels, mask, _, _ = _batch(np.float64, seed=8)
+    rng = np.random.default_rng(9)
+    desirable = np.array([1, 0, 1, 1, 0, 0, 1, 0], float)
+    ref = rng.normal(size=2 * PAIRS) - 8
+    kto = lossdsl.preference("kto", beta=0.3, desirable_weight=1.5, undesirable_weight=0.8, loss_type=loss_type)
+    for kl in (0.4, -0.2):
+        value, grad, shown = kto.value_and_grad(logits, labels, mask=mask, desirable=desirable, ref_logp=ref, kl=kl,
+                                                outputs=True)
+        t = torch.tensor(logits, requires_grad=True)
+        seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=False)
+        ratio = seq - torch.tensor(ref)
+        z0 = max(kl, 0.0) if loss_type == "kto" else 0.0
+        wanted = 1.5 * (1 - torch.sigmoid(0.3 * (ratio - z0)))
+        unwanted = 0.8 * (1 - torch.sigmoid(0.3 * (z0 - ratio)))
+        losses = torch.where(torch.tensor(desirable) == 1, wanted, unwanted) * counted_pairs(torch, labels, mask, 1)
+        losses.mean().backward()
+        np.testing.assert_allclose(value, losses.mean().item(), rtol=1e-12)
+        np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(np.delete(shown["reward"], 6), np.delete(0.3 * ratio.detach().numpy(), 6),
+                                   rtol=1e-12)
+        assert np.all(grad[6] == 0) and np.isnan(shown["reward"][6])
+
+
+def test_orpo_through_a_linear_head(torch):
+    logits, labels, mask, _, _ = _full_batch(np.float64, seed=10)
+    rng = np.random.default_rng(11)
+    hidden, weight = rng.normal(size=(2 * PAIRS, T, D)), rng.normal(size=(C, D)) * 0.5
+    orpo = lossdsl.preference("orpo", head=True, beta=0.1)
+    value, (d_hidden, d_weight) = orpo.value_and_grad(hidden, weight, labels, mask=mask, chunk_rows=6)
+    h, w = (torch.tensor(a, requires_grad=True) for a in (hidden, weight))
+    z = h @ w.T
+    seq = sequence_logps(torch, z, torch.as_tensor(labels), torch.tensor(mask), average=True)
+    c, r = seq[:PAIRS], seq[PAIRS:]
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    expected = chosen_nll(torch, z, labels, mask) - (0.1 * torch.nn.functional.logsigmoid(log_odds)).mean()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
+    np.testing.assert_allclose(d_hidden, h.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(d_weight, w.grad.numpy(), rtol=1e-9, atol=1e-13)
+
+
+def test_micro_batches_add_up_with_an_nll_term(torch):
+    """reduction="sum" sums the pair losses and the chosen tokens' NLL: micro-batches add up to the batch."""
+    logits, labels, mask, _, _ = _full_batch(np.float64, seed=12)
+    cpo = lossdsl.preference("cpo", beta=0.2, nll_weight=0.5)
+    value, grad = cpo.value_and_grad(logits, labels, mask=mask, reduction="sum")
+    total, parts = 0.0, {}
+    for pairs in (slice(0, 3), slice(3, PAIRS)):
+        rows = np.r_[np.arange(PAIRS)[pairs], PAIRS + np.arange(PAIRS)[pairs]]
+        v, g = cpo.value_and_grad(logits[rows], labels[rows], mask=mask[rows], reduction="sum")
+        total += v
+        parts.update(zip(rows, g))
+    np.testing.assert_allclose(total, value, rtol=1e-13)
+    np.testing.assert_allclose(np.stack([parts[r] for r in range(2 * PAIRS)]), grad, rtol=1e-12, atol=1e-16)
+
+
+def test_orpo_stays_finite_near_probability_one(load_loss, torch):
+    """log(1 - exp(x)) near x = 0 (mean log-probabilities of nearly 1): the value and gradient against float64
+    PyTorch in the accurate form, where log1p(-exp(x)) alone loses digits."""
+    chosen, rejected = np.array([-1e-9, -0.3, -5.0, -0.69]), np.array([-0.2, -1e-12, -0.7, -40.0])
+    loss = load_loss("orpo", beta=1.0)
+    value, (d_c, d_r) = loss.value_and_grad(chosen, rejected, reduction="sum")
+    c, r = (torch.tensor(a, requires_grad=True) for a in (chosen, rejected))
+    log1m = lambda x: torch.where(x > -np.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    expected = -torch.nn.functional.logsigmoid((c - r) - (log1m(c) - log1m(r))).sum()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
+    np.testing.assert_allclose(d_c, c.grad.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(d_r, r.grad.numpy(), rtol=1e-9)

@@ -174,6 +174,24 @@ def _dpo(loss_type="sigmoid"):
     return reference
 
 
+def _log_probabilities(dtype):
+    """Mean log-probabilities at the extremes: -max, -big, -1, -1e-6 and the largest below 0 (probabilities
+    nearly 1; at 0 itself the odds are infinite, the gradient a pole's, the side it is taken from a convention)."""
+    return np.array([-_top(dtype), -BIG[dtype], -1.0, -1e-6, -np.finfo(dtype).tiny], dtype)
+
+
+def _orpo(chosen, rejected):   # TRL ORPOTrainer's odds ratio, beta 0.1, log(1 - exp(x)) in its accurate form
+    def log1m(x):
+        far = torch.log1p(-torch.exp(torch.minimum(x, torch.full_like(x, -0.5))))  # finite where not taken
+        return torch.where(x > -np.log(2), torch.log(-torch.expm1(x)), far)
+    return -0.1 * F.logsigmoid((chosen - rejected) - (log1m(chosen) - log1m(rejected)))
+
+
+def _kto(logp, desirable, ref):   # TRL KTOTrainer.kto_loss, beta 0.1, reference point 0
+    ratio = logp - ref
+    return torch.where(desirable == 1, 1 - torch.sigmoid(0.1 * ratio), 1 - torch.sigmoid(-0.1 * ratio))
+
+
 def _signed_pairs(dtype):
     a, b = _vector_pairs(dtype)
     return a, b, np.where(np.arange(len(a)) % 2 == 0, 1, -1).astype(dtype)
@@ -518,6 +536,10 @@ CASES = [
          wrt=(0, 1), overflows=True),
     Case("simpo", "simpo", lambda dt: _grid(*(_extremes(dt),) * 2),
          lambda c, r: -F.logsigmoid(2.0 * (c - r) - 0.5), wrt=(0, 1), overflows=True),
+    Case("orpo", "orpo", lambda dt: _grid(*(_log_probabilities(dt),) * 2), _orpo, wrt=(0, 1), overflows=True),
+    Case("cpo", "cpo", lambda dt: _grid(*(_extremes(dt),) * 2), lambda c, r: -F.logsigmoid(0.1 * (c - r)),
+         wrt=(0, 1), overflows=True),
+    Case("kto", "kto", lambda dt: _grid(_extremes(dt), np.array([0.0, 1.0], dt), _extremes(dt)), _kto, overflows=True),
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),

@@ -126,7 +126,11 @@ def cmd_compile(args) -> int:
 def cmd_check(args) -> int:
     from .gradcheck import check, format_table
 
-    loss = _load(args)
+    if args.sequences:
+        from .runtime.preference import preference
+        loss = preference(args.loss, **dict(args.param or []))
+    else:
+        loss = _load(args)
     rows = check(loss, points=args.points, seed=args.seed)
     print(format_table(loss, rows))
     return 0 if all(r.passed for r in rows) else 1
@@ -213,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     chk = with_loss("check", "verify the derived gradient against finite differences")
     chk.add_argument("--points", type=_integer(1), default=256, help="sampled points (default: 256)")
     chk.add_argument("--seed", type=_integer(0), default=0)
+    chk.add_argument("--sequences", action="store_true",
+                     help="a preference loss (dpo, kto, ...) through lossdsl.preference: at every logit of a few "
+                          "short sequences of a policy")
     chk.set_defaults(run=cmd_check)
 
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import numpy as np
 from .frontend.ir import Domain
 from .classaxis.heads import LinearHead
 from .runtime.loss import Loss
+from .runtime.preference import PreferenceLoss
 from .runtime.sequence import SequenceLoss
 
 
@@ -68,17 +69,21 @@ def sample_inputs(loss: Loss, points: int = 256, seed: int = 0, classes: int = 5
     return inputs
 
 
-def check(loss: Loss | SequenceLoss | LinearHead, points: int = 256, seed: int = 0,
+def check(loss: Loss | SequenceLoss | LinearHead | PreferenceLoss, points: int = 256, seed: int = 0,
           classes: int = 5) -> list[GradCheckRow]:
     """One row per differentiated input: how the kernel's gradient compares with finite differences.
 
     A loss over a named axis is checked on `points` rows of `classes` positions (labels drawn
     in range), one position at a time: rows are independent, so one shifted call checks a column.
     A sequence loss is checked at every score of a few short sequences (its own sample_inputs), a
-    linear head by its row loss (the logits' gradient; tests check the products against PyTorch).
+    linear head by its row loss (the logits' gradient; tests check the products against PyTorch), a
+    preference loss at every logit of a few short sequences of a policy (through the token log-probabilities,
+    the masked sums over the tokens and the sequence formula).
     """
     if isinstance(loss, SequenceLoss):
         return [_compare_sequence(loss, loss.sample_inputs(seed, classes=classes))]
+    if isinstance(loss, PreferenceLoss):
+        return [_compare_preference(loss, seed, classes)]
     if isinstance(loss, LinearHead):  # its derived gradient is the row loss's; the rest is BLAS products
         loss = loss.loss
     options = {"axis": -1} if loss.signature.axis else {}
@@ -123,15 +128,45 @@ def _compare_sequence(loss: SequenceLoss, inputs: list[np.ndarray]) -> GradCheck
     """Central differences of the summed loss, one score at a time."""
     index = loss.inputs.index(loss.wrt[0])
     x = inputs[index]
-    grad = loss.grad(*inputs, reduction="sum")
 
+    def value(scores):
+        return float(loss(*inputs[:index], scores, *inputs[index + 1:], reduction="sum"))
+
+    return _compare_everywhere(loss.wrt[0], x, loss.grad(*inputs, reduction="sum"), value)
+
+
+def _compare_preference(loss: PreferenceLoss, seed: int, classes: int, pairs: int = 3,
+                        tokens: int = 4) -> GradCheckRow:
+    """Central differences of the reduced loss at every logit of `pairs` pairs (or twice as many unpaired
+    sequences) of `tokens` tokens: the first token a prompt (-100), one sequence padded at the end, one of a
+    single token; the sequence loss's other inputs sampled from their domains, one per pair (sequence)."""
+    rng = np.random.default_rng(seed)
+    rows = 2 * pairs
+    logits = rng.normal(0.0, 2.0, (rows, tokens, classes))
+    labels = rng.integers(0, classes, (rows, tokens))
+    labels[:, 0] = loss.ignore_index
+    mask = np.ones((rows, tokens))
+    mask[1, -1] = 0
+    mask[-1, 2:] = 0
+    per = pairs if loss.paired else rows
+    named = {i.name: sample(i.domain, rng, per) for i in loss.pair.signature.inputs if i.name not in loss.pair.wrt}
+    # a reference policy's log-probabilities (ref_*) near the policy's own, where the formulas have slope
+    named = {k: v - 3.0 * tokens if k.startswith("ref_") else v for k, v in named.items()}
+
+    def value(x):
+        return float(loss(x, labels, mask=mask, **named))
+
+    return _compare_everywhere("logits", logits, loss.value_and_grad(logits, labels, mask=mask, **named)[1], value)
+
+
+def _compare_everywhere(name: str, x: np.ndarray, grad: np.ndarray, value) -> GradCheckRow:
+    """`grad` against central differences of `value(x)`, one element of `x` at a time."""
     def at(position, shift):
-        shifted = list(inputs)
-        shifted[index] = x.copy()
-        shifted[index][position] += shift
-        return float(loss(*shifted, reduction="sum"))
+        shifted = x.copy()
+        shifted[position] += shift
+        return value(shifted)
 
-    f0 = float(loss(*inputs, reduction="sum"))
+    f0 = value(x)
     errors, scales, kinks, nonfinite = [], [], 0, 0
     for position in np.ndindex(x.shape):
         h = 1e-6 * max(1.0, abs(x[position]))
@@ -145,11 +180,11 @@ def _compare_sequence(loss: SequenceLoss, inputs: list[np.ndarray]) -> GradCheck
             errors.append(abs(grad[position] - central))
             scales.append(max(1.0, abs(central)))
     error, scale = np.array(errors), np.array(scales)
-    return GradCheckRow(loss.wrt[0], int(error.size), kinks, nonfinite, float(error.max(initial=0.0)),
+    return GradCheckRow(name, int(error.size), kinks, nonfinite, float(error.max(initial=0.0)),
                         float((error / scale).max(initial=0.0)))
 
 
-def format_table(loss: Loss | SequenceLoss, rows: list[GradCheckRow]) -> str:
+def format_table(loss: Loss | SequenceLoss | PreferenceLoss, rows: list[GradCheckRow]) -> str:
     lines = [f"gradient check of {loss.name} (float64, central differences)",
              f"{'input':<12}{'points':>8}{'kinks':>8}{'nonfinite':>11}{'max abs err':>14}{'max rel err':>14}  result"]
     for r in rows:

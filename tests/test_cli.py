@@ -54,6 +54,22 @@ def test_check_prints_a_table(capsys):
     assert lines[0].startswith("gradient check of huber") and lines[-1].endswith("pass")
 
 
+@pytest.mark.parametrize("args", [["dpo"], ["kto", "-p", "beta=0.5"], ["orpo"]], ids=["dpo", "kto", "orpo"])
+def test_check_through_the_sequences_of_a_policy(args, capsys):
+    assert main(["check", *args, "--sequences"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("logits") and lines[-1].endswith("pass")
+
+
+def test_check_through_the_sequences_finds_a_wrong_gradient(tmp_path, capsys):
+    """A stop-gradient the value does not have (the finite differences see chosen_logp^2 move): FAIL."""
+    spec = tmp_path / "wrong.loss"
+    spec.write_text("loss wrong(chosen_logp, rejected_logp) wrt chosen_logp, rejected_logp\n"
+                    "    wrong = detach(chosen_logp)^2 - rejected_logp\n")
+    assert main(["check", str(spec), "--sequences"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("FAIL")
+
+
 def test_errors_are_one_line_with_the_position(tmp_path, capsys):
     bad = tmp_path / "bad.loss"
     bad.write_text("loss bad(x)\n    bad = x +* 2\n")

@@ -303,3 +303,58 @@ def test_orpo_stays_finite_near_probability_one(load_loss, torch):
     np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
     np.testing.assert_allclose(d_c, c.grad.numpy(), rtol=1e-9)
     np.testing.assert_allclose(d_r, r.grad.numpy(), rtol=1e-9)
+
+
+def _packed(seed):
+    """Packed sequences: tokens (N,) of 2 * PAIRS sequences of different lengths, chosen first, one of length 1."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([3, 6, 1, 4, 5, 2, 7, 3])
+    labels = rng.integers(0, C, lengths.sum())
+    labels[np.cumsum(lengths)[:-1]] = -100  # each sequence's first token a prompt (not the one-token one's)
+    labels[0] = -100
+    labels[[3, 9]] = 2                       # the first tokens of sequence 1 and of the one-token sequence 2 count
+    return rng.normal(size=(lengths.sum(), C)) * 2, labels, lengths
+
+
+def packed_logps(torch, logits, labels, lengths, average):
+    """Each packed sequence's log-probability: log_softmax at its labels, summed (or averaged) per segment."""
+    labels = torch.as_tensor(labels)
+    logp = torch.gather(torch.log_softmax(logits, -1), -1, labels.clamp(min=0)[:, None])[:, 0]
+    kept = (labels != -100).double()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(lengths))
+    total = torch.zeros(len(lengths), dtype=logits.dtype).index_add(0, segment, logp * kept)
+    count = torch.zeros(len(lengths), dtype=kept.dtype).index_add(0, segment, kept)
+    return total / count.clamp(min=1) if average else total
+
+
+@pytest.mark.parametrize("name", ["dpo", "orpo"])
+def test_packed_sequences(torch, name):
+    """Sequences packed end to end with sequence_lengths= (no padding), against PyTorch segment sums."""
+    logits, labels, lengths = _packed(seed=13)
+    rc, rr = np.full(PAIRS, -9.0), np.full(PAIRS, -11.0)
+    loss = lossdsl.preference(name, beta=0.2)
+    refs = {"ref_chosen_logp": rc, "ref_rejected_logp": rr} if name == "dpo" else {}
+    value, grad = loss.value_and_grad(logits, labels, sequence_lengths=lengths, **refs)
+    t = torch.tensor(logits, requires_grad=True)
+    seq = packed_logps(torch, t, labels, lengths, average=name == "orpo")
+    c, r = seq[:PAIRS], seq[PAIRS:]
+    if name == "dpo":
+        expected = trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean()
+    else:
+        log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        chosen_tokens = int(lengths[:PAIRS].sum())
+        nll = torch.nn.functional.cross_entropy(t[:chosen_tokens], torch.as_tensor(labels[:chosen_tokens]))
+        expected = nll - (0.2 * torch.nn.functional.logsigmoid(log_odds)).mean()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-9, atol=1e-14)
+
+
+def test_packed_sequences_refused_when_they_do_not_add_up():
+    logits, labels, lengths = _packed(seed=13)
+    dpo = lossdsl.preference("dpo")
+    for bad in (lengths[:-1], lengths + 1, lengths.astype(float)):
+        with pytest.raises(LossInputError, match="packed sequences take labels"):
+            dpo(logits, labels, sequence_lengths=bad)
+    with pytest.raises(LossInputError, match="or packed"):
+        dpo(logits, labels)

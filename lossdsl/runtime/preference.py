@@ -11,7 +11,8 @@ the chain rule, in three steps, as SequenceLoss joins CTC to its stages:
 
 A loss with two `wrt` inputs is over pairs: the batch holds the chosen sequences first and the rejected ones
 second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired (KTO): one
-value per sequence. The class axis is last. The token loss is cross_entropy (its nll, ignore_index -100), or
+value per sequence. The class axis is last. Sequences may also be packed end to end: labels (N,), logits
+(N, C) (a head's input (N, D)) and `sequence_lengths=` (S,), in the same order. The token loss is cross_entropy (its nll, ignore_index -100), or
 linear_cross_entropy for `head=True`: its first call (values only) gives every token's nll, its second (the
 gradient of sum(u * nll)) the gradient, so a head computes its logits twice, a chunk at a time, and they are
 never whole.
@@ -65,8 +66,8 @@ class PreferenceLoss:
         return f"<lossdsl.PreferenceLoss {self.name} over {'a linear head' if self.head else 'logits'}>"
 
     def __call__(self, *inputs, mask=None, reduction: str = "mean", linear_bias=None, **pair_inputs):
-        """The reduced loss; the sequence loss's other inputs by name (ref_chosen_logp=, ...), and a head's
-        chunk_rows= and chunk_classes=."""
+        """The reduced loss; the sequence loss's other inputs by name (ref_chosen_logp=, ...), a head's
+        chunk_rows= and chunk_classes=, and sequence_lengths= for packed sequences."""
         return self._run(inputs, mask, reduction, linear_bias, pair_inputs, gradient=False)[0]
 
     def value_and_grad(self, *inputs, mask=None, reduction: str = "mean", linear_bias=None, outputs: bool = False,
@@ -79,47 +80,48 @@ class PreferenceLoss:
         return (value, grads, shown) if outputs else (value, grads)
 
     def _run(self, inputs, mask, reduction, linear_bias, pair_inputs, gradient: bool):
-        labels, kept = self._tokens(inputs, mask, reduction)
-        token_counts = kept.sum(axis=1)
-        counts = np.maximum(token_counts, 1) if self.average else np.ones(labels.shape[0])
+        lengths = pair_inputs.pop("sequence_lengths", None)
+        labels, kept, segment, sequences = self._tokens(inputs, mask, reduction, lengths)
+        token_counts = np.bincount(segment, kept, sequences)
+        counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
         chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes") if k in pair_inputs}
         if chunking and not self.head:
             raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
         bias = {} if linear_bias is None else {"linear_bias": linear_bias}
         token = {**bias, **chunking, **self._axis()}
-        nll = np.where(kept, np.asarray(self.token(*inputs, reduction="none", **token), np.float64), 0.0)
-        logp = -nll.sum(axis=1) / counts
+        nll = np.where(kept, np.asarray(self.token(*inputs, reduction="none", **token), np.float64).reshape(-1), 0.0)
+        logp = -np.bincount(segment, nll, sequences) / counts
         groups = 2 if self.paired else 1
-        size = labels.shape[0] // groups
+        size = sequences // groups
         counted = (token_counts > 0).reshape(groups, size).all(axis=0)  # the pairs (sequences) that count
-        sequences = [np.where(counted, part, -1.0) for part in logp.reshape(groups, size)]  # finite where left out
+        values = [np.where(counted, part, -1.0) for part in logp.reshape(groups, size)]  # finite where left out
         weights = counted / (size if reduction == "mean" else 1)
-        chosen = np.zeros(labels.shape[0], bool)
-        chosen[:size] = self.nll_weight > 0 and self.paired
+        chosen = (segment < size) & (self.nll_weight > 0 and self.paired)  # the tokens of the NLL term
         nll_count = max(int(kept[chosen].sum()), 1) if reduction == "mean" else 1
         nll_term = self.nll_weight * nll[chosen].sum() / nll_count if self.nll_weight > 0 else 0.0
         if not gradient:
-            return self.pair(*sequences, reduction="sum", sample_weight=weights, **pair_inputs) + nll_term, None, None
+            return self.pair(*values, reduction="sum", sample_weight=weights, **pair_inputs) + nll_term, None, None
         extra = {}
         if self.pair.signature.outputs:
-            value, d_logp, extra = self.pair.value_and_grad(*sequences, reduction="sum", sample_weight=weights,
+            value, d_logp, extra = self.pair.value_and_grad(*values, reduction="sum", sample_weight=weights,
                                                             outputs=True, **pair_inputs)
-            extra = {name: np.where(counted, values, np.nan) for name, values in extra.items()}
+            extra = {name: np.where(counted, shown, np.nan) for name, shown in extra.items()}
         else:
-            value, d_logp = self.pair.value_and_grad(*sequences, reduction="sum", sample_weight=weights,
-                                                     **pair_inputs)
+            value, d_logp = self.pair.value_and_grad(*values, reduction="sum", sample_weight=weights, **pair_inputs)
         d_logp = np.concatenate(d_logp) if self.paired else d_logp
         per_sequence = -d_logp / counts  # d loss / d nll of each counted token
-        per_token = per_sequence[:, None] + np.where(chosen, self.nll_weight / nll_count, 0.0)[:, None]
-        _, grads = self.token.value_and_grad(*inputs, reduction="sum", sample_weight=np.where(kept, per_token, 0.0),
+        per_token = per_sequence[segment] + np.where(chosen, self.nll_weight / nll_count, 0.0)
+        _, grads = self.token.value_and_grad(*inputs, reduction="sum",
+                                             sample_weight=np.where(kept, per_token, 0.0).reshape(labels.shape),
                                              **token)
         names = ("chosen_logp", "rejected_logp") if self.paired else ("logp",)
         shown = {**dict(zip(names, logp.reshape(groups, size))), **({"nll": nll_term} if self.nll_weight else {}),
                  **extra}
         return value + nll_term, grads, shown
 
-    def _tokens(self, inputs, mask, reduction) -> tuple[np.ndarray, np.ndarray]:
-        """The labels, checked, and which tokens count (not ignore_index, and mask nonzero)."""
+    def _tokens(self, inputs, mask, reduction, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(the labels, checked; per token, flat: whether it counts (not ignore_index, mask nonzero) and its
+        sequence; the number of sequences). Padded: labels (S, T); packed: labels (N,) and `lengths` (S,)."""
         names = _POLICY_INPUTS[self.head]
         if len(inputs) != len(names):
             raise LossInputError(f"{self.name}: takes the policy's {', '.join(names)}, then the sequence loss's "
@@ -128,16 +130,29 @@ class PreferenceLoss:
             raise LossInputError(f"{self.name}: reduction must be 'mean' or 'sum' (over "
                                  f"{'pairs' if self.paired else 'sequences'}); got {reduction!r}")
         labels = np.asarray(inputs[-1])
-        if labels.ndim != 2 or (self.paired and labels.shape[0] % 2):
-            layout = "(2 * pairs, tokens), chosen sequences first" if self.paired else "(sequences, tokens)"
-            raise LossInputError(f"{self.name}: labels must be {layout}; got shape {labels.shape}")
+        layout = "(2 * pairs, tokens), chosen sequences first" if self.paired else "(sequences, tokens)"
+        if lengths is None:
+            if labels.ndim != 2 or (self.paired and labels.shape[0] % 2):
+                raise LossInputError(f"{self.name}: labels must be {layout}, or packed (tokens,) with "
+                                     f"sequence_lengths=; got shape {labels.shape}")
+            segment = np.repeat(np.arange(labels.shape[0]), labels.shape[1])
+        else:
+            lengths = np.asarray(lengths)
+            if (labels.ndim != 1 or lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer)
+                    or np.any(lengths < 0) or lengths.sum() != labels.size or (self.paired and lengths.size % 2)):
+                raise LossInputError(f"{self.name}: packed sequences take labels (tokens,) and sequence_lengths= "
+                                     f"(sequences{', chosen first' if self.paired else ''}), whole numbers adding "
+                                     f"up to the tokens; got labels {labels.shape}, lengths {lengths.shape} "
+                                     f"adding up to {lengths.sum() if lengths.size else 0}")
+            segment = np.repeat(np.arange(lengths.size), lengths)
         kept = labels != self.ignore_index
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != labels.shape:
                 raise LossInputError(f"{self.name}: mask of shape {mask.shape} must be the labels' {labels.shape}")
             kept = kept & (mask != 0)
-        return labels, kept
+        sequences = labels.shape[0] if lengths is None else lengths.size
+        return labels, kept.reshape(-1), segment, sequences
 
     def _axis(self) -> dict:
         return {} if self.head else {"axis": -1}

@@ -31,12 +31,16 @@ def median_times(runners: dict[str, Callable[[], object]], repeats: int, settle:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def shape_arguments(doc: str, repeats: int = 3):
-    """The options of a benchmark over a few shapes: --repeats, and --small (tiny shapes, a smoke test)."""
+def shape_arguments(doc: str, repeats: int = 3, only: tuple[str, ...] = ()):
+    """The options of a benchmark over a few shapes: --repeats, --small (tiny shapes, a smoke test), and where
+    it measures several cases (`only`: their names), --only NAME[,NAME]."""
     import argparse
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--small", action="store_true", help="tiny shapes: a smoke test, not a measurement")
+    if only:
+        parser.add_argument("--only", type=lambda names: tuple(names.split(",")), default=only,
+                            metavar="NAME[,NAME]", help=f"some of {', '.join(only)} (default: all)")
     return parser.parse_args()
 
 

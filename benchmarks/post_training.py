@@ -1,15 +1,17 @@
-"""GRPO and DPO through a policy's linear head: lossdsl (grpo with token_weights; lossdsl.preference("dpo"))
+"""GRPO, DPO and ORPO through a policy's linear head: lossdsl (grpo with token_weights; lossdsl.preference)
 beside PyTorch eager (linear, log_softmax, gather, the formula, backward) and torch.compile of the same:
 time of the value and the input and weight gradients, and peak extra memory.
 
-Run: python benchmarks/post_training.py [--repeats 3] [--small]. (B, T, D, C) = (8, 512, 512, 32000):
+Run: python benchmarks/post_training.py [--repeats 3] [--small] [--only grpo,dpo,orpo]. (B, T, D, C) =
+(8, 512, 512, 32000):
 4096 tokens, float32, no bias. GRPO: beta 0.04, epsilon_high 0.28, loss_type "grpo" (each sequence's token
 mean, then the mean over sequences), a quarter of the tokens masked as padding. DPO: 4 pairs (chosen first),
-beta 0.1, the first 128 tokens of each sequence a prompt (labels -100). Times: median of interleaved
+beta 0.1, the first 128 tokens of each sequence a prompt (labels -100). ORPO: the same pairs, beta 0.1, mean
+token log-probabilities, plus the chosen tokens' NLL (TRL ORPOTrainer). Times: median of interleaved
 repeats in one process (harness.py). Memory: each runner once in a fresh process, its peak resident memory
 above what it had before, less the gradients every runner returns, as a share of the (B*T) x C float32
-logits (linear_heads.fresh_peak). "products": the head's three matrix products (GRPO's floor; DPO's head
-computes its logits twice, four products).
+logits (linear_heads.fresh_peak). "products": the head's three matrix products (GRPO's floor; DPO's and ORPO's
+head computes its logits twice, four products).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from linear_heads import fresh_peak, products
 
 SHAPES = [(8, 512, 512, 32000)]
 SMALL = [(4, 64, 32, 500)]
-PROMPT = 1 / 4  # of each DPO sequence
+PROMPT = 1 / 4  # of each DPO and ORPO sequence
+OBJECTIVES = ("grpo", "dpo", "orpo")
 
 
 def inputs(batch: int, tokens: int, width: int, classes: int):
@@ -57,7 +60,18 @@ def _torch_losses():
         pairs = seq.shape[0] // 2
         margin = (seq[:pairs] - ref_chosen) - (seq[pairs:] - ref_rejected)
         return -F.logsigmoid(0.1 * margin).mean()
-    return {"grpo": grpo, "dpo": dpo}
+
+    def orpo(hidden, weight, labels):
+        logp = token_logp(hidden, weight, labels)
+        counted = labels != -100
+        seq = torch.where(counted, logp, torch.zeros_like(logp)).sum(-1) / counted.sum(-1).clamp(min=1)
+        pairs = seq.shape[0] // 2
+        c, r = seq[:pairs], seq[pairs:]
+        log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        chosen = counted[:pairs]
+        nll = -torch.where(chosen, logp[:pairs], torch.zeros_like(logp[:pairs])).sum() / chosen.sum()
+        return nll - (0.1 * F.logsigmoid(log_odds)).mean()
+    return {"grpo": grpo, "dpo": dpo, "orpo": orpo}
 
 
 def runners(objective: str, hidden, weight, labels, old_logp, ref_logp, advantages, mask) -> dict:
@@ -72,15 +86,19 @@ def runners(objective: str, hidden, weight, labels, old_logp, ref_logp, advantag
         weights = lossdsl.token_weights(mask, "grpo", dtype=np.float32)
         found = {"lossdsl": lambda: head.value_and_grad(hidden, weight, labels, old_logp, advantages, ref_logp,
                                                         sample_weight=weights, reduction="sum")}
-    else:
+    elif objective == "dpo":
         head = lossdsl.preference("dpo", beta=0.1, head=True)
         found = {"lossdsl": lambda: head.value_and_grad(hidden, weight, dpo_labels, ref_chosen_logp=ref,
                                                         ref_rejected_logp=ref)}
+    else:
+        head = lossdsl.preference("orpo", beta=0.1, head=True)
+        found = {"lossdsl": lambda: head.value_and_grad(hidden, weight, dpo_labels)}
     if importlib.util.find_spec("torch"):
         import torch
         layer = [torch.tensor(a, requires_grad=True) for a in (hidden, weight)]
-        given = ([torch.as_tensor(labels), *(torch.tensor(a) for a in (old_logp, ref_logp, advantages, mask))]
-                 if objective == "grpo" else [torch.as_tensor(dpo_labels), torch.tensor(ref), torch.tensor(ref)])
+        given = {"grpo": [torch.as_tensor(labels), *(torch.tensor(a) for a in (old_logp, ref_logp, advantages, mask))],
+                 "dpo": [torch.as_tensor(dpo_labels), torch.tensor(ref), torch.tensor(ref)],
+                 "orpo": [torch.as_tensor(dpo_labels)]}[objective]
         eager = _torch_losses()[objective]
         found["torch eager"] = autograd_call(eager, layer, given)
         found["torch.compile"] = autograd_call(torch.compile(eager), layer, given)
@@ -95,7 +113,7 @@ def peak_extra_bytes(shape, objective: str, name: str) -> int:
 
 
 def main() -> None:
-    args = shape_arguments(__doc__)
+    args = shape_arguments(__doc__, only=OBJECTIVES)
     print(machine())
     print("\n| (B, T, D, C) | objective | runner | time | vs lossdsl | peak extra memory | of the logits |")
     print("|---|---|---|---|---|---|---|")
@@ -104,7 +122,7 @@ def main() -> None:
         batch, tokens, width, classes = shape
         floor = median_times({"products": products(made[0].reshape(-1, width), made[1])}, args.repeats)["products"]
         logits = 4 * batch * tokens * classes
-        for objective in ("grpo", "dpo"):
+        for objective in args.only:
             times = median_times(runners(objective, *made), args.repeats, settle=0.02)
             for name, seconds in times.items():
                 extra = peak_extra_bytes(shape, objective, name)

@@ -358,3 +358,29 @@ def test_packed_sequences_refused_when_they_do_not_add_up():
             dpo(logits, labels, sequence_lengths=bad)
     with pytest.raises(LossInputError, match="or packed"):
         dpo(logits, labels)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_pytorch_module_through_a_head(torch, dtype):
+    """lossdsl.torch.PreferenceLoss: autograd reaches the hidden states, weight and bias (bf16 hidden states
+    computed in float32), against the DPO formula on PyTorch's own logits, and a training step runs."""
+    import lossdsl.torch
+    _, labels, mask, rc, rr = _full_batch(np.float64, seed=14)
+    rng = np.random.default_rng(15)
+    hidden = torch.tensor(rng.normal(size=(2 * PAIRS, T, D)), dtype=getattr(torch, dtype), requires_grad=True)
+    layer = torch.nn.Linear(D, C)
+    criterion = lossdsl.torch.PreferenceLoss("dpo", head=True, beta=0.1)
+    value = criterion(hidden, layer.weight, torch.as_tensor(labels), mask=torch.tensor(mask),
+                      linear_bias=layer.bias, ref_chosen_logp=torch.tensor(rc), ref_rejected_logp=torch.tensor(rr))
+    (2 * value).backward()
+    got = [hidden.grad.float().numpy(), layer.weight.grad.numpy().copy(), layer.bias.grad.numpy().copy()]
+    assert value.dtype == torch.float32 and hidden.grad.dtype == hidden.dtype
+    h = hidden.detach().float().requires_grad_(True)
+    layer.zero_grad()
+    seq = sequence_logps(torch, layer(h).double(), torch.as_tensor(labels), torch.tensor(mask), False)
+    expected = 2 * trl_pair_loss(torch, seq[:PAIRS], seq[PAIRS:], torch.tensor(rc), torch.tensor(rr), beta=0.1).mean()
+    expected.backward()
+    tol = 2e-2 if dtype == "bfloat16" else 1e-4
+    np.testing.assert_allclose(value.item(), expected.item() / 2, rtol=1e-5)
+    for mine, wanted in zip(got, (h.grad, layer.weight.grad, layer.bias.grad)):
+        np.testing.assert_allclose(mine, wanted.numpy(), rtol=tol, atol=tol * 1e-2)

@@ -319,3 +319,51 @@ def _scaled(grad: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dtype) -
     if grad_output.numel() == 1 and grad_output.item() == 1:
         return grad.to(dtype)
     return (grad * grad_output).to(dtype)
+
+
+class PreferenceLoss(torch.nn.Module):
+    """`lossdsl.preference` as a module: `PreferenceLoss("dpo", head=True, beta=0.1)` (ORPO, CPO, KTO, SimPO
+    alike). Called with the policy's (logits, labels) or, with `head=True`, (hidden states, weight, labels)
+    and `linear_bias=`; `mask=`, `sequence_lengths=` (packed), and the sequence loss's inputs by name
+    (ref_chosen_logp=, desirable=, ...). Gradients flow to the logits, or to the hidden states, weight and
+    bias, the logits never whole on the head's path; bf16 hidden states are computed in float32."""
+
+    def __init__(self, loss: str | os.PathLike = "dpo", /, head: bool = False, reduction: str = "mean", **params):
+        super().__init__()
+        self.loss = lossdsl.preference(loss, head=head, **params)
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"{self.loss!r}, reduction={self.reduction!r}"
+
+    def forward(self, *inputs, mask=None, linear_bias=None, reduction: str | None = None, **named):
+        options = {k: _to_kernel(v) for k, v in named.items()}
+        if mask is not None:
+            options["mask"] = _to_kernel(mask)
+        return _PreferenceFunction.apply(self.loss, reduction or self.reduction, options, linear_bias, *inputs)
+
+
+class _PreferenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, loss, reduction, options, bias, *inputs):
+        arrays = [_to_kernel(t) for t in inputs]
+        given = {} if bias is None else {"linear_bias": _to_kernel(bias)}
+        value, grads = loss.value_and_grad(*arrays, reduction=reduction, **given, **options)
+        grads = list(grads) if isinstance(grads, tuple) else [grads]
+        ctx.name = loss.name
+        ctx.dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in inputs]
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        like = inputs[0]
+        ctx.grads = [_to_tensor(g, like) for g in grads]
+        dtype = torch.float32 if like.dtype in _LOW_PRECISION else like.dtype
+        return torch.as_tensor(value, dtype=dtype, device=like.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"lossdsl.torch: {ctx.name} is differentiable once (no double backward)")
+        differentiated = len(ctx.dtypes) - 1  # every policy input but the labels (the last)
+        scaled = [g * grad_output for g in ctx.grads]
+        policy = [g.to(d) for g, d in zip(scaled[:differentiated], ctx.dtypes)] + [None]
+        bias = scaled[differentiated].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+        return (None, None, None, bias, *policy)

@@ -109,3 +109,50 @@ def test_a_list_axis_loss_under_jit():
     expected, expected_grad = jax.value_and_grad(theirs)(s)
     np.testing.assert_allclose(value, expected, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(grad, expected_grad, rtol=2e-5, atol=1e-6)
+
+
+def _jax_sequence_logps(logits, labels, mask, average):
+    logp = jnp.take_along_axis(_jax_log_softmax_rows(logits), jnp.maximum(labels, 0)[..., None], -1)[..., 0]
+    kept = (labels != -100) & (mask != 0)
+    total = jnp.where(kept, logp, 0.0).sum(-1)
+    return total / jnp.maximum(kept.sum(-1), 1) if average else total
+
+
+def test_preference_losses_under_jit():
+    """lossdsl.jax.preference: DPO through a head (hidden states, weight and bias differentiated) and KTO on
+    logits (unpaired), against TRL's formulas in jax.numpy on materialised logits, under jit."""
+    rng = np.random.default_rng(4)
+    pairs, tokens, classes, width = 2, 5, 6, 3
+    x = jnp.asarray(rng.normal(size=(2 * pairs, tokens, width)), jnp.float32)
+    w, b = jnp.asarray(rng.normal(size=(classes, width)), jnp.float32), jnp.asarray(rng.normal(size=classes), jnp.float32)
+    labels = rng.integers(0, classes, (2 * pairs, tokens))
+    labels[:, 0] = -100
+    labels, mask = jnp.asarray(labels), jnp.asarray(np.r_[np.ones((3, tokens)), [[1, 1, 1, 0, 0]]], jnp.float32)
+    rc, rr = jnp.full(pairs, -8.0), jnp.full(pairs, -9.0)
+    dpo = lossdsl_jax.preference("dpo", head=True, beta=0.3)
+
+    def ours(x, w, b):
+        return dpo(x, w, labels, mask=mask, linear_bias=b, ref_chosen_logp=rc, ref_rejected_logp=rr)
+
+    def theirs(x, w, b):
+        seq = _jax_sequence_logps(x @ w.T + b, labels, mask, False)
+        return -jax.nn.log_sigmoid(0.3 * ((seq[:pairs] - rc) - (seq[pairs:] - rr))).mean()
+
+    got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2)))(x, w, b)
+    wanted = jax.value_and_grad(theirs, argnums=(0, 1, 2))(x, w, b)
+    np.testing.assert_allclose(got[0], wanted[0], rtol=2e-6)
+    for g, e in zip(got[1], wanted[1]):
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
+    logits, desirable, ref = x @ w.T, jnp.asarray([1.0, 0.0, 0.0, 1.0]), jnp.full(2 * pairs, -8.5)
+    kto = lossdsl_jax.preference("kto", beta=0.2)
+
+    def kto_theirs(logits):
+        ratio = _jax_sequence_logps(logits, labels, mask, False) - ref
+        return jnp.where(desirable == 1, 1 - jax.nn.sigmoid(0.2 * (ratio - 0.1)),
+                         1 - jax.nn.sigmoid(0.2 * (0.1 - ratio))).mean()
+
+    got = jax.jit(jax.value_and_grad(lambda z: kto(z, labels, mask=mask, desirable=desirable, ref_logp=ref,
+                                                   kl=jnp.asarray(0.1))))(logits)
+    wanted = jax.value_and_grad(kto_theirs)(logits)
+    np.testing.assert_allclose(got[0], wanted[0], rtol=2e-6)
+    np.testing.assert_allclose(got[1], wanted[1], rtol=2e-5, atol=1e-7)

@@ -5,7 +5,8 @@
     value, grad = jax.value_and_grad(huber)(pred, target)
 
 `lossdsl.jax.loss("linear_cross_entropy")(x, weight, target, linear_bias=b)`: a linear head likewise,
-its logits never whole. The function runs the CPU kernels through `jax.pure_callback` inside a
+its logits never whole; `lossdsl.jax.preference("dpo", head=True)` a preference loss over a policy's
+sequences (lossdsl.preference). The function runs the CPU kernels through `jax.pure_callback` inside a
 `jax.custom_vjp`, so it works under `jax.jit`, `jax.grad` and `jax.value_and_grad`: the forward pass
 computes value and gradient in one kernel call and keeps the gradient; the backward pass scales it. With
 reduction="none" (elementwise losses) the backward pass runs the kernel again with the incoming
@@ -97,6 +98,53 @@ def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, 
 
     function.__name__ = compiled.name
     function.__doc__ = compiled.doc
+    return function
+
+
+def preference(spec: str | os.PathLike = "dpo", /, head: bool = False, reduction: str = "mean",
+               **params) -> Callable:
+    """`lossdsl.preference` as a JAX function: `f(logits, labels, mask=..., ref_chosen_logp=...)`, or with
+    `head=True` `f(hidden, weight, labels, linear_bias=..., ...)`; the sequence loss's inputs, `mask=` and
+    `sequence_lengths=` by name (arrays: they may be traced), `chunk_rows=`/`chunk_classes=` as Python ints.
+    Gradients reach the logits, or the hidden states, weight and bias; the other inputs get zero cotangents."""
+    compiled = lossdsl.preference(spec, head=head, **params)
+
+    def function(*inputs, linear_bias=None, **named):
+        static = {k: named.pop(k) for k in list(named) if isinstance(named[k], int) or named[k] is None}
+        keys = sorted(named)
+        policy = [*inputs, *([] if linear_bias is None else [linear_bias])]
+        labels = len(inputs) - 1  # the policy's labels, never differentiated
+        wrt = [k for k in range(len(policy)) if k != labels]
+        dtype = jnp.result_type(*[policy[k] for k in wrt])
+        dtype = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float64
+        shapes = (jax.ShapeDtypeStruct((), dtype), *[jax.ShapeDtypeStruct(np.shape(policy[k]), dtype) for k in wrt])
+
+        def host_value_and_grad(*arrays):
+            arrays = [np.asarray(a) for a in arrays]
+            given = dict(zip(keys, arrays[len(policy):]))
+            if linear_bias is not None:
+                given["linear_bias"] = arrays[len(inputs)]
+            value, grads = compiled.value_and_grad(*arrays[:len(inputs)], reduction=reduction, **static, **given)
+            return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in
+                                                 (grads if isinstance(grads, tuple) else (grads,))])
+
+        @jax.custom_vjp
+        def call(*arrays):
+            return jax.pure_callback(host_value_and_grad, shapes, *arrays)[0]
+
+        def forward(*arrays):
+            value, *grads = jax.pure_callback(host_value_and_grad, shapes, *arrays)
+            return value, (grads, arrays)
+
+        def backward(residual, cotangent):
+            grads, arrays = residual
+            by_position = dict(zip(wrt, (g * cotangent for g in grads)))
+            return tuple(by_position[i] if i in by_position else _zero_cotangent(a) for i, a in enumerate(arrays))
+
+        call.defvjp(forward, backward)
+        return call(*[jnp.asarray(a) for a in (*policy, *(named[k] for k in keys))])
+
+    function.__name__ = compiled.name
     return function
 
 

@@ -384,3 +384,34 @@ def test_pytorch_module_through_a_head(torch, dtype):
     np.testing.assert_allclose(value.item(), expected.item() / 2, rtol=1e-5)
     for mine, wanted in zip(got, (h.grad, layer.weight.grad, layer.bias.grad)):
         np.testing.assert_allclose(mine, wanted.numpy(), rtol=tol, atol=tol * 1e-2)
+
+
+@pytest.mark.parametrize("name, params", [("dpo", {"beta": 0.2}), ("orpo", {"beta": 0.2})], ids=["dpo", "orpo"])
+def test_a_class_axis_split_across_processes(torch, name, params):
+    """preference(..., all_reduce=): three threads playing processes, each with a slice of the classes, get
+    the loss of TRL's formula on the whole logits and their slice of its gradient."""
+    from test_sharding import _on_ranks
+    logits, labels, mask, rc, rr = _full_batch(np.float64, seed=16)
+    refs = {"ref_chosen_logp": rc, "ref_rejected_logp": rr} if name == "dpo" else {}
+    bounds = [0, 4, 5, C]
+
+    def call(rank, all_reduce):
+        loss = lossdsl.preference(name, all_reduce=all_reduce, **params)
+        lo, hi = bounds[rank], bounds[rank + 1]
+        return loss.value_and_grad(logits[..., lo:hi], labels, mask=mask, class_start=lo, classes=C, **refs)
+
+    results = _on_ranks(3, call)
+    t = torch.tensor(logits, requires_grad=True)
+    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=name == "orpo")
+    c, r = seq[:PAIRS], seq[PAIRS:]
+    if name == "dpo":
+        expected = trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean()
+    else:
+        log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        expected = chosen_nll(torch, t, labels, mask) - (0.2 * torch.nn.functional.logsigmoid(log_odds)).mean()
+    expected.backward()
+    for rank, (value, grad) in enumerate(results):
+        np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+        np.testing.assert_allclose(grad, t.grad.numpy()[..., bounds[rank]:bounds[rank + 1]], rtol=1e-9, atol=1e-14)
+    with pytest.raises(LossInputError, match="class_start= and classes="):
+        lossdsl.preference(name, **params)(logits, labels, class_start=0, classes=C, **refs)

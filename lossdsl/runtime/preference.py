@@ -35,30 +35,38 @@ _AVERAGED_TYPES = ("ipo", "simpo")  # TRL's loss types on length-averaged log-pr
 
 
 def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = None, ignore_index: int = -100,
-               **params) -> "PreferenceLoss":
+               all_reduce=None, **params) -> "PreferenceLoss":
     """The sequence loss `pair` (a catalogue name or spec file; parameters as keywords) over the sequences of
     a policy's logits, or with `head=True` of its linear head (hidden states, weight, labels, linear_bias=).
     `average` length-normalises the sequence log-probabilities; by default where the loss says so (its
-    `length_normalized` parameter, or loss_type "ipo" or "simpo", as TRL)."""
+    `length_normalized` parameter, or loss_type "ipo" or "simpo", as TRL). With `all_reduce` (as
+    lossdsl.classaxis.sharding takes it), the class axis is split across processes: each calls with its slice
+    of the logits and `class_start=`, `classes=`, and gets the same loss and its slice's gradient."""
     from ..compiler import load
     pair_loss = load(pair, **params)
     token = load("linear_cross_entropy" if head else "cross_entropy", ignore_index=ignore_index)
+    if all_reduce is not None:
+        if head:
+            raise LossInputError(f"{pair_loss.name}: a class axis split across processes takes the logits here "
+                                 "(head=False)")
+        from ..classaxis.sharding import ShardedLoss
+        token = ShardedLoss(token, all_reduce)
     if average is None:
         average = bool(pair_loss.params.get("length_normalized")) or pair_loss.params.get("loss_type") in \
             _AVERAGED_TYPES
-    return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index)
+    return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index, sharded=all_reduce is not None)
 
 
 class PreferenceLoss:
     """A loss of sequence log-probabilities, called with the policy's token inputs (see the module)."""
 
-    def __init__(self, pair, token, head: bool, average: bool, ignore_index: int):
+    def __init__(self, pair, token, head: bool, average: bool, ignore_index: int, sharded: bool = False):
         if pair.signature.axis is not None or len(pair.wrt) not in (1, 2):
             raise LossInputError(f"{pair.name}: a preference loss is elementwise in (chosen, rejected) sequence "
                                  "log-probabilities, or in one sequence's (unpaired), differentiated with respect "
                                  "to those")
         self.pair, self.token, self.head, self.average, self.ignore_index = pair, token, head, average, ignore_index
-        self.name = pair.name
+        self.name, self.sharded = pair.name, sharded
         self.paired = len(pair.wrt) == 2
         self.nll_weight = float(pair.params.get("nll_weight", 0.0))
 
@@ -84,12 +92,19 @@ class PreferenceLoss:
         labels, kept, segment, sequences = self._tokens(inputs, mask, reduction, lengths)
         token_counts = np.bincount(segment, kept, sequences)
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
-        chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes") if k in pair_inputs}
-        if chunking and not self.head:
+        chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes", "class_start", "classes")
+                    if k in pair_inputs}
+        sharded = self.sharded
+        if sharded != ("class_start" in chunking and "classes" in chunking):
+            raise LossInputError(f"{self.name}: class_start= and classes= go with a class axis split across "
+                                 "processes (preference(..., all_reduce=)), and it needs both")
+        if ("chunk_rows" in chunking or "chunk_classes" in chunking) and not self.head:
             raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
         bias = {} if linear_bias is None else {"linear_bias": linear_bias}
         token = {**bias, **chunking, **self._axis()}
-        nll = np.where(kept, np.asarray(self.token(*inputs, reduction="none", **token), np.float64).reshape(-1), 0.0)
+        values = (self.token.value_and_grad(*inputs, reduction="none", **token)[0] if sharded
+                  else self.token(*inputs, reduction="none", **token))
+        nll = np.where(kept, np.asarray(values, np.float64).reshape(-1), 0.0)
         logp = -np.bincount(segment, nll, sequences) / counts
         groups = 2 if self.paired else 1
         size = sequences // groups

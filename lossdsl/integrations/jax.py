@@ -75,25 +75,7 @@ def loss(spec: str | os.PathLike | _CompiledLoss | _SequenceLoss | _LinearHead, 
 
         shapes = (jax.ShapeDtypeStruct(out_shape, dtype),
                   *[jax.ShapeDtypeStruct(np.shape(inputs[i]), dtype) for i in wrt])
-
-        @jax.custom_vjp
-        def call(*arrays):
-            return jax.pure_callback(host_value_and_grad, shapes, *arrays)[0]
-
-        def forward(*arrays):
-            value, *grads = jax.pure_callback(host_value_and_grad, shapes, *arrays)
-            return value, (grads, arrays)
-
-        def backward(residual, cotangent):
-            grads, arrays = residual
-            if reduction == "none":
-                grads = jax.pure_callback(host_weighted_grad, shapes[1:], cotangent, *arrays)
-            else:
-                grads = [g * cotangent for g in grads]
-            by_position = dict(zip(wrt, grads))
-            return tuple(by_position[i] if i in by_position else _zero_cotangent(a) for i, a in enumerate(arrays))
-
-        call.defvjp(forward, backward)
+        call = _host_function(host_value_and_grad, shapes, wrt, host_weighted_grad if reduction == "none" else None)
         return call(*[jnp.asarray(a) for a in inputs])
 
     function.__name__ = compiled.name
@@ -128,24 +110,37 @@ def preference(spec: str | os.PathLike = "dpo", /, head: bool = False, reduction
             return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in
                                                  (grads if isinstance(grads, tuple) else (grads,))])
 
-        @jax.custom_vjp
-        def call(*arrays):
-            return jax.pure_callback(host_value_and_grad, shapes, *arrays)[0]
-
-        def forward(*arrays):
-            value, *grads = jax.pure_callback(host_value_and_grad, shapes, *arrays)
-            return value, (grads, arrays)
-
-        def backward(residual, cotangent):
-            grads, arrays = residual
-            by_position = dict(zip(wrt, (g * cotangent for g in grads)))
-            return tuple(by_position[i] if i in by_position else _zero_cotangent(a) for i, a in enumerate(arrays))
-
-        call.defvjp(forward, backward)
+        call = _host_function(host_value_and_grad, shapes, wrt)
         return call(*[jnp.asarray(a) for a in (*policy, *(named[k] for k in keys))])
 
     function.__name__ = compiled.name
     return function
+
+
+def _host_function(host_value_and_grad, shapes, wrt: list[int], host_weighted_grad=None):
+    """A JAX function of arrays running `host_value_and_grad` (arrays → value, then the gradients of the
+    arrays at positions `wrt`, of `shapes`) on the host in its forward pass, keeping the gradients, which the
+    backward pass scales by the cotangent; or with `host_weighted_grad` (cotangent, arrays → gradients), for
+    a value that is not a scalar, runs that instead. The other arrays get zero cotangents."""
+    @jax.custom_vjp
+    def call(*arrays):
+        return jax.pure_callback(host_value_and_grad, shapes, *arrays)[0]
+
+    def forward(*arrays):
+        value, *grads = jax.pure_callback(host_value_and_grad, shapes, *arrays)
+        return value, (grads, arrays)
+
+    def backward(residual, cotangent):
+        grads, arrays = residual
+        if host_weighted_grad is not None:
+            grads = jax.pure_callback(host_weighted_grad, shapes[1:], cotangent, *arrays)
+        else:
+            grads = [g * cotangent for g in grads]
+        by_position = dict(zip(wrt, grads))
+        return tuple(by_position[i] if i in by_position else _zero_cotangent(a) for i, a in enumerate(arrays))
+
+    call.defvjp(forward, backward)
+    return call
 
 
 def _varying(array, axis_name: str):

@@ -92,37 +92,28 @@ class PreferenceLoss:
         labels, kept, segment, sequences = self._tokens(inputs, mask, reduction, lengths)
         token_counts = np.bincount(segment, kept, sequences)
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
-        chunking = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes", "class_start", "classes")
-                    if k in pair_inputs}
-        sharded = self.sharded
-        if sharded != ("class_start" in chunking and "classes" in chunking):
-            raise LossInputError(f"{self.name}: class_start= and classes= go with a class axis split across "
-                                 "processes (preference(..., all_reduce=)), and it needs both")
-        if ("chunk_rows" in chunking or "chunk_classes" in chunking) and not self.head:
-            raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
-        bias = {} if linear_bias is None else {"linear_bias": linear_bias}
-        token = {**bias, **chunking, **self._axis()}
-        values = (self.token.value_and_grad(*inputs, reduction="none", **token)[0] if sharded
+        token = self._token_options(pair_inputs, linear_bias)
+        values = (self.token.value_and_grad(*inputs, reduction="none", **token)[0] if self.sharded
                   else self.token(*inputs, reduction="none", **token))
         nll = np.where(kept, np.asarray(values, np.float64).reshape(-1), 0.0)
         logp = -np.bincount(segment, nll, sequences) / counts
         groups = 2 if self.paired else 1
         size = sequences // groups
         counted = (token_counts > 0).reshape(groups, size).all(axis=0)  # the pairs (sequences) that count
-        values = [np.where(counted, part, -1.0) for part in logp.reshape(groups, size)]  # finite where left out
+        per_pair = [np.where(counted, part, -1.0) for part in logp.reshape(groups, size)]  # finite where left out
         weights = counted / (size if reduction == "mean" else 1)
         chosen = (segment < size) & (self.nll_weight > 0 and self.paired)  # the tokens of the NLL term
         nll_count = max(int(kept[chosen].sum()), 1) if reduction == "mean" else 1
         nll_term = self.nll_weight * nll[chosen].sum() / nll_count if self.nll_weight > 0 else 0.0
         if not gradient:
-            return self.pair(*values, reduction="sum", sample_weight=weights, **pair_inputs) + nll_term, None, None
+            return self.pair(*per_pair, reduction="sum", sample_weight=weights, **pair_inputs) + nll_term, None, None
         extra = {}
         if self.pair.signature.outputs:
-            value, d_logp, extra = self.pair.value_and_grad(*values, reduction="sum", sample_weight=weights,
+            value, d_logp, extra = self.pair.value_and_grad(*per_pair, reduction="sum", sample_weight=weights,
                                                             outputs=True, **pair_inputs)
             extra = {name: np.where(counted, shown, np.nan) for name, shown in extra.items()}
         else:
-            value, d_logp = self.pair.value_and_grad(*values, reduction="sum", sample_weight=weights, **pair_inputs)
+            value, d_logp = self.pair.value_and_grad(*per_pair, reduction="sum", sample_weight=weights, **pair_inputs)
         d_logp = np.concatenate(d_logp) if self.paired else d_logp
         per_sequence = -d_logp / counts  # d loss / d nll of each counted token
         per_token = per_sequence[segment] + np.where(chosen, self.nll_weight / nll_count, 0.0)
@@ -133,6 +124,19 @@ class PreferenceLoss:
         shown = {**dict(zip(names, logp.reshape(groups, size))), **({"nll": nll_term} if self.nll_weight else {}),
                  **extra}
         return value + nll_term, grads, shown
+
+    def _token_options(self, pair_inputs: dict, linear_bias) -> dict:
+        """What the token loss's calls take beside the policy's inputs (taken out of `pair_inputs`): the bias,
+        a head's chunking, a sharded class axis's slice, the class axis of the logits."""
+        options = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes", "class_start", "classes")
+                   if k in pair_inputs}
+        if self.sharded != ("class_start" in options and "classes" in options):
+            raise LossInputError(f"{self.name}: class_start= and classes= go with a class axis split across "
+                                 "processes (preference(..., all_reduce=)), and it needs both")
+        if ("chunk_rows" in options or "chunk_classes" in options) and not self.head:
+            raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
+        bias = {} if linear_bias is None else {"linear_bias": linear_bias}
+        return {**bias, **options, **self._axis()}
 
     def _tokens(self, inputs, mask, reduction, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(the labels, checked; per token, flat: whether it counts (not ignore_index, mask nonzero) and its

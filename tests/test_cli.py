@@ -54,7 +54,8 @@ def test_check_prints_a_table(capsys):
     assert lines[0].startswith("gradient check of huber") and lines[-1].endswith("pass")
 
 
-@pytest.mark.parametrize("args", [["dpo"], ["kto", "-p", "beta=0.5"], ["orpo"]], ids=["dpo", "kto", "orpo"])
+@pytest.mark.parametrize("args", [["dpo"], ["kto", "-p", "beta=0.5"], ["orpo"], ["gspo"]],
+                         ids=["dpo", "kto", "orpo", "gspo"])
 def test_check_through_the_sequences_of_a_policy(args, capsys):
     assert main(["check", *args, "--sequences"]) == 0
     lines = capsys.readouterr().out.splitlines()

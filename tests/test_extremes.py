@@ -192,6 +192,11 @@ def _kto(logp, desirable, ref):   # TRL KTOTrainer.kto_loss, beta 0.1, reference
     return torch.where(desirable == 1, 1 - torch.sigmoid(0.1 * ratio), 1 - torch.sigmoid(-0.1 * ratio))
 
 
+def _gspo(logp, old_logp, advantages):   # TRL GRPOTrainer, importance_sampling_level="sequence", one sequence
+    ratio = torch.exp(logp - old_logp)
+    return -torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - 3e-4, 1 + 4e-4) * advantages)
+
+
 def _signed_pairs(dtype):
     a, b = _vector_pairs(dtype)
     return a, b, np.where(np.arange(len(a)) % 2 == 0, 1, -1).astype(dtype)
@@ -540,6 +545,7 @@ CASES = [
     Case("cpo", "cpo", lambda dt: _grid(*(_extremes(dt),) * 2), lambda c, r: -F.logsigmoid(0.1 * (c - r)),
          wrt=(0, 1), overflows=True),
     Case("kto", "kto", lambda dt: _grid(_extremes(dt), np.array([0.0, 1.0], dt), _extremes(dt)), _kto, overflows=True),
+    Case("gspo", "gspo", lambda dt: _grid(*(_log_probabilities(dt),) * 2, _extremes(dt)), _gspo, overflows=True),
     Case("dice", "dice", _overlaps, _dice, call={"axis": -1}, no_grads=DICE),
     Case("multiclass_dice", "multiclass_dice", _overlaps, lambda p, y: _dice(p, y, dim=0), batch_axis=1, no_grads=DICE),
     Case("tversky", "tversky", _overlaps, _tversky()),

@@ -1,4 +1,4 @@
-"""Preference losses (specs/dpo.loss, simpo, orpo, cpo, kto) and lossdsl.preference, which meets them with the
+"""Preference and sequence-level RL losses (specs/dpo.loss, simpo, orpo, cpo, kto, gspo) and lossdsl.preference, which meets them with the
 policy's tokens: against TRL's trainers' formulas written here in PyTorch on materialised logits (log_softmax,
 gather, logsigmoid, autograd), on logits and through a linear head, with masks, micro-batches and bad calls.
 A pair with a sequence of no counted token is left out (0 loss, no gradient), the "mean" over all pairs."""
@@ -9,7 +9,7 @@ import lossdsl
 from lossdsl.errors import LossInputError
 
 PAIRS, T, C, D = 4, 7, 11, 5
-PREFERENCE = ("dpo", "simpo", "orpo", "cpo", "kto")  # the catalogue losses this file compares with PyTorch
+PREFERENCE = ("dpo", "simpo", "orpo", "cpo", "kto", "gspo")  # the catalogue losses this file compares with PyTorch
 VARIANTS = [({"loss_type": "sigmoid"}, False), ({"loss_type": "sigmoid", "label_smoothing": 0.1}, False),
             ({"loss_type": "robust", "label_smoothing": 0.1}, False), ({"loss_type": "hinge"}, False),
             ({"loss_type": "ipo"}, True)]
@@ -415,3 +415,104 @@ def test_a_class_axis_split_across_processes(torch, name, params):
         np.testing.assert_allclose(grad, t.grad.numpy()[..., bounds[rank]:bounds[rank + 1]], rtol=1e-9, atol=1e-14)
     with pytest.raises(LossInputError, match="class_start= and classes="):
         lossdsl.preference(name, **params)(logits, labels, class_start=0, classes=C, **refs)
+
+
+def trl_gspo(torch, logits, labels, mask, old_per_token, advantages, epsilon_low, epsilon_high):
+    """TRL GRPOTrainer's loss with importance_sampling_level="sequence", loss_type "grpo", beta 0: per-token
+    log-ratios averaged over each sequence's completion tokens, the clipped surrogate of that ratio for
+    every token, each sequence's token mean, then the mean over sequences; and TRL's clip counts."""
+    logp = torch.gather(torch.log_softmax(logits, -1), -1, labels.clamp(min=0)[..., None])[..., 0]
+    completion = ((labels != -100) & (mask != 0)).to(logits.dtype)
+    log_weight = ((logp - old_per_token) * completion).sum(-1) / completion.sum(-1).clamp(min=1.0)
+    coef_1 = torch.exp(log_weight)[:, None]
+    coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
+    a = advantages[:, None]
+    per_token = -torch.min(coef_1 * a, coef_2 * a) * completion
+    loss = (per_token.sum(-1) / completion.sum(-1).clamp(min=1.0)).mean()
+    clipped = ((coef_1 < 1 - epsilon_low) & (a < 0)) | ((coef_1 > 1 + epsilon_high) & (a > 0))
+    return loss, coef_1[:, 0], clipped[:, 0]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("old_per", ["token", "sequence"])
+def test_gspo_against_trl(torch, dtype, old_per):
+    """GSPO from the policy's logits: the old policy's log-probabilities per token (S, T), or their
+    sequence means (S,); ratios near 1, some clipped at the paper's range; an all-masked sequence adds 0."""
+    logits, labels, mask, _, _ = _batch(dtype, seed=17)
+    rng = np.random.default_rng(18)
+    t = torch.tensor(logits.astype(np.float64), requires_grad=True)
+    own = torch.gather(torch.log_softmax(t, -1), -1, torch.as_tensor(labels).clamp(min=0)[..., None])[..., 0]
+    shift = np.array([1e-3, -1e-3, 1e-4, -1e-4, 2e-3, -2e-3, 5e-5, 1e-3])  # each sequence's log-ratio, about
+    old = own.detach().numpy() - shift[:, None] + rng.normal(size=labels.shape) * 1e-5
+    advantages = np.array([1, -1, 1, -1, -1, 1, 1, 1]) * rng.uniform(0.5, 2.0, size=2 * PAIRS)
+    expected, ratio, clipped = trl_gspo(torch, t, torch.as_tensor(labels), torch.tensor(mask), torch.tensor(old),
+                                        torch.tensor(advantages), 3e-4, 4e-4)
+    expected.backward()
+    kept = (labels != -100) & (mask != 0)
+    given = old if old_per == "token" else (old * kept).sum(-1) / np.maximum(kept.sum(-1), 1)
+    gspo = lossdsl.preference("gspo")
+    value, grad, shown = gspo.value_and_grad(logits, labels, mask=mask, old_logp=given, advantages=advantages,
+                                             outputs=True)
+    assert 0 < clipped.sum() < 2 * PAIRS - 1  # the ratio is clipped for some sequences, not all
+    rtol = 1e-11 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(value, expected.item(), rtol=rtol)
+    np.testing.assert_allclose(grad, t.grad.numpy(), rtol=rtol * 10, atol=rtol * 1e-3)
+    counted = kept.any(-1)
+    np.testing.assert_allclose(shown["ratio"][counted], ratio.detach().numpy()[counted], rtol=rtol)
+    np.testing.assert_array_equal(shown["clipped"][counted], clipped.numpy()[counted])
+    assert np.all(grad[~counted] == 0) and np.isnan(shown["ratio"][~counted]).all()
+
+
+def test_gspo_through_a_linear_head_and_in_micro_batches(torch):
+    """GSPO through the head (hidden states and weight), and reduction="sum" over micro-batches of sequences
+    equal to the whole batch's."""
+    _, labels, mask, _, _ = _full_batch(np.float64, seed=19)
+    rng = np.random.default_rng(20)
+    hidden, weight = rng.normal(size=(2 * PAIRS, T, D)), rng.normal(size=(C, D)) * 0.5
+    old = rng.normal(size=labels.shape) * 0.01 - 2.4
+    advantages = rng.normal(size=2 * PAIRS)
+    gspo = lossdsl.preference("gspo", head=True, epsilon_low=0.2, epsilon_high=0.28)
+    value, (d_hidden, d_weight) = gspo.value_and_grad(hidden, weight, labels, mask=mask, old_logp=old,
+                                                      advantages=advantages, chunk_rows=6)
+    h, w = (torch.tensor(a, requires_grad=True) for a in (hidden, weight))
+    expected, _, _ = trl_gspo(torch, h @ w.T, torch.as_tensor(labels), torch.tensor(mask), torch.tensor(old),
+                              torch.tensor(advantages), 0.2, 0.28)
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
+    np.testing.assert_allclose(d_hidden, h.grad.numpy(), rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(d_weight, w.grad.numpy(), rtol=1e-9, atol=1e-13)
+    whole, d_whole = gspo.value_and_grad(hidden, weight, labels, mask=mask, old_logp=old, advantages=advantages,
+                                         reduction="sum")
+    total, d_total = 0.0, 0.0
+    for part in (slice(0, 3), slice(3, 2 * PAIRS)):
+        v, (_, g) = gspo.value_and_grad(hidden[part], weight, labels[part], mask=mask[part], old_logp=old[part],
+                                        advantages=advantages[part], reduction="sum")
+        total, d_total = total + v, d_total + g
+    np.testing.assert_allclose(total, whole, rtol=1e-13)
+    np.testing.assert_allclose(d_total, d_whole[1], rtol=1e-11, atol=1e-15)
+
+
+SEQUENCE_LINE = '''loss margin_mean(chosen_logp, rejected_logp) wrt chosen_logp, rejected_logp
+    param averaged = true
+    sequence mean if averaged else sum
+    margin_mean = softplus(rejected_logp - chosen_logp)
+'''
+
+
+@pytest.mark.parametrize("averaged", [True, False])
+def test_a_users_sequence_line_says_how_tokens_add_up(torch, tmp_path, averaged):
+    """A spec of a few lines: its `sequence` line chooses the sequence means or sums by a parameter, and
+    preference(average=) overrides it."""
+    path = tmp_path / "margin_mean.loss"
+    path.write_text(SEQUENCE_LINE)
+    logits, labels, mask, _, _ = _full_batch(np.float64, seed=21)
+    for average in (None, not averaged):
+        loss = lossdsl.preference(str(path), averaged=averaged, average=average)
+        value, grad = loss.value_and_grad(logits, labels, mask=mask)
+        t = torch.tensor(logits, requires_grad=True)
+        mean = averaged if average is None else average
+        seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=mean)
+        expected = torch.nn.functional.softplus(seq[PAIRS:] - seq[:PAIRS]).mean()
+        expected.backward()
+        np.testing.assert_allclose(value, expected.item(), rtol=1e-12)
+        np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-10, atol=1e-15)

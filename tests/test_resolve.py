@@ -33,6 +33,12 @@ def resolved(text, **overrides):
     ("loss t(x)\n    t = t(x)\n", SpecNameError, 2, 9, "calls itself"),
     ('loss t(x)\n    t = x + "s"\n', SpecTypeError, 2, 13, "string"),
     ("loss t(x)\n    t = where(x, x, x)\n", SpecTypeError, 2, 9, "must be a condition"),
+    ("loss t(x)\n    param b = 1\n    sequence mean if b > 1 else sum\n    t = x\n", SpecTypeError, 3, 14,
+     "strings or booleans; b is a number"),
+    ('loss t(x)\n    sequence "max"\n    t = x\n', SpecTypeError, 2, 14, "must choose sum or mean; it gives 'max'"),
+    ("loss t(x)\n    sequence x\n    t = x\n", SpecNameError, 2, 14, "x is not a parameter of t"),
+    ("loss t(x[c], y)\n    sequence mean\n    t = logsumexp(x, c) - x[y]\n", SpecTypeError, 2, 14,
+     "t is over the axis c"),
 ])
 def test_spec_errors_are_positioned(text, cls, line, column, words):
     with pytest.raises(cls) as info:
@@ -40,6 +46,13 @@ def test_spec_errors_are_positioned(text, cls, line, column, words):
     assert isinstance(info.value, LossSpecError)
     assert (info.value.line, info.value.column) == (line, column)
     assert words in info.value.message
+
+
+def test_a_sequence_line_chooses_by_string_parameters():
+    text = ('loss t(a, b) wrt a, b\n    param kind = "x" where kind in ("x", "y")\n'
+            '    sequence mean if kind == "y" else sum\n    t = a - b\n')
+    assert [resolved(text, kind=k).sequence for k in ("x", "y")] == ["sum", "mean"]
+    assert resolved("loss t(a)\n    t = a\n").sequence is None
 
 
 def test_composition_cycles_and_arity():

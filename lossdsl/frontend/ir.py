@@ -216,6 +216,7 @@ class LossDef:
     head_inputs: tuple[Name, ...] = ()  # `head linear a, b`: the inputs that are heads (none named: the first)
     outputs: tuple[Name, ...] = ()  # `output lse, entropy`: locals a call may ask for, one value per row
     list_ignore: tuple[str, Expr] | None = None  # `ignore k if ids < 0`: positions of the list axis k left out
+    sequence: Expr | None = None  # `sequence mean`: how a sequence's token log-probabilities become its own
 
 
 # --- printing an expression back as DSL text --------------------------------

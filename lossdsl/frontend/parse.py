@@ -230,6 +230,9 @@ class _ToIR(Transformer):
     def output(self, meta, items):
         return _AxisRule("outputs", tuple(ir.Name(str(t), _pos(t)) for t in items), "output", _pos(meta))
 
+    def sequence(self, meta, items):
+        return _AxisRule("sequence", items[0], "sequence", _pos(meta))
+
     def mean_of(self, meta, items):
         return _AxisRule("mean_of", items[0], "mean of", _pos(meta))
 

@@ -72,6 +72,7 @@ class ResolvedLoss:
     list_axis: str | None = None
     list_labels: tuple[str, ...] = ()  # inputs over the list axis used as gather indices (`x[ids]`)
     list_ignore: ir.Expr | None = None  # positions of the list axis where this holds are left out
+    sequence: str | None = None  # `sequence mean`: "sum" or "mean", how a sequence's token log-probabilities add up
     source: str | None = field(default=None, compare=False, repr=False)  # the spec text, for errors' carets
 
     def error(self, cls, message: str, local: ir.Local) -> LossSpecError:
@@ -324,7 +325,31 @@ class _Resolver:
                             loss.doc, loss.aliases, loss.file, tuple(self.passed_on), self.axis, position,
                             tuple(dict.fromkeys(self.labels)), outputs=self.outputs(loss, locals_),
                             list_axis=self.list_axis, list_labels=tuple(dict.fromkeys(self.list_labels)),
-                            source=self.source, **rules)
+                            sequence=self.sequence(loss, values), source=self.source, **rules)
+
+    def sequence(self, loss: ir.LossDef, values: dict[str, Value]) -> str | None:
+        """`sequence mean`: "sum" or "mean", chosen by parameters only (a call's inputs cannot change it)."""
+        if loss.sequence is None:
+            return None
+        pos = loss.sequence.pos
+        if self.axis is not None:
+            raise self.error(SpecTypeError, f"`sequence` is for a loss of whole sequences, elementwise in their "
+                             f"log-probabilities; {loss.name} is over the axis {self.axis} (a loss over tokens adds "
+                             "up with sample_weight, e.g. lossdsl.token_weights)", loss.file, pos)
+        names = _names(loss.sequence)
+        unknown = [n for n in names if n not in values and n not in ("sum", "mean")]
+        if unknown:
+            raise self.error(SpecNameError, f"`sequence` chooses sum or mean by parameters; {unknown[0]} is not a "
+                             f"parameter of {loss.name}", loss.file, pos)
+        numeric = [n for n in names if n in values and not isinstance(values[n], (str, bool))]
+        if numeric:
+            raise self.error(SpecTypeError, f"`sequence` chooses by parameters that are strings or booleans; "
+                             f"{numeric[0]} is a number", loss.file, pos)
+        chosen = evaluate(loss.sequence, {"sum": "sum", "mean": "mean", **values}, loss.file)
+        if chosen not in ("sum", "mean"):
+            raise self.error(SpecTypeError, f"`sequence {ir.format_expr(loss.sequence)}` must choose sum or mean; "
+                             f"it gives {chosen!r}", loss.file, pos)
+        return chosen
 
     def outputs(self, loss: ir.LossDef, locals_: list[ir.Local]) -> tuple[str, ...]:
         """`output a, b`: locals standing beside the loss, one value per row of a loss over an axis, one per
@@ -751,6 +776,12 @@ def _contains(expr: ir.Expr, kind: type | tuple[type, ...]) -> bool:
 
 def _nodes(expr: ir.Expr | None) -> int:
     return 0 if expr is None else 1 + sum(_nodes(child) for child in ir.children(expr))
+
+
+def _names(expr: ir.Expr) -> list[str]:
+    if isinstance(expr, ir.Name):
+        return [expr.id]
+    return [name for child in ir.children(expr) for name in _names(child)]
 
 
 def _mentions_names(expr: ir.Expr) -> bool:

@@ -70,7 +70,7 @@ class Loss:
         r = self._resolved
         return Signature(r.name, LossKind.ELEMENTWISE if r.axis is None else LossKind.ROWS, r.inputs, r.wrt,
                          dict(self._values), r.axis, r.axis_position, r.labels + r.list_labels, r.outputs,
-                         self.inputs, r.list_axis)
+                         self.inputs, r.list_axis, r.sequence)
 
     @property
     def kernel_params(self) -> dict[str, float]:

@@ -10,15 +10,15 @@ the chain rule, in three steps, as SequenceLoss joins CTC to its stages:
     grad <--token nll's gradient, weighted-- u = -dL/dlogp * mask (+ the NLL term's weight) <--loss's gradient--
 
 A loss with two `wrt` inputs is over pairs: the batch holds the chosen sequences first and the rejected ones
-second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired (KTO): one
-value per sequence. The class axis is last. Sequences may also be packed end to end: labels (N,), logits
+second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired (KTO, GSPO): one
+value per sequence, and its other inputs may come per token, (S, T) as the labels, reduced as the policy's. The class axis is last. Sequences may also be packed end to end: labels (N,), logits
 (N, C) (a head's input (N, D)) and `sequence_lengths=` (S,), in the same order. The token loss is cross_entropy (its nll, ignore_index -100), or
 linear_cross_entropy for `head=True`: its first call (values only) gives every token's nll, its second (the
 gradient of sum(u * nll)) the gradient, so a head computes its logits twice, a chunk at a time, and they are
 never whole.
 
-What a spec declares, read here: `length_normalized` (each sequence's log-probability is the mean over its
-tokens, not the sum; also for loss_type "ipo" and "simpo", as TRL averages them) and `nll_weight` (that
+What a spec declares, read here: its `sequence` line (`sequence mean`: each sequence's log-probability is the
+mean over its counted tokens, not the sum; DPO's says so for loss_type "ipo", as TRL) and `nll_weight` (that
 times the chosen sequences' token NLL, the mean over all their counted tokens as torch's CrossEntropyLoss
 takes it, is added to the loss: ORPO's SFT term, CPO's cpo_alpha). A sequence with no counted token (all
 masked) carries no preference: its pair (or it, unpaired) adds 0 to the loss and gets no gradient, and the
@@ -31,15 +31,14 @@ import numpy as np
 from ..errors import LossInputError
 
 _POLICY_INPUTS = {False: ("logits", "labels"), True: ("input", "linear_weight", "labels")}
-_AVERAGED_TYPES = ("ipo", "simpo")  # TRL's loss types on length-averaged log-probabilities (DPO and CPO trainers)
 
 
 def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = None, ignore_index: int = -100,
                all_reduce=None, **params) -> "PreferenceLoss":
     """The sequence loss `pair` (a catalogue name or spec file; parameters as keywords) over the sequences of
     a policy's logits, or with `head=True` of its linear head (hidden states, weight, labels, linear_bias=).
-    `average` length-normalises the sequence log-probabilities; by default where the loss says so (its
-    `length_normalized` parameter, or loss_type "ipo" or "simpo", as TRL). With `all_reduce` (as
+    `average` length-normalises the sequence log-probabilities (True) or sums them (False); by default as the
+    spec's `sequence` line says (sum where it has none). With `all_reduce` (as
     lossdsl.classaxis.sharding takes it), the class axis is split across processes: each calls with its slice
     of the logits and `class_start=`, `classes=`, and gets the same loss and its slice's gradient."""
     from ..compiler import load
@@ -52,8 +51,7 @@ def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = 
         from ..classaxis.sharding import ShardedLoss
         token = ShardedLoss(token, all_reduce)
     if average is None:
-        average = bool(pair_loss.params.get("length_normalized")) or pair_loss.params.get("loss_type") in \
-            _AVERAGED_TYPES
+        average = pair_loss.signature.sequence == "mean"
     return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index, sharded=all_reduce is not None)
 
 
@@ -93,6 +91,7 @@ class PreferenceLoss:
         token_counts = np.bincount(segment, kept, sequences)
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
         token = self._token_options(pair_inputs, linear_bias)
+        pair_inputs = self._per_sequence(pair_inputs, labels, lengths, kept, segment, counts, sequences)
         values = (self.token.value_and_grad(*inputs, reduction="none", **token)[0] if self.sharded
                   else self.token(*inputs, reduction="none", **token))
         nll = np.where(kept, np.asarray(values, np.float64).reshape(-1), 0.0)
@@ -137,6 +136,18 @@ class PreferenceLoss:
             raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
         bias = {} if linear_bias is None else {"linear_bias": linear_bias}
         return {**bias, **options, **self._axis()}
+
+    def _per_sequence(self, pair_inputs: dict, labels, lengths, kept, segment, counts, sequences) -> dict:
+        """An unpaired loss's other inputs given per token (the labels' padded shape (S, T): GSPO's old_logp)
+        reduced over each sequence's counted tokens as the policy's are; those per sequence as they are."""
+        if self.paired or lengths is not None:
+            return pair_inputs
+        reduced = dict(pair_inputs)
+        for name, value in pair_inputs.items():
+            if np.ndim(value) == 2 and np.shape(value) == labels.shape:
+                per_token = np.where(kept, np.asarray(value, np.float64).reshape(-1), 0.0)
+                reduced[name] = np.bincount(segment, per_token, sequences) / counts
+        return reduced
 
     def _tokens(self, inputs, mask, reduction, lengths) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(the labels, checked; per token, flat: whether it counts (not ignore_index, mask nonzero) and its

@@ -78,6 +78,7 @@ class Signature:
     outputs: tuple[str, ...] = ()  # per-row (per-element) values a call may ask for beside the loss (`output ...`)
     call_inputs: tuple[str, ...] = ()  # the names a call takes, in order
     list_axis: str | None = None  # a second named axis (`ids[k]`: several labels a row), if any
+    sequence: str | None = None  # `sequence mean`: how a loss of sequences adds up their tokens ("sum", "mean")
 
     @property
     def reductions(self) -> tuple[str, ...]:

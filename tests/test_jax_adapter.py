@@ -156,3 +156,32 @@ def test_preference_losses_under_jit():
     wanted = jax.value_and_grad(kto_theirs)(logits)
     np.testing.assert_allclose(got[0], wanted[0], rtol=2e-6)
     np.testing.assert_allclose(got[1], wanted[1], rtol=2e-5, atol=1e-7)
+
+
+def test_preference_with_chosen_and_rejected_apart():
+    """Hidden states, labels and masks as (chosen, rejected) pairs of their own lengths: JAX's gradients reach
+    both sides and the shared weight, as on materialised logits in jax.numpy."""
+    rng = np.random.default_rng(5)
+    pairs, classes, width = 2, 6, 3
+    sides = []
+    for tokens in (5, 3):
+        labels = rng.integers(0, classes, (pairs, tokens))
+        labels[:, 0] = -100
+        sides.append((jnp.asarray(rng.normal(size=(pairs, tokens, width)), jnp.float32), jnp.asarray(labels),
+                      jnp.asarray(np.r_[[[1] * tokens], [[1] * (tokens - 1) + [0]]], jnp.float32)))
+    w = jnp.asarray(rng.normal(size=(classes, width)), jnp.float32)
+    dpo = lossdsl_jax.preference("dpo", head=True, beta=0.3)
+
+    def ours(xc, xr, w):
+        return dpo((xc, xr), w, (sides[0][1], sides[1][1]), mask=(sides[0][2], sides[1][2]))
+
+    def theirs(xc, xr, w):
+        c, r = (_jax_sequence_logps(x @ w.T, y, m, False) for x, (_, y, m) in zip((xc, xr), sides))
+        return -jax.nn.log_sigmoid(0.3 * (c - r)).mean()
+
+    got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2)))(sides[0][0], sides[1][0], w)
+    wanted = jax.value_and_grad(theirs, argnums=(0, 1, 2))(sides[0][0], sides[1][0], w)
+    np.testing.assert_allclose(got[0], wanted[0], rtol=2e-6)
+    for g, e in zip(got[1], wanted[1]):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)

@@ -360,6 +360,70 @@ def test_packed_sequences_refused_when_they_do_not_add_up():
         dpo(logits, labels)
 
 
+def _apart(seed):
+    """Chosen (PAIRS, 7) and rejected (PAIRS, 5) sequences given apart, each with its own mask and prompt."""
+    rng = np.random.default_rng(seed)
+    sides = []
+    for tokens in (7, 5):
+        labels = rng.integers(0, C, size=(PAIRS, tokens))
+        labels[:, :2] = -100
+        mask = np.ones((PAIRS, tokens))
+        mask[1, -2:] = 0
+        sides.append((rng.normal(size=(PAIRS, tokens, D)), labels, mask))
+    return sides, rng.normal(size=(C, D)), np.full(PAIRS, -9.0), np.full(PAIRS, -11.0)
+
+
+def test_chosen_and_rejected_apart(torch):
+    """Logits, labels and masks as (chosen, rejected) pairs of their own lengths: the loss of TRL's formula
+    on each side's sequences, and each side's own gradient; the same through a head (hidden states apart)."""
+    (chosen, rejected), weight, rc, rr = _apart(seed=17)
+    logits = [side[0] @ weight.T for side in (chosen, rejected)]
+    dpo = lossdsl.preference("dpo", beta=0.2)
+    value, (d_c, d_r) = dpo.value_and_grad(tuple(logits), (chosen[1], rejected[1]), mask=(chosen[2], rejected[2]),
+                                           ref_chosen_logp=rc, ref_rejected_logp=rr)
+    tc, tr = (torch.tensor(a, requires_grad=True) for a in logits)
+    c, r = (sequence_logps(torch, t, torch.as_tensor(side[1]), torch.tensor(side[2]), False)
+            for t, side in ((tc, chosen), (tr, rejected)))
+    expected = trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+    assert d_c.shape == logits[0].shape and d_r.shape == logits[1].shape
+    np.testing.assert_allclose(d_c, tc.grad.numpy(), rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(d_r, tr.grad.numpy(), rtol=1e-9, atol=1e-14)
+    flat = lambda a: a.reshape(-1, *a.shape[2:])  # the same sequences packed, each side end to end
+    value, (d_c, d_r) = dpo.value_and_grad(tuple(flat(a) for a in logits), (flat(chosen[1]), flat(rejected[1])),
+                                           mask=(flat(chosen[2]), flat(rejected[2])), ref_chosen_logp=rc,
+                                           ref_rejected_logp=rr, sequence_lengths=([7] * PAIRS, [5] * PAIRS))
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+    np.testing.assert_allclose(d_r, flat(tr.grad.numpy()), rtol=1e-9, atol=1e-14)
+    head = lossdsl.preference("dpo", head=True, beta=0.2)
+    value, ((d_hc, d_hr), d_weight) = head.value_and_grad((chosen[0], rejected[0]), weight, (chosen[1], rejected[1]),
+                                                          mask=(chosen[2], rejected[2]), ref_chosen_logp=rc,
+                                                          ref_rejected_logp=rr, chunk_rows=4)
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+    np.testing.assert_allclose(d_hc, tc.grad.numpy() @ weight, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(d_hr, tr.grad.numpy() @ weight, rtol=1e-9, atol=1e-13)
+    wanted = sum(np.einsum("stc,std->cd", g.grad.numpy(), side[0]) for g, side in ((tc, chosen), (tr, rejected)))
+    np.testing.assert_allclose(d_weight, wanted, rtol=1e-9, atol=1e-13)
+
+
+def test_chosen_and_rejected_apart_refused_when_they_do_not_fit():
+    (chosen, rejected), weight, rc, rr = _apart(seed=17)
+    logits = (chosen[0] @ weight.T, rejected[0] @ weight.T)
+    dpo = lossdsl.preference("dpo")
+    with pytest.raises(LossInputError, match="mask must be a pair too"):
+        dpo(logits, (chosen[1], rejected[1]), mask=chosen[2])
+    with pytest.raises(LossInputError, match="must be \\(pairs, tokens\\) each"):
+        dpo(logits, (chosen[1], rejected[1][:-1]))
+    with pytest.raises(LossInputError, match="does not have the labels'"):
+        dpo((logits[0], logits[1][:, :-1]), (chosen[1], rejected[1]))
+    with pytest.raises(LossInputError, match="as many chosen sequences as rejected"):
+        dpo((logits[0].reshape(-1, C), logits[1].reshape(-1, C)), (chosen[1].reshape(-1), rejected[1].reshape(-1)),
+            sequence_lengths=([7] * PAIRS, [5] * (PAIRS + 1)))
+    with pytest.raises(LossInputError, match="for a loss over pairs"):
+        lossdsl.preference("kto")(logits, (chosen[1], rejected[1]), desirable=np.ones(PAIRS))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_pytorch_module_through_a_head(torch, dtype):
     """lossdsl.torch.PreferenceLoss: autograd reaches the hidden states, weight and bias (bf16 hidden states
@@ -384,6 +448,26 @@ def test_pytorch_module_through_a_head(torch, dtype):
     np.testing.assert_allclose(value.item(), expected.item() / 2, rtol=1e-5)
     for mine, wanted in zip(got, (h.grad, layer.weight.grad, layer.bias.grad)):
         np.testing.assert_allclose(mine, wanted.numpy(), rtol=tol, atol=tol * 1e-2)
+
+
+def test_pytorch_module_with_chosen_and_rejected_apart(torch):
+    """lossdsl.torch.PreferenceLoss given (chosen, rejected) hidden states, labels and masks: autograd reaches
+    both sides' hidden states and the shared head, as on PyTorch's own logits."""
+    import lossdsl.torch
+    sides, weight, rc, rr = _apart(seed=18)
+    hidden = [torch.tensor(side[0], requires_grad=True) for side in sides]
+    labels, masks = ([torch.as_tensor(side[k]) for side in sides] for k in (1, 2))
+    w = torch.tensor(weight, requires_grad=True)
+    criterion = lossdsl.torch.PreferenceLoss("dpo", head=True, beta=0.2)
+    criterion(tuple(hidden), w, tuple(labels), mask=tuple(masks), ref_chosen_logp=torch.tensor(rc),
+              ref_rejected_logp=torch.tensor(rr)).backward()
+    got = [h.grad.numpy().copy() for h in (*hidden, w)]
+    for t in (*hidden, w):
+        t.grad = None
+    c, r = (sequence_logps(torch, h @ w.T, y, m, False) for h, y, m in zip(hidden, labels, masks))
+    trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean().backward()
+    for mine, wanted in zip(got, (*hidden, w)):
+        np.testing.assert_allclose(mine, wanted.grad.numpy(), rtol=1e-9, atol=1e-13)
 
 
 @pytest.mark.parametrize("name, params", [("dpo", {"beta": 0.2}), ("orpo", {"beta": 0.2})], ids=["dpo", "orpo"])

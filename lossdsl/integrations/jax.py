@@ -26,6 +26,7 @@ import numpy as np
 import lossdsl
 from lossdsl.classaxis.heads import LinearHead as _LinearHead
 from lossdsl.runtime.loss import Loss as _CompiledLoss
+from lossdsl.runtime.preference import flat_grads, flattened, regrouped
 from lossdsl.runtime.protocol import LossKind
 from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
 
@@ -88,30 +89,33 @@ def preference(spec: str | os.PathLike = "dpo", /, head: bool = False, reduction
     """`lossdsl.preference` as a JAX function: `f(logits, labels, mask=..., ref_chosen_logp=...)`, or with
     `head=True` `f(hidden, weight, labels, linear_bias=..., ...)`; the sequence loss's inputs, `mask=` and
     `sequence_lengths=` by name (arrays: they may be traced), `chunk_rows=`/`chunk_classes=` as Python ints.
-    Gradients reach the logits, or the hidden states, weight and bias; the other inputs get zero cotangents."""
+    Gradients reach the logits, or the hidden states, weight and bias; the other inputs get zero cotangents.
+    Chosen and rejected may come apart: the logits (or hidden states), labels and mask each a pair."""
     compiled = lossdsl.preference(spec, head=head, **params)
 
     def function(*inputs, linear_bias=None, **named):
         static = {k: named.pop(k) for k in list(named) if isinstance(named[k], int) or named[k] is None}
         keys = sorted(named)
-        policy = [*inputs, *([] if linear_bias is None else [linear_bias])]
-        labels = len(inputs) - 1  # the policy's labels, never differentiated
-        wrt = [k for k in range(len(policy)) if k != labels]
+        counts, flat = flattened(inputs)
+        named_counts, named_flat = flattened([named[k] for k in keys])  # a mask apart: two arrays
+        policy = [*flat, *([] if linear_bias is None else [linear_bias])]
+        labels = range(len(flat) - counts[-1], len(flat))  # the policy's labels, never differentiated
+        wrt = [k for k in range(len(policy)) if k not in labels]
         dtype = jnp.result_type(*[policy[k] for k in wrt])
         dtype = dtype if dtype in (jnp.float32, jnp.float64) else jnp.float64
         shapes = (jax.ShapeDtypeStruct((), dtype), *[jax.ShapeDtypeStruct(np.shape(policy[k]), dtype) for k in wrt])
 
         def host_value_and_grad(*arrays):
             arrays = [np.asarray(a) for a in arrays]
-            given = dict(zip(keys, arrays[len(policy):]))
+            given = dict(zip(keys, regrouped(arrays[len(policy):], named_counts)))
             if linear_bias is not None:
-                given["linear_bias"] = arrays[len(inputs)]
-            value, grads = compiled.value_and_grad(*arrays[:len(inputs)], reduction=reduction, **static, **given)
-            return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in
-                                                 (grads if isinstance(grads, tuple) else (grads,))])
+                given["linear_bias"] = arrays[len(flat)]
+            value, grads = compiled.value_and_grad(*regrouped(arrays[:len(flat)], counts), reduction=reduction,
+                                                   **static, **given)
+            return (np.asarray(value, dtype), *[np.asarray(g, dtype) for g in flat_grads(grads)])
 
         call = _host_function(host_value_and_grad, shapes, wrt)
-        return call(*[jnp.asarray(a) for a in (*policy, *(named[k] for k in keys))])
+        return call(*[jnp.asarray(a) for a in (*policy, *named_flat)])
 
     function.__name__ = compiled.name
     return function

@@ -24,6 +24,7 @@ import lossdsl
 from lossdsl.classaxis.heads import LinearHead as _LinearHead
 from lossdsl.runtime.layout import axis_span
 from lossdsl.runtime.loss import Loss as _CompiledLoss
+from lossdsl.runtime.preference import flat_grads, flattened, regrouped
 from lossdsl.runtime.protocol import REDUCTIONS, LossKind
 from lossdsl.runtime.sequence import SequenceLoss as _SequenceLoss
 
@@ -326,7 +327,8 @@ class PreferenceLoss(torch.nn.Module):
     alike). Called with the policy's (logits, labels) or, with `head=True`, (hidden states, weight, labels)
     and `linear_bias=`; `mask=`, `sequence_lengths=` (packed), and the sequence loss's inputs by name
     (ref_chosen_logp=, desirable=, ...). Gradients flow to the logits, or to the hidden states, weight and
-    bias, the logits never whole on the head's path; bf16 hidden states are computed in float32."""
+    bias, the logits never whole on the head's path; bf16 hidden states are computed in float32. Chosen and
+    rejected may come apart: the logits (or hidden states), labels, mask and lengths each a pair."""
 
     def __init__(self, loss: str | os.PathLike = "dpo", /, head: bool = False, reduction: str = "mean", **params):
         super().__init__()
@@ -337,24 +339,29 @@ class PreferenceLoss(torch.nn.Module):
         return f"{self.loss!r}, reduction={self.reduction!r}"
 
     def forward(self, *inputs, mask=None, linear_bias=None, reduction: str | None = None, **named):
-        options = {k: _to_kernel(v) for k, v in named.items()}
+        options = {k: _pair_or_one(v, _to_kernel) for k, v in named.items()}
         if mask is not None:
-            options["mask"] = _to_kernel(mask)
-        return _PreferenceFunction.apply(self.loss, reduction or self.reduction, options, linear_bias, *inputs)
+            options["mask"] = _pair_or_one(mask, _to_kernel)
+        counts, flat = flattened(inputs)  # chosen and rejected apart: two tensors for one input
+        return _PreferenceFunction.apply(self.loss, reduction or self.reduction, options, linear_bias, counts, *flat)
+
+
+def _pair_or_one(value, convert):
+    return tuple(convert(v) for v in value) if isinstance(value, (tuple, list)) else convert(value)
 
 
 class _PreferenceFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, loss, reduction, options, bias, *inputs):
-        arrays = [_to_kernel(t) for t in inputs]
+    def forward(ctx, loss, reduction, options, bias, counts, *inputs):
+        arrays = regrouped([_to_kernel(t) for t in inputs], counts)
         given = {} if bias is None else {"linear_bias": _to_kernel(bias)}
         value, grads = loss.value_and_grad(*arrays, reduction=reduction, **given, **options)
-        grads = list(grads) if isinstance(grads, tuple) else [grads]
-        ctx.name = loss.name
+        flat = flat_grads(grads)
+        ctx.name, ctx.labels = loss.name, counts[-1]
         ctx.dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in inputs]
         ctx.bias_dtype = None if bias is None else bias.dtype
         like = inputs[0]
-        ctx.grads = [_to_tensor(g, like) for g in grads]
+        ctx.grads = [_to_tensor(g, like) for g in flat]
         dtype = torch.float32 if like.dtype in _LOW_PRECISION else like.dtype
         return torch.as_tensor(value, dtype=dtype, device=like.device)
 
@@ -362,8 +369,8 @@ class _PreferenceFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         if torch.is_grad_enabled():
             raise RuntimeError(f"lossdsl.torch: {ctx.name} is differentiable once (no double backward)")
-        differentiated = len(ctx.dtypes) - 1  # every policy input but the labels (the last)
+        differentiated = len(ctx.dtypes) - ctx.labels  # every policy input but the labels (the last one or two)
         scaled = [g * grad_output for g in ctx.grads]
-        policy = [g.to(d) for g, d in zip(scaled[:differentiated], ctx.dtypes)] + [None]
+        policy = [g.to(d) for g, d in zip(scaled[:differentiated], ctx.dtypes)] + [None] * ctx.labels
         bias = scaled[differentiated].to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
-        return (None, None, None, bias, *policy)
+        return (None, None, None, bias, None, *policy)

@@ -9,13 +9,17 @@ the chain rule, in three steps, as SequenceLoss joins CTC to its stages:
     logits --token nll--> (S, T) --masked sum over T--> logp (S,) --sequence loss--> reduced
     grad <--token nll's gradient, weighted-- u = -dL/dlogp * mask (+ the NLL term's weight) <--loss's gradient--
 
-A loss with two `wrt` inputs is over pairs: the batch holds the chosen sequences first and the rejected ones
-second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired (KTO, GSPO): one
-value per sequence, and its other inputs may come per token, (S, T) as the labels, reduced as the policy's. The class axis is last. Sequences may also be packed end to end: labels (N,), logits
-(N, C) (a head's input (N, D)) and `sequence_lengths=` (S,), in the same order. The token loss is cross_entropy (its nll, ignore_index -100), or
-linear_cross_entropy for `head=True`: its first call (values only) gives every token's nll, its second (the
-gradient of sum(u * nll)) the gradient, so a head computes its logits twice, a chunk at a time, and they are
-never whole.
+A loss with two `wrt` inputs is over pairs: the batch holds the chosen sequences first and the rejected
+ones second (TRL's and Liger-Kernel's layout), rows (2B, T). One with a single `wrt` input is unpaired
+(KTO, GSPO): one value per sequence, and its other inputs may come per token, (S, T) as the labels,
+reduced as the policy's. The class axis is last. Sequences may also be packed end to end: labels (N,),
+logits (N, C) (a head's input (N, D)) and `sequence_lengths=` (S,), in the same order. Chosen and rejected
+may also come apart, the logits (or hidden states), labels, mask and lengths each as a pair (chosen,
+rejected), the two sides of their own lengths: they are copied end to end as packed sequences and the
+gradient split back. The token loss is cross_entropy (its nll, ignore_index -100), or linear_cross_entropy
+for `head=True`: its first call
+(values only) gives every token's nll, its second (the gradient of sum(u * nll)) the gradient, so a head
+computes its logits twice, a chunk at a time, and they are never whole.
 
 What a spec declares, read here: its `sequence` line (`sequence mean`: each sequence's log-probability is the
 mean over its counted tokens, not the sum; DPO's says so for loss_type "ipo", as TRL) and `nll_weight` (that
@@ -87,6 +91,13 @@ class PreferenceLoss:
 
     def _run(self, inputs, mask, reduction, linear_bias, pair_inputs, gradient: bool):
         lengths = pair_inputs.pop("sequence_lengths", None)
+        if inputs and isinstance(inputs[-1], (tuple, list)):
+            if not self.paired:
+                raise LossInputError(f"{self.name}: chosen and rejected apart are for a loss over pairs")
+            inputs, mask, lengths, split = _joined(self.name, self.head, inputs, mask, lengths)
+            value, grads, shown = self._run(inputs, mask, reduction, linear_bias,
+                                            {**pair_inputs, "sequence_lengths": lengths}, gradient)
+            return value, grads if grads is None else split(grads), shown
         labels, kept, segment, sequences = self._tokens(inputs, mask, reduction, lengths)
         token_counts = np.bincount(segment, kept, sequences)
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
@@ -186,3 +197,77 @@ class PreferenceLoss:
 
     def _axis(self) -> dict:
         return {} if self.head else {"axis": -1}
+
+
+def flattened(inputs) -> tuple[tuple[int, ...], list]:
+    """For adapters whose functions take arrays one by one: the policy's inputs with a (chosen, rejected)
+    pair spread out, and how many arrays each input was (1, or 2 for a pair)."""
+    counts = tuple(len(i) if isinstance(i, (tuple, list)) else 1 for i in inputs)
+    return counts, [a for i in inputs for a in (i if isinstance(i, (tuple, list)) else (i,))]
+
+
+def regrouped(flat, counts) -> list:
+    """`flattened`'s inverse: the inputs as PreferenceLoss takes them."""
+    grouped, start = [], 0
+    for count in counts:
+        grouped.append(flat[start] if count == 1 else tuple(flat[start:start + count]))
+        start += count
+    return grouped
+
+
+def flat_grads(grads) -> list:
+    """A PreferenceLoss's gradients one per differentiated array: the logits' (or a pair of them), or a head's
+    input's (or a pair), weight's and bias's."""
+    return [g for part in (grads if isinstance(grads, tuple) else (grads,))
+            for g in (part if isinstance(part, tuple) else (part,))]
+
+
+def _joined(name: str, head: bool, inputs, mask, lengths):
+    """Chosen and rejected given apart, each policy input but a head's weight (and the mask, the lengths) a
+    pair: the two sides' tokens end to end as packed sequences, chosen first; and the function splitting the
+    token loss's gradient back into the two sides' shapes."""
+    names = _POLICY_INPUTS[head]
+    sides = [inputs[0], inputs[-1], mask, lengths]
+    for value, what in zip(sides, (names[0], "labels", "mask", "sequence_lengths")):
+        if value is not None and not (isinstance(value, (tuple, list)) and len(value) == 2):
+            raise LossInputError(f"{name}: with labels given as (chosen, rejected), {what} must be a pair too")
+    (first, labels, masks, given_lengths) = sides
+    labels = [np.asarray(side) for side in labels]
+    first = [np.asarray(side) for side in first]
+    packed = given_lengths is not None
+    if any(side.ndim != (1 if packed else 2) for side in labels) or (
+            not packed and labels[0].shape[0] != labels[1].shape[0]):
+        raise LossInputError(f"{name}: chosen and rejected labels must be (pairs, tokens) each, or packed "
+                             f"(tokens,) with sequence_lengths=(chosen, rejected); got {labels[0].shape} and "
+                             f"{labels[1].shape}")
+    for side, label in zip(first, labels):
+        if side.shape[:label.ndim] != label.shape:
+            raise LossInputError(f"{name}: {names[0]} of shape {side.shape} does not have the labels' "
+                                 f"{label.shape} before its last axis")
+    if packed:
+        side_lengths = [np.asarray(side).reshape(-1) for side in given_lengths]
+        if side_lengths[0].size != side_lengths[1].size:
+            raise LossInputError(f"{name}: as many chosen sequences as rejected ones; got sequence_lengths of "
+                                 f"{side_lengths[0].size} and {side_lengths[1].size}")
+    else:
+        side_lengths = [np.full(label.shape[0], label.shape[1]) for label in labels]
+    if masks is not None:
+        masks = [np.asarray(side) for side in masks]
+        if [m.shape for m in masks] != [label.shape for label in labels]:
+            raise LossInputError(f"{name}: the masks {masks[0].shape}, {masks[1].shape} must be the labels' "
+                                 f"{labels[0].shape}, {labels[1].shape}")
+        masks = np.concatenate([m.reshape(-1) for m in masks])
+    width = first[0].shape[labels[0].ndim:]
+    joined = np.concatenate([side.reshape(-1, *side.shape[label.ndim:]) for side, label in zip(first, labels)])
+    if joined.shape[1:] != width:
+        raise LossInputError(f"{name}: chosen and rejected {names[0]} differ after the tokens: "
+                             f"{first[0].shape} and {first[1].shape}")
+    tokens = labels[0].size
+
+    def split(grads):
+        both = grads[0] if head else grads
+        apart = (both[:tokens].reshape(first[0].shape), both[tokens:].reshape(first[1].shape))
+        return (apart, *grads[1:]) if head else apart
+
+    inputs = (joined, *inputs[1:-1], np.concatenate([label.reshape(-1) for label in labels]))
+    return inputs, masks, np.concatenate(side_lengths), split

@@ -61,11 +61,16 @@ def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction
 
 
 @pytest.mark.parametrize("chunk_rows, chunk_classes", [(8, None), (9, 10)])
-def test_a_head_without_an_in_place_gemm(load_loss, torch, monkeypatch, chunk_rows, chunk_classes):
-    """Where NumPy's BLAS is not found, the weight gradient goes through a block-sized scratch."""
+@pytest.mark.parametrize("way", ["scratch", "packed blocks"])
+def test_the_weight_gradient_a_block_at_a_time(load_loss, torch, monkeypatch, way, chunk_rows, chunk_classes):
+    """Where NumPy's BLAS is not found, the weight gradient goes through a block-sized scratch; with it, its
+    product is a few classes at a time (what bounds BLAS's packing workspace)."""
     from lossdsl.runtime import blas
-    monkeypatch.setattr(blas, "_gemm", lambda: None)
-    monkeypatch.setattr("lossdsl.classaxis.heads._BLOCK_BYTES", 7 * WIDTH * 8)  # blocks of 7 classes
+    if way == "scratch":
+        monkeypatch.setattr(blas, "_gemm", lambda: None)
+        monkeypatch.setattr("lossdsl.classaxis.heads._BLOCK_BYTES", 7 * WIDTH * 8)  # blocks of 7 classes
+    else:
+        monkeypatch.setattr("lossdsl.classaxis.heads._PACKED_BYTES", 4 * 9 * 8)  # 4 classes of 9 rows a block
     rng, x, weight, bias = _layer(4)
     target = rng.integers(0, CLASSES, ROWS)
     value, grads = load_loss("linear_cross_entropy").value_and_grad(

@@ -30,6 +30,9 @@ from ..runtime.layout import LOW_PRECISION, by_name, check_domain, float_dtype, 
 from ..runtime.protocol import MEANS, LossKind, Signature
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary, where BLAS cannot add in place: classes x D
+# the weight gradient's product a block of classes at a time: OpenBLAS packs its transposed operand (the
+# chunk's gradient, classes x rows) whole, as much workspace again as the logits buffer (measured)
+_PACKED_BYTES = 4 << 20
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
 _SMALL_BYTES = 1 << 20  # a buffer this small is allowed whatever the share: small calls are not chunked finely
@@ -501,6 +504,9 @@ class _Chunks:
             if d_bias is not None:
                 d_bias[columns] = grad.sum(axis=0, dtype=np.float64)
             return
-        blas.add_product(d_weight[columns], grad.T, layer.x[start:stop], layer.scratch)
+        block = max(1, _PACKED_BYTES // (grad.shape[0] * grad.itemsize))
+        for low in range(0, grad.shape[1], block):
+            blas.add_product(d_weight[columns][low:low + block], grad[:, low:low + block].T, layer.x[start:stop],
+                             layer.scratch)
         if d_bias is not None:
             d_bias[columns] += grad.sum(axis=0, dtype=np.float64)

@@ -415,6 +415,8 @@ def test_chosen_and_rejected_apart_refused_when_they_do_not_fit():
         dpo(logits, (chosen[1], rejected[1]), mask=chosen[2])
     with pytest.raises(LossInputError, match="must be \\(pairs, tokens\\) each"):
         dpo(logits, (chosen[1], rejected[1][:-1]))
+    with pytest.raises(LossInputError, match="differ after the tokens"):
+        dpo((logits[0], logits[1][..., :-1]), (chosen[1], rejected[1]))
     with pytest.raises(LossInputError, match="does not have the labels'"):
         dpo((logits[0], logits[1][:, :-1]), (chosen[1], rejected[1]))
     with pytest.raises(LossInputError, match="as many chosen sequences as rejected"):

@@ -295,3 +295,10 @@ def children(expr: Expr) -> tuple[Expr, ...]:
     if isinstance(expr, Reduce):
         return (expr.body,) if expr.order is None else (expr.body, expr.order)
     return ()
+
+
+def names_in(expr: Expr) -> set[str]:
+    """Every name an expression reads (inputs, parameters, locals)."""
+    if isinstance(expr, Name):
+        return {expr.id}
+    return set().union(*map(names_in, children(expr)))

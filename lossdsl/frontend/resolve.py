@@ -336,7 +336,7 @@ class _Resolver:
             raise self.error(SpecTypeError, f"`sequence` is for a loss of whole sequences, elementwise in their "
                              f"log-probabilities; {loss.name} is over the axis {self.axis} (a loss over tokens adds "
                              "up with sample_weight, e.g. lossdsl.token_weights)", loss.file, pos)
-        names = _names(loss.sequence)
+        names = sorted(ir.names_in(loss.sequence))
         unknown = [n for n in names if n not in values and n not in ("sum", "mean")]
         if unknown:
             raise self.error(SpecNameError, f"`sequence` chooses sum or mean by parameters; {unknown[0]} is not a "
@@ -687,7 +687,7 @@ class _Resolver:
                 raise self.error(SpecTypeError, f"{callee.name}'s {name} chooses a formula: it needs a constant",
                                  caller.file, pos)
             self.inspect(value, caller, pos)
-            if not _mentions_names(value):
+            if not ir.names_in(value):
                 constants[name] = value.value if isinstance(value, _LITERALS) else evaluate(value, {}, caller.file)
                 continue
             try:
@@ -776,16 +776,6 @@ def _contains(expr: ir.Expr, kind: type | tuple[type, ...]) -> bool:
 
 def _nodes(expr: ir.Expr | None) -> int:
     return 0 if expr is None else 1 + sum(_nodes(child) for child in ir.children(expr))
-
-
-def _names(expr: ir.Expr) -> list[str]:
-    if isinstance(expr, ir.Name):
-        return [expr.id]
-    return [name for child in ir.children(expr) for name in _names(child)]
-
-
-def _mentions_names(expr: ir.Expr) -> bool:
-    return isinstance(expr, ir.Name) or any(_mentions_names(child) for child in ir.children(expr))
 
 
 def _fold(expr: ir.Expr, file: str) -> ir.Expr:

@@ -160,19 +160,13 @@ def _definition(spec: ir.LossDef, name: str, inputs, wrt, locals_) -> ir.LossDef
 def _needed(lines: list[ir.Local], earlier: dict[str, ir.Local]) -> list[ir.Local]:
     """The earlier locals that `lines` use, directly or through each other, in the spec's order."""
     wanted: set[str] = set()
-    pending = [name for line in lines for name in _names(line.expr)]
+    pending = [name for line in lines for name in ir.names_in(line.expr)]
     while pending:
         name = pending.pop()
         if name in earlier and name not in wanted:
             wanted.add(name)
-            pending.extend(_names(earlier[name].expr))
+            pending.extend(ir.names_in(earlier[name].expr))
     return [local for name, local in earlier.items() if name in wanted]
-
-
-def _names(expr: ir.Expr) -> set[str]:
-    if isinstance(expr, ir.Name):
-        return {expr.id}
-    return set().union(*map(_names, ir.children(expr)))
 
 
 def _calls(expr: ir.Expr) -> bool:

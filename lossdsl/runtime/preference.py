@@ -257,11 +257,10 @@ def _joined(name: str, head: bool, inputs, mask, lengths):
             raise LossInputError(f"{name}: the masks {masks[0].shape}, {masks[1].shape} must be the labels' "
                                  f"{labels[0].shape}, {labels[1].shape}")
         masks = np.concatenate([m.reshape(-1) for m in masks])
-    width = first[0].shape[labels[0].ndim:]
-    joined = np.concatenate([side.reshape(-1, *side.shape[label.ndim:]) for side, label in zip(first, labels)])
-    if joined.shape[1:] != width:
+    if first[0].shape[labels[0].ndim:] != first[1].shape[labels[1].ndim:]:
         raise LossInputError(f"{name}: chosen and rejected {names[0]} differ after the tokens: "
                              f"{first[0].shape} and {first[1].shape}")
+    joined = np.concatenate([side.reshape(-1, *side.shape[label.ndim:]) for side, label in zip(first, labels)])
     tokens = labels[0].size
 
     def split(grads):

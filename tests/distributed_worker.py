@@ -142,6 +142,33 @@ def distill_case(rank: int, results: dict) -> None:
         results[f"distill/{name}"] = tensor.grad.numpy()
 
 
+def preference_data():
+    """DPO through a head: hidden states (2 pairs x 2, 5 tokens, 6), weight (10, 6), bias, labels with the
+    prompt ignored, a mask with padding at the end, the reference's sequence log-probabilities."""
+    rng = np.random.default_rng(12)
+    labels = rng.integers(0, CLASSES, (4, 5))
+    labels[:, 0] = -100
+    mask = np.ones((4, 5))
+    mask[3, -2:] = 0
+    return (rng.normal(size=(4, 5, 6)), rng.normal(size=(CLASSES, 6)), rng.normal(size=CLASSES), labels, mask,
+            rng.normal(size=2) - 6, rng.normal(size=2) - 6)
+
+
+def preference_case(rank: int, results: dict) -> None:
+    """lossdsl.torch.PreferenceLoss("dpo", head=True, sharded=True) with the weight and bias split by rows."""
+    lo, hi = BOUNDS["unequal"][rank], BOUNDS["unequal"][rank + 1]
+    hidden, weight, bias, labels, mask, rc, rr = preference_data()
+    tensors = [torch.tensor(a, requires_grad=True) for a in (hidden, weight[lo:hi], bias[lo:hi])]
+    loss = lossdsl.torch.PreferenceLoss("dpo", head=True, sharded=True, beta=0.2)
+    value = loss(tensors[0], tensors[1], torch.tensor(labels), mask=torch.tensor(mask), linear_bias=tensors[2],
+                 ref_chosen_logp=torch.tensor(rc), ref_rejected_logp=torch.tensor(rr), class_start=lo,
+                 classes=CLASSES)
+    value.backward()
+    results["dpo/value"] = value.detach().numpy()
+    for name, tensor in zip(("input", "weight", "bias"), tensors):
+        results[f"dpo/{name}"] = tensor.grad.numpy()
+
+
 def main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
@@ -163,6 +190,7 @@ def main(rank: int, world: int, port: int, out: str) -> None:
                 results[f"{split}/{name}{suffix}/grad"] = mine.grad.numpy()
     head_case(rank, results)
     distill_case(rank, results)
+    preference_case(rank, results)
     ddp_case(rank, results)
     dist.barrier()
     dist.destroy_process_group()

@@ -472,6 +472,16 @@ def test_pytorch_module_with_chosen_and_rejected_apart(torch):
         np.testing.assert_allclose(mine, wanted.grad.numpy(), rtol=1e-9, atol=1e-13)
 
 
+def _dpo_or_orpo(torch, name, t, labels, mask, rc, rr):
+    """TRL's DPO (sigmoid, beta 0.2) or ORPO (beta 0.2) loss on the PyTorch logits t, for the sharded tests."""
+    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=name == "orpo")
+    c, r = seq[:PAIRS], seq[PAIRS:]
+    if name == "dpo":
+        return trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean()
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    return chosen_nll(torch, t, labels, mask) - (0.2 * torch.nn.functional.logsigmoid(log_odds)).mean()
+
+
 @pytest.mark.parametrize("name, params", [("dpo", {"beta": 0.2}), ("orpo", {"beta": 0.2})], ids=["dpo", "orpo"])
 def test_a_class_axis_split_across_processes(torch, name, params):
     """preference(..., all_reduce=): three threads playing processes, each with a slice of the classes, get
@@ -488,19 +498,45 @@ def test_a_class_axis_split_across_processes(torch, name, params):
 
     results = _on_ranks(3, call)
     t = torch.tensor(logits, requires_grad=True)
-    seq = sequence_logps(torch, t, torch.as_tensor(labels), torch.tensor(mask), average=name == "orpo")
-    c, r = seq[:PAIRS], seq[PAIRS:]
-    if name == "dpo":
-        expected = trl_pair_loss(torch, c, r, torch.tensor(rc), torch.tensor(rr), beta=0.2).mean()
-    else:
-        log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
-        expected = chosen_nll(torch, t, labels, mask) - (0.2 * torch.nn.functional.logsigmoid(log_odds)).mean()
+    expected = _dpo_or_orpo(torch, name, t, labels, mask, rc, rr)
     expected.backward()
     for rank, (value, grad) in enumerate(results):
         np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
         np.testing.assert_allclose(grad, t.grad.numpy()[..., bounds[rank]:bounds[rank + 1]], rtol=1e-9, atol=1e-14)
     with pytest.raises(LossInputError, match="class_start= and classes="):
         lossdsl.preference(name, **params)(logits, labels, class_start=0, classes=C, **refs)
+
+
+@pytest.mark.parametrize("name, chunks", [("dpo", {"chunk_rows": 6}), ("orpo", {"chunk_classes": 2})],
+                         ids=["dpo-rows", "orpo-blocks"])
+def test_a_head_with_its_weight_split_across_processes(torch, name, chunks):
+    """preference(..., head=True, all_reduce=): three threads playing processes, each holding a slice of the
+    weight's and bias's rows (the classes), get TRL's loss on PyTorch's whole logits, the whole hidden states'
+    gradient and their own weight and bias slices' gradients."""
+    from test_sharding import _on_ranks
+    _, labels, mask, rc, rr = _full_batch(np.float64, seed=21)
+    rng = np.random.default_rng(22)
+    hidden, weight, bias = rng.normal(size=(2 * PAIRS, T, D)), rng.normal(size=(C, D)), rng.normal(size=C)
+    refs = {"ref_chosen_logp": rc, "ref_rejected_logp": rr} if name == "dpo" else {}
+    bounds = [0, 4, 5, C]
+
+    def call(rank, all_reduce):
+        loss = lossdsl.preference(name, head=True, all_reduce=all_reduce, beta=0.2)
+        lo, hi = bounds[rank], bounds[rank + 1]
+        return loss.value_and_grad(hidden, weight[lo:hi], labels, mask=mask, linear_bias=bias[lo:hi],
+                                   class_start=lo, classes=C, **chunks, **refs)
+
+    results = _on_ranks(3, call)
+    h, w, b = (torch.tensor(a, requires_grad=True) for a in (hidden, weight, bias))
+    t = h @ w.T + b
+    expected = _dpo_or_orpo(torch, name, t, labels, mask, rc, rr)
+    expected.backward()
+    for rank, (value, (d_hidden, d_weight, d_bias)) in enumerate(results):
+        lo, hi = bounds[rank], bounds[rank + 1]
+        np.testing.assert_allclose(value, expected.item(), rtol=1e-11)
+        np.testing.assert_allclose(d_hidden, h.grad.numpy(), rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(d_weight, w.grad.numpy()[lo:hi], rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(d_bias, b.grad.numpy()[lo:hi], rtol=1e-9, atol=1e-13)
 
 
 def trl_gspo(torch, logits, labels, mask, old_per_token, advantages, epsilon_low, epsilon_high):

@@ -180,6 +180,31 @@ def test_two_heads_with_both_weights_split_by_rows(ranks):
                                    rtol=1e-11, atol=1e-15)
 
 
+def test_dpo_through_a_head_with_its_weight_split_by_rows(ranks):
+    """lossdsl.torch.PreferenceLoss sharded: TRL's DPO (sigmoid, beta 0.2) on PyTorch's materialised logits
+    against two processes each holding 3 and 7 of the weight's and bias's rows."""
+    hidden, weight, bias, labels, mask, rc, rr = worker.preference_data()
+    h, w, b = (torch.tensor(a, requires_grad=True) for a in (hidden, weight, bias))
+    target = torch.tensor(labels)
+    logp = torch.gather(torch.log_softmax(h @ w.T + b, -1), -1, target.clamp(min=0)[..., None])[..., 0]
+    kept = (target != -100) & (torch.tensor(mask) != 0)
+    seq = torch.where(kept, logp, torch.zeros_like(logp)).sum(-1)
+    margin = (seq[:2] - torch.tensor(rc)) - (seq[2:] - torch.tensor(rr))
+    expected = -torch.nn.functional.logsigmoid(0.2 * margin).mean()
+    expected.backward()
+    for result in ranks:
+        np.testing.assert_allclose(result["dpo/value"], expected.item(), rtol=1e-12)
+        np.testing.assert_allclose(result["dpo/input"], h.grad.numpy(), rtol=1e-10, atol=1e-15)
+    for name, tensor in (("weight", w), ("bias", b)):
+        np.testing.assert_allclose(np.concatenate([r[f"dpo/{name}"] for r in ranks]), tensor.grad.numpy(),
+                                   rtol=1e-10, atol=1e-15)
+
+
+def test_a_group_without_sharding_is_refused():
+    with pytest.raises(lossdsl.LossInputError, match="sharded=True"):
+        lossdsl.torch.PreferenceLoss("dpo", group=object())
+
+
 def test_an_unknown_reduction_is_refused_with_the_accepted_ones():
     with pytest.raises(lossdsl.LossInputError, match="'mean', 'mean_or_zero', 'sum' or 'none'; got 'batch'"):
         lossdsl.torch.ShardedLoss("cross_entropy", reduction="batch")

@@ -328,11 +328,19 @@ class PreferenceLoss(torch.nn.Module):
     and `linear_bias=`; `mask=`, `sequence_lengths=` (packed), and the sequence loss's inputs by name
     (ref_chosen_logp=, desirable=, ...). Gradients flow to the logits, or to the hidden states, weight and
     bias, the logits never whole on the head's path; bf16 hidden states are computed in float32. Chosen and
-    rejected may come apart: the logits (or hidden states), labels, mask and lengths each a pair."""
+    rejected may come apart: the logits (or hidden states), labels, mask and lengths each a pair.
 
-    def __init__(self, loss: str | os.PathLike = "dpo", /, head: bool = False, reduction: str = "mean", **params):
+    `sharded=True`: the class axis is split across the processes of the torch.distributed `group` (as
+    ShardedLoss): each process calls with its slice of the logits, or of the head's weight and bias rows, and
+    `class_start=`, `classes=`; every process gets the same loss, and backward the whole hidden states'
+    gradient and its own slices'."""
+
+    def __init__(self, loss: str | os.PathLike = "dpo", /, head: bool = False, reduction: str = "mean",
+                 sharded: bool = False, group=None, **params):
         super().__init__()
-        self.loss = lossdsl.preference(loss, head=head, **params)
+        if group is not None and not sharded:
+            raise lossdsl.LossInputError(f"{loss}: group= is for a class axis split across processes (sharded=True)")
+        self.loss = lossdsl.preference(loss, head=head, all_reduce=_all_reduce(group) if sharded else None, **params)
         self.reduction = reduction
 
     def extra_repr(self) -> str:

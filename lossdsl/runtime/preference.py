@@ -44,31 +44,30 @@ def preference(pair: str = "dpo", /, head: bool = False, average: bool | None = 
     `average` length-normalises the sequence log-probabilities (True) or sums them (False); by default as the
     spec's `sequence` line says (sum where it has none). With `all_reduce` (as
     lossdsl.classaxis.sharding takes it), the class axis is split across processes: each calls with its slice
-    of the logits and `class_start=`, `classes=`, and gets the same loss and its slice's gradient."""
+    of the logits (or of the head's weight and bias rows) and `class_start=`, `classes=`, and gets the same
+    loss and its slice's gradient (a head: the whole hidden states' gradient, all-reduced, and its weight and
+    bias slices')."""
     from ..compiler import load
     pair_loss = load(pair, **params)
     token = load("linear_cross_entropy" if head else "cross_entropy", ignore_index=ignore_index)
-    if all_reduce is not None:
-        if head:
-            raise LossInputError(f"{pair_loss.name}: a class axis split across processes takes the logits here "
-                                 "(head=False)")
+    if all_reduce is not None and not head:  # a head is made sharded per call: its slice comes with the call
         from ..classaxis.sharding import ShardedLoss
         token = ShardedLoss(token, all_reduce)
     if average is None:
         average = pair_loss.signature.sequence == "mean"
-    return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index, sharded=all_reduce is not None)
+    return PreferenceLoss(pair_loss, token, head, bool(average), ignore_index, all_reduce)
 
 
 class PreferenceLoss:
     """A loss of sequence log-probabilities, called with the policy's token inputs (see the module)."""
 
-    def __init__(self, pair, token, head: bool, average: bool, ignore_index: int, sharded: bool = False):
+    def __init__(self, pair, token, head: bool, average: bool, ignore_index: int, all_reduce=None):
         if pair.signature.axis is not None or len(pair.wrt) not in (1, 2):
             raise LossInputError(f"{pair.name}: a preference loss is elementwise in (chosen, rejected) sequence "
                                  "log-probabilities, or in one sequence's (unpaired), differentiated with respect "
                                  "to those")
         self.pair, self.token, self.head, self.average, self.ignore_index = pair, token, head, average, ignore_index
-        self.name, self.sharded = pair.name, sharded
+        self.name, self.all_reduce = pair.name, all_reduce
         self.paired = len(pair.wrt) == 2
         self.nll_weight = float(pair.params.get("nll_weight", 0.0))
 
@@ -101,10 +100,10 @@ class PreferenceLoss:
         labels, kept, segment, sequences = self._tokens(inputs, mask, reduction, lengths)
         token_counts = np.bincount(segment, kept, sequences)
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
-        token = self._token_options(pair_inputs, linear_bias)
+        token_loss, token = self._token_loss(pair_inputs, linear_bias)
         pair_inputs = self._per_sequence(pair_inputs, labels, lengths, kept, segment, counts, sequences)
-        values = (self.token.value_and_grad(*inputs, reduction="none", **token)[0] if self.sharded
-                  else self.token(*inputs, reduction="none", **token))
+        values = (token_loss.value_and_grad(*inputs, reduction="none", **token)[0] if "classes" in token
+                  else token_loss(*inputs, reduction="none", **token))
         nll = np.where(kept, np.asarray(values, np.float64).reshape(-1), 0.0)
         logp = -np.bincount(segment, nll, sequences) / counts
         groups = 2 if self.paired else 1
@@ -127,7 +126,7 @@ class PreferenceLoss:
         d_logp = np.concatenate(d_logp) if self.paired else d_logp
         per_sequence = -d_logp / counts  # d loss / d nll of each counted token
         per_token = per_sequence[segment] + np.where(chosen, self.nll_weight / nll_count, 0.0)
-        _, grads = self.token.value_and_grad(*inputs, reduction="sum",
+        _, grads = token_loss.value_and_grad(*inputs, reduction="sum",
                                              sample_weight=np.where(kept, per_token, 0.0).reshape(labels.shape),
                                              **token)
         names = ("chosen_logp", "rejected_logp") if self.paired else ("logp",)
@@ -135,18 +134,23 @@ class PreferenceLoss:
                  **extra}
         return value + nll_term, grads, shown
 
-    def _token_options(self, pair_inputs: dict, linear_bias) -> dict:
-        """What the token loss's calls take beside the policy's inputs (taken out of `pair_inputs`): the bias,
-        a head's chunking, a sharded class axis's slice, the class axis of the logits."""
+    def _token_loss(self, pair_inputs: dict, linear_bias) -> tuple:
+        """(the token loss for this call: a head sharded to the call's slice of the classes; what its calls
+        take beside the policy's inputs, taken out of `pair_inputs`: the bias, a head's chunking, the logits'
+        sharded slice, the class axis of the logits)."""
         options = {k: pair_inputs.pop(k) for k in ("chunk_rows", "chunk_classes", "class_start", "classes")
                    if k in pair_inputs}
-        if self.sharded != ("class_start" in options and "classes" in options):
+        sharded = self.all_reduce is not None
+        if sharded != ("class_start" in options and "classes" in options):
             raise LossInputError(f"{self.name}: class_start= and classes= go with a class axis split across "
                                  "processes (preference(..., all_reduce=)), and it needs both")
         if ("chunk_rows" in options or "chunk_classes" in options) and not self.head:
             raise LossInputError(f"{self.name}: chunk_rows and chunk_classes are for a linear head (head=True)")
         bias = {} if linear_bias is None else {"linear_bias": linear_bias}
-        return {**bias, **options, **self._axis()}
+        if sharded and self.head:
+            return self.token.sharded(options.pop("class_start"), options.pop("classes"), self.all_reduce), {
+                **bias, **options}
+        return self.token, {**bias, **options, **({} if self.head else {"axis": -1})}
 
     def _per_sequence(self, pair_inputs: dict, labels, lengths, kept, segment, counts, sequences) -> dict:
         """An unpaired loss's other inputs given per token (the labels' padded shape (S, T): GSPO's old_logp)
@@ -194,9 +198,6 @@ class PreferenceLoss:
             kept = kept & (mask != 0)
         sequences = labels.shape[0] if lengths is None else lengths.size
         return labels, kept.reshape(-1), segment, sequences
-
-    def _axis(self) -> dict:
-        return {} if self.head else {"axis": -1}
 
 
 def flattened(inputs) -> tuple[tuple[int, ...], list]:

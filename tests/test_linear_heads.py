@@ -60,6 +60,25 @@ def test_linear_cross_entropy_against_pytorch(load_loss, torch, dtype, reduction
                                     **chunks), value, rtol=tolerance)
 
 
+def test_values_alone_of_a_chunked_head_against_pytorch(load_loss, torch):
+    """Logits of 2.4 MB: the head's own chunking takes small row chunks, and values alone a block of
+    classes at a time (one sweep for cross_entropy's log-sum-exp); both equal PyTorch's."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 16)).astype(np.float32)
+    weight = (rng.normal(size=(1000, 16)) * 0.5).astype(np.float32)
+    bias = rng.normal(size=1000).astype(np.float32)
+    target = rng.integers(0, 1000, 600)
+    target[7] = -100
+    head = load_loss("linear_cross_entropy", label_smoothing=0.1)
+    expected, expected_grads = _pytorch(torch, x, weight, target, "none", bias, label_smoothing=0.1)
+    np.testing.assert_allclose(head(x, weight, target, linear_bias=bias, reduction="none"), expected,
+                               rtol=2e-5, atol=2e-5)
+    value, grads = head.value_and_grad(x, weight, target, linear_bias=bias, reduction="none")
+    np.testing.assert_allclose(value, expected, rtol=2e-5, atol=2e-5)
+    for got, wanted in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, wanted, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("chunk_rows, chunk_classes", [(8, None), (9, 10)])
 @pytest.mark.parametrize("way", ["scratch", "packed blocks"])
 def test_the_weight_gradient_a_block_at_a_time(load_loss, torch, monkeypatch, way, chunk_rows, chunk_classes):

@@ -80,20 +80,29 @@ def test_values_alone_of_a_chunked_head_against_pytorch(load_loss, torch):
 
 
 @pytest.mark.parametrize("chunk_rows, chunk_classes", [(8, None), (9, 10)])
-@pytest.mark.parametrize("way", ["scratch", "packed blocks"])
-def test_the_weight_gradient_a_block_at_a_time(load_loss, torch, monkeypatch, way, chunk_rows, chunk_classes):
-    """Where NumPy's BLAS is not found, the weight gradient goes through a block-sized scratch; with it, its
-    product is a few classes at a time (what bounds BLAS's packing workspace)."""
+@pytest.mark.parametrize("way", ["numpy", "packed blocks", "pieces on threads"])
+def test_products_in_pieces(load_loss, torch, monkeypatch, way, chunk_rows, chunk_classes):
+    """Where NumPy's BLAS is not found, the weight gradient is added a few classes at a time through NumPy
+    (a bounded temporary); with it, its product is a few classes at a time (what bounds BLAS's packing
+    workspace); and every product in pieces of a few classes or columns, taken by three threads in turn."""
+    import lossdsl
     from lossdsl.runtime import blas
-    if way == "scratch":
+    threads = lossdsl.get_num_threads()
+    if way == "numpy":
         monkeypatch.setattr(blas, "_gemm", lambda: None)
         monkeypatch.setattr("lossdsl.classaxis.heads._BLOCK_BYTES", 7 * WIDTH * 8)  # blocks of 7 classes
-    else:
+    elif way == "packed blocks":
         monkeypatch.setattr("lossdsl.classaxis.heads._PACKED_BYTES", 4 * 9 * 8)  # 4 classes of 9 rows a block
+    else:
+        monkeypatch.setattr("lossdsl.classaxis.heads._MIN_PIECE_WORK", 1)  # pieces of 1 to 2 classes or columns
+        lossdsl.set_num_threads(3)
     rng, x, weight, bias = _layer(4)
     target = rng.integers(0, CLASSES, ROWS)
-    value, grads = load_loss("linear_cross_entropy").value_and_grad(
-        x, weight, target, linear_bias=bias, chunk_rows=chunk_rows, chunk_classes=chunk_classes)
+    try:
+        value, grads = load_loss("linear_cross_entropy").value_and_grad(
+            x, weight, target, linear_bias=bias, chunk_rows=chunk_rows, chunk_classes=chunk_classes)
+    finally:
+        lossdsl.set_num_threads(threads)
     expected, expected_grads = _pytorch(torch, x, weight, target, "mean", bias)
     np.testing.assert_allclose(value, expected, rtol=1e-10)
     for got, wanted in zip(grads, expected_grads):

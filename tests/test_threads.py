@@ -54,3 +54,30 @@ def test_set_num_threads_while_calls_are_in_flight(load_loss):
 def test_set_num_threads_refuses_what_is_not_a_positive_integer(bad):
     with pytest.raises(ValueError, match="positive integer"):
         lossdsl.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_pull_runs_every_piece_once_and_reports_a_failure(count):
+    """threads.pull: each piece taken by one thread exactly once; a piece's error reaches the caller once no
+    thread is still working on a piece (the caller's buffers are then its own again)."""
+    before = threads.get_num_threads()
+    threads.set_num_threads(count)
+    try:
+        seen = []
+        threads.pull(seen.append, 50)
+        assert sorted(seen) == list(range(50))
+
+        started, finished = [], []
+
+        def failing(piece: int) -> None:
+            started.append(piece)
+            time.sleep(0.001)
+            if piece == 7:
+                raise RuntimeError("piece 7")
+            finished.append(piece)
+
+        with pytest.raises(RuntimeError, match="piece 7"):
+            threads.pull(failing, 20)
+        assert 7 in started and sorted(finished) == sorted(p for p in started if p != 7)
+    finally:
+        threads.set_num_threads(before)

@@ -25,14 +25,18 @@ import numpy as np
 from .blocked import BlockRun
 from .levels import sweep
 from ..errors import LossInputError, LossLabelError
-from ..runtime import blas
+from ..runtime import blas, threads
 from ..runtime.layout import LOW_PRECISION, by_name, check_domain, float_dtype, reduced
 from ..runtime.protocol import MEANS, LossKind, Signature
 
 _BLOCK_BYTES = 2 << 20  # the weight gradient's temporary, where BLAS cannot add in place: classes x D
-# the weight gradient's product a block of classes at a time: OpenBLAS packs its transposed operand (the
+# the weight gradient's product a piece of classes at a time: OpenBLAS packs its transposed operand (the
 # chunk's gradient, classes x rows) whole, as much workspace again as the logits buffer (measured)
 _PACKED_BYTES = 4 << 20
+# each product in pieces of classes (or of the input's width) that free threads take in turn: enough of
+# them that a thread slowed by another process does less (16 on 2 threads measured best), none tiny
+_PIECES_PER_THREAD = 8
+_MIN_PIECE_WORK = 1 << 20  # multiply-adds
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
 _SMALL_BYTES = 1 << 20  # a buffer this small is allowed whatever the share: small calls are not chunked finely
@@ -258,16 +262,17 @@ class LinearHead:
         if with_outputs and not names:
             raise LossInputError(f"{self.name} declares no `output`")
         extra = np.empty((rows, *out_shape[1:], len(names)), dtype) if with_outputs else None
-        chunk = _Chunks(layers, out_shape, per_row, step, classes, dtype, gradient, extra)
         total, normalizer = 0.0, 0.0
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            run = self._by_rows if classes is None else self._by_blocks
-            part, divisor = run(chunk, start, stop)
-            total += float(np.sum(part, dtype=np.float64))
-            normalizer += divisor
-            if values is not None:
-                values[start:stop] = part
+        with blas.single_threaded() as spread:
+            chunk = _Chunks(layers, out_shape, per_row, step, classes, dtype, gradient, extra, spread)
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                run = self._by_rows if classes is None else self._by_blocks
+                part, divisor = run(chunk, start, stop)
+                total += float(np.sum(part, dtype=np.float64))
+                normalizer += divisor
+                if values is not None:
+                    values[start:stop] = part
         # every row ignored: a NaN or 0 mean (layout.empty_mean); the gradients are 0 either way, as PyTorch's
         loss_shape = (*rows_shape, *out_shape[1:])  # () for an unbatched input (D,): PyTorch's 0-d "none"
         value = (values.reshape(loss_shape) if reduction == "none"
@@ -452,16 +457,18 @@ class _Layer:
     differentiated: bool
     grads: tuple | None = None
     buffer: np.ndarray | None = None
-    scratch: np.ndarray | None = None  # the weight gradient's blocks, where BLAS cannot add a product in place
 
 
 class _Chunks:
     """A head call's operands and buffers: one chunk's logits are computed here for each head, and the
     chunk's share of the input, weight and bias gradients accumulated (BLAS products, each chunk's weight
-    gradient added in place by lossdsl.runtime.blas, so no C x D temporary)."""
+    gradient added in place by lossdsl.runtime.blas, so no C x D temporary). With `spread` (BLAS on one
+    thread each), every product goes in pieces that lossdsl's threads take in turn (runtime.threads.pull):
+    pieces of classes for the logits and the weight gradient, of the input's width for its gradient, so
+    each piece writes its own part of the result and no sum depends on which thread took what."""
 
     def __init__(self, layers: list[_Layer], out_shape, per_row: dict, step: int, classes: int | None, dtype,
-                 gradient: bool, extra: np.ndarray | None):
+                 gradient: bool, extra: np.ndarray | None, spread: bool):
         self.layers, self.out_shape, self.per_row, self.gradient = layers, out_shape, per_row, gradient
         self.differentiated = [layer for layer in layers if layer.differentiated]
         self.extra = extra  # the spec's `output` values, (rows, d1, ..., dK, outputs), when asked for
@@ -470,20 +477,34 @@ class _Chunks:
         self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis
         rows = layers[0].x.shape[0]
         self.once = step >= rows
+        self.threads = threads.get_num_threads() if spread else 1
         for layer in layers:
             layer.buffer = np.empty(min(step, rows) * self.classes * self.inner, dtype)
-            width = layer.x.shape[1]
-            if layer.differentiated and not self.once and not blas.accumulates():
-                layer.scratch = np.empty(max(1, min(self.classes * self.inner,
-                                                    _BLOCK_BYTES // (width * dtype.itemsize))) * width, dtype)
+
+    def _pieces(self, columns: int, work: int, most: int | None = None,
+                per_thread: int = _PIECES_PER_THREAD) -> list[tuple[int, int]]:
+        """[lo, hi) pieces of a product's `columns` outputs, `work` multiply-adds each: `per_thread` for each
+        thread to take in turn (none tiny; one where BLAS keeps its own threads), of at most `most` columns."""
+        count = min(self.threads * per_thread, max(1, columns * work // _MIN_PIECE_WORK))
+        size = -(-columns // count) if self.threads > 1 else columns
+        size = max(1, min(size, most or size))
+        return [(lo, min(columns, lo + size)) for lo in range(0, columns, size)]
 
     def logits(self, layer: _Layer, start: int, stop: int, lo: int, hi: int) -> np.ndarray:
         """x[start:stop] @ weight[classes lo..hi].T + bias of one head, as (rows, hi - lo, d1, ..., dK)."""
         columns = slice(lo * self.inner, hi * self.inner)
         out = layer.buffer[:(stop - start) * (hi - lo) * self.inner].reshape(stop - start, (hi - lo) * self.inner)
-        np.matmul(layer.x[start:stop], layer.weight[columns].T, out=out)
-        if layer.bias is not None:
-            out += layer.bias[columns]
+        x, weight = layer.x[start:stop], layer.weight[columns]
+        bias = None if layer.bias is None else layer.bias[columns]
+        pieces = self._pieces(out.shape[1], x.size)
+
+        def piece(k: int) -> None:
+            a, b = pieces[k]
+            blas.multiply(out[:, a:b], x, weight[a:b].T)
+            if bias is not None:
+                out[:, a:b] += bias[a:b]
+
+        threads.pull(piece, len(pieces))
         return out.reshape(stop - start, hi - lo, *self.out_shape[1:])
 
     def arguments(self, start: int, stop: int, lo: int, hi: int | None):
@@ -503,19 +524,27 @@ class _Chunks:
         d_input, d_weight, d_bias = layer.grads
         grad = grad.reshape(stop - start, -1)
         columns = slice(lo * self.inner, hi * self.inner)
-        weight = layer.weight[columns]
-        if lo == 0:
-            np.matmul(grad, weight, out=d_input[start:stop])
-        else:
-            blas.add_product(d_input[start:stop], grad, weight)
-        if self.once:
-            np.matmul(grad.T, layer.x, out=d_weight[columns])
+        x, weight, d_weight = layer.x[start:stop], layer.weight[columns], d_weight[columns]
+        d_bias = None if d_bias is None else d_bias[columns]
+        rows, width = x.shape
+        itemsize = self.dtype.itemsize
+        # the input's gradient: each piece reads all of the chunk's gradient, so one piece a thread (narrower
+        # pieces measured slower: 8 of 64 columns 27 % more than 2 at (136, 32000) x (32000, 512))
+        by_width = self._pieces(width, grad.size, per_thread=1)
+        # the weight gradient's: within BLAS's packing workspace, or NumPy's temporary where it adds
+        most = min(_PACKED_BYTES // (rows * itemsize), _BLOCK_BYTES // (width * itemsize) if not blas.in_place()
+                   else grad.shape[1])
+        by_class = self._pieces(grad.shape[1], x.size, most)
+
+        def piece(k: int) -> None:  # the input's few large pieces first, the weight's small ones fill in after
+            if k < len(by_width):
+                a, b = by_width[k]
+                blas.multiply(d_input[start:stop, a:b], grad, weight[:, a:b], accumulate=lo > 0)
+                return
+            a, b = by_class[k - len(by_width)]
+            blas.multiply(d_weight[a:b], grad[:, a:b].T, x, accumulate=not self.once)
             if d_bias is not None:
-                d_bias[columns] = grad.sum(axis=0, dtype=np.float64)
-            return
-        block = max(1, _PACKED_BYTES // (grad.shape[0] * grad.itemsize))
-        for low in range(0, grad.shape[1], block):
-            blas.add_product(d_weight[columns][low:low + block], grad[:, low:low + block].T, layer.x[start:stop],
-                             layer.scratch)
-        if d_bias is not None:
-            d_bias[columns] += grad.sum(axis=0, dtype=np.float64)
+                sums = grad[:, a:b].sum(axis=0, dtype=np.float64)
+                d_bias[a:b] = sums if self.once else d_bias[a:b] + sums
+
+        threads.pull(piece, len(by_width) + len(by_class))  # one wait for the slowest thread, not two

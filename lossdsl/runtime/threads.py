@@ -8,6 +8,7 @@ from the cache without Numba's threading layer, and small calls skip threads ent
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,34 @@ def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple, a
     for future in others:
         total += future.result()
     return total
+
+
+def pull(task: Callable[[int], None], pieces: int) -> None:
+    """task(piece) for each piece in [0, pieces), on up to every thread, each taking the next piece
+    when it is free: where another process slows one thread, the others take more of the pieces.
+    For work whose pieces write apart (then a result still never depends on thread timing). A piece's
+    error is raised once no thread is working on a piece; the pieces not yet taken may not run."""
+    workers = min(_threads, pieces)
+    if workers <= 1:
+        for piece in range(pieces):
+            task(piece)
+        return
+    counter = itertools.count()  # next() on it is one step under the GIL: each piece is taken once
+
+    def take() -> None:
+        while (piece := next(counter)) < pieces:
+            task(piece)
+
+    with _lock:
+        pool = _executor()
+        others = [pool.submit(take) for _ in range(workers - 1)]
+    try:
+        take()
+    finally:  # every piece finished (or failed) before the caller's buffers are touched again
+        for future in others:
+            future.exception()
+    for future in others:
+        future.result()
 
 
 def _executor() -> ThreadPoolExecutor:

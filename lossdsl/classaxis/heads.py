@@ -37,6 +37,7 @@ _PACKED_BYTES = 4 << 20
 # them that a thread slowed by another process does less (16 on 2 threads measured best), none tiny
 _PIECES_PER_THREAD = 8
 _MIN_PIECE_WORK = 1 << 20  # multiply-adds
+_MIN_PIECE_CLASSES = 1024  # narrower pieces of a product over 1024 rows measured 5-10 % slower
 _CHUNK_SHARE = 30  # a chunk's logits are at most 1/30 of all of them (3.3 %; the rest of 5 % for the others)
 _CHUNK_BYTES = 64 << 20  # and at most this much per buffer, however many rows there are
 _SMALL_BYTES = 1 << 20  # a buffer this small is allowed whatever the share: small calls are not chunked finely
@@ -481,11 +482,13 @@ class _Chunks:
         for layer in layers:
             layer.buffer = np.empty(min(step, rows) * self.classes * self.inner, dtype)
 
-    def _pieces(self, columns: int, work: int, most: int | None = None,
-                per_thread: int = _PIECES_PER_THREAD) -> list[tuple[int, int]]:
+    def _pieces(self, columns: int, work: int, most: int | None = None, per_thread: int = _PIECES_PER_THREAD,
+                narrowest: int = _MIN_PIECE_CLASSES) -> list[tuple[int, int]]:
         """[lo, hi) pieces of a product's `columns` outputs, `work` multiply-adds each: `per_thread` for each
-        thread to take in turn (none tiny; one where BLAS keeps its own threads), of at most `most` columns."""
-        count = min(self.threads * per_thread, max(1, columns * work // _MIN_PIECE_WORK))
+        thread to take in turn (none tiny or narrower than `narrowest` but one a thread; one where BLAS keeps
+        its own threads), of at most `most` columns."""
+        count = min(self.threads * per_thread, max(1, columns * work // _MIN_PIECE_WORK),
+                    max(self.threads, columns // narrowest))
         size = -(-columns // count) if self.threads > 1 else columns
         size = max(1, min(size, most or size))
         return [(lo, min(columns, lo + size)) for lo in range(0, columns, size)]
@@ -530,7 +533,7 @@ class _Chunks:
         itemsize = self.dtype.itemsize
         # the input's gradient: each piece reads all of the chunk's gradient, so one piece a thread (narrower
         # pieces measured slower: 8 of 64 columns 27 % more than 2 at (136, 32000) x (32000, 512))
-        by_width = self._pieces(width, grad.size, per_thread=1)
+        by_width = self._pieces(width, grad.size, per_thread=1, narrowest=1)
         # the weight gradient's: within BLAS's packing workspace, or NumPy's temporary where it adds
         most = min(_PACKED_BYTES // (rows * itemsize), _BLOCK_BYTES // (width * itemsize) if not blas.in_place()
                    else grad.shape[1])

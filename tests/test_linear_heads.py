@@ -79,6 +79,45 @@ def test_values_alone_of_a_chunked_head_against_pytorch(load_loss, torch):
         np.testing.assert_allclose(got, wanted, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_gradient_reusing_the_values_pass_partials_against_pytorch(load_loss, torch, dtype):
+    """DPO's two calls: values alone in blocks of classes keep each row's log-sum-exp; the second call,
+    weighted per row (some weights 0 or negative), sweeps the classes once with them. Both equal PyTorch's."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(600, 16)).astype(dtype)
+    weight = (rng.normal(size=(1000, 16)) * 0.5).astype(dtype)
+    bias = rng.normal(size=1000).astype(dtype)
+    target = rng.integers(0, 1000, 600)
+    target[[7, 300]] = -100
+    per_row = rng.normal(size=600)
+    per_row[:50] = 0.0
+    head = load_loss("linear_cross_entropy")
+    values, partials = head.values_and_partials(x, weight, target, linear_bias=bias)
+    assert partials is not None and partials.classes < 1000  # blocks of classes: what is reused
+    expected, _ = _pytorch(torch, x, weight, target, "none", bias)
+    tolerance = 1e-10 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(values, expected, rtol=tolerance, atol=tolerance)
+    value, grads = head.value_and_grad(x, weight, target, linear_bias=bias, reduction="sum", sample_weight=per_row,
+                                       partials=partials)
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    losses = torch.nn.functional.cross_entropy(tensors[0] @ tensors[1].T + tensors[2], torch.tensor(target),
+                                               reduction="none")
+    wanted = (losses * torch.tensor(per_row, dtype=losses.dtype)).sum()
+    wanted.backward()
+    np.testing.assert_allclose(value, wanted.item(), rtol=tolerance)
+    for got, tensor in zip(grads, tensors):
+        np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=tolerance, atol=tolerance)
+    with pytest.raises(LossInputError, match="partials are for the gradient of the same rows"):
+        head.value_and_grad(x[:500], weight, target[:500], linear_bias=bias, partials=partials)
+    with pytest.raises(LossInputError, match="no chunking given"):
+        head.value_and_grad(x, weight, target, linear_bias=bias, chunk_rows=100, partials=partials)
+    bad = target.copy()
+    bad[11] = 1000
+    _, kept = head.values_and_partials(x, weight, target, linear_bias=bias)
+    with pytest.raises(LossLabelError, match="label 1000"):
+        head.value_and_grad(x, weight, bad, linear_bias=bias, partials=kept)
+
+
 @pytest.mark.parametrize("chunk_rows, chunk_classes", [(8, None), (9, 10)])
 @pytest.mark.parametrize("way", ["numpy", "packed blocks", "pieces on threads"])
 def test_products_in_pieces(load_loss, torch, monkeypatch, way, chunk_rows, chunk_classes):

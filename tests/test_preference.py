@@ -119,6 +119,28 @@ def test_dpo_through_a_linear_head(torch, chunks):
         np.testing.assert_allclose(got, wanted.grad.numpy(), rtol=1e-9, atol=1e-12)
 
 
+def test_dpo_through_a_head_with_many_classes(torch):
+    """3000 classes: both of the head's calls go a block of classes at a time, the gradient's reusing the
+    values pass's log-sum-exp per token (LinearHead.values_and_partials)."""
+    _, labels, mask, rc, rr = _batch(np.float64, seed=4)
+    rng = np.random.default_rng(5)
+    classes = 3000
+    labels = np.where(labels < 0, labels, rng.integers(0, classes, labels.shape))
+    hidden, weight = rng.normal(size=(2 * PAIRS, T, D)), rng.normal(size=(classes, D))
+    dpo = lossdsl.preference("dpo", head=True, beta=0.1)
+    assert dpo.token.values_and_partials(hidden.reshape(-1, D), weight, labels.reshape(-1))[1] is not None
+    value, (d_hidden, d_weight) = dpo.value_and_grad(hidden, weight, labels, mask=mask, ref_chosen_logp=rc,
+                                                     ref_rejected_logp=rr)
+    h, w = (torch.tensor(a, requires_grad=True) for a in (hidden, weight))
+    seq = sequence_logps(torch, h @ w.T, torch.as_tensor(labels), torch.tensor(mask), False)
+    expected = (trl_pair_loss(torch, seq[:PAIRS], seq[PAIRS:], torch.tensor(rc), torch.tensor(rr), beta=0.1)
+                * counted_pairs(torch, labels, mask)).mean()
+    expected.backward()
+    np.testing.assert_allclose(value, expected.item(), rtol=1e-10)
+    np.testing.assert_allclose(d_hidden, h.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(d_weight, w.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_simpo_from_the_policy_logits(torch, label_smoothing):
     """SimPO (TRL CPOTrainer, loss_type "simpo", cpo_alpha 0): mean token log-probabilities, no reference."""

@@ -159,11 +159,22 @@ class LinearHead:
                          gradient=False)[0]
 
     def value_and_grad(self, *inputs, reduction: str = "mean", sample_weight=None, chunk_rows: int | None = None,
-                       chunk_classes: int | None = None, outputs: bool = False, **named_inputs):
+                       chunk_classes: int | None = None, outputs: bool = False, partials: "Partials | None" = None,
+                       **named_inputs):
         """`outputs=True`: also the spec's `output` values per row, from the same pass, as the loss's own
-        `value_and_grad(..., outputs=True)` gives them: (value, gradients, {name: values})."""
+        `value_and_grad(..., outputs=True)` gives them: (value, gradients, {name: values}). `partials` from
+        `values_and_partials` on the same inputs (any sample_weight): the gradient then sweeps the classes
+        in blocks once, its products as large as the values pass's, without recomputing the partials."""
         return self._run(inputs, named_inputs, reduction, sample_weight, (chunk_rows, chunk_classes),
-                         gradient=True, with_outputs=outputs)
+                         gradient=True, with_outputs=outputs, reuse=partials)
+
+    def values_and_partials(self, *inputs, **named_inputs) -> "tuple[np.ndarray, Partials | None]":
+        """Each row's loss (reduction "none") and, where the call went a block of classes at a time, each
+        row's whole partials of the loss's reductions over the classes (log-sum-exp's, a label's logit):
+        a second call's gradient over the same rows (DPO's, weighted per token) reuses them."""
+        keep = Partials()
+        values = self._run(inputs, named_inputs, "none", None, (None, None), gradient=False, reuse=keep)[0]
+        return values, keep if keep.by_start else None
 
     def normalizer(self, *inputs, **named_inputs) -> float:
         """What "mean" divides by for these rows (the rows kept, or their class weights), from the
@@ -239,7 +250,8 @@ class LinearHead:
                                  tuple(given_dtypes), gradient and head in self.loss.wrt))
         return layers, rows_shape, out_shape, dtype
 
-    def _run(self, inputs, named_inputs, reduction, sample_weight, chunking, gradient: bool, with_outputs: bool = False):
+    def _run(self, inputs, named_inputs, reduction, sample_weight, chunking, gradient: bool, with_outputs: bool = False,
+             reuse: "Partials | None" = None):
         self.signature.check_reduction(reduction)
         given = by_name(self.name, self.inputs, self.required, inputs, named_inputs, self.loss.bound)
         layers, rows_shape, out_shape, dtype = self._layers(given, gradient)
@@ -252,6 +264,13 @@ class LinearHead:
         if (not gradient and classes is None and step < min(rows, _BLOCK_ROWS) and chunk_rows is None
                 and chunk_classes is None and self._one_sweep(out_shape[0], dtype, with_outputs)):
             step, classes = self._chunks(None, None, rows, out_shape, dtype, True, len(layers))
+        if reuse is not None and gradient:
+            if with_outputs or not reuse.matches(rows, chunk_rows, chunk_classes):
+                raise LossInputError(f"{self.name}: partials are for the gradient of the same rows, no outputs "
+                                     "and no chunking given")
+            step, classes = reuse.step, reuse.classes
+        elif reuse is not None:
+            reuse.step, reuse.classes, reuse.rows = step, classes, rows
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         once = step >= rows  # one chunk: each gradient is written once, not accumulated
         for layer in layers:
@@ -268,8 +287,8 @@ class LinearHead:
             chunk = _Chunks(layers, out_shape, per_row, step, classes, dtype, gradient, extra, spread)
             for start in range(0, rows, step):
                 stop = min(rows, start + step)
-                run = self._by_rows if classes is None else self._by_blocks
-                part, divisor = run(chunk, start, stop)
+                part, divisor = (self._by_rows(chunk, start, stop) if classes is None
+                                 else self._by_blocks(chunk, start, stop, reuse))
                 total += float(np.sum(part, dtype=np.float64))
                 normalizer += divisor
                 if values is not None:
@@ -373,10 +392,11 @@ class LinearHead:
             chunk.backward(layer, start, stop, 0, chunk.classes_total, shaped[layer.name])
         return part, divisor
 
-    def _by_blocks(self, chunk: "_Chunks", start: int, stop: int):
+    def _by_blocks(self, chunk: "_Chunks", start: int, stop: int, reuse: "Partials | None" = None):
         """Rows [start, stop) a block of classes at a time (lossdsl.classaxis.blocked): for each level of the
         loss's reductions a sweep computing every block's logits and partials, then the losses from
-        the combined partials, then a sweep recomputing each block's logits for its gradient."""
+        the combined partials, then a sweep recomputing each block's logits for its gradient. `reuse`
+        keeps the combined partials (values alone) or gives them (the gradient: no sweeps before its own)."""
         classes = chunk.classes_total
         offset, total_classes, all_reduce = self.shard or (0, classes, None)
         listed = [value for name, (kind, value, _) in chunk.per_row.items() if name in self._list_inputs]
@@ -398,16 +418,27 @@ class LinearHead:
                 run.add_partials(seen[0], offset + lo, done, level)
             return done
 
-        done = sweep(run.levels, run.levels.empty((stop - start) * chunk.inner), add_level, all_reduce)
-        block = seen[0] if seen else call(*blocks[0])  # none for a loss with no reduction over the axis
-        extra = None if chunk.extra is None else chunk.extra[start:stop].reshape(block.rows, -1)  # a view
-        try:
-            out, norms = run.value(block, done, extra)
-        except LossLabelError as error:
-            raise self._label_error(error, start, total_classes) from None
+        done = reuse.by_start.get(start) if reuse is not None and chunk.gradient else None
+        reused = done is not None
+        if not reused:
+            done = sweep(run.levels, run.levels.empty((stop - start) * chunk.inner), add_level, all_reduce)
+            if reuse is not None:
+                reuse.by_start[start] = done
+        extra = None if chunk.extra is None else chunk.extra[start:stop].reshape((stop - start) * chunk.inner, -1)
+
+        def value(block):
+            try:
+                return run.value(block, done, extra)
+            except LossLabelError as error:
+                raise self._label_error(error, start, total_classes) from None
+
+        # the value kernel reads the rows' inputs and the partials, not the logits: any block of the rows serves
+        out, norms = (None, None) if reused else value(seen[0] if seen else call(*blocks[0]))
         if chunk.gradient:
             for lo, hi in blocks:
                 block = call(lo, hi)
+                if norms is None:  # reused partials: the losses (and a label out of range) before any gradient
+                    out, norms = value(block)
                 run.gradient(block, offset + lo, done, {name: logits[name] for name in self.loss.wrt})
                 for layer in chunk.differentiated:
                     chunk.backward(layer, start, stop, lo, hi, logits[layer.name])
@@ -434,6 +465,19 @@ class LinearHead:
         step = int(chunk_rows or min(rows, _BLOCK_ROWS))
         classes = chunk_classes or max(1, budget // (step * per_class))
         return step, int(min(classes, out_shape[0]))
+
+
+@dataclasses.dataclass
+class Partials:
+    """What `LinearHead.values_and_partials` keeps for a second call over the same rows: its chunking, and
+    each chunk's whole partials of the loss's reductions over the classes (rows x slots, by first row)."""
+    step: int = 0
+    classes: int | None = None
+    rows: int = 0
+    by_start: dict = dataclasses.field(default_factory=dict)
+
+    def matches(self, rows: int, chunk_rows: int | None, chunk_classes: int | None) -> bool:
+        return rows == self.rows and chunk_rows is None and chunk_classes is None and self.classes is not None
 
 
 def _broadcast_rows(value: np.ndarray, shape: tuple) -> np.ndarray:

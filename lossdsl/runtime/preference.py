@@ -102,8 +102,13 @@ class PreferenceLoss:
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
         token_loss, token = self._token_loss(pair_inputs, linear_bias)
         pair_inputs = self._per_sequence(pair_inputs, labels, lengths, kept, segment, counts, sequences)
-        values = (token_loss.value_and_grad(*inputs, reduction="none", **token)[0] if "classes" in token
-                  else token_loss(*inputs, reduction="none", **token))
+        reuse = gradient and self.head and not ({"classes", "chunk_rows", "chunk_classes"} & token.keys())
+        partials = None
+        if reuse:  # the gradient's pass then sweeps the classes once, reusing the per-row log-sum-exp
+            values, partials = token_loss.values_and_partials(*inputs, **token)
+        else:
+            values = (token_loss.value_and_grad(*inputs, reduction="none", **token)[0] if "classes" in token
+                      else token_loss(*inputs, reduction="none", **token))
         nll = np.where(kept, np.asarray(values, np.float64).reshape(-1), 0.0)
         logp = -np.bincount(segment, nll, sequences) / counts
         groups = 2 if self.paired else 1
@@ -128,7 +133,7 @@ class PreferenceLoss:
         per_token = per_sequence[segment] + np.where(chosen, self.nll_weight / nll_count, 0.0)
         _, grads = token_loss.value_and_grad(*inputs, reduction="sum",
                                              sample_weight=np.where(kept, per_token, 0.0).reshape(labels.shape),
-                                             **token)
+                                             **token, **({"partials": partials} if partials else {}))
         names = ("chosen_logp", "rejected_logp") if self.paired else ("logp",)
         shown = {**dict(zip(names, logp.reshape(groups, size))), **({"nll": nll_term} if self.nll_weight else {}),
                  **extra}

@@ -529,8 +529,9 @@ def test_a_class_axis_split_across_processes(torch, name, params):
         lossdsl.preference(name, **params)(logits, labels, class_start=0, classes=C, **refs)
 
 
-@pytest.mark.parametrize("name, chunks", [("dpo", {"chunk_rows": 6}), ("orpo", {"chunk_classes": 2})],
-                         ids=["dpo-rows", "orpo-blocks"])
+# left to the head, a slice of the classes goes in blocks: the gradient's call reuses the values' partials
+@pytest.mark.parametrize("name, chunks", [("dpo", {"chunk_rows": 6}), ("orpo", {"chunk_classes": 2}), ("dpo", {})],
+                         ids=["dpo-rows", "orpo-blocks", "dpo-reused"])
 def test_a_head_with_its_weight_split_across_processes(torch, name, chunks):
     """preference(..., head=True, all_reduce=): three threads playing processes, each holding a slice of the
     weight's and bias's rows (the classes), get TRL's loss on PyTorch's whole logits, the whole hidden states'

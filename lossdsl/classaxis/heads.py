@@ -477,7 +477,7 @@ class Partials:
     by_start: dict = dataclasses.field(default_factory=dict)
 
     def matches(self, rows: int, chunk_rows: int | None, chunk_classes: int | None) -> bool:
-        return rows == self.rows and chunk_rows is None and chunk_classes is None and self.classes is not None
+        return rows == self.rows and chunk_rows is None and chunk_classes is None
 
 
 def _broadcast_rows(value: np.ndarray, shape: tuple) -> np.ndarray:

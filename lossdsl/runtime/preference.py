@@ -102,9 +102,9 @@ class PreferenceLoss:
         counts = np.maximum(token_counts, 1) if self.average else np.ones(sequences)
         token_loss, token = self._token_loss(pair_inputs, linear_bias)
         pair_inputs = self._per_sequence(pair_inputs, labels, lengths, kept, segment, counts, sequences)
-        reuse = gradient and self.head and not ({"classes", "chunk_rows", "chunk_classes"} & token.keys())
         partials = None
-        if reuse:  # the gradient's pass then sweeps the classes once, reusing the per-row log-sum-exp
+        if gradient and self.head and not {"chunk_rows", "chunk_classes"} & token.keys():
+            # the gradient's call then sweeps the classes once, reusing each token's log-sum-exp
             values, partials = token_loss.values_and_partials(*inputs, **token)
         else:
             values = (token_loss.value_and_grad(*inputs, reduction="none", **token)[0] if "classes" in token

@@ -35,13 +35,15 @@ import sympy
 from ..errors import LossInputError
 from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, gradient_parts, lowered, needed, needed_list
 from ..symbolic.derive import safe_name
+from ..symbolic.guards import TRUE, as_boolean, nonzero, reduction_guards
 from ..symbolic.sympy_functions import power, power_from_log
 from .elementwise import IN_PLACE_ALIAS, with_formula
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 
-# Positions along the axis whose terms a CPU pass keeps in a float buffer before adding them into its float64 sum:
-# a float64 sum inside the loop would make LLVM vectorise a float32 kernel at float64's width (half the lanes)
+# Positions along the axis whose terms a CPU pass adds into a partial of the kernel's float type before adding that
+# into its float64 sum: a float64 sum inside the loop would make LLVM vectorise a float32 kernel at float64's
+# width (half the lanes). Vectorised, each lane of a float32 partial adds at most 256 / 8 terms (AVX2; AVX-512: 16).
 AXIS_CHUNK = 256
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
@@ -81,8 +83,8 @@ class _Writer:
         # a block of classes (codegen/blocks.py): arrays hold positions __lo .. __lo + __width - 1,
         # read at the local __c; the position the formulas see is the global one
         self.blocked = blocked
+        self.guards: dict[sympy.Symbol, sympy.Basic] = {}  # reductions used only under a parameter test
         self.local = "__c" if blocked else str(plan.position)
-        self.buffers = 0  # float buffers of AXIS_CHUNK terms the CPU passes add up in float64 (`_passes`)
         self.list_buffers = 0  # buffers of __K gradient terms at the list axis's labels (`_list_terms`)
         # in a block kernel, where each list load x[ids] at position k lies in the combined partials __done
         self.list_done: dict[sympy.Symbol, str] | None = None
@@ -90,10 +92,9 @@ class _Writer:
     def source(self) -> str:
         """The kernel's text, its buffers allocated once, after the docstring (not once per row)."""
         lines = list(self.lines)
-        if self.buffers or self.list_buffers:
+        if self.list_buffers:
             at = next(i for i, line in enumerate(lines) if line.startswith('    """')) + 1
-            lines[at:at] = ([f"    __part{k} = np.empty({AXIS_CHUNK}, F)" for k in range(self.buffers)]
-                            + [f"    __kterm{k} = np.empty(__K, F)" for k in range(self.list_buffers)])
+            lines[at:at] = [f"    __kterm{k} = np.empty(__K, F)" for k in range(self.list_buffers)]
         return "\n".join(lines) + "\n"
 
     def axis_loop(self) -> str:
@@ -392,20 +393,19 @@ def _sum_of(node: Reduction) -> str:
 def _accumulate(node: Reduction, part: int, body: str, keep: str | None, position: sympy.Symbol,
                 online: bool = False, buffer: str | None = None) -> list[str]:
     """The accumulation of one reduction in one pass; `keep` (array, index) is where to store softmax numerators;
-    `buffer` ("array, index"), where a summed pass stores its term instead of adding it (`_passes` adds the
-    buffer up)."""
+    `buffer`, the float partial a summed pass adds its term to (`_pass_loop` adds it into the float64 sum)."""
     acc = accumulator(node)
     if buffer is not None:
         term = f"fast_exp({body} - {acc})" if node.op == "logsumexp" else body
         if keep is None:
-            return [f"store({buffer}, {term})"]
-        return [f"__e = {term}", f"store({keep[0]}, {keep[1]}, __e)", f"store({buffer}, __e)"]
+            return [f"{buffer} += F({term})"]
+        return [f"__e = {term}", f"store({keep[0]}, {keep[1]}, __e)", f"{buffer} += F(__e)"]
     if node.op == "logsumexp" and online:  # a new maximum rescales the sum; equal values add exp(0) exactly
         return [f"{acc}_v = {body}", f"if {acc}_v > {acc}:",
                 f"    {acc}_sum = {acc}_sum * fast_exp({acc} - {acc}_v) + 1.0", f"    {acc} = {acc}_v",
                 "else:", f"    {acc}_sum += 1.0 if {acc}_v == {acc} else fast_exp({acc}_v - {acc})"]
     if node.op == "logsumexp" and part == 0:  # only a shift: a NaN reaches the result through the exp sum
-        return [f"{acc} = max({acc}, {body})"]
+        return [f"{acc} = maximum({acc}, {body})"]  # llvm.maximum: vectorises, where Python's max stays scalar
     if node.op in ("max", "min"):
         # the first extreme and where it is; a NaN wins and stays, as in torch.max (Python's
         # max(acc, nan) would drop it); it also records the position
@@ -475,7 +475,7 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
             else:  # logsumexp's second pass: shift by the max (0 where it is infinite, as torch does)
                 acc = accumulator(node)
                 w.emit(indent, f"{acc} = {acc} if abs({acc}) < math.inf else F(0.0)", f"{acc}_sum = 0.0")
-        w.unswitched(indent, [_reduced_body(n, part) for n, part in parts],
+        w.unswitched(indent, [_guarded_body(w, n, part) for n, part in parts],
                      lambda at, bodies: _pass_loop(w, at, parts, bodies, kept))
         if w.target.cuda:
             for node, part in parts:
@@ -488,37 +488,139 @@ def _passes(w: _Writer, indent: int, reductions: list[Reduction], kept: tuple | 
 def _gradient_loop(w: _Writer, indent: int, exprs: list[sympy.Expr], grads: list[str], element: str,
                    kept: Reduction | None = None) -> None:
     """One loop over the axis storing each gradient of `exprs` (scaled by __gw) at `element` of its array;
-    with `kept`, the softmax numerators the passes left there are read first."""
+    with `kept`, the softmax numerators the passes left there are read first (and scaled by __inv). On the
+    CPU a term at the label's class alone (a one-hot's) is added there after the loop instead of tested
+    at every class."""
+    scale = {_SOFTMAX: _SOFTMAX * _INV} if kept is not None else {}
+    exprs = [sympy.Add(*(t * _GW for t in sympy.Add.make_args(e.xreplace(scale)))) for e in exprs]
+    exprs, at_labels = _label_terms(w, exprs)
+    exprs = _hoisted(w, indent, exprs)
     w.emit(indent, w.axis_loop())
     if kept is not None:
-        w.emit(indent + 1, f"__softmax = load({grads[0]}, {element}) * __inv")
+        w.emit(indent + 1, f"__softmax = load({grads[0]}, {element})")
     w.loads_along_axis(indent + 1, exprs)
     for g, text in zip(grads, w.statements(indent + 1, [], exprs)):
-        w.emit(indent + 1, f"store({g}, {element}, ({text}) * __gw)")
+        w.emit(indent + 1, f"store({g}, {element}, {text})")
+    for g, terms in zip(grads, at_labels):
+        for label, term in terms:
+            at = f"__gb + {safe_name(label)} * __inner"
+            (text,) = w.statements(indent, [], [term])
+            w.emit(indent, f"store({g}, {at}, load({g}, {at}) + {text})")
+
+
+def _zero_switched(w: _Writer, adjoints, exprs) -> list[sympy.Expr]:
+    """`exprs` with each adjoint that is 0 unless a parameter test holds (label smoothing's, at
+    label_smoothing = 0) as `adjoint if test else 0`, where it is all that keeps an input read along the
+    axis: `unswitched` then gives the gradient loop a copy without that input's loads."""
+    params, inputs = set(w.plan.params), _varying(w) - {w.plan.position, _SOFTMAX}
+    exprs = list(exprs)
+    for symbol, definition in adjoints:
+        condition = nonzero(definition, params)
+        if condition == TRUE or not any(symbol in e.free_symbols for e in exprs):
+            continue
+        if all(e.free_symbols & inputs <= e.xreplace({symbol: 0}).free_symbols for e in exprs):
+            continue
+        switched = sympy.Piecewise((symbol, as_boolean(condition)), (0, True))
+        exprs = [e.xreplace({symbol: switched}) for e in exprs]
+    return exprs
+
+
+def _label_terms(w: _Writer, exprs: list[sympy.Expr]) -> tuple[list[sympy.Expr], list[list[tuple[str, sympy.Expr]]]]:
+    """Each expression without its terms `a * (x if c == label else 0)` with `a` and `x` the same all along
+    the axis, and those terms as (label, a * x); on CUDA and in class blocks, none taken out."""
+    varying = _varying(w)
+    labels = {w.plan.inputs[name]: name for name in w.plan.loss.labels}
+    taken: list[list[tuple[str, sympy.Expr]]] = []
+    kept = []
+    for expr in exprs:
+        rest, found = [], []
+        for term in sympy.Add.make_args(expr):
+            label = None if w.target.cuda or w.blocked else _at_label(term, labels, varying)
+            if label is None:
+                rest.append(term)
+            else:
+                found.append(label)
+        kept.append(sympy.Add(*rest))
+        taken.append(found)
+    return kept, taken
+
+
+def _at_label(term: sympy.Expr, labels: dict, varying: set) -> tuple[str, sympy.Expr] | None:
+    """(label, a * x) for a term a * Piecewise((x, Eq(position, label)), (0, True)), else None."""
+    choices = [f for f in sympy.Mul.make_args(term) if isinstance(f, sympy.Piecewise)]
+    if len(choices) != 1 or len(choices[0].args) != 2:
+        return None
+    (value, test), (other, otherwise) = choices[0].args
+    if not (isinstance(test, sympy.Eq) and other == 0 and otherwise is sympy.true):
+        return None
+    sides = {test.lhs, test.rhs}
+    label = next((labels[s] for s in sides if s in labels), None)
+    position = sides - set(labels)
+    coefficient = sympy.Mul(*(f for f in sympy.Mul.make_args(term) if f is not choices[0]))
+    if label is None or len(position) != 1 or not position <= varying - set(labels):
+        return None
+    if (value.free_symbols | coefficient.free_symbols) & varying:
+        return None
+    return label, coefficient * value
+
+
+def _varying(w: _Writer) -> set[sympy.Symbol]:
+    """The symbols whose values change along the axis within a row: the position, axis inputs, softmax weights."""
+    return {w.plan.inputs[i.name] for i in w.inputs if i.axis} | {w.plan.position, _SOFTMAX}
+
+
+def _hoisted(w: _Writer, indent: int, exprs: list[sympy.Expr]) -> list[sympy.Expr]:
+    """`exprs` with each product's factors that are the same all along the axis computed once, before the
+    loop at `indent`: LLVM keeps a division by a row value (a / n in a * w[c] / n) in the loop, one per element."""
+    varying = _varying(w)
+    hoisted: dict[sympy.Expr, sympy.Symbol] = {}
+
+    def split(expr: sympy.Expr) -> sympy.Expr:
+        if not expr.args or isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean)):
+            return expr
+        args = [split(a) for a in expr.args]
+        if isinstance(expr, sympy.Mul):
+            fixed = [a for a in args if not a.is_Number and not a.free_symbols & varying]
+            if len(fixed) > 1 and len(fixed) < len(args):
+                product = sympy.Mul(*fixed)
+                name = hoisted.setdefault(product, sympy.Symbol(f"__h{len(hoisted)}", real=True))
+                return sympy.Mul(name, *(a for a in args if a not in fixed))
+        return expr.func(*args)
+
+    exprs = [split(e) for e in exprs]
+    if hoisted:
+        w.statements(indent, [(name, product) for product, name in hoisted.items()], [])
+    return exprs
 
 
 def _pass_loop(w: _Writer, indent: int, parts: list, bodies: list[sympy.Expr], kept: tuple | None) -> None:
     """One loop over the axis adding each (node, pass) of `parts`, of body `bodies`, to its accumulator."""
     online = w.target.cuda
-    summed = [] if online or any(map(_runtime_power, bodies)) else [(n, p) for n, p in parts if _summed(n, p)]
+    summed = [] if online or any(map(_runtime_power, bodies)) else [
+        (n, p) for (n, p), body in zip(parts, bodies) if _summed(n, p) and not body.is_zero]
     inner = indent + (2 if summed else 1)
-    if summed:  # a chunk's terms in float buffers, then added in float64 (see AXIS_CHUNK)
-        w.buffers = max(w.buffers, len(summed))
+    if summed:  # a chunk's terms in float partials, then added in float64 (see AXIS_CHUNK)
         count = "__width" if w.blocked else "__C"
         w.emit(indent, f"for __c0 in range(0, {count}, {AXIS_CHUNK}):",
-               f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})", f"    for {w.local} in range(__c0, __c1):")
+               f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})",
+               *(f"    __part{k} = F(0.0)" for k in range(len(summed))), f"    for {w.local} in range(__c0, __c1):")
     else:
         w.emit(indent, w.axis_loop())
     w.loads_along_axis(inner, bodies)
     texts = w.statements(inner, [], bodies)
-    for (node, part), text in zip(parts, texts):
+    for (node, part), body, text in zip(parts, bodies, texts):
+        if body.is_zero and _summed(node, part):  # a sum this copy of the loop leaves out (`_guarded_body`)
+            continue
         keep = kept[1] if kept is not None and kept[0] is node and part == 1 else None
         buffer = f"__part{summed.index((node, part))}" if (node, part) in summed else None
-        w.emit(inner, *_accumulate(node, part, text, keep, w.plan.position, online,
-                                   None if buffer is None else f"{buffer}, {w.local} - __c0"))
+        w.emit(inner, *_accumulate(node, part, text, keep, w.plan.position, online, buffer))
     if summed:
-        w.emit(indent + 1, "for __j in range(__c1 - __c0):",
-               *(f"    {_sum_of(node)} += load(__part{k}, __j)" for k, (node, _) in enumerate(summed)))
+        w.emit(indent + 1, *(f"{_sum_of(node)} += __part{k}" for k, (node, _) in enumerate(summed)))
+
+
+_SOFTMAX = sympy.Symbol("__softmax", real=True)  # a softmax weight read back from the gradient row
+_INV = sympy.Symbol("__inv", positive=True)  # 1 / the sum of the row's softmax numerators
+_GW = sympy.Symbol("__gw", real=True)  # the row's weight times the gradient's scale
 
 
 def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
@@ -527,8 +629,7 @@ def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ..
     for node in plan.forward:
         weight = sympy.exp(node.body - node.symbol)
         if node.op == "logsumexp" and any(g.has(weight) for g in plan.grads):
-            softmax = sympy.Symbol("__softmax", real=True)
-            return node, tuple(_replace_outside_conditions(g, weight, softmax) for g in plan.grads)
+            return node, tuple(_replace_outside_conditions(g, weight, _SOFTMAX) for g in plan.grads)
     return None, plan.grads
 
 
@@ -540,6 +641,16 @@ def _replace_outside_conditions(expr: sympy.Expr, old: sympy.Expr, new: sympy.Ex
     if isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean)) or not expr.args:
         return expr
     return expr.func(*(_replace_outside_conditions(a, old, new) for a in expr.args))
+
+
+def _guarded_body(w: _Writer, node: Reduction, part: int) -> sympy.Expr:
+    """What a pass accumulates, as `body if guard else 0` where the sum is used only under a condition on
+    parameters (symbolic/guards.py): `unswitched` then gives the loop a copy without it."""
+    body = _reduced_body(node, part)
+    guard = w.guards.get(node.symbol, sympy.true)
+    if guard is sympy.true or not _summed(node, part) or node.op == "logsumexp":
+        return body
+    return sympy.Piecewise((body, guard), (0, True))
 
 
 def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
@@ -588,6 +699,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     w.emit(2, f"if {_keep(plan, w)}:")
     parts = gradient_parts(plan)
     reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
+    w.guards = reduction_guards(plan, with_grads, outputs)
     _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __inner"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
@@ -603,11 +715,12 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(3, "__gw = __w * __gs")
         if kept is not None:
-            w.emit(3, f"__inv = F(1.0 / {accumulator(kept)}_sum)")
+            w.emit(3, f"{_INV} = F(1.0 / {accumulator(kept)}_sum)")
         scatters = plan.listed is not None and plan.listed.scatters
         if scatters:
             _list_terms(w, 3)
-        w.unswitched(3, list(gradients), lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
+        gradients = _zero_switched(w, parts.adjoints, gradients)
+        w.unswitched(3, gradients, lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
         if scatters:
             _list_scatter(w, 3, grads)
     w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(shown))))

@@ -234,14 +234,14 @@ class Target:
 
 
 def _called(code: str) -> set[str]:
-    """The helper names `code` uses: fast_NAME math, CUDA block reductions, load and store."""
-    return set(re.findall(r"\b(fast_\w+|_block_\w+|load|store)\b", code))
+    """The helper names `code` uses: fast_NAME math, CUDA block reductions, load, store and maximum."""
+    return set(re.findall(r"\b(fast_\w+|_block_\w+|load|store|maximum)\b", code))
 
 
 def _cpu_imports(code: str, dtype: np.dtype) -> str:
     """Binds what a CPU module's code calls: jit helpers, and fast_NAME from kernel_math or math."""
     used = _called(code)
-    jit = [name for name in ("kernel", "load", "store") if name in used or (name == "kernel" and "@kernel(" in code)]
+    jit = [name for name in ("kernel", "load", "store", "maximum") if name in used or (name == "kernel" and "@kernel(" in code)]
     chosen = [(name, source) for name, source in sorted(_CPU_MATH[dtype].items()) if f"fast_{name}" in used]
     imported = [f"{source} as fast_{name}" for name, source in chosen if not source.startswith("math.")]
     assigned = [(f"fast_{name}", source) for name, source in chosen if source.startswith("math.")]

@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-from lossdsl.runtime.jit import kernel, load, store
+from lossdsl.runtime.jit import kernel, load, store, maximum
 from lossdsl.runtime.kernel_math import exp_float32 as fast_exp
 
 F = np.float32
@@ -28,9 +28,6 @@ PARTIALS = (('load', 0, 0), ('load', 0, 1), ('logsumexp', 0, 2), ('mean', 0, 4),
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_block_pass(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __width, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __lo, __C, __done, __level, __partial):
     """Partials over this block of the nodes of one level; rows left out keep theirs."""
-    __part0 = np.empty(256, F)
-    __part1 = np.empty(256, F)
-    __part2 = np.empty(256, F)
     ignore_index = F(_ignore_index_)
     label_smoothing = F(_label_smoothing_)
     z_loss = F(_z_loss_)
@@ -57,24 +54,26 @@ def loss_block_pass(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
                 for __c in range(__width):
                     c = __lo + __c
                     logits = load(_logits_, __b0 + __c * __t0)
-                    __lse_acc = max(__lse_acc, logits)
+                    __lse_acc = maximum(__lse_acc, logits)
                 __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
                 __lse_acc_sum = 0.0
                 ___r1 = 0.0
                 ___r2 = 0.0
                 for __c0 in range(0, __width, 256):
                     __c1 = min(__c0 + 256, __width)
+                    __part0 = F(0.0)
+                    __part1 = F(0.0)
+                    __part2 = F(0.0)
                     for __c in range(__c0, __c1):
                         c = __lo + __c
                         logits = load(_logits_, __b0 + __c * __t0)
                         class_weight = load(_class_weight_, __b2 + __c * __t2)
-                        store(__part0, __c - __c0, fast_exp(logits - __lse_acc))
-                        store(__part1, __c - __c0, class_weight)
-                        store(__part2, __c - __c0, class_weight*logits)
-                    for __j in range(__c1 - __c0):
-                        __lse_acc_sum += load(__part0, __j)
-                        ___r1 += load(__part1, __j)
-                        ___r2 += load(__part2, __j)
+                        __part0 += F(fast_exp(logits - __lse_acc))
+                        __part1 += F(class_weight)
+                        __part2 += F(class_weight*logits)
+                    __lse_acc_sum += __part0
+                    ___r1 += __part1
+                    ___r2 += __part2
                 __partial[__row, 2] = __lse_acc
                 __partial[__row, 3] = __lse_acc_sum
                 __partial[__row, 4] = ___r1
@@ -162,11 +161,14 @@ def loss_block_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __r
             _a0 = (-label_smoothing if _t1_0 else F(0.0))
             _a2 = (_t1_1 if _t1_2 else F(0.0)) + (_r1*label_smoothing if _t1_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
             _a3 = (-_t1_1 if _t1_2 else F(0.0))
+            __h0 = __gw*_a2
+            __h1 = __gw*_a3
+            __h2 = __gw*_a0/_len
             for __c in range(__width):
                 c = __lo + __c
                 logits = load(_logits_, __b0 + __c * __t0)
                 class_weight = load(_class_weight_, __b2 + __c * __t2)
-                store(__grad_logits, __gb + __c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+                store(__grad_logits, __gb + __c * __inner, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)) + __h2*class_weight)
         else:
             for __c in range(__width):
                 store(__grad_logits, __gb + __c * __inner, F(0.0))

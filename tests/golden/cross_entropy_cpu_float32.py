@@ -17,7 +17,7 @@ import math
 import numba
 import numpy as np
 
-from lossdsl.runtime.jit import kernel, load, store
+from lossdsl.runtime.jit import kernel, load, store, maximum
 from lossdsl.runtime.kernel_math import exp_float32 as fast_exp
 
 F = np.float32
@@ -50,9 +50,6 @@ def loss_rows(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ign
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __out):
     """Weighted sum of the row losses; each also stored in __out when it has room."""
-    __part0 = np.empty(256, F)
-    __part1 = np.empty(256, F)
-    __part2 = np.empty(256, F)
     __s = F(__scale)
     __weighted = __weight.size == __rows
     __elementwise = __out.size == __rows
@@ -76,23 +73,34 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
-                __lse_acc = max(__lse_acc, logits)
+                __lse_acc = maximum(__lse_acc, logits)
             __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for __c0 in range(0, __C, 256):
-                __c1 = min(__c0 + 256, __C)
-                for c in range(__c0, __c1):
-                    logits = load(_logits_, __b0 + c * __t0)
-                    class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
-                    store(__part1, c - __c0, class_weight)
-                    store(__part2, c - __c0, class_weight*logits)
-                for __j in range(__c1 - __c0):
-                    __lse_acc_sum += load(__part0, __j)
-                    ___r1 += load(__part1, __j)
-                    ___r2 += load(__part2, __j)
+            if (label_smoothing > F(0.0)):
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    __part1 = F(0.0)
+                    __part2 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        class_weight = load(_class_weight_, __b2 + c * __t2)
+                        __part0 += F(fast_exp(logits - __lse_acc))
+                        __part1 += F(class_weight)
+                        __part2 += F(class_weight*logits)
+                    __lse_acc_sum += __part0
+                    ___r1 += __part1
+                    ___r2 += __part2
+            else:
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        __part0 += F(fast_exp(logits - __lse_acc))
+                    __lse_acc_sum += __part0
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -112,9 +120,6 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
-    __part0 = np.empty(256, F)
-    __part1 = np.empty(256, F)
-    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -140,25 +145,38 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
-                __lse_acc = max(__lse_acc, logits)
+                __lse_acc = maximum(__lse_acc, logits)
             __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for __c0 in range(0, __C, 256):
-                __c1 = min(__c0 + 256, __C)
-                for c in range(__c0, __c1):
-                    logits = load(_logits_, __b0 + c * __t0)
-                    class_weight = load(_class_weight_, __b2 + c * __t2)
-                    __e = fast_exp(logits - __lse_acc)
-                    store(__grad_logits, __gb + c * __inner, __e)
-                    store(__part0, c - __c0, __e)
-                    store(__part1, c - __c0, class_weight)
-                    store(__part2, c - __c0, class_weight*logits)
-                for __j in range(__c1 - __c0):
-                    __lse_acc_sum += load(__part0, __j)
-                    ___r1 += load(__part1, __j)
-                    ___r2 += load(__part2, __j)
+            if (label_smoothing > F(0.0)):
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    __part1 = F(0.0)
+                    __part2 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        class_weight = load(_class_weight_, __b2 + c * __t2)
+                        __e = fast_exp(logits - __lse_acc)
+                        store(__grad_logits, __gb + c * __inner, __e)
+                        __part0 += F(__e)
+                        __part1 += F(class_weight)
+                        __part2 += F(class_weight*logits)
+                    __lse_acc_sum += __part0
+                    ___r1 += __part1
+                    ___r2 += __part2
+            else:
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        __e = fast_exp(logits - __lse_acc)
+                        store(__grad_logits, __gb + c * __inner, __e)
+                        __part0 += F(__e)
+                    __lse_acc_sum += __part0
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -166,19 +184,29 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
             smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
             hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
             z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _t7_0 = (label_smoothing > F(0.0))
-            _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
-            _t7_2 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t7_0 else F(0.0))
-            _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _a3 = (-_t7_1 if _t7_2 else F(0.0))
+            _t8_0 = (label_smoothing > F(0.0))
+            _t8_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t8_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t8_0 else F(0.0))
+            _a2 = (_t8_1 if _t8_2 else F(0.0)) + (_r1*label_smoothing if _t8_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t8_1 if _t8_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
             __inv = F(1.0 / __lse_acc_sum)
-            for c in range(__C):
-                __softmax = load(__grad_logits, __gb + c * __inner) * __inv
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                store(__grad_logits, __gb + c * __inner, (__softmax*_a2 + _a0*class_weight/_len + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+            if (label_smoothing > F(0.0)):
+                __h0 = __gw*__inv*_a2
+                __h1 = __gw*_a0/_len
+                for c in range(__C):
+                    __softmax = load(__grad_logits, __gb + c * __inner)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__grad_logits, __gb + c * __inner, __h0*__softmax + __h1*class_weight)
+                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+            else:
+                __h0 = __gw*__inv*_a2
+                for c in range(__C):
+                    __softmax = load(__grad_logits, __gb + c * __inner)
+                    store(__grad_logits, __gb + c * __inner, __h0*__softmax)
+                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
         else:
             __loss = 0.0
             for c in range(__C):
@@ -192,9 +220,6 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
-    __part0 = np.empty(256, F)
-    __part1 = np.empty(256, F)
-    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -220,23 +245,34 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
-                __lse_acc = max(__lse_acc, logits)
+                __lse_acc = maximum(__lse_acc, logits)
             __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for __c0 in range(0, __C, 256):
-                __c1 = min(__c0 + 256, __C)
-                for c in range(__c0, __c1):
-                    logits = load(_logits_, __b0 + c * __t0)
-                    class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
-                    store(__part1, c - __c0, class_weight)
-                    store(__part2, c - __c0, class_weight*logits)
-                for __j in range(__c1 - __c0):
-                    __lse_acc_sum += load(__part0, __j)
-                    ___r1 += load(__part1, __j)
-                    ___r2 += load(__part2, __j)
+            if (label_smoothing > F(0.0)):
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    __part1 = F(0.0)
+                    __part2 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        class_weight = load(_class_weight_, __b2 + c * __t2)
+                        __part0 += F(fast_exp(logits - __lse_acc))
+                        __part1 += F(class_weight)
+                        __part2 += F(class_weight*logits)
+                    __lse_acc_sum += __part0
+                    ___r1 += __part1
+                    ___r2 += __part2
+            else:
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        __part0 += F(fast_exp(logits - __lse_acc))
+                    __lse_acc_sum += __part0
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
@@ -244,18 +280,33 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
             smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
             hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
             z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _t7_0 = (label_smoothing > F(0.0))
-            _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
-            _t7_2 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t7_0 else F(0.0))
-            _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _a3 = (-_t7_1 if _t7_2 else F(0.0))
+            _t8_0 = (label_smoothing > F(0.0))
+            _t8_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t8_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t8_0 else F(0.0))
+            _a2 = (_t8_1 if _t8_2 else F(0.0)) + (_r1*label_smoothing if _t8_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t8_1 if _t8_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                store(__grad_logits, __gb + c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+            if (label_smoothing > F(0.0)):
+                __h0 = __gw*_a2
+                __h1 = __gw*_a0/_len
+                for c in range(__C):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*class_weight)
+                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+            else:
+                if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
+                    __h0 = __gw*_a2
+                    for c in range(__C):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse))
+                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                else:
+                    for c in range(__C):
+                        store(__grad_logits, __gb + c * __inner, F(0.0))
+                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
         else:
             __loss = 0.0
             for c in range(__C):
@@ -269,9 +320,6 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits, __extra):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
-    __part0 = np.empty(256, F)
-    __part1 = np.empty(256, F)
-    __part2 = np.empty(256, F)
     __s = F(__scale)
     __gs = F(__gscale)
     __weighted = __weight.size == __rows
@@ -297,32 +345,43 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
             __lse_acc = F(-math.inf)
             for c in range(__C):
                 logits = load(_logits_, __b0 + c * __t0)
-                __lse_acc = max(__lse_acc, logits)
+                __lse_acc = maximum(__lse_acc, logits)
             __lse_acc = __lse_acc if abs(__lse_acc) < math.inf else F(0.0)
             __lse_acc_sum = 0.0
             for __c0 in range(0, __C, 256):
                 __c1 = min(__c0 + 256, __C)
+                __part0 = F(0.0)
                 for c in range(__c0, __c1):
                     logits = load(_logits_, __b0 + c * __t0)
-                    store(__part0, c - __c0, fast_exp(logits - __lse_acc))
-                for __j in range(__c1 - __c0):
-                    __lse_acc_sum += load(__part0, __j)
+                    __part0 += F(fast_exp(logits - __lse_acc))
+                __lse_acc_sum += __part0
             lse = F(__lse_acc + math.log(__lse_acc_sum))
             ___r1 = 0.0
             ___r2 = 0.0
             ___r3 = 0.0
-            for __c0 in range(0, __C, 256):
-                __c1 = min(__c0 + 256, __C)
-                for c in range(__c0, __c1):
-                    logits = load(_logits_, __b0 + c * __t0)
-                    class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__part0, c - __c0, class_weight)
-                    store(__part1, c - __c0, class_weight*logits)
-                    store(__part2, c - __c0, (logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0)))
-                for __j in range(__c1 - __c0):
-                    ___r1 += load(__part0, __j)
-                    ___r2 += load(__part1, __j)
-                    ___r3 += load(__part2, __j)
+            if (label_smoothing > F(0.0)):
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    __part1 = F(0.0)
+                    __part2 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        class_weight = load(_class_weight_, __b2 + c * __t2)
+                        __part0 += F(class_weight)
+                        __part1 += F(class_weight*logits)
+                        __part2 += F((logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0)))
+                    ___r1 += __part0
+                    ___r2 += __part1
+                    ___r3 += __part2
+            else:
+                for __c0 in range(0, __C, 256):
+                    __c1 = min(__c0 + 256, __C)
+                    __part0 = F(0.0)
+                    for c in range(__c0, __c1):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        __part0 += F((logits*fast_exp(logits - lse) if (logits != F(-math.inf)) else F(0.0)))
+                    ___r3 += __part0
             _r1 = F(___r1 / _len)
             _r2 = F(___r2 / _len)
             _r3 = F(___r3)
@@ -331,20 +390,35 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
             entropy = -_r3 + lse
             hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
             z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _t9_0 = (label_smoothing > F(0.0))
-            _t9_1 = class_weight_y*(F(1.0) - label_smoothing)
-            _t9_2 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t9_0 else F(0.0))
-            _a2 = (_t9_1 if _t9_2 else F(0.0)) + (_r1*label_smoothing if _t9_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _a3 = (-_t9_1 if _t9_2 else F(0.0))
+            _t10_0 = (label_smoothing > F(0.0))
+            _t10_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t10_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t10_0 else F(0.0))
+            _a2 = (_t10_1 if _t10_2 else F(0.0)) + (_r1*label_smoothing if _t10_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t10_1 if _t10_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
             __extra[__row, 0] = lse
             __extra[__row, 1] = entropy
             __gw = __w * __gs
-            for c in range(__C):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                store(__grad_logits, __gb + c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+            if (label_smoothing > F(0.0)):
+                __h0 = __gw*_a2
+                __h1 = __gw*_a0/_len
+                for c in range(__C):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*class_weight)
+                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+            else:
+                if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
+                    __h0 = __gw*_a2
+                    for c in range(__C):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse))
+                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                else:
+                    for c in range(__C):
+                        store(__grad_logits, __gb + c * __inner, F(0.0))
+                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
         else:
             __loss = 0.0
             __extra[__row, 0] = math.nan

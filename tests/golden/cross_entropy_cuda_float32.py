@@ -136,17 +136,27 @@ def loss_value(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ig
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                __lse_acc_v = logits
-                if __lse_acc_v > __lse_acc:
-                    __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
-                    __lse_acc = __lse_acc_v
-                else:
-                    __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
+            if (label_smoothing > F(0.0)):
+                for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    __lse_acc_v = logits
+                    if __lse_acc_v > __lse_acc:
+                        __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
+                        __lse_acc = __lse_acc_v
+                    else:
+                        __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
+                    ___r1 += class_weight
+                    ___r2 += class_weight*logits
+            else:
+                for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    __lse_acc_v = logits
+                    if __lse_acc_v > __lse_acc:
+                        __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
+                        __lse_acc = __lse_acc_v
+                    else:
+                        __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
             __lse_acc, __lse_acc_sum = _block_logsumexp(__shared, __shared_s, __lse_acc, __lse_acc_sum)
             ___r1 = _block_sum(__shared, ___r1)
             ___r2 = _block_sum(__shared, ___r2)
@@ -202,17 +212,27 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
             __lse_acc_sum = 0.0
             ___r1 = 0.0
             ___r2 = 0.0
-            for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                __lse_acc_v = logits
-                if __lse_acc_v > __lse_acc:
-                    __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
-                    __lse_acc = __lse_acc_v
-                else:
-                    __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
-                ___r1 += class_weight
-                ___r2 += class_weight*logits
+            if (label_smoothing > F(0.0)):
+                for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    __lse_acc_v = logits
+                    if __lse_acc_v > __lse_acc:
+                        __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
+                        __lse_acc = __lse_acc_v
+                    else:
+                        __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
+                    ___r1 += class_weight
+                    ___r2 += class_weight*logits
+            else:
+                for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    __lse_acc_v = logits
+                    if __lse_acc_v > __lse_acc:
+                        __lse_acc_sum = __lse_acc_sum * fast_exp(__lse_acc - __lse_acc_v) + 1.0
+                        __lse_acc = __lse_acc_v
+                    else:
+                        __lse_acc_sum += 1.0 if __lse_acc_v == __lse_acc else fast_exp(__lse_acc_v - __lse_acc)
             __lse_acc, __lse_acc_sum = _block_logsumexp(__shared, __shared_s, __lse_acc, __lse_acc_sum)
             ___r1 = _block_sum(__shared, ___r1)
             ___r2 = _block_sum(__shared, ___r2)
@@ -223,18 +243,33 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
             smoothed = (label_smoothing*smooth if (label_smoothing > F(0.0)) else F(0.0))
             hard = (class_weight_y*(F(1.0) - label_smoothing)*(-logits_y + lse) if (label_smoothing != F(1.0)) else F(0.0))
             z_term = ((lse*lse)*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _t6_0 = (label_smoothing > F(0.0))
-            _t6_1 = class_weight_y*(F(1.0) - label_smoothing)
-            _t6_2 = (label_smoothing != F(1.0))
-            _a0 = (-label_smoothing if _t6_0 else F(0.0))
-            _a2 = (_t6_1 if _t6_2 else F(0.0)) + (_r1*label_smoothing if _t6_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
-            _a3 = (-_t6_1 if _t6_2 else F(0.0))
+            _t7_0 = (label_smoothing > F(0.0))
+            _t7_1 = class_weight_y*(F(1.0) - label_smoothing)
+            _t7_2 = (label_smoothing != F(1.0))
+            _a0 = (-label_smoothing if _t7_0 else F(0.0))
+            _a2 = (_t7_1 if _t7_2 else F(0.0)) + (_r1*label_smoothing if _t7_0 else F(0.0)) + (F(2.0)*lse*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3 = (-_t7_1 if _t7_2 else F(0.0))
             __loss = (hard + smoothed + z_term) * __w
             __gw = __w * __gs
-            for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
-                logits = load(_logits_, __b0 + c * __t0)
-                class_weight = load(_class_weight_, __b2 + c * __t2)
-                store(__grad_logits, __gb + c * __inner, (_a0*class_weight/_len + _a2*fast_exp(logits - lse) + _a3*(F(1.0) if (c == y) else F(0.0))) * __gw)
+            if (label_smoothing > F(0.0)):
+                __h0 = __gw*_a2
+                __h1 = __gw*_a3
+                __h2 = __gw*_a0/_len
+                for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                    logits = load(_logits_, __b0 + c * __t0)
+                    class_weight = load(_class_weight_, __b2 + c * __t2)
+                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)) + __h2*class_weight)
+            else:
+                if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
+                    __h0 = __gw*_a2
+                    __h1 = __gw*_a3
+                    for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                        logits = load(_logits_, __b0 + c * __t0)
+                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)))
+                else:
+                    __h0 = __gw*_a3
+                    for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
+                        store(__grad_logits, __gb + c * __inner, __h0*(F(1.0) if (c == y) else F(0.0)))
         else:
             __loss = 0.0
             for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):

@@ -535,11 +535,11 @@ def _label_terms(w: _Writer, exprs: list[sympy.Expr]) -> tuple[list[sympy.Expr],
     for expr in exprs:
         rest, found = [], []
         for term in sympy.Add.make_args(expr):
-            label = None if w.target.cuda or w.blocked else _at_label(term, labels, varying)
-            if label is None:
+            moved = None if w.target.cuda or w.blocked else _at_label(term, labels, varying)
+            if moved is None:
                 rest.append(term)
             else:
-                found.append(label)
+                found.append(moved)
         kept.append(sympy.Add(*rest))
         taken.append(found)
     return kept, taken

@@ -1,4 +1,5 @@
-"""The decorator of generated kernels: Numba's `njit`, with array arguments marked `noalias`.
+"""The decorator of generated kernels (Numba's `njit`, with array arguments marked `noalias`) and the
+intrinsics they call: `load` and `store` without index wraparound, `maximum` as LLVM's.
 
 A row kernel reads its inputs and writes its gradient through computed indices; without
 knowing that those arrays never overlap, LLVM keeps such loops scalar (1.7x slower on

@@ -576,7 +576,7 @@ def _hoisted(w: _Writer, indent: int, exprs: list[sympy.Expr]) -> list[sympy.Exp
     hoisted: dict[sympy.Expr, sympy.Symbol] = {}
 
     def split(expr: sympy.Expr) -> sympy.Expr:
-        if not expr.args or isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean)):
+        if not expr.args or _is_condition(expr):
             return expr
         args = [split(a) for a in expr.args]
         if isinstance(expr, sympy.Mul):
@@ -633,12 +633,17 @@ def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ..
     return None, plan.grads
 
 
+def _is_condition(expr: sympy.Basic) -> bool:
+    """A comparison or logic: rewrites leave it as it is (a value changed there may move a tie)."""
+    return isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean))
+
+
 def _replace_outside_conditions(expr: sympy.Expr, old: sympy.Expr, new: sympy.Expr) -> sympy.Expr:
     """`expr` with `old` as `new`, except inside comparisons: a value read back may round
     differently from the one recomputed, which may move a tie."""
     if expr == old:
         return new
-    if isinstance(expr, (sympy.core.relational.Relational, sympy.logic.boolalg.Boolean)) or not expr.args:
+    if _is_condition(expr) or not expr.args:
         return expr
     return expr.func(*(_replace_outside_conditions(a, old, new) for a in expr.args))
 

@@ -39,13 +39,13 @@ def _numpy(name: str, inputs) -> Runner | None:
         d = pred - target
         return (np.logaddexp(d, -d) - math.log(2)).mean(), np.tanh(d) / d.size
 
-    def cross_entropy(x, y):
+    def cross_entropy(x, y):  # classes on axis 1: (N, C) or (N, C, d1, ...)
         shifted = x - x.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        rows = np.arange(x.shape[0])
+        picked = np.take_along_axis(logp, y[:, None], axis=1)
         grad = np.exp(logp)
-        grad[rows, y] -= 1
-        return -logp[rows, y].mean(), grad / x.shape[0]
+        np.put_along_axis(grad, y[:, None], np.take_along_axis(grad, y[:, None], axis=1) - 1, axis=1)
+        return -picked.mean(), grad / y.size
 
     table = {"huber": huber, "mse": mse, "bce_with_logits": bce_with_logits, "log_cosh": log_cosh,
              "cross_entropy": cross_entropy}

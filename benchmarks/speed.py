@@ -55,6 +55,10 @@ def cases(quick: bool):
         x = rng.normal(size=(rows, classes)).astype(np.float32)
         y = rng.integers(0, classes, rows)
         yield f"cross_entropy {rows}x{classes}", "cross_entropy", (x, y), 8 * rows * classes
+    # a segmentation batch in PyTorch's layout, (N, C, H, W) with the classes on axis 1 (Pascal VOC's 21)
+    x = rng.normal(size=(8, 21, 128, 128) if quick else (8, 21, 256, 256)).astype(np.float32)
+    y = rng.integers(0, 21, (x.shape[0], *x.shape[2:]))
+    yield f"cross_entropy {'x'.join(map(str, x.shape))}", "cross_entropy", (x, y), 8 * x.size
     a, p, q = (rng.normal(size=(65536, 128)).astype(np.float32) for _ in range(3))
     yield "triplet 65536x128", "triplet", (a, p, q), 24 * a.size
 

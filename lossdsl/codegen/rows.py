@@ -85,6 +85,9 @@ class _Writer:
         self.blocked = blocked
         self.guards: dict[sympy.Symbol, sympy.Basic] = {}  # reductions used only under a parameter test
         self.local = "__c" if blocked else str(plan.position)
+        # the gradient's step along the axis: a block's own layout, or the call's (__gsc: the class axis moved
+        # last for a call whose axis is not, lossdsl.runtime.layout.RowCall)
+        self.grad_step = "__inner" if blocked else "__gsc"
         self.list_buffers = 0  # buffers of __K gradient terms at the list axis's labels (`_list_terms`)
         # in a block kernel, where each list load x[ids] at position k lies in the combined partials __done
         self.list_done: dict[sympy.Symbol, str] | None = None
@@ -336,7 +339,7 @@ def _list_scatter(w: _Writer, indent: int, grads: list[str]) -> None:
     labels = [w.plan.inputs[label] for _, label, _ in listed.scatters]
     inner = _list_loop(w, indent, labels, loads=False)
     for m, (index, label, _) in enumerate(listed.scatters):
-        name, grad, at = safe_name(label), grads[index], f"__gb + {safe_name(label)} * __inner"
+        name, grad, at = safe_name(label), grads[index], f"__gb + {safe_name(label)} * {w.grad_step}"
         indent = inner
         if w.blocked:  # only the labels in this block, at their place in it
             w.emit(inner, f"if __lo <= {name} and {name} < __lo + __width:")
@@ -503,7 +506,7 @@ def _gradient_loop(w: _Writer, indent: int, exprs: list[sympy.Expr], grads: list
         w.emit(indent + 1, f"store({g}, {element}, {text})")
     for g, terms in zip(grads, at_labels):
         for label, term in terms:
-            at = f"__gb + {safe_name(label)} * __inner"
+            at = f"__gb + {safe_name(label)} * {w.grad_step}"
             (text,) = w.statements(indent, [], [term])
             w.emit(indent, f"store({g}, {at}, load({g}, {at}) + {text})")
 
@@ -684,7 +687,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
     name = ("loss_value_and_grad_outputs" if outputs else "loss_value_and_grad_in_place" if in_place
             else "loss_value_and_grad" if with_grads else "loss_value")
-    extra = ["__gscale"] if with_grads else []
+    extra = ["__gscale", "__gso", "__gsq", "__gsc"] if with_grads else []
     shown = [expr for _, expr in plan.outputs] if outputs else []
     w.emit(0, target.kernel_decorator,
            f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}"
@@ -700,13 +703,13 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     _prologue(w, target.row_loop(per_block=True))
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
     if with_grads:
-        w.emit(2, "__gb = __o * __C * __inner + __q")
+        w.emit(2, "__gb = __o * __gso + __q * __gsq")
     w.emit(2, f"if {_keep(plan, w)}:")
     parts = gradient_parts(plan)
     reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
     w.guards = reduction_guards(plan, with_grads, outputs)
     _loads(w, 3, {g.symbol for g in plan.loads})
-    element = f"__gb + {plan.position} * __inner"  # index of the gradient element
+    element = f"__gb + {plan.position} * __gsc"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
     # (not in place, and not with outputs, which a linear head asks for in place)
     keep = with_grads and not (target.cuda or in_place or outputs)

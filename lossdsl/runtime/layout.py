@@ -1,9 +1,11 @@
 """How one call's arrays reach the kernels, and how the kernels' outputs become the result.
 
 Elementwise losses broadcast their inputs NumPy's way and run over flat arrays.
-Losses over a named axis run over rows: the axis (one array axis, or a run of
-adjacent ones) stays where it is in memory and each input gets three steps (outer,
-inner, along the axis), so a per-class vector or a scalar broadcasts without a copy.
+Losses over a named axis run over rows: each input gets three steps (outer, inner,
+along the axis), so a per-class vector or a scalar broadcasts without a copy. The axis
+(one array axis, or a run of adjacent ones) stays where it is in memory when nothing
+follows it; on the CPU, one with elements after it is moved last for the kernel (its
+rows then contiguous), and the gradients moved back.
 Both kinds of call end the same way: a float64 total, maybe per-row/per-element
 values, and gradients summed back to the shape of the input they belong to.
 """
@@ -16,6 +18,7 @@ import numpy as np
 from . import buffers, domains, threads
 from ..errors import LossInputError, LossLabelError
 from .protocol import MEANS, REDUCTIONS, LossKind, Target, argument, bind
+from .transpose import swap_last
 
 
 
@@ -225,6 +228,7 @@ class ElementCall(Call):
                   else shape for i in resolved.inputs}
         self.head = [self.memory.flat(arrays[n].reshape(-1) if shapes[n] == (1,) else arrays[n], shapes[n], dtype)
                      for n in names]
+        self.sources = self.head  # the inputs as the caller's arrays hold them (RowCall may read copies)
         self.named = {argument(n): a for n, a in zip(names, self.head)}  # the kernels' arguments
         # domains are checked by the kernel on its way (its sum NaN if an input is outside), then here to say where
         self.deferred = ([(spec_input, array, shapes[spec_input.name]) for spec_input, array
@@ -245,6 +249,10 @@ class ElementCall(Call):
 
     def unbroadcast(self, input_name: str, grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
         return unbroadcast(grad.reshape(self.shape), target)
+
+
+#: Most bytes of copies a call over an axis with elements after it makes to run with the axis last.
+MAX_MOVED_BYTES = 1 << 30
 
 
 class RowCall(Call):
@@ -280,7 +288,15 @@ class RowCall(Call):
         self.rows = self.size
         self.work = self.rows * self.length
         self.list_length = self._list_length(resolved, arrays, first, last)
-        self.arrays, steps = [], []
+        # a class axis with elements after it (PyTorch's (N, C, H, W)) is read and written along rows of
+        # stride `inner`, scalar loads and stores a cache line each: on the CPU the call moves the axis last
+        # instead (a copy of each input over it and of the gradients; `restored` gives those back), where
+        # the copies fit in MAX_MOVED_BYTES
+        copies = len(resolved.wrt) + sum(1 for i in resolved.inputs if i.axis and i.axis == resolved.axis
+                                         and arrays[i.name] is not None and arrays[i.name].size > self.length)
+        self.moved = (self.inner > 1 and resolved.list_axis is None and self.memory is HOST
+                      and copies * math.prod(full) * dtype.itemsize <= MAX_MOVED_BYTES)
+        self.arrays, self.sources, steps = [], [], []
         for spec_input in resolved.inputs:
             array = arrays[spec_input.name]
             is_label = spec_input.name in resolved.labels or spec_input.name in resolved.list_labels
@@ -297,6 +313,9 @@ class RowCall(Call):
                 given = arrays[spec_input.name]
                 shown = given.shape if given is not None and given.size == array.size else array.shape
                 check_domain(name, spec_input, array, shown)
+            self.sources.append(array)
+            if self.moved and spec_input.axis and step == (self.length * self.inner, 1, self.inner):
+                array, step = self._axis_last(array), (self.length * self.inner, self.length, 1)
             self.arrays.append(array)
             steps.append(step)
         self.step_table = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
@@ -310,8 +329,23 @@ class RowCall(Call):
             self.named["__K"] = self.list_length
             self.work = self.rows * (self.length + self.list_length)
         self.grad_size = math.prod(full)
+        # the gradients' steps (outer, inner, along the axis), as the inputs' over the axis are laid out
+        along = (self.length * self.inner, self.length, 1) if self.moved else (self.length * self.inner, 1, self.inner)
+        self.named.update(zip(("__gso", "__gsq", "__gsc"), along))
         self.needs_rows = (bool(resolved.labels) or bool(resolved.list_labels) or resolved.ignore is not None
                            or resolved.mean_weight is not None)
+
+    def _axis_last(self, array: np.ndarray) -> np.ndarray:
+        """A flat (outer, axis, inner) array as a flat (outer, inner, axis) copy."""
+        return swap_last(array, self.outer, self.length, self.inner, buffers.empty(array.size, array.dtype))
+
+    def restored(self, grad: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """A flat gradient the kernel wrote with the axis last (`moved`), in the inputs' own layout, into `out`
+        (flat, the given shape's size) or a new array; as it is where the axis was not moved."""
+        if not self.moved:
+            return grad
+        return swap_last(grad, self.outer, self.inner, self.length,
+                         buffers.empty(grad.size, grad.dtype) if out is None else out)
 
     def _list_length(self, resolved, arrays, first: int, last: int) -> int:
         """K, the list axis's length: the inputs over it are shaped like the rows with K where the class axis

@@ -154,10 +154,10 @@ class Loss:
         targets, in_place = _gradient_targets(call, self.wrt, grad_out, [i.name for i in self._resolved.inputs])
         if grad_out is not None:  # an input outside its domain must not cost the caller's buffer its data
             call.check_now()
-        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size else call.memory.empty(call.grad_size,
-                                                                                                   call.dtype)
-                 for t in targets]
-        kernel = "loss_value_and_grad_in_place" if in_place else "loss_value_and_grad"
+        moved = isinstance(call, RowCall) and call.moved  # the kernel writes the axis last: a buffer of its own
+        grads = [t.reshape(-1) if t is not None and t.size == call.grad_size and not moved
+                 else call.memory.empty(call.grad_size, call.dtype) for t in targets]
+        kernel = "loss_value_and_grad_in_place" if in_place and not moved else "loss_value_and_grad"
         extra = ()
         if outputs:
             names = self._resolved.outputs
@@ -170,6 +170,9 @@ class Loss:
             **call.named, **self._param_args, "__weight": call.weights, "__scale": call.scale,
             "__gscale": call.grad_scale, "__out": out, "__extra": extra[0] if extra else None,
             **{f"__grad_{safe_name(name)}": g for name, g in zip(self.wrt, grads)}})
+        if moved:
+            grads = [call.restored(g, t.reshape(-1) if t is not None and t.size == call.grad_size else None)
+                     for g, t in zip(grads, targets)]
         shaped = [_given_precision(call.unbroadcast(name, g, call.originals[name]), call.dtypes[name])
                   for name, g in zip(self.wrt, grads)]
         for i, target in enumerate(targets):
@@ -357,7 +360,7 @@ def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out, names: list[st
     targets = [grad_out] if len(wrt) == 1 else list(grad_out) if isinstance(grad_out, (tuple, list)) else []
     if len(targets) != len(wrt):
         raise LossInputError(f"{call.name}: grad_out needs {len(wrt)} arrays, one for each of {', '.join(wrt)}")
-    inputs = [a for a in (*call.head, call.weights) if isinstance(a, np.ndarray)]
+    inputs = [a for a in (*call.sources, call.weights) if isinstance(a, np.ndarray)]
     in_place = False
     for name, target in zip(wrt, targets):
         expected = call.originals[name]
@@ -366,7 +369,7 @@ def _gradient_targets(call: Call, wrt: tuple[str, ...], grad_out, names: list[st
             got = f"{target.dtype} array of shape {target.shape}" if isinstance(target, np.ndarray) else type(target)
             raise LossInputError(f"{call.name}: grad_out for {name} must be a writeable C-contiguous {call.dtype} "
                                  f"array of shape {expected}; got {got}")
-        own = call.head[names.index(name)]
+        own = call.sources[names.index(name)]
         if _same_buffer(target, own):
             in_place = True
         elif any(np.may_share_memory(target, a) for a in inputs if not _same_buffer(a, own)):

@@ -118,7 +118,7 @@ def loss_value(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, 
 
 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
+def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
     __s = F(__scale)
     __gs = F(__gscale)
@@ -138,7 +138,7 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
         __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
-        __gb = __o * __C * __inner + __q
+        __gb = __o * __gso + __q * __gsq
         if not (y == ignore_index):
             class_weight_y = load(_class_weight_, __b2 + y * __t2)
             logits_y = load(_logits_, __b0 + y * __t0)
@@ -160,7 +160,7 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
                         logits = load(_logits_, __b0 + c * __t0)
                         class_weight = load(_class_weight_, __b2 + c * __t2)
                         __e = fast_exp(logits - __lse_acc)
-                        store(__grad_logits, __gb + c * __inner, __e)
+                        store(__grad_logits, __gb + c * __gsc, __e)
                         __part0 += F(__e)
                         __part1 += F(class_weight)
                         __part2 += F(class_weight*logits)
@@ -174,7 +174,7 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
                     for c in range(__c0, __c1):
                         logits = load(_logits_, __b0 + c * __t0)
                         __e = fast_exp(logits - __lse_acc)
-                        store(__grad_logits, __gb + c * __inner, __e)
+                        store(__grad_logits, __gb + c * __gsc, __e)
                         __part0 += F(__e)
                     __lse_acc_sum += __part0
             lse = F(__lse_acc + math.log(__lse_acc_sum))
@@ -197,20 +197,20 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
                 __h0 = __gw*__inv*_a2
                 __h1 = __gw*_a0/_len
                 for c in range(__C):
-                    __softmax = load(__grad_logits, __gb + c * __inner)
+                    __softmax = load(__grad_logits, __gb + c * __gsc)
                     class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__grad_logits, __gb + c * __inner, __h0*__softmax + __h1*class_weight)
-                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                    store(__grad_logits, __gb + c * __gsc, __h0*__softmax + __h1*class_weight)
+                store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
             else:
                 __h0 = __gw*__inv*_a2
                 for c in range(__C):
-                    __softmax = load(__grad_logits, __gb + c * __inner)
-                    store(__grad_logits, __gb + c * __inner, __h0*__softmax)
-                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                    __softmax = load(__grad_logits, __gb + c * __gsc)
+                    store(__grad_logits, __gb + c * __gsc, __h0*__softmax)
+                store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
         else:
             __loss = 0.0
             for c in range(__C):
-                store(__grad_logits, __gb + c * __inner, F(0.0))
+                store(__grad_logits, __gb + c * __gsc, F(0.0))
         if __elementwise:
             __out[__row] = __loss
         __total += __loss
@@ -218,7 +218,7 @@ def loss_value_and_grad(__start, __stop, _logits_, _y_, _class_weight_, __steps,
 
 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits):
+def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
     __s = F(__scale)
     __gs = F(__gscale)
@@ -238,7 +238,7 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
         __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
-        __gb = __o * __C * __inner + __q
+        __gb = __o * __gso + __q * __gsq
         if not (y == ignore_index):
             class_weight_y = load(_class_weight_, __b2 + y * __t2)
             logits_y = load(_logits_, __b0 + y * __t0)
@@ -294,23 +294,23 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
                 for c in range(__C):
                     logits = load(_logits_, __b0 + c * __t0)
                     class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*class_weight)
-                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                    store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse) + __h1*class_weight)
+                store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
             else:
                 if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
                     __h0 = __gw*_a2
                     for c in range(__C):
                         logits = load(_logits_, __b0 + c * __t0)
-                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse))
-                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                        store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse))
+                    store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
                 else:
                     for c in range(__C):
-                        store(__grad_logits, __gb + c * __inner, F(0.0))
-                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                        store(__grad_logits, __gb + c * __gsc, F(0.0))
+                    store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
         else:
             __loss = 0.0
             for c in range(__C):
-                store(__grad_logits, __gb + c * __inner, F(0.0))
+                store(__grad_logits, __gb + c * __gsc, F(0.0))
         if __elementwise:
             __out[__row] = __loss
         __total += __loss
@@ -318,7 +318,7 @@ def loss_value_and_grad_in_place(__start, __stop, _logits_, _y_, _class_weight_,
 
 
 @kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits, __extra):
+def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits, __extra):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
     __s = F(__scale)
     __gs = F(__gscale)
@@ -338,7 +338,7 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
         __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
-        __gb = __o * __C * __inner + __q
+        __gb = __o * __gso + __q * __gsq
         if not (y == ignore_index):
             class_weight_y = load(_class_weight_, __b2 + y * __t2)
             logits_y = load(_logits_, __b0 + y * __t0)
@@ -406,25 +406,25 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
                 for c in range(__C):
                     logits = load(_logits_, __b0 + c * __t0)
                     class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*class_weight)
-                store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                    store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse) + __h1*class_weight)
+                store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
             else:
                 if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
                     __h0 = __gw*_a2
                     for c in range(__C):
                         logits = load(_logits_, __b0 + c * __t0)
-                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse))
-                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                        store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse))
+                    store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
                 else:
                     for c in range(__C):
-                        store(__grad_logits, __gb + c * __inner, F(0.0))
-                    store(__grad_logits, __gb + y * __inner, load(__grad_logits, __gb + y * __inner) + __gw*_a3)
+                        store(__grad_logits, __gb + c * __gsc, F(0.0))
+                    store(__grad_logits, __gb + y * __gsc, load(__grad_logits, __gb + y * __gsc) + __gw*_a3)
         else:
             __loss = 0.0
             __extra[__row, 0] = math.nan
             __extra[__row, 1] = math.nan
             for c in range(__C):
-                store(__grad_logits, __gb + c * __inner, F(0.0))
+                store(__grad_logits, __gb + c * __gsc, F(0.0))
         if __elementwise:
             __out[__row] = __loss
         __total += __loss
@@ -435,7 +435,7 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
 KERNELS = {
     'loss_rows': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_'),
     'loss_value': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__out'),
-    'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits'),
-    'loss_value_and_grad_in_place': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits'),
-    'loss_value_and_grad_outputs': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits', '__extra'),
+    'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits'),
+    'loss_value_and_grad_in_place': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits'),
+    'loss_value_and_grad_outputs': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits', '__extra'),
 }

@@ -181,7 +181,7 @@ def loss_value(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ig
 
 
 @cuda.jit(cache=True)
-def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __out, __grad_logits, __result):
+def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits, __result):
     """Weighted sum of the row losses, and each gradient row, in one pass."""
     __s = F(__scale)
     __gs = F(__gscale)
@@ -204,7 +204,7 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
         __b2 = __o * __steps[2, 0] + __q * __steps[2, 1]
         __t2 = __steps[2, 2]
         __w = __s * __weight[__row] if __weighted else __s
-        __gb = __o * __C * __inner + __q
+        __gb = __o * __gso + __q * __gsq
         if not (y == ignore_index):
             class_weight_y = load(_class_weight_, __b2 + y * __t2)
             logits_y = load(_logits_, __b0 + y * __t0)
@@ -258,22 +258,22 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
                 for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
                     logits = load(_logits_, __b0 + c * __t0)
                     class_weight = load(_class_weight_, __b2 + c * __t2)
-                    store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)) + __h2*class_weight)
+                    store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)) + __h2*class_weight)
             else:
                 if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
                     __h0 = __gw*_a2
                     __h1 = __gw*_a3
                     for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
                         logits = load(_logits_, __b0 + c * __t0)
-                        store(__grad_logits, __gb + c * __inner, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)))
+                        store(__grad_logits, __gb + c * __gsc, __h0*fast_exp(logits - lse) + __h1*(F(1.0) if (c == y) else F(0.0)))
                 else:
                     __h0 = __gw*_a3
                     for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
-                        store(__grad_logits, __gb + c * __inner, __h0*(F(1.0) if (c == y) else F(0.0)))
+                        store(__grad_logits, __gb + c * __gsc, __h0*(F(1.0) if (c == y) else F(0.0)))
         else:
             __loss = 0.0
             for c in range(cuda.threadIdx.x, __C, cuda.blockDim.x):
-                store(__grad_logits, __gb + c * __inner, F(0.0))
+                store(__grad_logits, __gb + c * __gsc, F(0.0))
         if cuda.threadIdx.x == 0:
             if __elementwise:
                 __out[__row] = __loss
@@ -288,5 +288,5 @@ def loss_value_and_grad(_logits_, _y_, _class_weight_, __steps, __rows, __C, __i
 KERNELS = {
     'loss_rows': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__bad'),
     'loss_value': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__out'),
-    'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__out', '__grad_logits'),
+    'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits'),
 }

@@ -7,9 +7,10 @@ reduction "mean". Times: median of interleaved repeats in one process, first on 
 then with a competing process spinning on one core (started and stopped by the script, as a data
 loader would share the cores of a training job). "3 products" is the floor: logits = x W^T, the input
 gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand. Memory: each
-runner once in a fresh process (the inputs made first), its peak resident memory above what it had
-before (sampled every millisecond), less the gradients every runner returns (input, weight, bias),
-as a share of the N x C float32 logits. `--small` shrinks the shapes (a smoke test, not a measurement).
+runner once in a fresh process (the inputs made first), its peak memory above what it had before
+(the larger of resident memory sampled every millisecond and NumPy's allocations), less the
+gradients every runner returns (input, weight, bias), as a share of the N x C float32 logits.
+`--small` shrinks the shapes (a smoke test, not a measurement).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -91,7 +93,11 @@ def resident_bytes() -> int:
 
 
 def measure_peak(run) -> int:
-    """Peak resident memory while `run()` runs, above the resident memory before it (sampled every ms)."""
+    """Peak memory while `run()` runs above what was held before it: the larger of the resident memory
+    (sampled every ms; it misses pages malloc had already touched and reuses) and the peak of NumPy's own
+    allocations (tracemalloc; it misses BLAS's workspace and other libraries')."""
+    tracemalloc.start()
+    traced_base = tracemalloc.get_traced_memory()[0]
     base, peak, done = resident_bytes(), [0], threading.Event()
 
     def sample():
@@ -104,7 +110,9 @@ def measure_peak(run) -> int:
     run()
     done.set()
     sampler.join()
-    return max(peak[0], resident_bytes()) - base
+    traced_peak = tracemalloc.get_traced_memory()[1] - traced_base
+    tracemalloc.stop()
+    return max(max(peak[0], resident_bytes()) - base, traced_peak)
 
 
 def fresh_peak(module: str, name: str, shape, before: str = "", small=None) -> int:

@@ -20,7 +20,7 @@ _TILE = 64  # 64 x 64 elements a tile: the shorter side's lines stay in cache wh
 def _swap_tiles(start, stop, source, target, a, b):
     """Tile rows [start, stop) (each _TILE rows of `a` in one outer index) of source (outer, a, b) into target.
     The inner loop runs along the side whose other step is the larger, so that side's lines are whole
-    (measured: 3x slower the other way round at (65536, 128) and at (21, 65536))."""
+    (the other way round measured 3.3x slower at (65536, 128), 2x at (21, 65536))."""
     bands = (a + _TILE - 1) // _TILE
     for unit in range(start, stop):
         outer = unit // bands

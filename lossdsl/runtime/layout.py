@@ -152,6 +152,8 @@ def unbroadcast(grad: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
 class Call:
     """What every call has: the values' shape, weights, the reduction and its scales."""
 
+    moved = False  # whether the kernels see the inputs in another layout than the caller's (RowCall)
+
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
                  batch_axis, memory=None):
         self.memory = memory or HOST  # where the arrays live: HostMemory, or gpu.DeviceMemory
@@ -297,6 +299,8 @@ class RowCall(Call):
         self.moved = (self.inner > 1 and resolved.list_axis is None and self.memory is HOST
                       and copies * math.prod(full) * dtype.itemsize <= MAX_MOVED_BYTES)
         self.arrays, self.sources, steps = [], [], []
+        as_given = (self.length * self.inner, 1, self.inner)  # the steps of an input over the axis, and moved last
+        along = (self.length * self.inner, self.length, 1) if self.moved else as_given
         for spec_input in resolved.inputs:
             array = arrays[spec_input.name]
             is_label = spec_input.name in resolved.labels or spec_input.name in resolved.list_labels
@@ -314,8 +318,8 @@ class RowCall(Call):
                 shown = given.shape if given is not None and given.size == array.size else array.shape
                 check_domain(name, spec_input, array, shown)
             self.sources.append(array)
-            if self.moved and spec_input.axis and step == (self.length * self.inner, 1, self.inner):
-                array, step = self._axis_last(array), (self.length * self.inner, self.length, 1)
+            if self.moved and spec_input.axis and step == as_given:
+                array, step = self._axis_last(array), along
             self.arrays.append(array)
             steps.append(step)
         self.step_table = np.array(steps, dtype=np.int64).reshape(len(steps), 3)
@@ -329,9 +333,7 @@ class RowCall(Call):
             self.named["__K"] = self.list_length
             self.work = self.rows * (self.length + self.list_length)
         self.grad_size = math.prod(full)
-        # the gradients' steps (outer, inner, along the axis), as the inputs' over the axis are laid out
-        along = (self.length * self.inner, self.length, 1) if self.moved else (self.length * self.inner, 1, self.inner)
-        self.named.update(zip(("__gso", "__gsq", "__gsc"), along))
+        self.named.update(zip(("__gso", "__gsq", "__gsc"), along))  # the gradients' steps, as the inputs' over the axis
         self.needs_rows = (bool(resolved.labels) or bool(resolved.list_labels) or resolved.ignore is not None
                            or resolved.mean_weight is not None)
 
@@ -341,9 +343,7 @@ class RowCall(Call):
 
     def restored(self, grad: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """A flat gradient the kernel wrote with the axis last (`moved`), in the inputs' own layout, into `out`
-        (flat, the given shape's size) or a new array; as it is where the axis was not moved."""
-        if not self.moved:
-            return grad
+        (flat, the given shape's size) or a new array."""
         return swap_last(grad, self.outer, self.inner, self.length,
                          buffers.empty(grad.size, grad.dtype) if out is None else out)
 

@@ -154,7 +154,7 @@ class Loss:
         targets, in_place = _gradient_targets(call, self.wrt, grad_out, [i.name for i in self._resolved.inputs])
         if grad_out is not None:  # an input outside its domain must not cost the caller's buffer its data
             call.check_now()
-        moved = isinstance(call, RowCall) and call.moved  # the kernel writes the axis last: a buffer of its own
+        moved = call.moved  # the kernel writes the axis last: a buffer of its own, moved back after
         grads = [t.reshape(-1) if t is not None and t.size == call.grad_size and not moved
                  else call.memory.empty(call.grad_size, call.dtype) for t in targets]
         kernel = "loss_value_and_grad_in_place" if in_place and not moved else "loss_value_and_grad"

@@ -28,10 +28,11 @@ LAYOUTS = {
     1: [((6, 4), None),              # (N, C)
         ((3, 4, 5), None),           # (N, C, d): class axis 1 as in PyTorch
         ((3, 5, 4), -1),             # (N, d, C) with the class axis last (MXNet, MindSpore)
-        ((2, 3, 2, 3), None)],       # (N, C, d1, d2)
-    -1: [((6, 4), None), ((3, 5, 4), None), ((3, 4, 5), 1), ((2, 3, 2, 2), (2, 3))],
+        ((2, 3, 2, 3), None),        # (N, C, d1, d2)
+        ((2, 3, 7, 10), None)],      # 70 rows after the axis: tiles of rows side by side, the last one short
+    -1: [((6, 4), None), ((3, 5, 4), None), ((3, 4, 5), 1), ((2, 3, 2, 2), (2, 3)), ((2, 4, 70), 1)],
     "all": [((4, 3), None), ((4, 3), 1), ((2, 3, 4), (1, 2))],
-    0: [((6, 3), None), ((6, 3, 2), None), ((3, 6), 1)],
+    0: [((6, 3), None), ((6, 3, 2), None), ((3, 6), 1), ((4, 70), None)],
 }
 ELEMENTWISE_SHAPES = [(6, 4), (2, 3, 4)]
 

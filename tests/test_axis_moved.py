@@ -1,7 +1,8 @@
 """A class axis with elements after it (PyTorch's (N, C, H, W), MindSpore's per-class dice over axis 0) runs
-with the axis moved last and its gradient moved back (lossdsl.runtime.layout.RowCall.moved): values,
-gradients, outputs, grad_out and error indices as the caller's layout has them. References are NumPy
-formulas written here."""
+three ways (lossdsl.runtime.layout.RowCall): tiles of neighbouring rows side by side (`tiled`,
+codegen/lanes.py), the axis moved last and its gradient moved back (`moved`, fewer rows after the axis than a
+tile), or strided rows (copies over their limit). Values, gradients, outputs, grad_out and error indices as
+the caller's layout has them, each way. References are NumPy formulas written here."""
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,20 @@ def _ce_reference(logits: np.ndarray, y: np.ndarray, class_weight: np.ndarray, i
     return rows.sum() / w.sum(), np.moveaxis(grad, -1, 1), rows, lse
 
 
-def _inputs(dtype, shape=(3, 5, 4, 6), seed=0):
+PATHS = ["tiles", "axis moved last", "strided rows"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Each way through, for a call with 90 rows after the axis (tiles of 64 float32 or 32 float64 rows)."""
+    if request.param != "tiles":
+        monkeypatch.setattr(layout, "LANE_BYTES", 1 << 40)
+    if request.param == "strided rows":
+        monkeypatch.setattr(layout, "MAX_MOVED_BYTES", 0)
+    return request.param
+
+
+def _inputs(dtype, shape=(3, 5, 10, 9), seed=0):
     rng = np.random.default_rng(seed)
     logits = (rng.normal(size=shape) * 3).astype(dtype)
     y = rng.integers(0, shape[1], (shape[0], *shape[2:]))
@@ -52,21 +66,50 @@ def test_swap_last_is_numpys_transpose(shape, dtype):
     np.testing.assert_array_equal(out.reshape(shape[0], shape[2], shape[1]), source.transpose(0, 2, 1))
 
 
-@pytest.mark.parametrize("moved", [True, False], ids=["axis moved last", "strided rows"])
+def _call_of(loss, *inputs, **options):
+    """The RowCall a call makes (its layout decisions), without running it."""
+    return loss._prepare(inputs, options, "mean", None, None, 0, options.pop("axis", None), None)
+
+
 @pytest.mark.parametrize("dtype, tolerance", [(np.float32, 2e-6), (np.float64, 1e-12)])
-def test_cross_entropy_over_axis_one(cross_entropy, dtype, tolerance, moved, monkeypatch):
-    """Both ways through: the axis moved last, and (copies over the limit) read along strided rows."""
-    if not moved:
-        monkeypatch.setattr(layout, "MAX_MOVED_BYTES", 0)
+def test_cross_entropy_over_axis_one(cross_entropy, dtype, tolerance, path):
     logits, y, class_weight = _inputs(dtype)
+    call = _call_of(cross_entropy, logits, y, axis=1)
+    assert (call.tiled, call.moved) == {"tiles": (True, False), "axis moved last": (False, True),
+                                        "strided rows": (False, False)}[path]
     value, grad = cross_entropy.value_and_grad(logits, y, class_weight=class_weight, axis=1)
-    want_value, want_grad, _, _ = _ce_reference(logits, y, class_weight)
+    want_value, want_grad, rows, _ = _ce_reference(logits, y, class_weight)
     assert grad.shape == logits.shape and grad.dtype == dtype
     np.testing.assert_allclose(value, want_value, rtol=tolerance * 10)
     np.testing.assert_allclose(grad, want_grad, rtol=tolerance * 50, atol=tolerance)
+    values = cross_entropy(logits, y, class_weight=class_weight, axis=1, reduction="none")
+    np.testing.assert_allclose(values, rows, rtol=tolerance * 10, atol=tolerance)
 
 
-def test_rows_and_outputs_keep_the_callers_layout(cross_entropy):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_tile_of_ignored_rows_and_weighted_rows(cross_entropy, dtype):
+    """Rows left out (their tile computes them with label 0, then drops them) and per-row weights, tiled."""
+    logits, y, class_weight = _inputs(dtype)
+    y[1] = -100  # every row of the second sample: whole tiles left out
+    y[2, 3:, 4:] = -100
+    weight = np.random.default_rng(5).uniform(0.5, 2.0, y.shape)
+    assert _call_of(cross_entropy, logits, y, axis=1).tiled
+    value, grad = cross_entropy.value_and_grad(logits, y, class_weight=class_weight, sample_weight=weight,
+                                               reduction="sum")
+    _, _, rows, lse = _ce_reference(logits, y, class_weight)
+    kept = y != -100
+    label = np.where(kept, y, 0)
+    z = np.moveaxis(logits.astype(np.float64), 1, -1)
+    softmax_minus_onehot = np.exp(z - lse[..., None]) - (np.arange(z.shape[-1]) == label[..., None])
+    row_weight = np.where(kept, class_weight[label], 0.0) * weight
+    want_grad = np.moveaxis(softmax_minus_onehot * row_weight[..., None], -1, 1)
+    tolerance = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(value, (rows * weight).sum(), rtol=tolerance * 10)
+    np.testing.assert_allclose(grad, want_grad, rtol=tolerance * 50, atol=tolerance * 10)
+    assert not grad[1].any()
+
+
+def test_rows_and_outputs_keep_the_callers_layout(cross_entropy, path):
     logits, y, class_weight = _inputs(np.float64)
     _, _, rows, lse = _ce_reference(logits, y, class_weight)
     values, _, shown = cross_entropy.value_and_grad(logits, y, class_weight=class_weight, axis=1,
@@ -77,7 +120,7 @@ def test_rows_and_outputs_keep_the_callers_layout(cross_entropy):
     assert np.isnan(shown["lse"][~kept]).all()
 
 
-def test_grad_out_receives_the_gradient(cross_entropy):
+def test_grad_out_receives_the_gradient(cross_entropy, path):
     logits, y, class_weight = _inputs(np.float32)
     _, want_grad, _, _ = _ce_reference(logits, y, class_weight)
     given = logits.copy()

@@ -45,6 +45,7 @@ from .targets import CPU, Target
 # into its float64 sum: a float64 sum inside the loop would make LLVM vectorise a float32 kernel at float64's
 # width (half the lanes). Vectorised, each lane of a float32 partial adds at most 256 / 8 terms (AVX2; AVX-512: 16).
 AXIS_CHUNK = 256
+AXIS_CHUNK_LANES = 16
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
@@ -69,14 +70,27 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
         kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
         if plan.outputs:
             kernels.append(_kernel(plan, printer, True, target, outputs=True))
+        if plan.listed is None:  # a class axis with elements after it (codegen/lanes.py)
+            from .lanes import lane_kernel
+            kernels += [lane_kernel(plan, printer, False), lane_kernel(plan, printer, True),
+                        LANES_IN_PLACE_ALIAS if kept is None else lane_kernel(plan, printer, True, in_place=True)]
     return target.module(with_formula(header, plan), dtype, printer, kernels)
+
+
+LANES_IN_PLACE_ALIAS = "loss_value_and_grad_in_place_lanes = loss_value_and_grad_lanes\n"
 
 
 class _Writer:
     """Lines of one kernel, with the plan's names and a printer."""
 
-    def __init__(self, plan: RowPlan, printer: NumbaPrinter, target: Target = CPU, blocked: bool = False):
+    def __init__(self, plan: RowPlan, printer: NumbaPrinter, target: Target = CPU, blocked: bool = False,
+                 lanes: bool = False):
         self.plan, self.printer, self.lines, self.target = plan, printer, [], target
+        # a tile of rows side by side (codegen/lanes.py): row values differ between the lanes, so no loop is
+        # unswitched on one, and each lane's float partials add AXIS_CHUNK_LANES terms (as a vector lane's here)
+        self.lanes = lanes
+        self.axis_chunk = AXIS_CHUNK_LANES if lanes else AXIS_CHUNK
+        self.kinds: dict[str, str] = {}  # the NumPy type of each value `statements` assigns that is not a float
         self.inputs = plan.loss.inputs
         self.index_of = {i.name: k for k, i in enumerate(self.inputs)}
         self.segment = 0
@@ -142,7 +156,7 @@ class _Writer:
                     symbols = condition.free_symbols
                     if condition is sympy.true or symbols & varying or any(s.name.startswith("__") for s in symbols):
                         continue
-                    if symbols <= params or power:  # a row value's test is worth a copy only against a power
+                    if symbols <= params or (power and not self.lanes):  # a row value's test: only against a power
                         found.append((not symbols <= params, len(found), condition))
         return min(found)[2] if found else None
 
@@ -164,15 +178,26 @@ class _Writer:
         def ready() -> None:
             for temp, definition in steps:
                 if temp in waiting and not definition.free_symbols & waiting:
-                    self.emit(indent, f"{temp} = {self.text(definition)}")
+                    self.assign(indent, temp, definition)
                     waiting.discard(temp)
 
         for (symbol, _), expr in zip(named, reduced):
             ready()
-            self.emit(indent, f"{symbol} = {self.text(expr)}")
+            self.assign(indent, symbol, expr)
             waiting.discard(symbol)
         ready()
         return [self.text(e) for e in reduced[len(named):]]
+
+    def assign(self, indent: int, symbol: sympy.Symbol, expr: sympy.Expr) -> None:
+        """`symbol = expr`, its type noted where it is not the kernel's float (a lane kernel allocates by it)."""
+        if isinstance(expr, sympy.Symbol):  # (SymPy counts a symbol as a Boolean too)
+            if expr.name in self.kinds:
+                self.kinds[symbol.name] = self.kinds[expr.name]
+        elif _is_condition(expr):
+            self.kinds[symbol.name] = "np.bool_"
+        elif expr.is_integer:
+            self.kinds[symbol.name] = "np.int64"
+        self.emit(indent, f"{symbol} = {self.text(expr)}")
 
     def _spec_locals(self, indent: int, exprs: list[sympy.Expr]) -> list[sympy.Expr]:
         """Assign each row-level spec local that `exprs` contain (written out exactly), later locals first
@@ -424,8 +449,8 @@ def _accumulate(node: Reduction, part: int, body: str, keep: str | None, positio
 
 def _finish(node: Reduction, plan: RowPlan, w: _Writer) -> list[str]:
     acc, out = accumulator(node), node.symbol.name
-    if node.op == "logsumexp":
-        return [f"{out} = F({acc} + math.log({acc}_sum))"]
+    if node.op == "logsumexp":  # a lane kernel's logs, one a row, vectorise (float64, <= 1.5 ulp)
+        return [f"{out} = F({acc} + {'fast_log64' if w.lanes else 'math.log'}({acc}_sum))"]
     if node.op == "mean":
         return [f"{out} = F({acc} / {plan.length})"]
     if node.op == "norm":
@@ -604,8 +629,8 @@ def _pass_loop(w: _Writer, indent: int, parts: list, bodies: list[sympy.Expr], k
     inner = indent + (2 if summed else 1)
     if summed:  # a chunk's terms in float partials, then added in float64 (see AXIS_CHUNK)
         count = "__width" if w.blocked else "__C"
-        w.emit(indent, f"for __c0 in range(0, {count}, {AXIS_CHUNK}):",
-               f"    __c1 = min(__c0 + {AXIS_CHUNK}, {count})",
+        w.emit(indent, f"for __c0 in range(0, {count}, {w.axis_chunk}):",
+               f"    __c1 = min(__c0 + {w.axis_chunk}, {count})",
                *(f"    __part{k} = F(0.0)" for k in range(len(summed))), f"    for {w.local} in range(__c0, __c1):")
     else:
         w.emit(indent, w.axis_loop())
@@ -673,6 +698,36 @@ def _reduced_body(node: Reduction, part: int) -> sympy.Expr:
     return general if p.is_Number else sympy.Piecewise((node.body ** 2, sympy.Eq(p, 2)), (general, True))
 
 
+def row_body(w: _Writer, indent: int, grads: list[str], element: str, keep: bool, outputs: bool = False) -> None:
+    """One kept row: its loads at the labels, its passes over the axis, its loss as `__loss` (and outputs in
+    `__extra`), and with `grads` its gradient stored at `element`; `keep`: the softmax numerators kept in the
+    gradient row between passes."""
+    plan, with_grads = w.plan, bool(grads)
+    shown = [expr for _, expr in plan.outputs] if outputs else []
+    parts = gradient_parts(plan)
+    reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
+    w.guards = reduction_guards(plan, with_grads, outputs)
+    _loads(w, indent, {g.symbol for g in plan.loads})
+    kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
+    _passes(w, indent, reductions, None if kept is None else (kept, (grads[0], element)))
+    if plan.listed is not None:
+        _list_passes(w, indent, needed_list(plan, with_grads, outputs), parts.list_backward if with_grads else ())
+    named = list(parts.adjoints) if with_grads else []
+    value, *values = w.statements(indent, named, [plan.value, *shown], row_locals=True)
+    w.emit(indent, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
+    if with_grads:
+        w.emit(indent, "__gw = __w * __gs")
+        if kept is not None:
+            w.emit(indent, f"{_INV} = F(1.0 / {accumulator(kept)}_sum)")
+        scatters = plan.listed is not None and plan.listed.scatters
+        if scatters:
+            _list_terms(w, indent)
+        gradients = _zero_switched(w, parts.adjoints, gradients)
+        w.unswitched(indent, gradients, lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
+        if scatters:
+            _list_scatter(w, indent, grads)
+
+
 def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False,
             outputs: bool = False) -> str:
     """`loss_value` or `loss_value_and_grad`; `in_place`: the latter as `loss_value_and_grad_in_place`,
@@ -688,7 +743,6 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     name = ("loss_value_and_grad_outputs" if outputs else "loss_value_and_grad_in_place" if in_place
             else "loss_value_and_grad" if with_grads else "loss_value")
     extra = ["__gscale", "__gso", "__gsq", "__gsc"] if with_grads else []
-    shown = [expr for _, expr in plan.outputs] if outputs else []
     w.emit(0, target.kernel_decorator,
            f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}"
            f"{', __extra' if outputs else ''}):")
@@ -705,33 +759,13 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     if with_grads:
         w.emit(2, "__gb = __o * __gso + __q * __gsq")
     w.emit(2, f"if {_keep(plan, w)}:")
-    parts = gradient_parts(plan)
-    reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
-    w.guards = reduction_guards(plan, with_grads, outputs)
-    _loads(w, 3, {g.symbol for g in plan.loads})
     element = f"__gb + {plan.position} * __gsc"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
     # (not in place, and not with outputs, which a linear head asks for in place)
     keep = with_grads and not (target.cuda or in_place or outputs)
-    kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
-    _passes(w, 3, reductions, None if kept is None else (kept, (grads[0], element)))
-    if plan.listed is not None:
-        _list_passes(w, 3, needed_list(plan, with_grads, outputs), parts.list_backward if with_grads else ())
-    named = list(parts.adjoints) if with_grads else []
-    value, *values = w.statements(3, named, [plan.value, *shown], row_locals=True)
-    w.emit(3, f"__loss = ({value}) * __w", *(f"__extra[__row, {k}] = {text}" for k, text in enumerate(values)))
-    if with_grads:
-        w.emit(3, "__gw = __w * __gs")
-        if kept is not None:
-            w.emit(3, f"{_INV} = F(1.0 / {accumulator(kept)}_sum)")
-        scatters = plan.listed is not None and plan.listed.scatters
-        if scatters:
-            _list_terms(w, 3)
-        gradients = _zero_switched(w, parts.adjoints, gradients)
-        w.unswitched(3, gradients, lambda at, exprs: _gradient_loop(w, at, exprs, grads, element, kept))
-        if scatters:
-            _list_scatter(w, 3, grads)
-    w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(shown))))
+    row_body(w, 3, grads, element, keep, outputs)
+    w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(plan.outputs) if outputs
+                                                                                      else 0)))
     if with_grads:
         w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])
     if target.cuda:  # every thread of the block has the row's loss; one of them keeps it

@@ -153,6 +153,7 @@ class Call:
     """What every call has: the values' shape, weights, the reduction and its scales."""
 
     moved = False  # whether the kernels see the inputs in another layout than the caller's (RowCall)
+    tiled = False  # whether the kernels take tiles of rows side by side (RowCall; codegen/lanes.py)
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype, reduction: str, weight, sample_weight,
                  batch_axis, memory=None):
@@ -255,6 +256,9 @@ class ElementCall(Call):
 
 #: Most bytes of copies a call over an axis with elements after it makes to run with the axis last.
 MAX_MOVED_BYTES = 1 << 30
+#: Bytes of one tile's rows side by side (codegen/lanes.py): 64 float32 or 32 float64 rows. LLVM's vector loop
+#: takes 4 vectors at a time; a tile of one (16 float32) runs in its scalar remainder, 2.5x slower.
+LANE_BYTES = 256
 
 
 class RowCall(Call):
@@ -292,11 +296,16 @@ class RowCall(Call):
         self.list_length = self._list_length(resolved, arrays, first, last)
         # a class axis with elements after it (PyTorch's (N, C, H, W)) is read and written along rows of
         # stride `inner`, scalar loads and stores a cache line each: on the CPU the call moves the axis last
-        # instead (a copy of each input over it and of the gradients; `restored` gives those back), where
-        # the copies fit in MAX_MOVED_BYTES
+        # instead (a copy of each input over it and of the gradients; `restored` gives those back)
+        # instead, where the copies fit in MAX_MOVED_BYTES. With at least a tile of rows after the axis, the
+        # kernels take neighbouring rows side by side in place of that (codegen/lanes.py): no copies
         copies = len(resolved.wrt) + sum(1 for i in resolved.inputs if i.axis and i.axis == resolved.axis
                                          and arrays[i.name] is not None and arrays[i.name].size > self.length)
-        self.moved = (self.inner > 1 and resolved.list_axis is None and self.memory is HOST
+        host_rows = self.inner > 1 and resolved.list_axis is None and self.memory is HOST
+        self.lanes = LANE_BYTES // dtype.itemsize
+        self.tiled = host_rows and self.inner >= self.lanes
+        self.tiles = self.outer * -(-self.inner // self.lanes)
+        self.moved = (host_rows and not self.tiled
                       and copies * math.prod(full) * dtype.itemsize <= MAX_MOVED_BYTES)
         self.arrays, self.sources, steps = [], [], []
         as_given = (self.length * self.inner, 1, self.inner)  # the steps of an input over the axis, and moved last
@@ -328,7 +337,8 @@ class RowCall(Call):
         self.label_inputs = [k for k, i in enumerate(resolved.inputs) if i.name in resolved.labels]
         self.head = [*self.arrays, self.steps, self.rows, self.length, self.inner]
         self.named = {**{argument(i.name): a for i, a in zip(resolved.inputs, self.arrays)}, "__steps": self.steps,
-                      "__rows": self.rows, "__C": self.length, "__inner": self.inner}  # the kernels' arguments
+                      "__rows": self.rows, "__C": self.length, "__inner": self.inner,
+                      "__lanes": self.lanes}  # the kernels' arguments
         if resolved.list_axis is not None:
             self.named["__K"] = self.list_length
             self.work = self.rows * (self.length + self.list_length)
@@ -490,7 +500,10 @@ class HostMemory:
 
     @staticmethod
     def launch(module, kernel: str, call: Call, arguments: dict) -> float:
-        return threads.run(getattr(module, kernel), call.units, call.work, bind(module, kernel, arguments))
+        units = call.units
+        if call.tiled and f"{kernel}_lanes" in module.KERNELS:  # the outputs kernel has no tiled version
+            kernel, units = f"{kernel}_lanes", call.tiles
+        return threads.run(getattr(module, kernel), units, call.work, bind(module, kernel, arguments))
 
     @staticmethod
     def check_rows(module, call: "RowCall", params: dict) -> tuple[float, int, int]:

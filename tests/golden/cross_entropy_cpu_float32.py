@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from lossdsl.runtime.jit import kernel, load, store, maximum
-from lossdsl.runtime.kernel_math import exp_float32 as fast_exp
+from lossdsl.runtime.kernel_math import exp_float32 as fast_exp, log_float64 as fast_log64
 
 F = np.float32
 FASTMATH = {"contract", "reassoc"}
@@ -431,6 +431,430 @@ def loss_value_and_grad_outputs(__start, __stop, _logits_, _y_, _class_weight_, 
     return __total
 
 
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __out, __lanes):
+    """Weighted sum of the row losses, tile by tile."""
+    __s = F(__scale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    __w = np.empty(__lanes, F)
+    __keep = np.empty(__lanes, np.bool_)
+    y = np.empty(__lanes, np.int64)
+    class_weight_y = np.empty(__lanes, F)
+    logits_y = np.empty(__lanes, F)
+    __lse_acc = np.empty(__lanes, F)
+    __part0 = np.empty(__lanes, F)
+    __part1 = np.empty(__lanes, F)
+    __part2 = np.empty(__lanes, F)
+    __lse_acc_sum = np.empty(__lanes, np.float64)
+    ___r1 = np.empty(__lanes, np.float64)
+    ___r2 = np.empty(__lanes, np.float64)
+    lse = np.empty(__lanes, F)
+    _r1 = np.empty(__lanes, F)
+    _r2 = np.empty(__lanes, F)
+    smooth = np.empty(__lanes, F)
+    smoothed = np.empty(__lanes, F)
+    hard = np.empty(__lanes, F)
+    z_term = np.empty(__lanes, F)
+    __loss = np.empty(__lanes, F)
+    __tiles = (__inner + __lanes - 1) // __lanes
+    for __tile in range(__start, __stop):
+        __o = __tile // __tiles
+        __q0 = (__tile - __o * __tiles) * __lanes
+        __n = min(__lanes, __inner - __q0)
+        __row0 = __o * __inner + __q0
+        __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        __l0 = __steps[0, 1]
+        __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __l2 = __steps[2, 1]
+        __dropped = 0
+        for __j in range(__n):
+            y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
+            __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
+            __keep[__j] = not (y[__j] == ignore_index)
+            y[__j] = y[__j] if __keep[__j] else 0
+            __dropped += 0 if __keep[__j] else 1
+        for __j in range(__n):
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            __lse_acc[__j] = F(-math.inf)
+        for c in range(__C):
+            for __j in range(__n):
+                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                __lse_acc[__j] = maximum(__lse_acc[__j], logits)
+        for __j in range(__n):
+            __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
+            __lse_acc_sum[__j] = 0.0
+            ___r1[__j] = 0.0
+            ___r2[__j] = 0.0
+        if (label_smoothing > F(0.0)):
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                    __part1[__j] = F(0.0)
+                    __part2[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
+                        __part1[__j] += F(class_weight)
+                        __part2[__j] += F(class_weight*logits)
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+                    ___r1[__j] += __part1[__j]
+                    ___r2[__j] += __part2[__j]
+        else:
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+        for __j in range(__n):
+            lse[__j] = F(__lse_acc[__j] + fast_log64(__lse_acc_sum[__j]))
+            _r1[__j] = F(___r1[__j] / _len)
+            _r2[__j] = F(___r2[__j] / _len)
+            smooth[__j] = _r1[__j]*lse[__j] - _r2[__j]
+            smoothed[__j] = (label_smoothing*smooth[__j] if (label_smoothing > F(0.0)) else F(0.0))
+            hard[__j] = (class_weight_y[__j]*(F(1.0) - label_smoothing)*(-logits_y[__j] + lse[__j]) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term[__j] = ((lse[__j]*lse[__j])*z_loss if (z_loss > F(0.0)) else F(0.0))
+            __loss[__j] = (hard[__j] + smoothed[__j] + z_term[__j]) * __w[__j]
+        if __elementwise:
+            for __j in range(__n):
+                __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0
+        for __j in range(__n):
+            __total += __loss[__j] if __keep[__j] else 0.0
+    return __total
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_and_grad_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits, __lanes):
+    """Weighted sum of the row losses, tile by tile, and each gradient row."""
+    __s = F(__scale)
+    __gs = F(__gscale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    __w = np.empty(__lanes, F)
+    __keep = np.empty(__lanes, np.bool_)
+    y = np.empty(__lanes, np.int64)
+    class_weight_y = np.empty(__lanes, F)
+    logits_y = np.empty(__lanes, F)
+    __lse_acc = np.empty(__lanes, F)
+    __part0 = np.empty(__lanes, F)
+    __part1 = np.empty(__lanes, F)
+    __part2 = np.empty(__lanes, F)
+    __lse_acc_sum = np.empty(__lanes, np.float64)
+    ___r1 = np.empty(__lanes, np.float64)
+    ___r2 = np.empty(__lanes, np.float64)
+    lse = np.empty(__lanes, F)
+    _r1 = np.empty(__lanes, F)
+    _r2 = np.empty(__lanes, F)
+    smooth = np.empty(__lanes, F)
+    smoothed = np.empty(__lanes, F)
+    hard = np.empty(__lanes, F)
+    z_term = np.empty(__lanes, F)
+    _t8_1 = np.empty(__lanes, F)
+    _a2 = np.empty(__lanes, F)
+    _a3 = np.empty(__lanes, F)
+    __loss = np.empty(__lanes, F)
+    __gw = np.empty(__lanes, F)
+    __inv = np.empty(__lanes, F)
+    __h0 = np.empty(__lanes, F)
+    __h1 = np.empty(__lanes, F)
+    __tiles = (__inner + __lanes - 1) // __lanes
+    for __tile in range(__start, __stop):
+        __o = __tile // __tiles
+        __q0 = (__tile - __o * __tiles) * __lanes
+        __n = min(__lanes, __inner - __q0)
+        __row0 = __o * __inner + __q0
+        __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        __l0 = __steps[0, 1]
+        __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __l2 = __steps[2, 1]
+        __gb = __o * __gso + __q0 * __gsq
+        __dropped = 0
+        for __j in range(__n):
+            y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
+            __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
+            __keep[__j] = not (y[__j] == ignore_index)
+            y[__j] = y[__j] if __keep[__j] else 0
+            __dropped += 0 if __keep[__j] else 1
+        for __j in range(__n):
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            __lse_acc[__j] = F(-math.inf)
+        for c in range(__C):
+            for __j in range(__n):
+                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                __lse_acc[__j] = maximum(__lse_acc[__j], logits)
+        for __j in range(__n):
+            __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
+            __lse_acc_sum[__j] = 0.0
+            ___r1[__j] = 0.0
+            ___r2[__j] = 0.0
+        if (label_smoothing > F(0.0)):
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                    __part1[__j] = F(0.0)
+                    __part2[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        __e = fast_exp(logits - __lse_acc[__j])
+                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __e)
+                        __part0[__j] += F(__e)
+                        __part1[__j] += F(class_weight)
+                        __part2[__j] += F(class_weight*logits)
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+                    ___r1[__j] += __part1[__j]
+                    ___r2[__j] += __part2[__j]
+        else:
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        __e = fast_exp(logits - __lse_acc[__j])
+                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __e)
+                        __part0[__j] += F(__e)
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+        for __j in range(__n):
+            lse[__j] = F(__lse_acc[__j] + fast_log64(__lse_acc_sum[__j]))
+            _r1[__j] = F(___r1[__j] / _len)
+            _r2[__j] = F(___r2[__j] / _len)
+            smooth[__j] = _r1[__j]*lse[__j] - _r2[__j]
+            smoothed[__j] = (label_smoothing*smooth[__j] if (label_smoothing > F(0.0)) else F(0.0))
+            hard[__j] = (class_weight_y[__j]*(F(1.0) - label_smoothing)*(-logits_y[__j] + lse[__j]) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term[__j] = ((lse[__j]*lse[__j])*z_loss if (z_loss > F(0.0)) else F(0.0))
+        _t8_0 = (label_smoothing > F(0.0))
+        for __j in range(__n):
+            _t8_1[__j] = class_weight_y[__j]*(F(1.0) - label_smoothing)
+        _t8_2 = (label_smoothing != F(1.0))
+        _a0 = (-label_smoothing if _t8_0 else F(0.0))
+        for __j in range(__n):
+            _a2[__j] = (_t8_1[__j] if _t8_2 else F(0.0)) + (_r1[__j]*label_smoothing if _t8_0 else F(0.0)) + (F(2.0)*lse[__j]*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3[__j] = (-_t8_1[__j] if _t8_2 else F(0.0))
+            __loss[__j] = (hard[__j] + smoothed[__j] + z_term[__j]) * __w[__j]
+            __gw[__j] = __w[__j] * __gs
+            __inv[__j] = F(1.0 / __lse_acc_sum[__j])
+        if (label_smoothing > F(0.0)):
+            for __j in range(__n):
+                __h0[__j] = __gw[__j]*__inv[__j]*_a2[__j]
+                __h1[__j] = __gw[__j]*_a0/_len
+            for c in range(__C):
+                for __j in range(__n):
+                    __softmax = load(__grad_logits, (__gb + __j * __gsq) + c * __gsc)
+                    class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*__softmax + __h1[__j]*class_weight)
+            for __j in range(__n):
+                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+        else:
+            for __j in range(__n):
+                __h0[__j] = __gw[__j]*__inv[__j]*_a2[__j]
+            for c in range(__C):
+                for __j in range(__n):
+                    __softmax = load(__grad_logits, (__gb + __j * __gsq) + c * __gsc)
+                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*__softmax)
+            for __j in range(__n):
+                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+        if __elementwise:
+            for __j in range(__n):
+                __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0
+        for __j in range(__n):
+            __total += __loss[__j] if __keep[__j] else 0.0
+        if __dropped:
+            for __j in range(__n):
+                if not __keep[__j]:
+                    for c in range(__C):
+                        store(__grad_logits, __gb + __j * __gsq + c * __gsc, F(0.0))
+    return __total
+
+
+@kernel(nogil=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_value_and_grad_in_place_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __rows, __C, __inner, _ignore_index_, _label_smoothing_, _z_loss_, __weight, __scale, __gscale, __gso, __gsq, __gsc, __out, __grad_logits, __lanes):
+    """Weighted sum of the row losses, tile by tile, and each gradient row."""
+    __s = F(__scale)
+    __gs = F(__gscale)
+    __weighted = __weight.size == __rows
+    __elementwise = __out.size == __rows
+    __total = 0.0
+    ignore_index = F(_ignore_index_)
+    label_smoothing = F(_label_smoothing_)
+    z_loss = F(_z_loss_)
+    _len = F(__C)
+    __w = np.empty(__lanes, F)
+    __keep = np.empty(__lanes, np.bool_)
+    y = np.empty(__lanes, np.int64)
+    class_weight_y = np.empty(__lanes, F)
+    logits_y = np.empty(__lanes, F)
+    __lse_acc = np.empty(__lanes, F)
+    __part0 = np.empty(__lanes, F)
+    __part1 = np.empty(__lanes, F)
+    __part2 = np.empty(__lanes, F)
+    __lse_acc_sum = np.empty(__lanes, np.float64)
+    ___r1 = np.empty(__lanes, np.float64)
+    ___r2 = np.empty(__lanes, np.float64)
+    lse = np.empty(__lanes, F)
+    _r1 = np.empty(__lanes, F)
+    _r2 = np.empty(__lanes, F)
+    smooth = np.empty(__lanes, F)
+    smoothed = np.empty(__lanes, F)
+    hard = np.empty(__lanes, F)
+    z_term = np.empty(__lanes, F)
+    _t8_1 = np.empty(__lanes, F)
+    _a2 = np.empty(__lanes, F)
+    _a3 = np.empty(__lanes, F)
+    __loss = np.empty(__lanes, F)
+    __gw = np.empty(__lanes, F)
+    __h0 = np.empty(__lanes, F)
+    __h1 = np.empty(__lanes, F)
+    __tiles = (__inner + __lanes - 1) // __lanes
+    for __tile in range(__start, __stop):
+        __o = __tile // __tiles
+        __q0 = (__tile - __o * __tiles) * __lanes
+        __n = min(__lanes, __inner - __q0)
+        __row0 = __o * __inner + __q0
+        __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
+        __t0 = __steps[0, 2]
+        __l0 = __steps[0, 1]
+        __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
+        __t2 = __steps[2, 2]
+        __l2 = __steps[2, 1]
+        __gb = __o * __gso + __q0 * __gsq
+        __dropped = 0
+        for __j in range(__n):
+            y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
+            __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
+            __keep[__j] = not (y[__j] == ignore_index)
+            y[__j] = y[__j] if __keep[__j] else 0
+            __dropped += 0 if __keep[__j] else 1
+        for __j in range(__n):
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            __lse_acc[__j] = F(-math.inf)
+        for c in range(__C):
+            for __j in range(__n):
+                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                __lse_acc[__j] = maximum(__lse_acc[__j], logits)
+        for __j in range(__n):
+            __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
+            __lse_acc_sum[__j] = 0.0
+            ___r1[__j] = 0.0
+            ___r2[__j] = 0.0
+        if (label_smoothing > F(0.0)):
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                    __part1[__j] = F(0.0)
+                    __part2[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
+                        __part1[__j] += F(class_weight)
+                        __part2[__j] += F(class_weight*logits)
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+                    ___r1[__j] += __part1[__j]
+                    ___r2[__j] += __part2[__j]
+        else:
+            for __c0 in range(0, __C, 16):
+                __c1 = min(__c0 + 16, __C)
+                for __j in range(__n):
+                    __part0[__j] = F(0.0)
+                for c in range(__c0, __c1):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
+                for __j in range(__n):
+                    __lse_acc_sum[__j] += __part0[__j]
+        for __j in range(__n):
+            lse[__j] = F(__lse_acc[__j] + fast_log64(__lse_acc_sum[__j]))
+            _r1[__j] = F(___r1[__j] / _len)
+            _r2[__j] = F(___r2[__j] / _len)
+            smooth[__j] = _r1[__j]*lse[__j] - _r2[__j]
+            smoothed[__j] = (label_smoothing*smooth[__j] if (label_smoothing > F(0.0)) else F(0.0))
+            hard[__j] = (class_weight_y[__j]*(F(1.0) - label_smoothing)*(-logits_y[__j] + lse[__j]) if (label_smoothing != F(1.0)) else F(0.0))
+            z_term[__j] = ((lse[__j]*lse[__j])*z_loss if (z_loss > F(0.0)) else F(0.0))
+        _t8_0 = (label_smoothing > F(0.0))
+        for __j in range(__n):
+            _t8_1[__j] = class_weight_y[__j]*(F(1.0) - label_smoothing)
+        _t8_2 = (label_smoothing != F(1.0))
+        _a0 = (-label_smoothing if _t8_0 else F(0.0))
+        for __j in range(__n):
+            _a2[__j] = (_t8_1[__j] if _t8_2 else F(0.0)) + (_r1[__j]*label_smoothing if _t8_0 else F(0.0)) + (F(2.0)*lse[__j]*z_loss if (z_loss > F(0.0)) else F(0.0))
+            _a3[__j] = (-_t8_1[__j] if _t8_2 else F(0.0))
+            __loss[__j] = (hard[__j] + smoothed[__j] + z_term[__j]) * __w[__j]
+            __gw[__j] = __w[__j] * __gs
+        if (label_smoothing > F(0.0)):
+            for __j in range(__n):
+                __h0[__j] = __gw[__j]*_a2[__j]
+                __h1[__j] = __gw[__j]*_a0/_len
+            for c in range(__C):
+                for __j in range(__n):
+                    logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                    class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*fast_exp(logits - lse[__j]) + __h1[__j]*class_weight)
+            for __j in range(__n):
+                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+        else:
+            if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
+                for __j in range(__n):
+                    __h0[__j] = __gw[__j]*_a2[__j]
+                for c in range(__C):
+                    for __j in range(__n):
+                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*fast_exp(logits - lse[__j]))
+                for __j in range(__n):
+                    store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+            else:
+                for c in range(__C):
+                    for __j in range(__n):
+                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, F(0.0))
+                for __j in range(__n):
+                    store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+        if __elementwise:
+            for __j in range(__n):
+                __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0
+        for __j in range(__n):
+            __total += __loss[__j] if __keep[__j] else 0.0
+        if __dropped:
+            for __j in range(__n):
+                if not __keep[__j]:
+                    for c in range(__C):
+                        store(__grad_logits, __gb + __j * __gsq + c * __gsc, F(0.0))
+    return __total
+
+
 # each kernel's arguments, by name (lossdsl.runtime.protocol.bind)
 KERNELS = {
     'loss_rows': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_'),
@@ -438,4 +862,7 @@ KERNELS = {
     'loss_value_and_grad': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits'),
     'loss_value_and_grad_in_place': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits'),
     'loss_value_and_grad_outputs': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits', '__extra'),
+    'loss_value_lanes': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__out', '__lanes'),
+    'loss_value_and_grad_lanes': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits', '__lanes'),
+    'loss_value_and_grad_in_place_lanes': ('_logits_', '_y_', '_class_weight_', '__steps', '__rows', '__C', '__inner', '_ignore_index_', '_label_smoothing_', '_z_loss_', '__weight', '__scale', '__gscale', '__gso', '__gsq', '__gsc', '__out', '__grad_logits', '__lanes'),
 }

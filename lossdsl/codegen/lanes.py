@@ -67,7 +67,7 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
     labels = [f"{label} = {label} if __keep else 0" for label in map(safe_name, plan.loss.labels)]
     prologue = [*loads, "__w = __s * __weight[__row0 + __j] if __weighted else __s", f"__keep = {keep}", *labels]
     tile += ["        __dropped = 0", "        for __j in range(__n):",
-             *(f"            {_indexed(line, lanes)}" for line in prologue),
+             *(f"            {_indexed(line, _names(lanes))}" for line in prologue),
              "            __dropped += 0 if __keep[__j] else 1"]
     row_body(w, 2, grads, f"__gb + {plan.position} * __gsc", keep=with_grads and not in_place)
     body, lanes = in_lanes(w.lines, str(plan.position), lanes, w.kinds)
@@ -112,21 +112,22 @@ def in_lanes(lines: list[str], position: str, lanes: dict[str, str], kinds: dict
     lanes = dict(lanes)
     changed = True
     while changed:  # a row value: assigned at row level from row values, or accumulated along the axis
-        changed = False
+        changed, names = False, _names(lanes)
         for name, value in row_assignments:
-            if name not in lanes and (name in assigned_in_loops or _mentions(value, lanes)):
+            if name not in lanes and (name in assigned_in_loops or names.search(value)):
                 lanes[name] = kinds.get(name) or {"0.0": "np.float64", "0": "np.int64"}.get(first[name], "F")
                 changed = True
+    names = _names(lanes)
     out, group_depth = [], None
     for (depth, text), in_loop in zip(parsed, inside):
-        rewritten = _indexed(text, lanes)
+        rewritten = _indexed(text, names)
         if in_loop:
             out.append("    " * (depth + 1) + rewritten)
             continue
         is_control = text.startswith(_CONTROL)
-        if is_control and not text.startswith(f"for {position} in range(") and _mentions(text, lanes):
+        if is_control and not text.startswith(f"for {position} in range(") and names.search(text):
             raise AssertionError(f"lossdsl internal error: a lane kernel cannot branch on a row value: {text}")
-        if is_control or not (_mentions(text, lanes) or _BASE.search(text) or _GRAD_BASE.search(text)):
+        if is_control or not (names.search(text) or _BASE.search(text) or _GRAD_BASE.search(text)):
             group_depth = None
             out.append("    " * depth + rewritten)
             if text.startswith(f"for {position} in range("):
@@ -140,16 +141,12 @@ def in_lanes(lines: list[str], position: str, lanes: dict[str, str], kinds: dict
 
 
 def _names(lanes: dict[str, str]) -> re.Pattern:
+    """A pattern matching the names of row values where they are read or written (not a longer name's part)."""
     return re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(lanes, key=len, reverse=True))) + r")(?![\w(\[])")
 
 
-def _mentions(text: str, lanes: dict[str, str]) -> bool:
-    return bool(lanes) and _names(lanes).search(text) is not None
-
-
-def _indexed(text: str, lanes: dict[str, str]) -> str:
-    """`text` with each row value as its lane's element and each row base as the lane's own."""
-    if lanes:
-        text = _names(lanes).sub(r"\1[__j]", text)
+def _indexed(text: str, names: re.Pattern) -> str:
+    """`text` with each row value (`names`) as its lane's element and each row base as the lane's own."""
+    text = names.sub(r"\1[__j]", text)
     text = _BASE.sub(r"(__b\1 + __j * __l\1)", text)
     return _GRAD_BASE.sub("(__gb + __j * __gsq)", text)

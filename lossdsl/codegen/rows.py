@@ -764,8 +764,8 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     # (not in place, and not with outputs, which a linear head asks for in place)
     keep = with_grads and not (target.cuda or in_place or outputs)
     row_body(w, 3, grads, element, keep, outputs)
-    w.emit(2, "else:", "    __loss = 0.0", *(f"    __extra[__row, {k}] = math.nan" for k in range(len(plan.outputs) if outputs
-                                                                                      else 0)))
+    unknown = [f"    __extra[__row, {k}] = math.nan" for k in range(len(plan.outputs))] if outputs else []
+    w.emit(2, "else:", "    __loss = 0.0", *unknown)
     if with_grads:
         w.emit(3, w.axis_loop(), *[f"    store({g}, {element}, F(0.0))" for g in grads])
     if target.cuda:  # every thread of the block has the row's loss; one of them keeps it

@@ -167,3 +167,19 @@ def test_multiclass_dice_over_samples(dtype):
     tolerance = 1e-5 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(value, want, rtol=tolerance)
     np.testing.assert_allclose(grad, want_grad, rtol=tolerance * 100, atol=tolerance * 1e-2)
+
+
+def test_tiles_only_with_one_for_each_thread(cross_entropy):
+    """One tile of 64 rows would run on one thread: with two, such a call moves the axis last instead."""
+    from lossdsl.runtime import threads
+    logits, y = np.zeros((1, 2048, 64), np.float32), np.zeros((1, 64), np.int64)
+    before = threads.get_num_threads()
+    try:
+        threads.set_num_threads(2)
+        call = _call_of(cross_entropy, logits, y)
+        assert (call.tiles, call.tiled, call.moved) == (1, False, True)
+        assert _call_of(cross_entropy, np.zeros((2, 2048, 64), np.float32), np.zeros((2, 64), np.int64)).tiled
+        threads.set_num_threads(1)
+        assert _call_of(cross_entropy, logits, y).tiled
+    finally:
+        threads.set_num_threads(before)

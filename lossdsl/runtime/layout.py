@@ -297,14 +297,16 @@ class RowCall(Call):
         # a class axis with elements after it (PyTorch's (N, C, H, W)) is read and written along rows of
         # stride `inner`, scalar loads and stores a cache line each: on the CPU the call moves the axis last
         # instead (a copy of each input over it and of the gradients; `restored` gives those back)
-        # instead, where the copies fit in MAX_MOVED_BYTES. With at least a tile of rows after the axis, the
-        # kernels take neighbouring rows side by side in place of that (codegen/lanes.py): no copies
+        # instead, where the copies fit in MAX_MOVED_BYTES. With at least a tile of rows after the axis, and a
+        # tile for each thread, the kernels take neighbouring rows side by side instead (codegen/lanes.py): no
+        # copies
         copies = len(resolved.wrt) + sum(1 for i in resolved.inputs if i.axis and i.axis == resolved.axis
                                          and arrays[i.name] is not None and arrays[i.name].size > self.length)
         host_rows = self.inner > 1 and resolved.list_axis is None and self.memory is HOST
         self.lanes = LANE_BYTES // dtype.itemsize
-        self.tiled = host_rows and self.inner >= self.lanes
         self.tiles = self.outer * -(-self.inner // self.lanes)
+        self.tiled = (host_rows and self.inner >= self.lanes
+                      and self.tiles >= threads.threads_for(self.rows * self.length))
         self.moved = (host_rows and not self.tiled
                       and copies * math.prod(full) * dtype.itemsize <= MAX_MOVED_BYTES)
         self.arrays, self.sources, steps = [], [], []

@@ -49,13 +49,18 @@ def set_num_threads(count: int) -> None:
             _pool = None
 
 
+def threads_for(work: int) -> int:
+    """The threads a call that touches `work` elements runs on (given units enough)."""
+    return min(_threads, max(1, work // MIN_WORK_PER_THREAD))
+
+
 def run(kernel: Callable[..., float], units: int, work: int, arguments: tuple, align: int = _ALIGN) -> float:
     """kernel(start, stop, *arguments) over [0, units) in chunks; the sum of their totals.
 
     `work` is the number of elements the call touches (rows x axis length for row kernels); chunks
     start at multiples of `align` units (1 where a unit is a whole sequence, not an element).
     """
-    chunks = min(_threads, units, max(1, work // MIN_WORK_PER_THREAD))
+    chunks = min(threads_for(work), units)
     if chunks <= 1:
         return kernel(0, units, *arguments)
     bounds = [0] + [units * k // chunks // align * align for k in range(1, chunks)] + [units]

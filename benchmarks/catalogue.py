@@ -1,6 +1,6 @@
 """Every catalogue loss, lossdsl beside PyTorch eager and torch.compile: float32, value and gradient, mean.
 
-Run: python benchmarks/catalogue.py [--quick] [--repeats 5] [--only NAME[,NAME]]. Inputs and PyTorch
+Run: python benchmarks/catalogue.py [--quick] [--repeats 5] [--only NAME[,NAME]] [--spatial]. Inputs and PyTorch
 formulas come from the test tables, so nothing is written twice: elementwise losses are sampled by
 tests/references.py at N = 1e7 elements (--quick: 1e5) and computed in PyTorch by
 tests/test_references_torch.py (per element, then .mean()); losses over an axis are sampled by
@@ -11,6 +11,8 @@ used; float inputs are cast to float32, labels stay integer. lossdsl calls loss.
 calls backward, torch.compile compiling the forward. The implementations of one loss run interleaved and
 each time is the median of --repeats runs (harness.py). Losses without a PyTorch formula in the tests are
 timed for lossdsl alone; losses neither table can sample are named and skipped.
+--spatial times the losses over PyTorch's class axis 1 in a segmentation model's layout instead: (8, 21,
+256, 256) as (N, C, H, W), 21 classes (Pascal VOC's), beside PyTorch where its function takes (N, C, d...).
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ import lossdsl
 from harness import machine, median_times
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
-from axis_references import AXIS_REFERENCES  # noqa: E402
+from axis_references import AXIS_REFERENCES, Geometry  # noqa: E402
 from references import REFERENCES  # noqa: E402
 from test_axis_torch import TORCH as AXIS_TORCH  # noqa: E402
 from test_references_torch import TORCH as ELEMENT_TORCH  # noqa: E402
 
 CLASSES = 128
+SPATIAL = (8, 21, 256, 256)  # (N, C, H, W); --quick: (2, 21, 64, 64)
 NO_FORMULA = "no PyTorch formula"
 COMPILE_FAILED = "compile failed"
 
@@ -42,8 +45,20 @@ COMPILE_FAILED = "compile failed"
 class Case:
     """One catalogue loss at benchmark size: its inputs and, where the tests have one, its PyTorch mean loss."""
 
-    def __init__(self, name: str, quick: bool, rng: np.random.Generator) -> None:
-        if name in REFERENCES:
+    def __init__(self, name: str, quick: bool, rng: np.random.Generator, spatial: bool = False) -> None:
+        if spatial:
+            ref = AXIS_REFERENCES[name]
+            self.static = ref.static or {}
+            params = {**self.static, **ref.params[0]}
+            shape = (2, 21, 64, 64) if quick else SPATIAL
+            geometry = Geometry.of(shape, None, 1)
+            arrays = [np.ascontiguousarray(geometry.to_call(a)) if input_name in ref.along else a for input_name, a in
+                      zip(ref.inputs, ref.sample(rng, geometry.rows, geometry.length, params))]
+            self.size = "x".join(map(str, shape))
+            axis = AXIS_TORCH.get(name)
+            takes_spatial = axis is not None and any(len(s) > 2 for s in axis[1])
+            self.torch_mean = (lambda *t: axis[0](*t, None, "mean", **params)) if takes_spatial else None
+        elif name in REFERENCES:
             ref = REFERENCES[name]
             self.static: dict = {}
             params = ref.params[0]
@@ -112,6 +127,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", type=lambda names: names.split(","), metavar="NAME[,NAME]",
                         help="time only these catalogue losses")
+    parser.add_argument("--spatial", action="store_true",
+                        help=f"losses over PyTorch's class axis 1 at {SPATIAL} (N, C, H, W)")
     args = parser.parse_args()
     names = lossdsl.catalogue()
     unknown = sorted(set(args.only or ()) - set(names))
@@ -124,11 +141,13 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     rows, skipped = [], []
+    if args.spatial:  # the table keys of losses over a class axis 1 (what PyTorch's (N, C, d...) means)
+        names = [key for key, ref in AXIS_REFERENCES.items() if ref.default_axis == 1 and not ref.elementwise]
     for name in args.only or names:
         if name not in REFERENCES and name not in AXIS_REFERENCES:
             skipped.append(name)
             continue
-        case = Case(name, args.quick, rng)
+        case = Case(name, args.quick, rng, args.spatial)
         print(f"timing {name} {case.size}", file=sys.stderr)
         ours, eager, compiled = time_case(name, case, args.repeats)
         rows.append((name, case.size, ours, eager, compiled))

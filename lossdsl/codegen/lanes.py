@@ -12,7 +12,9 @@ index and inner indices q0 .. q0 + __lanes - 1, and runs the row kernel's code f
 
 The row's code is the row kernel's own (rows.row_body, written once for both), rewritten line by line
 (`in_lanes`): which names hold row values follows from where they are assigned. Rows left out (`ignore if`)
-run with label 0 and their results are then dropped: their loss counts 0 and their gradient row is zeroed.
+run with label 0 and their results are dropped: their loss counts 0, their gradient is stored as 0.
+Every input over the axis steps 1 from lane to lane (the runtime gives a per-class vector as one row of
+__lanes copies a class), so each lane loop reads contiguous elements with no stride check.
 `__lanes` is a call argument (lossdsl.runtime.layout.LANE_BYTES), not a constant: LLVM fully unrolls a loop of
 constant count 16 early and then vectorises the copies poorly.
 """
@@ -56,8 +58,7 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
     for k, spec_input in enumerate(plan.loss.inputs):
         input_name = safe_name(spec_input.name)
         if spec_input.axis:
-            tile += [f"        __b{k} = __o * __steps[{k}, 0] + __q0 * __steps[{k}, 1]",
-                     f"        __t{k} = __steps[{k}, 2]", f"        __l{k} = __steps[{k}, 1]"]
+            tile += [f"        __b{k} = __o * __steps[{k}, 0] + __q0 * __steps[{k}, 1]", f"        __t{k} = __steps[{k}, 2]"]
         else:
             lanes[input_name] = "np.int64" if spec_input.name in plan.loss.labels else "F"
             loads.append(f"{input_name} = load(_{input_name}_, __o * __steps[{k}, 0] + (__q0 + __j) * __steps[{k}, 1])")
@@ -66,20 +67,13 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
     keep = "True" if plan.ignore is None else f"not {w.text(plan.ignore)}"
     labels = [f"{label} = {label} if __keep else 0" for label in map(safe_name, plan.loss.labels)]
     prologue = [*loads, "__w = __s * __weight[__row0 + __j] if __weighted else __s", f"__keep = {keep}", *labels]
-    tile += ["        __dropped = 0", "        for __j in range(__n):",
-             *(f"            {_indexed(line, _names(lanes))}" for line in prologue),
-             "            __dropped += 0 if __keep[__j] else 1"]
+    tile += ["        for __j in range(__n):", *(f"            {_indexed(line, _names(lanes))}" for line in prologue)]
     row_body(w, 2, grads, f"__gb + {plan.position} * __gsc", keep=with_grads and not in_place)
     body, lanes = in_lanes(w.lines, str(plan.position), lanes, w.kinds)
     tile += body
     tile += ["        if __elementwise:", "            for __j in range(__n):",
              "                __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0",
              "        for __j in range(__n):", "            __total += __loss[__j] if __keep[__j] else 0.0"]
-    if with_grads:  # rows left out: computed with label 0, their gradients now zeroed
-        tile += ["        if __dropped:", "            for __j in range(__n):", "                if not __keep[__j]:",
-                 f"                    for {plan.position} in range(__C):",
-                 *(f"                        store({g}, __gb + __j * __gsq + {plan.position} * __gsc, F(0.0))"
-                   for g in grads)]
     arrays = [f"    {name} = np.empty(__lanes, {kind})" for name, kind in lanes.items()]
     return "\n".join(head + arrays + tile + ["    return __total"]) + "\n"
 
@@ -148,5 +142,5 @@ def _names(lanes: dict[str, str]) -> re.Pattern:
 def _indexed(text: str, names: re.Pattern) -> str:
     """`text` with each row value (`names`) as its lane's element and each row base as the lane's own."""
     text = names.sub(r"\1[__j]", text)
-    text = _BASE.sub(r"(__b\1 + __j * __l\1)", text)
-    return _GRAD_BASE.sub("(__gb + __j * __gsq)", text)
+    text = _BASE.sub(r"(__b\1 + __j)", text)
+    return _GRAD_BASE.sub("(__gb + __j)", text)

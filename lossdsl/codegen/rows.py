@@ -160,6 +160,11 @@ class _Writer:
                         found.append((not symbols <= params, len(found), condition))
         return min(found)[2] if found else None
 
+    def kept(self, gradient: str) -> str:
+        """A gradient value as stored: a lane kernel runs the rows left out (`ignore if`) with label 0 beside
+        the others, and stores 0 for them."""
+        return f"(({gradient}) if __keep else F(0.0))" if self.lanes and self.plan.ignore is not None else gradient
+
     def text(self, expr: sympy.Expr) -> str:
         return self.printer.doprint(expr)
 
@@ -528,12 +533,12 @@ def _gradient_loop(w: _Writer, indent: int, exprs: list[sympy.Expr], grads: list
         w.emit(indent + 1, f"__softmax = load({grads[0]}, {element})")
     w.loads_along_axis(indent + 1, exprs)
     for g, text in zip(grads, w.statements(indent + 1, [], exprs)):
-        w.emit(indent + 1, f"store({g}, {element}, {text})")
+        w.emit(indent + 1, f"store({g}, {element}, {w.kept(text)})")
     for g, terms in zip(grads, at_labels):
         for label, term in terms:
             at = f"__gb + {safe_name(label)} * {w.grad_step}"
             (text,) = w.statements(indent, [], [term])
-            w.emit(indent, f"store({g}, {at}, load({g}, {at}) + {text})")
+            w.emit(indent, f"store({g}, {at}, load({g}, {at}) + {w.kept(text)})")
 
 
 def _zero_switched(w: _Writer, adjoints, exprs) -> list[sympy.Expr]:

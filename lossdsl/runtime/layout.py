@@ -331,6 +331,8 @@ class RowCall(Call):
             self.sources.append(array)
             if self.moved and spec_input.axis and step == as_given:
                 array, step = self._axis_last(array), along
+            elif self.tiled and step == (0, 0, 1):  # a per-class vector, as a tile's rows read it: lane j beside j + 1
+                array, step = np.repeat(array, self.lanes), (0, 0, self.lanes)
             self.arrays.append(array)
             steps.append(step)
         self.step_table = np.array(steps, dtype=np.int64).reshape(len(steps), 3)

@@ -470,24 +470,20 @@ def loss_value_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __
         __row0 = __o * __inner + __q0
         __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
         __t0 = __steps[0, 2]
-        __l0 = __steps[0, 1]
         __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
         __t2 = __steps[2, 2]
-        __l2 = __steps[2, 1]
-        __dropped = 0
         for __j in range(__n):
             y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
             __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
             __keep[__j] = not (y[__j] == ignore_index)
             y[__j] = y[__j] if __keep[__j] else 0
-            __dropped += 0 if __keep[__j] else 1
         for __j in range(__n):
-            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
-            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j) + y[__j] * __t0)
             __lse_acc[__j] = F(-math.inf)
         for c in range(__C):
             for __j in range(__n):
-                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                logits = load(_logits_, (__b0 + __j) + c * __t0)
                 __lse_acc[__j] = maximum(__lse_acc[__j], logits)
         for __j in range(__n):
             __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
@@ -503,8 +499,8 @@ def loss_value_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __
                     __part2[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
-                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j) + c * __t2)
                         __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
                         __part1[__j] += F(class_weight)
                         __part2[__j] += F(class_weight*logits)
@@ -519,7 +515,7 @@ def loss_value_lanes(__start, __stop, _logits_, _y_, _class_weight_, __steps, __
                     __part0[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
                         __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
                 for __j in range(__n):
                     __lse_acc_sum[__j] += __part0[__j]
@@ -587,25 +583,21 @@ def loss_value_and_grad_lanes(__start, __stop, _logits_, _y_, _class_weight_, __
         __row0 = __o * __inner + __q0
         __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
         __t0 = __steps[0, 2]
-        __l0 = __steps[0, 1]
         __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
         __t2 = __steps[2, 2]
-        __l2 = __steps[2, 1]
         __gb = __o * __gso + __q0 * __gsq
-        __dropped = 0
         for __j in range(__n):
             y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
             __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
             __keep[__j] = not (y[__j] == ignore_index)
             y[__j] = y[__j] if __keep[__j] else 0
-            __dropped += 0 if __keep[__j] else 1
         for __j in range(__n):
-            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
-            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j) + y[__j] * __t0)
             __lse_acc[__j] = F(-math.inf)
         for c in range(__C):
             for __j in range(__n):
-                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                logits = load(_logits_, (__b0 + __j) + c * __t0)
                 __lse_acc[__j] = maximum(__lse_acc[__j], logits)
         for __j in range(__n):
             __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
@@ -621,10 +613,10 @@ def loss_value_and_grad_lanes(__start, __stop, _logits_, _y_, _class_weight_, __
                     __part2[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
-                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j) + c * __t2)
                         __e = fast_exp(logits - __lse_acc[__j])
-                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __e)
+                        store(__grad_logits, (__gb + __j) + c * __gsc, __e)
                         __part0[__j] += F(__e)
                         __part1[__j] += F(class_weight)
                         __part2[__j] += F(class_weight*logits)
@@ -639,9 +631,9 @@ def loss_value_and_grad_lanes(__start, __stop, _logits_, _y_, _class_weight_, __
                     __part0[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
                         __e = fast_exp(logits - __lse_acc[__j])
-                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __e)
+                        store(__grad_logits, (__gb + __j) + c * __gsc, __e)
                         __part0[__j] += F(__e)
                 for __j in range(__n):
                     __lse_acc_sum[__j] += __part0[__j]
@@ -670,30 +662,25 @@ def loss_value_and_grad_lanes(__start, __stop, _logits_, _y_, _class_weight_, __
                 __h1[__j] = __gw[__j]*_a0/_len
             for c in range(__C):
                 for __j in range(__n):
-                    __softmax = load(__grad_logits, (__gb + __j * __gsq) + c * __gsc)
-                    class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
-                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*__softmax + __h1[__j]*class_weight)
+                    __softmax = load(__grad_logits, (__gb + __j) + c * __gsc)
+                    class_weight = load(_class_weight_, (__b2 + __j) + c * __t2)
+                    store(__grad_logits, (__gb + __j) + c * __gsc, ((__h0[__j]*__softmax + __h1[__j]*class_weight) if __keep[__j] else F(0.0)))
             for __j in range(__n):
-                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+                store(__grad_logits, (__gb + __j) + y[__j] * __gsc, load(__grad_logits, (__gb + __j) + y[__j] * __gsc) + ((__gw[__j]*_a3[__j]) if __keep[__j] else F(0.0)))
         else:
             for __j in range(__n):
                 __h0[__j] = __gw[__j]*__inv[__j]*_a2[__j]
             for c in range(__C):
                 for __j in range(__n):
-                    __softmax = load(__grad_logits, (__gb + __j * __gsq) + c * __gsc)
-                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*__softmax)
+                    __softmax = load(__grad_logits, (__gb + __j) + c * __gsc)
+                    store(__grad_logits, (__gb + __j) + c * __gsc, ((__h0[__j]*__softmax) if __keep[__j] else F(0.0)))
             for __j in range(__n):
-                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+                store(__grad_logits, (__gb + __j) + y[__j] * __gsc, load(__grad_logits, (__gb + __j) + y[__j] * __gsc) + ((__gw[__j]*_a3[__j]) if __keep[__j] else F(0.0)))
         if __elementwise:
             for __j in range(__n):
                 __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0
         for __j in range(__n):
             __total += __loss[__j] if __keep[__j] else 0.0
-        if __dropped:
-            for __j in range(__n):
-                if not __keep[__j]:
-                    for c in range(__C):
-                        store(__grad_logits, __gb + __j * __gsq + c * __gsc, F(0.0))
     return __total
 
 
@@ -743,25 +730,21 @@ def loss_value_and_grad_in_place_lanes(__start, __stop, _logits_, _y_, _class_we
         __row0 = __o * __inner + __q0
         __b0 = __o * __steps[0, 0] + __q0 * __steps[0, 1]
         __t0 = __steps[0, 2]
-        __l0 = __steps[0, 1]
         __b2 = __o * __steps[2, 0] + __q0 * __steps[2, 1]
         __t2 = __steps[2, 2]
-        __l2 = __steps[2, 1]
         __gb = __o * __gso + __q0 * __gsq
-        __dropped = 0
         for __j in range(__n):
             y[__j] = load(_y_, __o * __steps[1, 0] + (__q0 + __j) * __steps[1, 1])
             __w[__j] = __s * __weight[__row0 + __j] if __weighted else __s
             __keep[__j] = not (y[__j] == ignore_index)
             y[__j] = y[__j] if __keep[__j] else 0
-            __dropped += 0 if __keep[__j] else 1
         for __j in range(__n):
-            class_weight_y[__j] = load(_class_weight_, (__b2 + __j * __l2) + y[__j] * __t2)
-            logits_y[__j] = load(_logits_, (__b0 + __j * __l0) + y[__j] * __t0)
+            class_weight_y[__j] = load(_class_weight_, (__b2 + __j) + y[__j] * __t2)
+            logits_y[__j] = load(_logits_, (__b0 + __j) + y[__j] * __t0)
             __lse_acc[__j] = F(-math.inf)
         for c in range(__C):
             for __j in range(__n):
-                logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                logits = load(_logits_, (__b0 + __j) + c * __t0)
                 __lse_acc[__j] = maximum(__lse_acc[__j], logits)
         for __j in range(__n):
             __lse_acc[__j] = __lse_acc[__j] if abs(__lse_acc[__j]) < math.inf else F(0.0)
@@ -777,8 +760,8 @@ def loss_value_and_grad_in_place_lanes(__start, __stop, _logits_, _y_, _class_we
                     __part2[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
-                        class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
+                        class_weight = load(_class_weight_, (__b2 + __j) + c * __t2)
                         __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
                         __part1[__j] += F(class_weight)
                         __part2[__j] += F(class_weight*logits)
@@ -793,7 +776,7 @@ def loss_value_and_grad_in_place_lanes(__start, __stop, _logits_, _y_, _class_we
                     __part0[__j] = F(0.0)
                 for c in range(__c0, __c1):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
                         __part0[__j] += F(fast_exp(logits - __lse_acc[__j]))
                 for __j in range(__n):
                     __lse_acc_sum[__j] += __part0[__j]
@@ -821,37 +804,32 @@ def loss_value_and_grad_in_place_lanes(__start, __stop, _logits_, _y_, _class_we
                 __h1[__j] = __gw[__j]*_a0/_len
             for c in range(__C):
                 for __j in range(__n):
-                    logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
-                    class_weight = load(_class_weight_, (__b2 + __j * __l2) + c * __t2)
-                    store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*fast_exp(logits - lse[__j]) + __h1[__j]*class_weight)
+                    logits = load(_logits_, (__b0 + __j) + c * __t0)
+                    class_weight = load(_class_weight_, (__b2 + __j) + c * __t2)
+                    store(__grad_logits, (__gb + __j) + c * __gsc, ((__h0[__j]*fast_exp(logits - lse[__j]) + __h1[__j]*class_weight) if __keep[__j] else F(0.0)))
             for __j in range(__n):
-                store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+                store(__grad_logits, (__gb + __j) + y[__j] * __gsc, load(__grad_logits, (__gb + __j) + y[__j] * __gsc) + ((__gw[__j]*_a3[__j]) if __keep[__j] else F(0.0)))
         else:
             if ((z_loss > F(0.0)) or (label_smoothing != F(1.0))):
                 for __j in range(__n):
                     __h0[__j] = __gw[__j]*_a2[__j]
                 for c in range(__C):
                     for __j in range(__n):
-                        logits = load(_logits_, (__b0 + __j * __l0) + c * __t0)
-                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, __h0[__j]*fast_exp(logits - lse[__j]))
+                        logits = load(_logits_, (__b0 + __j) + c * __t0)
+                        store(__grad_logits, (__gb + __j) + c * __gsc, ((__h0[__j]*fast_exp(logits - lse[__j])) if __keep[__j] else F(0.0)))
                 for __j in range(__n):
-                    store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+                    store(__grad_logits, (__gb + __j) + y[__j] * __gsc, load(__grad_logits, (__gb + __j) + y[__j] * __gsc) + ((__gw[__j]*_a3[__j]) if __keep[__j] else F(0.0)))
             else:
                 for c in range(__C):
                     for __j in range(__n):
-                        store(__grad_logits, (__gb + __j * __gsq) + c * __gsc, F(0.0))
+                        store(__grad_logits, (__gb + __j) + c * __gsc, ((F(0.0)) if __keep[__j] else F(0.0)))
                 for __j in range(__n):
-                    store(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc, load(__grad_logits, (__gb + __j * __gsq) + y[__j] * __gsc) + __gw[__j]*_a3[__j])
+                    store(__grad_logits, (__gb + __j) + y[__j] * __gsc, load(__grad_logits, (__gb + __j) + y[__j] * __gsc) + ((__gw[__j]*_a3[__j]) if __keep[__j] else F(0.0)))
         if __elementwise:
             for __j in range(__n):
                 __out[__row0 + __j] = __loss[__j] if __keep[__j] else 0.0
         for __j in range(__n):
             __total += __loss[__j] if __keep[__j] else 0.0
-        if __dropped:
-            for __j in range(__n):
-                if not __keep[__j]:
-                    for c in range(__C):
-                        store(__grad_logits, __gb + __j * __gsq + c * __gsc, F(0.0))
     return __total
 
 

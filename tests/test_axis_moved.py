@@ -43,7 +43,7 @@ PATHS = ["tiles", "axis moved last", "strided rows"]
 def path(request, monkeypatch):
     """Each way through, for a call with 90 rows after the axis (tiles of 64 float32 or 32 float64 rows)."""
     if request.param != "tiles":
-        monkeypatch.setattr(layout, "LANE_BYTES", 1 << 40)
+        monkeypatch.setattr(layout, "MIN_LANES", 1 << 40)
     if request.param == "strided rows":
         monkeypatch.setattr(layout, "MAX_MOVED_BYTES", 0)
     return request.param
@@ -183,3 +183,17 @@ def test_tiles_only_with_one_for_each_thread(cross_entropy):
         assert _call_of(cross_entropy, logits, y).tiled
     finally:
         threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape, tiled", [((3, 5, 4, 6), True), ((7, 5, 2, 2), False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fewer_rows_after_the_axis_than_a_tile(cross_entropy, shape, tiled, dtype):
+    """24 rows after the axis: one tile of 24 for each sample; 4 (under MIN_LANES): the axis moved last."""
+    logits, y, class_weight = _inputs(dtype, shape)
+    call = _call_of(cross_entropy, logits, y)
+    assert (call.tiled, call.moved, call.lanes) == (tiled, not tiled, shape[2] * shape[3])
+    value, grad = cross_entropy.value_and_grad(logits, y, class_weight=class_weight)
+    want_value, want_grad, _, _ = _ce_reference(logits, y, class_weight)
+    tolerance = 2e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(value, want_value, rtol=tolerance * 10)
+    np.testing.assert_allclose(grad, want_grad, rtol=tolerance * 50, atol=tolerance)

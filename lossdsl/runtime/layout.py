@@ -260,6 +260,10 @@ MAX_MOVED_BYTES = 1 << 30
 #: takes 4 vectors at a time; tiles of one vector (16 float32) run in its remainder: 2x slower for
 #: cross-entropy at (8, 21, 256, 256) on one core, and 128 bytes no faster than 256.
 LANE_BYTES = 256
+#: Fewest rows after the axis for tiles (a tile is then all of them); with fewer, the axis is moved last. At 21
+#: classes, tiles of 4, 8, 16 and 49 rows took 0.8, 0.5, 0.3 and 0.4x the time of moving the axis; at 1000
+#: classes tiles of 8 took as long, of 2 three times as long.
+MIN_LANES = 8
 
 
 class RowCall(Call):
@@ -298,15 +302,15 @@ class RowCall(Call):
         # a class axis with elements after it (PyTorch's (N, C, H, W)) is read and written along rows of
         # stride `inner`, scalar loads and stores a cache line each: on the CPU the call moves the axis last
         # instead (a copy of each input over it and of the gradients; `restored` gives those back)
-        # instead, where the copies fit in MAX_MOVED_BYTES. With at least a tile of rows after the axis, and a
+        # instead, where the copies fit in MAX_MOVED_BYTES. With MIN_LANES rows after the axis or more, and a
         # tile for each thread, the kernels take neighbouring rows side by side instead (codegen/lanes.py): no
         # copies
         copies = len(resolved.wrt) + sum(1 for i in resolved.inputs if i.axis and i.axis == resolved.axis
                                          and arrays[i.name] is not None and arrays[i.name].size > self.length)
         host_rows = self.inner > 1 and resolved.list_axis is None and self.memory is HOST
-        self.lanes = LANE_BYTES // dtype.itemsize
+        self.lanes = min(LANE_BYTES // dtype.itemsize, self.inner)
         self.tiles = self.outer * -(-self.inner // self.lanes)
-        self.tiled = (host_rows and self.inner >= self.lanes
+        self.tiled = (host_rows and self.lanes >= MIN_LANES
                       and self.tiles >= threads.threads_for(self.rows * self.length))
         self.moved = (host_rows and not self.tiled
                       and copies * math.prod(full) * dtype.itemsize <= MAX_MOVED_BYTES)

@@ -52,8 +52,9 @@ class Case:
             params = {**self.static, **ref.params[0]}
             shape = (2, 21, 64, 64) if quick else SPATIAL
             geometry = Geometry.of(shape, None, 1)
-            arrays = [np.ascontiguousarray(geometry.to_call(a)) if input_name in ref.along else a for input_name, a in
-                      zip(ref.inputs, ref.sample(rng, geometry.rows, geometry.length, params))]
+            sampled = ref.sample(rng, geometry.rows, geometry.length, params)
+            arrays = [np.ascontiguousarray(geometry.to_call(a)) if input_name in ref.along else a
+                      for input_name, a in zip(ref.inputs, sampled)]
             self.size = "x".join(map(str, shape))
             axis = AXIS_TORCH.get(name)
             takes_spatial = axis is not None and any(len(s) > 2 for s in axis[1])

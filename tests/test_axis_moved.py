@@ -1,8 +1,9 @@
 """A class axis with elements after it (PyTorch's (N, C, H, W), MindSpore's per-class dice over axis 0) runs
 three ways (lossdsl.runtime.layout.RowCall): tiles of neighbouring rows side by side (`tiled`,
-codegen/lanes.py), the axis moved last and its gradient moved back (`moved`, fewer rows after the axis than a
-tile), or strided rows (copies over their limit). Values, gradients, outputs, grad_out and error indices as
-the caller's layout has them, each way. References are NumPy formulas written here."""
+codegen/lanes.py), the axis moved last and its gradient moved back (`moved`: under MIN_LANES rows after the
+axis, or fewer tiles than threads), or strided rows (copies over their limit). Values, gradients, outputs,
+grad_out and error indices as the caller's layout has them, each way. References are NumPy formulas written
+here."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 import lossdsl
 from lossdsl.errors import LossInputError
-from lossdsl.runtime import layout
+from lossdsl.runtime import layout, threads
 from lossdsl.runtime.transpose import swap_last
 
 
@@ -66,9 +67,9 @@ def test_swap_last_is_numpys_transpose(shape, dtype):
     np.testing.assert_array_equal(out.reshape(shape[0], shape[2], shape[1]), source.transpose(0, 2, 1))
 
 
-def _call_of(loss, *inputs, **options):
+def _call_of(loss, *inputs, axis=None):
     """The RowCall a call makes (its layout decisions), without running it."""
-    return loss._prepare(inputs, options, "mean", None, None, 0, options.pop("axis", None), None)
+    return loss._prepare(inputs, {}, "mean", None, None, 0, axis, None)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(np.float32, 2e-6), (np.float64, 1e-12)])
@@ -171,7 +172,6 @@ def test_multiclass_dice_over_samples(dtype):
 
 def test_tiles_only_with_one_for_each_thread(cross_entropy):
     """One tile of 64 rows would run on one thread: with two, such a call moves the axis last instead."""
-    from lossdsl.runtime import threads
     logits, y = np.zeros((1, 2048, 64), np.float32), np.zeros((1, 64), np.int64)
     before = threads.get_num_threads()
     try:
@@ -197,3 +197,9 @@ def test_fewer_rows_after_the_axis_than_a_tile(cross_entropy, shape, tiled, dtyp
     tolerance = 2e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(value, want_value, rtol=tolerance * 10)
     np.testing.assert_allclose(grad, want_grad, rtol=tolerance * 50, atol=tolerance)
+
+
+def test_no_rows_after_the_axis(cross_entropy):
+    """A trailing axis of length 0: no rows, a NaN mean (PyTorch's mean over nothing), an empty gradient."""
+    value, grad = cross_entropy.value_and_grad(np.zeros((2, 3, 0), np.float32), np.zeros((2, 0), np.int64))
+    assert np.isnan(value) and grad.shape == (2, 3, 0)

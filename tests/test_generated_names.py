@@ -33,8 +33,8 @@ def test_every_name_a_generated_module_binds_is_renamed_in_specs(template, targe
     loss = lossdsl.compile(template.format(x="x"))
     bound = {n for n in _module_names(loss.source(target)) if not n.startswith("_")}
     kernels = {"loss_value", "loss_value_and_grad", "loss_value_and_grad_in_place"}
-    bound -= kernels | {f"{k}_lanes" for k in kernels} | {"loss_rows", "loss_value_and_grad_outputs"}  # kernel names:
-    # spec names are never bound at the top level
+    # kernel names: spec names are never bound at the top level
+    bound -= kernels | {f"{k}_lanes" for k in kernels} | {"loss_rows", "loss_value_and_grad_outputs"}
     assert bound and all(safe_name(n) != n for n in bound)
 
 

@@ -58,7 +58,8 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
     for k, spec_input in enumerate(plan.loss.inputs):
         input_name = safe_name(spec_input.name)
         if spec_input.axis:
-            tile += [f"        __b{k} = __o * __steps[{k}, 0] + __q0 * __steps[{k}, 1]", f"        __t{k} = __steps[{k}, 2]"]
+            tile += [f"        __b{k} = __o * __steps[{k}, 0] + __q0 * __steps[{k}, 1]",
+                     f"        __t{k} = __steps[{k}, 2]"]
         else:
             lanes[input_name] = "np.int64" if spec_input.name in plan.loss.labels else "F"
             loads.append(f"{input_name} = load(_{input_name}_, __o * __steps[{k}, 0] + (__q0 + __j) * __steps[{k}, 1])")

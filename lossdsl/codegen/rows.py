@@ -47,6 +47,8 @@ from .targets import CPU, Target
 AXIS_CHUNK = 256
 AXIS_CHUNK_LANES = 16
 
+LANES_IN_PLACE_ALIAS = "loss_value_and_grad_in_place_lanes = loss_value_and_grad_lanes\n"
+
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
 
@@ -70,14 +72,11 @@ def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = 
         kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
         if plan.outputs:
             kernels.append(_kernel(plan, printer, True, target, outputs=True))
-        if plan.listed is None:  # a class axis with elements after it (codegen/lanes.py)
-            from .lanes import lane_kernel
+        if plan.listed is None:  # tiles, for a class axis with elements after it
+            from .lanes import lane_kernel  # (here: lanes.py builds on this module)
             kernels += [lane_kernel(plan, printer, False), lane_kernel(plan, printer, True),
                         LANES_IN_PLACE_ALIAS if kept is None else lane_kernel(plan, printer, True, in_place=True)]
     return target.module(with_formula(header, plan), dtype, printer, kernels)
-
-
-LANES_IN_PLACE_ALIAS = "loss_value_and_grad_in_place_lanes = loss_value_and_grad_lanes\n"
 
 
 class _Writer:

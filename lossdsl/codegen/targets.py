@@ -32,13 +32,13 @@ _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.fl
 
 # fast_NAME on the CPU: the vectorisable versions of lossdsl.runtime.kernel_math where one exists, libm's otherwise
 _CPU_MATH = {
-    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log64": "log_float64", "log1p": "log1p_float32",
-                           "log1p_unit": "log1p_unit_float32", "ipow": "ipow_float32",
+    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log64": "log_float64",
+                           "log1p": "log1p_float32", "log1p_unit": "log1p_unit_float32", "ipow": "ipow_float32",
                            "whole_exponent": "whole_exponent_float32",
                            "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
                            "pow_log": "pow_log_float32", "pow_from_log": "pow_from_log_float32"},
-    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log64": "log_float64", "log1p": "log1p_float64",
-                           "log1p_unit": "log1p_unit_float64", "ipow": "ipow_float64",
+    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log64": "log_float64",
+                           "log1p": "log1p_float64", "log1p_unit": "log1p_unit_float64", "ipow": "ipow_float64",
                            "whole_exponent": "whole_exponent_float64",
                            "tanh": "math.tanh", "tanh_exp": "tanh_exp_float64", "pow": "math.pow",
                            "pow_log": "pow_log_float64", "pow_from_log": "pow_from_log_float64"},

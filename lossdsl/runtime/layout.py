@@ -301,14 +301,13 @@ class RowCall(Call):
         self.list_length = self._list_length(resolved, arrays, first, last)
         # a class axis with elements after it (PyTorch's (N, C, H, W)) is read and written along rows of
         # stride `inner`, scalar loads and stores a cache line each: on the CPU the call moves the axis last
-        # instead (a copy of each input over it and of the gradients; `restored` gives those back)
-        # instead, where the copies fit in MAX_MOVED_BYTES. With MIN_LANES rows after the axis or more, and a
-        # tile for each thread, the kernels take neighbouring rows side by side instead (codegen/lanes.py): no
-        # copies
+        # instead (a copy of each input over it and of the gradients; `restored` gives those back), where the
+        # copies fit in MAX_MOVED_BYTES. With MIN_LANES rows after the axis or more, and a tile for each thread,
+        # the kernels take neighbouring rows side by side instead (codegen/lanes.py): no copies
         copies = len(resolved.wrt) + sum(1 for i in resolved.inputs if i.axis and i.axis == resolved.axis
                                          and arrays[i.name] is not None and arrays[i.name].size > self.length)
         host_rows = self.inner > 1 and resolved.list_axis is None and self.memory is HOST
-        self.lanes = min(LANE_BYTES // dtype.itemsize, self.inner)
+        self.lanes = max(1, min(LANE_BYTES // dtype.itemsize, self.inner))  # (no rows after the axis: 0)
         self.tiles = self.outer * -(-self.inner // self.lanes)
         self.tiled = (host_rows and self.lanes >= MIN_LANES
                       and self.tiles >= threads.threads_for(self.rows * self.length))

@@ -25,7 +25,7 @@ from ..symbolic.reductions import arg_symbol, gradient_parts, needed_list
 from ..symbolic.derive import safe_name
 from .printer import NumbaPrinter
 from .elementwise import with_formula
-from .rows import (_finish, _gradient_loop, _keep, _list_loop, _list_passes, _list_scatter, _list_terms, _passes,
+from .rows import (_finish, _gradient_loop, keep_test, _list_loop, _list_passes, _list_scatter, _list_terms, _passes,
                    _prologue, _Writer, accumulator)
 from .targets import CPU
 
@@ -86,7 +86,7 @@ def _pass_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     w = _start(blocks, printer, "loss_block_pass", ["__level", "__partial"],
                "Partials over this block of the nodes of one level; rows left out keep theirs.")
     _prologue(w, CPU.row_loop())
-    w.emit(2, f"if {_keep(w.plan, w)}:")
+    w.emit(2, f"if {keep_test(w.plan, w)}:")
     slot_of = {n.symbol: n.slot for n in blocks.nodes}
     node_of = {n.source: n for n in blocks.nodes}
     for level in range(blocks.levels):
@@ -122,7 +122,7 @@ def _value_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     _prologue(w, CPU.row_loop())
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s", "__loss = 0.0", "__norms[__row] = 0.0",
            *(f"__extra[__row, {k}] = math.nan" for k in range(len(shown))))
-    w.emit(2, f"if {_keep(plan, w)}:")
+    w.emit(2, f"if {keep_test(plan, w)}:")
     for label in plan.loss.labels:
         name = safe_name(label)
         w.emit(3, f"if {name} < 0 or {name} >= __C:", "    __bad[__row] = 1")
@@ -156,7 +156,7 @@ def _grad_kernel(blocks: BlockPlan, printer: NumbaPrinter) -> str:
     w.emit(2, "__gw = __s * __gs * (__weight[__row] if __weighted else F(1.0))",
            "__gb = __o * __width * __inner + __q")
     element = "__gb + __c * __inner"
-    w.emit(2, f"if {_keep(plan, w)}:")
+    w.emit(2, f"if {keep_test(plan, w)}:")
     _read_done(w, 3, blocks.nodes)
     parts = gradient_parts(plan)
     if plan.listed is not None:

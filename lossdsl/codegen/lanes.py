@@ -25,7 +25,7 @@ import re
 from ..symbolic.derive import safe_name
 from ..symbolic.reductions import RowPlan
 from .printer import NumbaPrinter
-from .rows import _Writer, _arguments, row_body
+from .rows import _Writer, gradient_arrays, keep_test, kernel_arguments, row_body
 from .targets import CPU
 
 _ASSIGNMENT = re.compile(r"^(\w+) \+?= (.*)$")
@@ -39,12 +39,10 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
     row) `loss_value_and_grad_in_place_lanes`: the row kernel's arguments and `__lanes`; [__start, __stop) are
     tiles, __lanes rows each (the last of each outer index may be shorter)."""
     w = _Writer(plan, printer, CPU, lanes=True)
-    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+    grads = gradient_arrays(plan, with_grads)
     name = ("loss_value_and_grad_in_place_lanes" if in_place else "loss_value_and_grad_lanes" if with_grads
             else "loss_value_lanes")
-    extra = ["__gscale", "__gso", "__gsq", "__gsc"] if with_grads else []
-    arguments = _arguments(plan) + ["__weight", "__scale", *extra, "__out", *grads, "__lanes"]
-    head = [CPU.kernel_decorator, f"def {name}({CPU.parameters(arguments)}):",
+    head = [CPU.kernel_decorator, f"def {name}({CPU.parameters(kernel_arguments(plan, grads) + ['__lanes'])}):",
             '    """Weighted sum of the row losses, tile by tile' + (', and each gradient row."""' if with_grads
                                                                     else '."""'),
             "    __s = F(__scale)", *(["    __gs = F(__gscale)"] if with_grads else []),
@@ -65,7 +63,7 @@ def lane_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, in_place
             loads.append(f"{input_name} = load(_{input_name}_, __o * __steps[{k}, 0] + (__q0 + __j) * __steps[{k}, 1])")
     if with_grads:
         tile.append("        __gb = __o * __gso + __q0 * __gsq")
-    keep = "True" if plan.ignore is None else f"not {w.text(plan.ignore)}"
+    keep = keep_test(plan, w)
     labels = [f"{label} = {label} if __keep else 0" for label in map(safe_name, plan.loss.labels)]
     prologue = [*loads, "__w = __s * __weight[__row0 + __j] if __weighted else __s", f"__keep = {keep}", *labels]
     tile += ["        for __j in range(__n):", *(f"            {_indexed(line, _names(lanes))}" for line in prologue)]

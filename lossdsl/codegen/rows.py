@@ -240,6 +240,18 @@ def _arguments(plan: RowPlan) -> list[str]:
     return arrays + ["__steps", "__rows", "__C", "__inner", *listed] + [f"_{p.name}_" for p in plan.params]
 
 
+def gradient_arrays(plan: RowPlan, with_grads: bool) -> list[str]:
+    """The names of a kernel's gradient arrays, one for each `wrt` input (none without gradients)."""
+    return [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+
+
+def kernel_arguments(plan: RowPlan, grads: list[str]) -> list[str]:
+    """A value (and gradient) kernel's arguments after its range: the inputs and their layout, the weights and
+    scales, the gradients' steps, __out and the gradient arrays `grads`."""
+    steps = ["__gscale", "__gso", "__gsq", "__gsc"] if grads else []
+    return _arguments(plan) + ["__weight", "__scale", *steps, "__out", *grads]
+
+
 def _prologue(w: _Writer, rows: str) -> None:
     """Parameters typed, then the loop over `rows` (a range) and each row's inputs and bases."""
     plan = w.plan
@@ -254,7 +266,8 @@ def _prologue(w: _Writer, rows: str) -> None:
             w.emit(2, f"{name} = load(_{name}_, __o * __steps[{k}, 0] + __q * __steps[{k}, 1])")
 
 
-def _keep(plan: RowPlan, w: _Writer) -> str:
+def keep_test(plan: RowPlan, w: _Writer) -> str:
+    """Whether a row counts: the spec's `ignore if` negated, or True."""
     return "True" if plan.ignore is None else f"not {w.text(plan.ignore)}"
 
 
@@ -276,7 +289,7 @@ def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
     w.emit(0, decorator, f"def loss_rows({', '.join(arguments)}):")
     w.emit(1, "__norm = 0.0")
     _prologue(w, target.row_loop() if target.cuda else "range(__rows)")
-    w.emit(2, f"if {_keep(plan, w)}:")
+    w.emit(2, f"if {keep_test(plan, w)}:")
     for label in plan.loss.labels:
         name = safe_name(label)
         found = (["cuda.atomic.min(__bad, 0, __row)", "continue"] if target.cuda
@@ -743,13 +756,11 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     `outputs`: `loss_value_and_grad_outputs`, which also stores the spec's `output` values of row r in
     __extra[r] (NaN for rows left out); it may run in place too."""
     w = _Writer(plan, printer, target)
-    grads = [f"__grad_{safe_name(name)}" for name in plan.loss.wrt] if with_grads else []
+    grads = gradient_arrays(plan, with_grads)
     name = ("loss_value_and_grad_outputs" if outputs else "loss_value_and_grad_in_place" if in_place
             else "loss_value_and_grad" if with_grads else "loss_value")
-    extra = ["__gscale", "__gso", "__gsq", "__gsc"] if with_grads else []
     w.emit(0, target.kernel_decorator,
-           f"def {name}({target.parameters(_arguments(plan) + ['__weight', '__scale', *extra, '__out', *grads])}"
-           f"{', __extra' if outputs else ''}):")
+           f"def {name}({target.parameters(kernel_arguments(plan, grads))}{', __extra' if outputs else ''}):")
     w.emit(1, '"""Weighted sum of the row losses' + (', and each gradient row, in one pass."""' if with_grads
                                                        else '; each also stored in __out when it has room."""'))
     w.emit(1, "__s = F(__scale)", *(["__gs = F(__gscale)"] if with_grads else []))
@@ -762,7 +773,7 @@ def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Targ
     w.emit(2, "__w = __s * __weight[__row] if __weighted else __s")
     if with_grads:
         w.emit(2, "__gb = __o * __gso + __q * __gsq")
-    w.emit(2, f"if {_keep(plan, w)}:")
+    w.emit(2, f"if {keep_test(plan, w)}:")
     element = f"__gb + {plan.position} * __gsc"  # index of the gradient element
     # the CPU keeps softmax numerators in the gradient row; CUDA's online logsumexp recomputes them
     # (not in place, and not with outputs, which a linear head asks for in place)

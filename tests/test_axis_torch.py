@@ -33,6 +33,43 @@ def _nll(logp, y, weight, reduction, ignore_index=-100):
     return F.nll_loss(logp, y, weight=weight, ignore_index=int(ignore_index), reduction=reduction)
 
 
+def _reduced(per_row, divisor, reduction):
+    return per_row if reduction == "none" else per_row.sum() / (divisor if reduction == "mean" else 1)
+
+
+def _label_terms(logits, y, weight, ignore_index):
+    """Rows kept, each row's log-probability of its label and the label's class weight, in torch ops."""
+    keep = y != int(ignore_index)
+    label = torch.where(keep, y, torch.zeros_like(y))
+    log_py = torch.log_softmax(logits, 1).gather(1, label.unsqueeze(1)).squeeze(1)
+    return keep, log_py, (torch.ones_like(log_py) if weight is None else weight[label])
+
+
+def _softmax_focal(logits, y, weight, reduction, alpha=0.25, gamma=2.0, ignore_index=-100):
+    # Lin et al. (2017) on softmax probabilities: -alpha w[y] (1 - p_y)^gamma log p_y; "mean" over the rows kept
+    keep, log_py, w = _label_terms(logits, y, weight, ignore_index)
+    per_row = torch.where(keep, -alpha * w * (-torch.expm1(log_py)) ** gamma * log_py, torch.zeros_like(log_py))
+    return _reduced(per_row, keep.sum(), reduction)
+
+
+def _poly1_ce(logits, y, weight, reduction, epsilon=1.0, ignore_index=-100, label_smoothing=0.0):
+    # PolyLoss: torch's cross_entropy + epsilon w[y] (1 - p_t), p_t = (1 - ls) p_y + ls / C; "mean" divides
+    # by the class weights of the rows kept, as cross_entropy's
+    keep, log_py, w = _label_terms(logits, y, weight, ignore_index)
+    ce = F.cross_entropy(logits, y, weight=weight, ignore_index=int(ignore_index), label_smoothing=label_smoothing,
+                         reduction="none")
+    p_t = (1 - label_smoothing) * torch.exp(log_py) + label_smoothing / logits.shape[1]
+    per_row = ce + torch.where(keep, epsilon * w * (1 - p_t), torch.zeros_like(log_py))
+    return _reduced(per_row, (w * keep).sum(), reduction)
+
+
+def _nll_probs(logp, target, weight, reduction):
+    # MXNet's SoftmaxCrossEntropyLoss(sparse_label=False, from_logits=True) per sample: -sum_c w[c] t[c] logp[c]
+    w = torch.ones(logp.shape[1], dtype=logp.dtype) if weight is None else weight
+    per_row = -(w.reshape(-1, *[1] * (logp.dim() - 2)) * target * logp).sum(1)
+    return _reduced(per_row, per_row.numel(), reduction)
+
+
 def _kl_div(x, target, weight, reduction, log_target=False):
     return F.kl_div(x, target, reduction=reduction, log_target=log_target)
 
@@ -59,6 +96,9 @@ TORCH = {
     "cross_entropy": (_ce, [(6, 4), (2, 3, 2, 3)], ()),
     "cross_entropy_probs": (_ce_probs, [(6, 4), (2, 3, 2, 3)], ()),
     "nll": (_nll, [(6, 4), (3, 4, 5)], ()),
+    "nll_probs": (_nll_probs, [(6, 4), (2, 3, 4)], ()),
+    "poly1_ce": (_poly1_ce, [(6, 4), (2, 3, 2, 3)], ()),
+    "softmax_focal": (_softmax_focal, [(6, 4), (2, 3, 2, 3)], ()),
     "kl_div": (_kl_div, [(6, 4)], ("batchmean",)),
     "kl_div_log_target": (_kl_div, [(6, 4), (2, 3, 4)], ("batchmean",)),
     "multi_margin": (_multi_margin, [(6, 4)], ()),

@@ -1,10 +1,11 @@
-"""The vectorisable exp, log and log1p of float32 kernels (lossdsl.runtime.kernel_math) against float64 references."""
+"""The vectorisable exp, expm1, log and log1p of float32 kernels (lossdsl.runtime.kernel_math) against float64 references."""
 import numba
 import numpy as np
 import pytest
 
-from lossdsl.runtime.kernel_math import (FASTMATH, exp_float32, exp_float64, log1p_float32, log1p_float64, log_float32,
-                                 log1p_unit_float32, log_float64, pow_float32, tanh_float32)
+from lossdsl.runtime.kernel_math import (FASTMATH, exp_float32, exp_float64, expm1_float32, expm1_float64, log1p_float32,
+                                         log1p_float64, log_float32, log1p_unit_float32, log_float64, pow_float32,
+                                         tanh_float32)
 
 
 @numba.njit(fastmath=FASTMATH)
@@ -168,6 +169,41 @@ def test_float64_special_values_match_numpy(function):
         expected = getattr(np, function)(x)
     got = _loop({"exp": exp_float64, "log": log_float64, "log1p": log1p_float64}[function])(x)
     np.testing.assert_array_equal(got, expected)
+
+
+def _expm1_samples(rng):
+    """Every range of expm1: near 0 (where e^x - 1 cancels), both sides of the reduction's first step
+    (|x| = ln2/2), down to where it rounds to -1, up to the overflow, and tiny values of both signs."""
+    return np.concatenate([rng.uniform(-45, 709.7, 1_000_000), rng.uniform(-1, 1, 500_000),
+                           rng.uniform(0.3, 0.4, 200_000), rng.uniform(-0.4, -0.3, 200_000),
+                           np.exp(rng.uniform(-700, -1, 300_000)) * rng.choice([-1.0, 1.0], 300_000)])
+
+
+def test_float64_expm1_within_two_ulps_of_libm():
+    x = _expm1_samples(np.random.default_rng(11))
+    assert _float64_ulps(_loop(expm1_float64)(x), np.expm1(x)).max() <= 2.0
+
+
+def test_float32_expm1_rounds_the_exact_value():
+    x = _expm1_samples(np.random.default_rng(12)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        reference = np.expm1(x.astype(np.float64))
+    finite = reference < np.finfo(np.float32).max
+    got = _loop(expm1_float32)(x)
+    assert _ulps(got[finite], reference[finite]).max() <= 0.5001
+    assert np.all(np.isinf(got[~finite]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_expm1_special_values_match_numpy(dtype):
+    """NaN, infinities, signed zeros, tiny values (returned exactly), -1 far below 0, the overflow."""
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 1e-300, -1e-300, 5e-324, -40.0, -41.0, -800.0,
+                  88.7, 88.8, 709.78, 709.79, 1e-17, -1e-17], dtype)
+    with np.errstate(all="ignore"):
+        expected = np.expm1(x.astype(np.float64)).astype(dtype)
+    got = _loop(expm1_float32 if dtype == np.float32 else expm1_float64)(x)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got[got == 0]), np.signbit(expected[got == 0]))
 
 
 def test_float32_pow_within_one_ulp():

@@ -19,7 +19,7 @@ from ..symbolic.functions import FUNCTIONS
 _NATIVE = {
     **{f.build.removeprefix("sympy."): f.numba for f in FUNCTIONS.values() if f.numba},
     "log1p": "fast_log1p({0})",
-    "expm1": "math.expm1({0})",
+    "expm1": "fast_expm1({0})",
     "sinh": "math.sinh({0})",  # cosh's derivative
     "Abs": "abs({0})",  # stability rewrites and derivatives make it
 }

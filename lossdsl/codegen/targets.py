@@ -32,12 +32,12 @@ _FLOAT_TYPES = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.fl
 
 # fast_NAME on the CPU: the vectorisable versions of lossdsl.runtime.kernel_math where one exists, libm's otherwise
 _CPU_MATH = {
-    np.dtype(np.float32): {"exp": "exp_float32", "log": "log_float32", "log64": "log_float64",
+    np.dtype(np.float32): {"exp": "exp_float32", "expm1": "expm1_float32", "log": "log_float32", "log64": "log_float64",
                            "log1p": "log1p_float32", "log1p_unit": "log1p_unit_float32", "ipow": "ipow_float32",
                            "whole_exponent": "whole_exponent_float32",
                            "tanh": "tanh_float32", "tanh_exp": "tanh_exp_float32", "pow": "pow_float32",
                            "pow_log": "pow_log_float32", "pow_from_log": "pow_from_log_float32"},
-    np.dtype(np.float64): {"exp": "exp_float64", "log": "log_float64", "log64": "log_float64",
+    np.dtype(np.float64): {"exp": "exp_float64", "expm1": "expm1_float64", "log": "log_float64", "log64": "log_float64",
                            "log1p": "log1p_float64", "log1p_unit": "log1p_unit_float64", "ipow": "ipow_float64",
                            "whole_exponent": "whole_exponent_float64",
                            "tanh": "math.tanh", "tanh_exp": "tanh_exp_float64", "pow": "math.pow",
@@ -46,8 +46,8 @@ _CPU_MATH = {
 
 # On CUDA, math.* is CUDA's own (libdevice); the lowered forms fall back to the plain functions
 # (under the simulator, which runs Python's math and so raises where CUDA gives inf or NaN, NumPy's)
-_CUDA_MATH = {"exp": ("math.exp", "np.exp"), "log": ("math.log", "np.log"), "log1p": ("math.log1p", "np.log1p"),
-              "tanh": ("math.tanh", "np.tanh"), "pow": ("math.pow", "np.power")}
+_CUDA_MATH = {"exp": ("math.exp", "np.exp"), "expm1": ("math.expm1", "np.expm1"), "log": ("math.log", "np.log"),
+              "log1p": ("math.log1p", "np.log1p"), "tanh": ("math.tanh", "np.tanh"), "pow": ("math.pow", "np.power")}
 _CUDA_FUNCTIONS = '''
 @cuda.jit(device=True, inline=True)
 def fast_tanh_exp(x, z):

@@ -107,7 +107,7 @@ def _alternatives(names: tuple[str, ...]) -> str:
 
 # Names the generated modules themselves use (CPU and CUDA); a spec name equal to one gets a trailing "_".
 _TAKEN = set(keyword.kwlist) | {"F", "math", "np", "numba", "abs", "max", "min", "range", "FASTMATH", "kernel", "load",
-                                "store", "maximum", "fast_exp", "fast_log", "fast_log64", "fast_log1p",
+                                "store", "maximum", "fast_exp", "fast_expm1", "fast_log", "fast_log64", "fast_log1p",
                                 "fast_log1p_unit", "fast_ipow", "fast_whole_exponent", "fast_tanh", "fast_tanh_exp",
                                 "fast_pow", "fast_pow_log", "fast_pow_from_log", "cuda", "THREADS", "KERNELS",
                                 "PARTIALS"}

@@ -6,7 +6,10 @@ Run: python benchmarks/linear_heads.py [--repeats 3] [--small]. float32, integer
 reduction "mean". Times: median of interleaved repeats in one process, first on a quiet machine,
 then with a competing process spinning on one core (started and stopped by the script, as a data
 loader would share the cores of a training job). "3 products" is the floor: logits = x W^T, the input
-gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand. Memory: each
+gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand; "torch 3 products"
+the same through torch.mm (PyTorch's BLAS and threads), the part of eager's time that is compute-bound, so its
+"busy / quiet" shows how much a busy core slows products alone (eager's own ratio mixes in the memory-bound
+softmax over the whole logits, which a busy core slows less). Memory: each
 runner once in a fresh process (the inputs made first), its peak memory above what it had before
 (the larger of resident memory sampled every millisecond and NumPy's allocations), less the
 gradients every runner returns (input, weight, bias), as a share of the N x C float32 logits.
@@ -73,6 +76,22 @@ def products(x, weight):
         np.matmul(logits, weight, out=d_input)
         np.matmul(logits.T, x, out=d_weight)
     return call
+
+
+def floors(x, weight) -> dict:
+    """The three products through NumPy's BLAS, and through torch.mm where PyTorch is installed."""
+    found = {"3 products": products(x, weight)}
+    if importlib.util.find_spec("torch"):
+        import torch
+        tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
+        logits, d_input, d_weight = torch.empty(x.shape[0], weight.shape[0]), torch.empty_like(tx), torch.empty_like(tw)
+
+        def call():
+            torch.mm(tx, tw.t(), out=logits)
+            torch.mm(logits, tw, out=d_input)
+            torch.mm(logits.t(), tx, out=d_weight)
+        found["torch 3 products"] = call
+    return found
 
 
 @contextlib.contextmanager
@@ -143,14 +162,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for shape in SMALL if args.small else SHAPES:
         made = inputs(*shape)
-        found = {**runners(*made), "3 products": products(*made[:2])}
+        found = {**runners(*made), **floors(*made[:2])}
         quiet = median_times(found, args.repeats, settle=0.02)
         with one_core_busy():
             busy = median_times(found, args.repeats, settle=0.02)
         logits = 4 * shape[0] * shape[2]
         for name, seconds in quiet.items():
             memory = "| — | — |"
-            if name != "3 products":
+            if not name.endswith("3 products"):
                 extra = peak_extra_bytes(shape, name)
                 memory = f"| {extra / 2**20:.0f} MiB | {extra / logits:.1%} |"
             print(f"| {shape} | {name} | {seconds:.3g} s | {seconds / quiet['lossdsl']:.2f}x | {busy[name]:.3g} s | "

@@ -154,7 +154,7 @@ def build(resolved: ResolvedLoss, dtype: np.dtype, kind: Kind, target: Target, k
     """Stages 3 and 4 for one module: the SymPy plan of `kind`, printed for `target` as Python source."""
     if target not in kind.targets:
         raise ValueError(f"{kind.value} kernels are generated for {', '.join(t.value for t in kind.targets)} only")
-    from .codegen import blocks, elementwise, rows  # SymPy and code generation: only on a cache miss
+    from .codegen import blocks, elementwise, row_module  # SymPy and code generation: only on a cache miss
     from .codegen.printer import UnsupportedExpression
     from .codegen.targets import TARGETS
     from .symbolic.derive import FormulaTooLarge
@@ -167,7 +167,7 @@ def build(resolved: ResolvedLoss, dtype: np.dtype, kind: Kind, target: Target, k
             return elementwise.generate_grad_hess(plan, dtype, header, TARGETS[target])
         if kind in (Kind.BLOCKS, Kind.BLOCKS_OUTPUTS):
             return blocks.generate_blocks(plan, dtype, header)
-        generate = elementwise.generate if resolved.axis is None else rows.generate_rows
+        generate = elementwise.generate if resolved.axis is None else row_module.generate_rows
         return generate(plan, dtype, header, TARGETS[target])
     except UnsupportedExpression as exc:
         raise resolved.error(SpecTypeError, f"cannot generate code: {exc}", resolved.locals[-1]) from None

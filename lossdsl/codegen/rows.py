@@ -32,12 +32,10 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from ..errors import LossInputError
 from ..symbolic.reductions import Reduction, RowPlan, arg_symbol, gradient_parts, lowered, needed, needed_list
 from ..symbolic.derive import safe_name
 from ..symbolic.guards import TRUE, as_boolean, nonzero, reduction_guards
 from ..symbolic.sympy_functions import power, power_from_log
-from .elementwise import IN_PLACE_ALIAS, with_formula
 from .printer import NumbaPrinter
 from .targets import CPU, Target
 
@@ -47,7 +45,6 @@ from .targets import CPU, Target
 AXIS_CHUNK = 256
 AXIS_CHUNK_LANES = 16
 
-LANES_IN_PLACE_ALIAS = "loss_value_and_grad_in_place_lanes = loss_value_and_grad_lanes\n"
 
 _START = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "max": "F(-math.inf)", "min": "F(math.inf)",
           "logsumexp": "F(-math.inf)"}
@@ -58,25 +55,6 @@ def accumulator(node) -> str:
     so no spec name meets the skeleton's own `__` names)."""
     name = node.symbol.name
     return f"__{name}" if name.startswith("_") else f"__{name}_acc"
-
-
-def generate_rows(plan: RowPlan, dtype: np.dtype, header: str, target: Target = CPU) -> str:
-    if plan.listed is not None and target.cuda:
-        raise LossInputError(f"{plan.loss.name}: losses over a list axis ({plan.listed.axis}) run on the CPU; "
-                             "CUDA kernels for them are not written yet")
-    printer = NumbaPrinter()
-    kernels = [_rows_kernel(plan, printer, target), _kernel(plan, printer, False, target),
-               _kernel(plan, printer, True, target)]
-    if not target.cuda:
-        kept, _ = _softmax_kept(plan)
-        kernels.append(IN_PLACE_ALIAS if kept is None else _kernel(plan, printer, True, target, in_place=True))
-        if plan.outputs:
-            kernels.append(_kernel(plan, printer, True, target, outputs=True))
-        if plan.listed is None:  # tiles, for a class axis with elements after it
-            from .lanes import lane_kernel  # (here: lanes.py builds on this module)
-            kernels += [lane_kernel(plan, printer, False), lane_kernel(plan, printer, True),
-                        LANES_IN_PLACE_ALIAS if kept is None else lane_kernel(plan, printer, True, in_place=True)]
-    return target.module(with_formula(header, plan), dtype, printer, kernels)
 
 
 class _Writer:
@@ -278,7 +256,7 @@ def _loads(w: _Writer, indent: int, symbols) -> None:
             w.emit(indent, f"{load.symbol} = load(_{safe_name(load.input)}_, __b{k} + {safe_name(load.label)} * __t{k})")
 
 
-def _rows_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
+def label_kernel(plan: RowPlan, printer: NumbaPrinter, target: Target) -> str:
     """The label pass. On the CPU it returns (sum of the mean weight over rows kept, first row with a
     label out of range or -1, its label); on CUDA it adds the sum to __result[0] and the lowest bad
     row goes to __bad[0] (its label is read back by the caller)."""
@@ -668,7 +646,7 @@ _INV = sympy.Symbol("__inv", positive=True)  # 1 / the sum of the row's softmax 
 _GW = sympy.Symbol("__gw", real=True)  # the row's weight times the gradient's scale
 
 
-def _softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
+def softmax_kept(plan: RowPlan) -> tuple[Reduction | None, tuple[sympy.Expr, ...]]:
     """The first logsumexp whose softmax weight exp(body - logsumexp) the gradients use, and the
     gradients with that weight read back from the gradient row (one exp per element saved)."""
     for node in plan.forward:
@@ -725,7 +703,7 @@ def row_body(w: _Writer, indent: int, grads: list[str], element: str, keep: bool
     reductions = needed(plan, with_grads, outputs) + (list(parts.backward) if with_grads else [])
     w.guards = reduction_guards(plan, with_grads, outputs)
     _loads(w, indent, {g.symbol for g in plan.loads})
-    kept, gradients = _softmax_kept(plan) if keep else (None, plan.grads)
+    kept, gradients = softmax_kept(plan) if keep else (None, plan.grads)
     _passes(w, indent, reductions, None if kept is None else (kept, (grads[0], element)))
     if plan.listed is not None:
         _list_passes(w, indent, needed_list(plan, with_grads, outputs), parts.list_backward if with_grads else ())
@@ -745,7 +723,7 @@ def row_body(w: _Writer, indent: int, grads: list[str], element: str, keep: bool
             _list_scatter(w, indent, grads)
 
 
-def _kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False,
+def row_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False,
             outputs: bool = False) -> str:
     """`loss_value` or `loss_value_and_grad`; `in_place`: the latter as `loss_value_and_grad_in_place`,
     whose gradient may be its input's own buffer: it keeps no softmax numerators in the gradient

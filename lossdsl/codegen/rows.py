@@ -724,7 +724,7 @@ def row_body(w: _Writer, indent: int, grads: list[str], element: str, keep: bool
 
 
 def row_kernel(plan: RowPlan, printer: NumbaPrinter, with_grads: bool, target: Target, in_place: bool = False,
-            outputs: bool = False) -> str:
+               outputs: bool = False) -> str:
     """`loss_value` or `loss_value_and_grad`; `in_place`: the latter as `loss_value_and_grad_in_place`,
     whose gradient may be its input's own buffer: it keeps no softmax numerators in the gradient
     row (a later pass would read them as logits). Then every pass over the axis only reads, and

@@ -194,7 +194,8 @@ def exp_float64(x):
     return x if x != x else y
 
 
-_EXPM1_LOW, _EXPM1_HIGH = _f64(-40.0), _f64(700.0)  # e^x - 1 rounds to -1 below; no 1 to take above
+# below _EXPM1_LOW e^x - 1 rounds to -1; above _EXPM1_HIGH the 1 is below e^x's last digit and 2^n may overflow
+_EXPM1_LOW, _EXPM1_HIGH = _f64(-40.0), _f64(700.0)
 
 
 @numba.njit(fastmath=FASTMATH, error_model="numpy")
@@ -212,7 +213,8 @@ def expm1_float64(x):
         p = p * r + _f64(1.0 / c)
     e = r * p
     half = k >> _i64(1)  # 2^n as two factors: n reaches 1024 below the overflow threshold
-    low, high = float64_from_bits((half + _i64(1023)) << _i64(52)), float64_from_bits((k - half + _i64(1023)) << _i64(52))
+    low = float64_from_bits((half + _i64(1023)) << _i64(52))
+    high = float64_from_bits((k - half + _i64(1023)) << _i64(52))
     y = (low * e) * high + (low * high - _f64(1.0))
     y = ((e + _f64(1.0)) * low) * high if x > _EXPM1_HIGH else y  # where 2^n alone may overflow
     y = e if k == _i64(0) else y  # |x| <= ln2/2, zeros of both signs and tiny x exactly

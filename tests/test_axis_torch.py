@@ -1,4 +1,5 @@
-"""Losses over an axis against PyTorch in float64: lossdsl's values for reductions
+"""Losses over an axis against PyTorch in float64 (PyTorch's function, or for a loss PyTorch lacks its paper's
+formula written in torch ops: softmax_focal, poly1_ce, nll_probs): lossdsl's values for reductions
 none / sum / mean (and batchmean for kl_div) and its gradients against autograd,
 and the NumPy references of tests/axis_references.py against the same PyTorch
 results, so that a reference that drifted from PyTorch shows up here.

@@ -19,10 +19,6 @@ from test_multilabel_margin import ROW_LOSSES
 
 # loss → why no test compares it with PyTorch
 NOT_IN_PYTORCH = {
-    "nll_probs": "F.nll_loss takes class indices only; probability targets are F.cross_entropy's "
-                 "(compared as cross_entropy_probs)",
-    "poly1_ce": "PyTorch has no PolyLoss (Leng et al. 2022)",
-    "softmax_focal": "PyTorch has no softmax focal loss (torchvision's is the sigmoid one, compared as sigmoid_focal)",
     "gluon_kl_div": "MXNet Gluon's KLDivLoss convention (a mean over the axis, log_softmax unless from_logits); "
                     "PyTorch's kl_div is compared as kl_div",
     "triplet_squared": "MXNet Gluon's TripletLoss on squared distances; F.triplet_margin_loss takes p-norm "

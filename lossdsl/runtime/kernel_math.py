@@ -176,20 +176,27 @@ _MAX64, _MIN64 = _f64(709.782712893384), _f64(-745.1332191019412)
 _LN2_HI, _LN2_LO = _f64(6.93147180369123816490e-01), _f64(1.90821492927058770002e-10)
 
 
-@numba.njit(fastmath=FASTMATH, error_model="numpy")
-def exp_float64(x):
-    """e^x for float64: x = n*ln2 + r, |r| <= ln2/2, a degree-12 Taylor polynomial for e^r."""
-    xc = min(max(x, _MIN64), _MAX64)
+@numba.njit(inline="always", fastmath=FASTMATH, error_model="numpy")
+def _reduced_float64(xc):
+    """(r, k, low, high) with xc = k*ln2 + r, |r| <= ln2/2 (Cody-Waite), and 2^k = low * high as two factors, so
+    that k = 1024 and results down to the subnormals stay exact: exp's and expm1's reduction."""
     t = xc * _f64(1.4426950408889634) + _SHIFT64
     n = t - _SHIFT64
     k = bits_of_float64(t) - _SHIFT64_BITS
     r = xc - n * _LN2_HI - n * _LN2_LO
+    half = k >> _i64(1)
+    return (r, k, float64_from_bits((half + _i64(1023)) << _i64(52)),
+            float64_from_bits((k - half + _i64(1023)) << _i64(52)))
+
+
+@numba.njit(fastmath=FASTMATH, error_model="numpy")
+def exp_float64(x):
+    """e^x for float64: x = n*ln2 + r, |r| <= ln2/2, a degree-12 Taylor polynomial for e^r."""
+    r, _, low, high = _reduced_float64(min(max(x, _MIN64), _MAX64))
     p = _f64(1.0 / 479001600.0)
     for c in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
         p = p * r + _f64(1.0 / c)
-    half = k >> _i64(1)
-    y = (p * float64_from_bits((half + _i64(1023)) << _i64(52))
-         * float64_from_bits((k - half + _i64(1023)) << _i64(52)))
+    y = p * low * high
     y = _f64(math.inf) if x > _MAX64 else y
     return x if x != x else y
 
@@ -203,18 +210,11 @@ def expm1_float64(x):
     """e^x - 1 for float64: expm1(r) = r (1 + r/2 + ... + r^12/13!) after the reduction exp takes,
     then 2^n expm1(r) + (2^n - 1), whose second term is exact; no cancellation for small x. No calls
     and no branches, so that the loops of a row's code (once per row) vectorise around it."""
-    xc = min(max(x, _EXPM1_LOW), _MAX64)
-    t = xc * _f64(1.4426950408889634) + _SHIFT64
-    n = t - _SHIFT64
-    k = bits_of_float64(t) - _SHIFT64_BITS
-    r = xc - n * _LN2_HI - n * _LN2_LO
+    r, k, low, high = _reduced_float64(min(max(x, _EXPM1_LOW), _MAX64))
     p = _f64(1.0 / 6227020800.0)
     for c in (479001600.0, 39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0):
         p = p * r + _f64(1.0 / c)
     e = r * p
-    half = k >> _i64(1)  # 2^n as two factors: n reaches 1024 below the overflow threshold
-    low = float64_from_bits((half + _i64(1023)) << _i64(52))
-    high = float64_from_bits((k - half + _i64(1023)) << _i64(52))
     y = (low * e) * high + (low * high - _f64(1.0))
     y = ((e + _f64(1.0)) * low) * high if x > _EXPM1_HIGH else y  # where 2^n alone may overflow
     y = e if k == _i64(0) else y  # |x| <= ln2/2, zeros of both signs and tiny x exactly

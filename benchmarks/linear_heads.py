@@ -6,7 +6,10 @@ Run: python benchmarks/linear_heads.py [--repeats 3] [--small]. float32, integer
 reduction "mean". Times: median of interleaved repeats in one process, first on a quiet machine,
 then with a competing process spinning on one core (started and stopped by the script, as a data
 loader would share the cores of a training job). "3 products" is the floor: logits = x W^T, the input
-gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand; "torch 3 products"
+gradient G W and the weight gradient G^T x, NumPy's BLAS into buffers made beforehand; "3 (or 4) products,
+head's chunks" the same products in the chunks of rows (and blocks of classes) lossdsl's head picks to keep
+its extra memory within 5 % of the logits, so the head's time over it is what the loss itself costs and the
+chunks' time over "3 products" what the memory bound costs the BLAS; "torch 3 products"
 the same through torch.mm (PyTorch's BLAS and threads), the part of eager's time that is compute-bound, so its
 "busy / quiet" shows how much a busy core slows products alone (eager's own ratio mixes in the memory-bound
 softmax over the whole logits, which a busy core slows less). Memory: each
@@ -78,9 +81,39 @@ def products(x, weight):
     return call
 
 
+def chunked_products(x, weight):
+    """(name, call): the products lossdsl's head does at the chunking it picks for these shapes, through NumPy's
+    BLAS and its threads: three per chunk of rows where a chunk takes all classes; where it takes a block of
+    classes at a time, each block's logits twice (the loss's partials, then the gradient) and two more, four."""
+    import lossdsl
+    from lossdsl.runtime import blas
+    rows, classes = x.shape[0], weight.shape[0]
+    step, block = lossdsl.load("linear_cross_entropy").chunking(rows, classes, x.dtype)
+    block = block or classes
+    logits = np.empty((min(step, rows), block), x.dtype)
+    d_input, d_weight = np.empty_like(x), np.empty_like(weight)
+    pieces = [(lo, min(classes, lo + block)) for lo in range(0, classes, block)]
+
+    def call():
+        for start in range(0, rows, step):
+            part, out = x[start:start + step], logits[:min(step, rows - start)]
+            if len(pieces) > 1:
+                for lo, hi in pieces:
+                    blas.multiply(out[:, :hi - lo], part, weight[lo:hi].T)
+            for lo, hi in pieces:
+                block_logits = out[:, :hi - lo]
+                blas.multiply(block_logits, part, weight[lo:hi].T)
+                blas.multiply(d_input[start:start + step], block_logits, weight[lo:hi], accumulate=lo > 0)
+                blas.multiply(d_weight[lo:hi], block_logits.T, part, accumulate=start > 0)
+    return f"{3 if len(pieces) == 1 else 4} products, head's chunks", call
+
+
 def floors(x, weight) -> dict:
-    """The three products through NumPy's BLAS, and through torch.mm where PyTorch is installed."""
+    """The three products through NumPy's BLAS, the same in the chunks of lossdsl's head, and the three through
+    torch.mm where PyTorch is installed."""
     found = {"3 products": products(x, weight)}
+    name, call = chunked_products(x, weight)
+    found[name] = call
     if importlib.util.find_spec("torch"):
         import torch
         tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
@@ -169,7 +202,7 @@ def main() -> None:
         logits = 4 * shape[0] * shape[2]
         for name, seconds in quiet.items():
             memory = "| — | — |"
-            if not name.endswith("3 products"):
+            if "products" not in name:
                 extra = peak_extra_bytes(shape, name)
                 memory = f"| {extra / 2**20:.0f} MiB | {extra / logits:.1%} |"
             print(f"| {shape} | {name} | {seconds:.3g} s | {seconds / quiet['lossdsl']:.2f}x | {busy[name]:.3g} s | "

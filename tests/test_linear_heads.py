@@ -148,6 +148,28 @@ def test_products_in_pieces(load_loss, torch, monkeypatch, way, chunk_rows, chun
         np.testing.assert_allclose(got, wanted, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("min_rows, expected", [(4, (8, None)), (64, (ROWS, 5))])
+def test_a_head_reports_the_chunking_it_takes(load_loss, monkeypatch, min_rows, expected):
+    """`chunking` gives the rows per chunk and classes per block a call without chunk options goes through:
+    a budget of 8 rows of all classes, taken as such where 4 rows are enough and as blocks of 5 classes for
+    all 45 rows where a chunk needs 64."""
+    from lossdsl.classaxis import heads
+    monkeypatch.setattr(heads, "_SMALL_BYTES", 8 * CLASSES * 8)
+    monkeypatch.setattr(heads, "_MIN_ROWS", min_rows)
+    taken = []
+
+    class Recorded(heads._Chunks):
+        def __init__(self, layers, out_shape, per_row, step, classes, *rest):
+            taken.append((step, classes))
+            super().__init__(layers, out_shape, per_row, step, classes, *rest)
+
+    monkeypatch.setattr(heads, "_Chunks", Recorded)
+    head = load_loss("linear_cross_entropy")
+    rng, x, weight, bias = _layer(6)
+    head.value_and_grad(x, weight, rng.integers(0, CLASSES, ROWS), linear_bias=bias)
+    assert head.chunking(ROWS, CLASSES, np.float64) == expected == taken[0]
+
+
 def test_k_dimensional_logits_without_bias(load_loss, torch):
     """PyTorch's K-dimensional form: linear_weight (C, d1, D), logits (N, C, d1), targets (N, d1)."""
     rng, x, weight, _ = _layer(1)

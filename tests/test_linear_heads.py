@@ -168,6 +168,10 @@ def test_a_head_reports_the_chunking_it_takes(load_loss, monkeypatch, min_rows, 
     rng, x, weight, bias = _layer(6)
     head.value_and_grad(x, weight, rng.integers(0, CLASSES, ROWS), linear_bias=bias)
     assert head.chunking(ROWS, CLASSES, np.float64) == expected == taken[0]
+    taken.clear()  # K-dimensional logits (N, C, 2): a row's logits twice as many, half the rows a chunk
+    weight_k = np.concatenate([weight, weight], axis=1).reshape(CLASSES, 2, WIDTH)
+    head.value_and_grad(x, weight_k, rng.integers(0, CLASSES, (ROWS, 2)))
+    assert head.chunking(ROWS, (CLASSES, 2), np.float64) == taken[0] != expected
 
 
 def test_k_dimensional_logits_without_bias(load_loss, torch):

@@ -174,6 +174,34 @@ def test_a_head_reports_the_chunking_it_takes(load_loss, monkeypatch, min_rows, 
     assert head.chunking(ROWS, (CLASSES, 2), np.float64) == taken[0] != expected
 
 
+def test_gradients_come_from_the_pool_of_large_outputs(load_loss):
+    """A gradient of 1 MiB or more comes from runtime.buffers' pool: one the caller still holds is never written
+    again, one dropped is reused and zeroed first (the weight's is added chunk by chunk, so stale contents would
+    show)."""
+    rng = np.random.default_rng(7)
+    x, weight = rng.normal(size=(40, 64)), rng.normal(size=(4096, 64)) * 0.1  # the weight's gradient: 2 MiB
+    target = rng.integers(0, 4096, 40)
+    head = load_loss("linear_cross_entropy")
+
+    def call(x):
+        return head.value_and_grad(x, weight, target, chunk_rows=16)[1]
+
+    def unchanged(grads):
+        for got, wanted in zip(grads, kept):
+            np.testing.assert_array_equal(got, wanted)
+
+    first = call(x)
+    kept = [g.copy() for g in first]
+    address = first[1].__array_interface__["data"][0]
+    second = call(x * 2.0)
+    assert not np.shares_memory(first[1], second[1])
+    unchanged(first)
+    del first, second
+    again = call(x)
+    assert again[1].__array_interface__["data"][0] == address  # the dropped array, reused
+    unchanged(again)
+
+
 def test_k_dimensional_logits_without_bias(load_loss, torch):
     """PyTorch's K-dimensional form: linear_weight (C, d1, D), logits (N, C, d1), targets (N, d1)."""
     rng, x, weight, _ = _layer(1)

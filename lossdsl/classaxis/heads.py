@@ -283,7 +283,9 @@ class LinearHead:
         values = np.empty((rows, *out_shape[1:]), dtype) if reduction == "none" else None
         for layer in layers:
             if layer.differentiated:
-                layer.grads = (_zeroed(layer.x.shape, dtype), _zeroed(layer.weight.shape, dtype),
+                # from the pool of large outputs (reused once the caller has dropped the last one), zeroed
+                layer.grads = (buffers.zeros(layer.x.size, dtype).reshape(layer.x.shape),
+                               buffers.zeros(layer.weight.size, dtype).reshape(layer.weight.shape),
                                np.zeros(layer.weight.shape[0], np.float64) if layer.bias is not None else None)
         names = self.loss.signature.outputs
         if with_outputs and not names:
@@ -487,15 +489,6 @@ class Partials:
         return rows == self.rows and chunk_rows is None and chunk_classes is None
 
 
-def _zeroed(shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """A gradient's array of zeros from the pool of large outputs (runtime.buffers: recycled once the caller has
-    dropped the last one), written here, on one thread: a fresh page first touched inside the multi-threaded
-    products instead costs ten times more (0.3 s against 30 ms for a 128256 x 512 weight gradient, measured)."""
-    array = buffers.empty(math.prod(shape), dtype).reshape(shape)
-    array.fill(0)
-    return array
-
-
 def _broadcast_rows(value: np.ndarray, shape: tuple) -> np.ndarray:
     """A per-row input broadcast to the rows' shape as NumPy broadcasts (as on logits), or as it is where it
     does not (the caller's shape check then names it)."""
@@ -537,7 +530,7 @@ class _Chunks:
         self.classes = classes if classes is not None else out_shape[0]
         self.inner = math.prod(out_shape[1:])  # the K dimensions after the class axis
         rows = layers[0].x.shape[0]
-        self.once = step >= rows
+        self.once = step >= rows  # one chunk: the weight gradient written (BLAS beta = 0), not added to zeros
         self.threads = threads.get_num_threads() if spread else 1
         for layer in layers:
             layer.buffer = np.empty(min(step, rows) * self.classes * self.inner, dtype)
@@ -607,7 +600,6 @@ class _Chunks:
             a, b = by_class[k - len(by_width)]
             blas.multiply(d_weight[a:b], grad[:, a:b].T, x, accumulate=not self.once)
             if d_bias is not None:
-                sums = grad[:, a:b].sum(axis=0, dtype=np.float64)
-                d_bias[a:b] = sums if self.once else d_bias[a:b] + sums
+                d_bias[a:b] += grad[:, a:b].sum(axis=0, dtype=np.float64)
 
         threads.pull(piece, len(by_width) + len(by_class))  # one wait for the slowest thread, not two
